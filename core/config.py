@@ -1,0 +1,542 @@
+"""YAML configuration -> typed, frozen Config.
+
+Keys follow headscale's config file for everything the two share, so a headscale user's file
+mostly works. Every key is checked: an unknown or invalid one is refused with its dotted path and
+the reason. ``MESHSCALE_<PATH>`` environment variables override single keys
+(``MESHSCALE_LISTEN_ADDR``, ``MESHSCALE_DATABASE_SQLITE_PATH``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from meshscale.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONFIG_ENV = "MESHSCALE_CONFIG"
+ENV_PREFIX = "MESHSCALE_"
+
+
+class Duration(float):
+    """Seconds, written in YAML as ``30s``, ``5m``, ``1h``, ``180d`` or a bare number."""
+
+
+class Prefix(str):
+    """An IP network in CIDR form, validated."""
+
+    __slots__ = ()
+
+
+class Url(str):
+    """An http(s) URL."""
+
+    __slots__ = ()
+
+
+class HostPort(str):
+    """``host:port`` (``[v6]:port`` for IPv6); an empty string disables the listener."""
+
+    __slots__ = ()
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object, path: str) -> Duration:
+    if isinstance(value, bool):
+        raise ConfigError(path, "expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(path, "a duration cannot be negative")
+        return Duration(value)
+    if isinstance(value, str):
+        # Go-style compound durations ("1h30m") as well as single units.
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", value.replace(" ", ""))
+        if parts and "".join(n + u for n, u in parts) == value.replace(" ", ""):
+            return Duration(sum(float(n) * _UNITS[u] for n, u in parts))
+        m = _DURATION.match(value)
+        if m:
+            return Duration(float(m.group(1)) * _UNITS[m.group(2)])
+    raise ConfigError(path, f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+
+
+def parse_host_port(value: str, path: str) -> HostPort:
+    if value == "":
+        return HostPort("")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(path, f"expected host:port, got {value!r}")
+    host = host.strip("[]")
+    if host not in ("", "localhost"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+                raise ConfigError(path, f"invalid host in {value!r}") from None
+    return HostPort(value)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - empty host means all
+
+
+# -- the schema ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    private_key_path: str = "noise_private.key"  # relative paths are under data_dir
+
+
+@dataclass(frozen=True)
+class PrefixesConfig:
+    v4: Prefix = Prefix("100.64.0.0/10")
+    v6: Prefix = Prefix("fd7a:115c:a1e0::/48")
+    allocation: str = "sequential"  # or "random"
+
+
+@dataclass(frozen=True)
+class SqliteConfig:
+    path: str = "db.sqlite"
+    write_ahead_log: bool = True
+    wal_autocheckpoint: int = 1000
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    host: str = "localhost"
+    port: int = 5432
+    name: str = "meshscale"
+    user: str = "meshscale"
+    password: str = ""
+    ssl: bool = False
+    max_open_conns: int = 10
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    type: str = "sqlite"
+    debug: bool = False
+    sqlite: SqliteConfig = field(default_factory=SqliteConfig)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+
+
+@dataclass(frozen=True)
+class DerpServerConfig:
+    enabled: bool = True
+    region_id: int = 999
+    region_code: str = "meshscale"
+    region_name: str = "meshscale embedded DERP"
+    # The embedded DERP's own TLS port when the main listener is plain HTTP (0: pick a free one
+    # at start-up and remember it in data_dir).
+    tls_listen_addr: HostPort = HostPort("127.0.0.1:0")
+    stun_listen_addr: HostPort = HostPort("127.0.0.1:3478")
+    private_key_path: str = "derp_server_private.key"
+    verify_clients: bool = True
+    automatically_add_embedded_derp_region: bool = True
+    ipv4: str = ""
+    ipv6: str = ""
+
+
+@dataclass(frozen=True)
+class DerpConfig:
+    server: DerpServerConfig = field(default_factory=DerpServerConfig)
+    urls: tuple[Url, ...] = ()
+    paths: tuple[str, ...] = ()
+    auto_update_enabled: bool = True
+    update_frequency: Duration = Duration(86400)
+
+
+@dataclass(frozen=True)
+class NameserversConfig:
+    # Named "global" in YAML; "global_" here because it is a Python keyword.
+    global_: tuple[str, ...] = ()
+    split: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExtraRecord:
+    name: str
+    type: str
+    value: str
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    magic_dns: bool = True
+    base_domain: str = "meshscale.net"
+    override_local_dns: bool = False
+    nameservers: NameserversConfig = field(default_factory=NameserversConfig)
+    search_domains: tuple[str, ...] = ()
+    extra_records: tuple[ExtraRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    mode: str = "file"  # or "database"
+    path: str = ""  # empty: no policy file, everyone may reach everyone
+    engine: str = "tailscale"  # falls back to allow-all when no engine plugin provides it
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"  # or "json"
+
+
+@dataclass(frozen=True)
+class EphemeralConfig:
+    inactivity_timeout: Duration = Duration(1800)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    expiry: Duration = Duration(0)  # 0: node keys never expire
+    ephemeral: EphemeralConfig = field(default_factory=EphemeralConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    server_url: Url = Url("http://127.0.0.1:8080")
+    listen_addr: HostPort = HostPort("127.0.0.1:8080")
+    metrics_listen_addr: HostPort = HostPort("127.0.0.1:9090")
+    data_dir: str = ""  # default: $MESHSCALE_DATA_DIR, else ~/.local/share/meshscale
+    unix_socket: str = "meshscale.sock"
+    unix_socket_permission: str = "0770"
+    tls_cert_path: str = ""
+    tls_key_path: str = ""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    prefixes: PrefixesConfig = field(default_factory=PrefixesConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    derp: DerpConfig = field(default_factory=DerpConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    randomize_client_port: bool = False
+    plugins: tuple[str, ...] = ("sqlite", "derp", "stun", "policy")
+    # Sections owned by plugins (``meshscale_config_sections``), parsed by them.
+    plugin_sections: Mapping[str, object] = field(default_factory=dict)
+    # Where the config came from, for messages ("" = built-in defaults).
+    source: str = ""
+
+    # -- derived paths -------------------------------------------------------------------------
+
+    @property
+    def data_path(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        env = os.environ.get("MESHSCALE_DATA_DIR")
+        if env:
+            return Path(env).expanduser()
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "meshscale"
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config: relative ones live in the data directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.data_path / p
+
+    def section(self, name: str) -> object:
+        return self.plugin_sections.get(name)
+
+
+# Headscale keys meshscale recognises but does not act on (yet): accepted with a warning, so a
+# headscale config file loads. Everything else unknown is refused.
+IGNORED_HEADSCALE_KEYS = frozenset(
+    {
+        "grpc_listen_addr",
+        "grpc_allow_insecure",
+        "disable_check_updates",
+        "ephemeral_node_inactivity_timeout",
+        "acme_url",
+        "acme_email",
+        "tls_letsencrypt_hostname",
+        "tls_letsencrypt_cache_dir",
+        "tls_letsencrypt_challenge_type",
+        "tls_letsencrypt_listen",
+        "logtail",
+        "taildrop",
+        "oidc",
+        "database.gorm",
+        "database.sqlite.write_ahead_log",
+    }
+)
+
+_RENAMED = {"global": "global_"}
+
+
+# -- generic conversion with paths ------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], path)
+    if tp is Duration:
+        return parse_duration(value, path)
+    if tp is HostPort:
+        if not isinstance(value, str):
+            raise ConfigError(path, "expected a string host:port")
+        return parse_host_port(value, path)
+    if tp is Prefix:
+        if not isinstance(value, str):
+            raise ConfigError(path, "expected an IP prefix such as 100.64.0.0/10")
+        try:
+            return Prefix(str(ipaddress.ip_network(value, strict=True)))
+        except ValueError as exc:
+            raise ConfigError(path, f"invalid IP prefix {value!r}: {exc}") from None
+    if tp is Url:
+        if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
+            raise ConfigError(path, f"expected an http:// or https:// URL, got {value!r}")
+        return Url(value.rstrip("/"))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(path, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(path, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(path, f"expected a string, got {value!r}")
+    if origin is tuple:
+        (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(path, "expected a list")
+        return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp is dict:
+        key_t, val_t = typing.get_args(tp) or (str, Any)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(path, "expected a mapping")
+        return {
+            _convert(k, key_t, path): _convert(v, val_t, f"{path}.{k}") for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, path)
+    raise ConfigError(path, f"unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type[T], raw: Any, path: str) -> T:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        sub = f"{path}.{key}" if path else str(key)
+        attr = _RENAMED.get(str(key), str(key))
+        if attr not in names or attr in ("plugin_sections", "source"):
+            if sub in IGNORED_HEADSCALE_KEYS:
+                log.warning("config %s: a headscale key meshscale does not support; ignored", sub)
+                continue
+            raise ConfigError(sub, "unknown key")
+        kwargs[attr] = _convert(value, hints[attr], sub)
+    return cls(**kwargs)
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def default_locations() -> list[Path]:
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return [
+        Path("config.yaml"),
+        Path(xdg) / "meshscale" / "config.yaml",
+        Path("/etc/meshscale/config.yaml"),
+    ]
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    for candidate in default_locations():
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(where, f"invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "the top level must be a mapping")
+    return data
+
+
+def _env_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Map MESHSCALE_A_B_C names to the key path ("a", "b", "c") for every scalar key."""
+    out: dict[str, tuple[str, ...]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in ("plugin_sections", "source"):
+            continue
+        yaml_name = "global" if f.name == "global_" else f.name
+        key = (*prefix, yaml_name)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            out.update(_env_paths(tp, key))
+        else:
+            out[ENV_PREFIX + "_".join(key).upper()] = key
+    return out
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    paths = _env_paths(Config)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, "MESHSCALE_DATA_DIR"):
+            continue
+        key = paths.get(name)
+        if key is None:
+            continue  # other MESHSCALE_* variables (tests, tools) are not config keys
+        node = raw
+        for part in key[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        node[key[-1]] = parsed
+    return raw
+
+
+def build_config(
+    raw: Mapping[str, Any],
+    sections: Sequence[Any] = (),
+    source: str = "",
+) -> Config:
+    """Validate a raw mapping. ``sections`` are ConfigSection objects from plugins."""
+    raw = dict(raw)
+    owned = {s.name: s for s in sections}
+    plugin_raw = {k: raw.pop(k) for k in list(raw) if k in owned}
+    cfg = _build(Config, raw, "")
+    _check_semantics(cfg)
+    parsed: dict[str, object] = {}
+    for name, section in owned.items():
+        value = plugin_raw.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(name, "expected a mapping")
+        parsed[name] = section.parse(value, name)
+    return dataclasses.replace(cfg, plugin_sections=parsed, source=source)
+
+
+def _check_semantics(cfg: Config) -> None:
+    if cfg.prefixes.allocation not in ("sequential", "random"):
+        raise ConfigError("prefixes.allocation", "must be sequential or random")
+    if ipaddress.ip_network(cfg.prefixes.v4).version != 4:
+        raise ConfigError("prefixes.v4", "must be an IPv4 prefix")
+    if ipaddress.ip_network(cfg.prefixes.v6).version != 6:
+        raise ConfigError("prefixes.v6", "must be an IPv6 prefix")
+    if cfg.database.type not in ("sqlite", "sqlite3", "postgres"):
+        raise ConfigError("database.type", "must be sqlite or postgres")
+    if cfg.policy.mode not in ("file", "database"):
+        raise ConfigError("policy.mode", "must be file or database")
+    if cfg.log.level.lower() not in ("trace", "debug", "info", "warn", "warning", "error"):
+        raise ConfigError("log.level", "must be debug, info, warn or error")
+    if cfg.log.format not in ("text", "json"):
+        raise ConfigError("log.format", "must be text or json")
+    if not cfg.listen_addr:
+        raise ConfigError("listen_addr", "must not be empty")
+    if bool(cfg.tls_cert_path) != bool(cfg.tls_key_path):
+        raise ConfigError("tls_cert_path", "tls_cert_path and tls_key_path go together")
+    if cfg.dns.magic_dns and not cfg.dns.base_domain:
+        raise ConfigError("dns.base_domain", "required when dns.magic_dns is true")
+    if cfg.dns.base_domain and not re.fullmatch(
+        r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
+        cfg.dns.base_domain,
+    ):
+        raise ConfigError("dns.base_domain", f"not a valid DNS name: {cfg.dns.base_domain!r}")
+    for i, rec in enumerate(cfg.dns.extra_records):
+        if rec.type not in ("A", "AAAA"):
+            raise ConfigError(f"dns.extra_records[{i}].type", "must be A or AAAA")
+
+
+def load_raw(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> tuple[
+    dict[str, Any], str
+]:
+    """Read the config file (if any) and apply environment overrides."""
+    environ = os.environ if environ is None else environ
+    path = find_config_file(explicit)
+    raw: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(str(path), "config file not found")
+        raw = read_yaml(path)
+        source = str(path)
+    return apply_env(raw, environ), source
+
+
+SectionsFn = Callable[[list[str]], Sequence[Any]]
+
+
+def load_config(
+    explicit: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    sections_for: SectionsFn | None = None,
+) -> Config:
+    """Read, override and validate. ``sections_for(plugin_names)`` yields plugin sections."""
+    raw, source = load_raw(explicit, environ)
+    plugins = raw.get("plugins", list(Config.plugins))
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError("plugins", "expected a list of plugin names")
+    sections = sections_for(plugins) if sections_for else ()
+    return build_config(raw, sections, source)

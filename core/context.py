@@ -1,0 +1,39 @@
+"""What a running server offers its plugins: a narrow, read-mostly view.
+
+Plugins receive a ServerContext in ``meshscale_startup``; they never reach into core internals
+past this protocol, so core may change behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshscale.config import Config
+
+
+class ServerContext(Protocol):
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    def node_key_known(self, node_key: bytes) -> bool:
+        """Is this raw 32-byte node key registered and not expired? (DERP admission)"""
+
+    def derp_map(self) -> Mapping[str, Any]:
+        """The DERPMap clients currently receive (wire spelling)."""
+
+    def refresh_derp_map(self) -> None:
+        """Ask core to rebuild the DERP map (a plugin's region changed)."""
+
+    def stats(self) -> Mapping[str, float]:
+        """Cheap gauges core offers (nodes_total, nodes_online, map_streams...)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run a background task owned by the server: cancelled at shutdown, failures logged."""

@@ -1,0 +1,179 @@
+"""PluginHost: one per server. Loads the configured plugins and dispatches hooks.
+
+Built-in and third-party plugins are entry points in the ``meshscale`` group, loaded exactly the
+same way. Nothing loads unless the config names it, so a disabled plugin's optional dependencies
+are never imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from meshscale import PROJECT, hookspecs
+from meshscale.errors import PluginError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = PROJECT
+HOOK_PREFIX = "meshscale_"
+
+
+def available_plugins() -> dict[str, metadata.EntryPoint]:
+    """Installed plugins by name (entry points in the ``meshscale`` group)."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class PluginHost:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._names: dict[int, str] = {}
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, names: Iterable[str]) -> None:
+        """Load plugins by entry-point name; an unknown or broken plugin is a PluginError."""
+        found = available_plugins()
+        for name in names:
+            ep = found.get(name)
+            if ep is None:
+                known = ", ".join(sorted(found)) or "none"
+                raise PluginError(name, f"not installed (installed plugins: {known})")
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                raise PluginError(name, f"failed to import {ep.value}: {exc}") from exc
+            self.register(obj, name)
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register a plugin object (module or instance) under ``name`` and check its hooks."""
+        if self.pm.has_plugin(name):
+            raise PluginError(name, "loaded twice")
+        self._check_names(plugin, name)
+        self.pm.register(plugin, name=name)
+        self._names[id(plugin)] = name
+        self.check_pending()
+
+    @staticmethod
+    def _check_names(plugin: object, name: str) -> None:
+        for attr in dir(plugin):
+            value = getattr(plugin, attr, None)
+            if getattr(value, f"{PROJECT}_impl", None) is not None and not attr.startswith(
+                HOOK_PREFIX
+            ):
+                raise PluginError(name, f"hook {attr!r} lacks the {HOOK_PREFIX!r} prefix")
+
+    def check_pending(self) -> None:
+        """Refuse hook implementations that match no spec (misspelled hooks)."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            plugin = self.plugin_name(exc.plugin)
+            raise PluginError(plugin, str(exc)) from exc
+
+    def plugin_name(self, plugin: object) -> str:
+        return self._names.get(id(plugin)) or self.pm.get_name(plugin) or repr(plugin)
+
+    def names(self) -> list[str]:
+        return [self.plugin_name(p) for p in self.pm.get_plugins()]
+
+    def hooks_of(self, name: str) -> list[str]:
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            return []
+        return sorted(
+            caller.name for caller in (self.pm.get_hookcallers(plugin) or [])
+        )
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _impls(self, hook: str) -> Sequence[Any]:
+        caller = getattr(self.pm.hook, hook)
+        # pluggy stores impls in call order reversed; call them in pluggy's order.
+        return list(reversed(caller.get_hookimpls()))
+
+    @staticmethod
+    def _kwargs(impl: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {k: kwargs[k] for k in impl.argnames}
+
+    def collect_sync(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation (sync only); concatenate list results. Errors propagate."""
+        out: list[Any] = []
+        for impl in self._impls(hook):
+            name = self.plugin_name(impl.plugin)
+            try:
+                result = impl.function(**self._kwargs(impl, kwargs))
+            except Exception as exc:
+                raise PluginError(name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
+            if inspect.isawaitable(result):
+                raise PluginError(name, f"{hook} must not be async")
+            if result is None:
+                continue
+            if isinstance(result, (list, tuple)):
+                out.extend(result)
+            else:
+                out.append(result)
+        return out
+
+    async def collect(self, hook: str, **kwargs: Any) -> list[Any]:
+        """Like collect_sync, but async implementations are awaited."""
+        out: list[Any] = []
+        for impl in self._impls(hook):
+            name = self.plugin_name(impl.plugin)
+            try:
+                result = impl.function(**self._kwargs(impl, kwargs))
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                raise PluginError(name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
+            if result is None:
+                continue
+            if isinstance(result, (list, tuple)):
+                out.extend(result)
+            else:
+                out.append(result)
+        return out
+
+    def first(self, hook: str, **kwargs: Any) -> Any:
+        """The first non-None result of a sync hook, or None. Errors propagate."""
+        for impl in self._impls(hook):
+            name = self.plugin_name(impl.plugin)
+            try:
+                result = impl.function(**self._kwargs(impl, kwargs))
+            except Exception as exc:
+                raise PluginError(name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
+            if inspect.isawaitable(result):
+                raise PluginError(name, f"{hook} must not be async")
+            if result is not None:
+                return result
+        return None
+
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        """Observe-only: call everyone, log (with the plugin's name) and swallow errors."""
+        for impl in self._impls(hook):
+            try:
+                impl.function(**self._kwargs(impl, kwargs))
+            except Exception:
+                log.exception(
+                    "plugin %r: %s raised; the server goes on", self.plugin_name(impl.plugin), hook
+                )
+
+    def has_impl(self, hook: str) -> bool:
+        return bool(self._impls(hook))
+
+
+def module_hooks(module: ModuleType) -> list[str]:
+    """Names of the ``meshscale_*`` hook implementations a plugin module defines."""
+    return sorted(
+        attr
+        for attr in dir(module)
+        if attr.startswith(HOOK_PREFIX)
+        and getattr(getattr(module, attr), f"{PROJECT}_impl", None) is not None
+    )

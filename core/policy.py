@@ -1,0 +1,153 @@
+"""The PolicyEngine protocol: what core asks of the engine that decides who may reach whom.
+
+The engine is chosen by config (``policy.engine``) from the engines plugins register with
+``meshscale_policy_engines``. Core calls it directly (never through pluggy) on the hot path.
+
+Values crossing this boundary use the wire spelling of tailcfg (``SrcIPs``, ``DstPorts``...), so
+the engine's output goes to clients as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyUser:
+    id: int
+    name: str  # login name, e.g. "alice"
+    email: str = ""  # "alice@example.com"; policies may name users either way
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyNode:
+    id: int
+    hostname: str
+    user_id: int | None  # None for a tagged node: a node is a user's or tagged, never both
+    tags: frozenset[str] = frozenset()
+    ipv4: str | None = None  # "100.64.0.1"
+    ipv6: str | None = None  # "fd7a:115c:a1e0::1"
+    routable_ips: tuple[str, ...] = ()  # advertised by the client (Hostinfo.RoutableIPs)
+    approved_routes: tuple[str, ...] = ()  # approved by an admin or autoApprovers
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.ipv4, self.ipv6) if a)
+
+
+@dataclass(frozen=True, slots=True)
+class Affected:
+    """Which nodes' policy output (filter, visible peers, SSH, CapMap) may have changed.
+
+    ``everyone`` means all nodes; otherwise ``nodes`` lists them. Core recomputes those nodes'
+    views and sends each only what actually differs.
+    """
+
+    everyone: bool = False
+    nodes: frozenset[int] = field(default_factory=frozenset)
+
+    @classmethod
+    def all(cls) -> Affected:
+        return cls(everyone=True)
+
+    @classmethod
+    def none(cls) -> Affected:
+        return cls()
+
+
+Rule = dict[str, Any]  # one tailcfg.FilterRule, wire spelling
+
+
+@runtime_checkable
+class PolicyEngine(Protocol):
+    """Compiled once per policy change; answers per-node questions cheaply afterwards."""
+
+    def check(
+        self, text: str, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]
+    ) -> None:
+        """Raise PolicyError (with location) if ``text`` is invalid or its tests fail."""
+
+    def set_policy(self, text: str | None) -> Affected:
+        """Install a policy (None: allow everything). Atomic: on PolicyError nothing changes."""
+
+    def set_topology(self, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]) -> None:
+        """Replace the whole tailnet the engine knows (start-up)."""
+
+    def upsert_user(self, user: PolicyUser) -> Affected: ...
+
+    def remove_user(self, user_id: int) -> Affected: ...
+
+    def upsert_node(self, node: PolicyNode) -> Affected:
+        """A node joined or changed in a way policy sees (tags, user, addresses, routes)."""
+
+    def remove_node(self, node_id: int) -> Affected: ...
+
+    def packet_filter(self, node_id: int) -> list[Rule]:
+        """The node's inbound PacketFilter ([] denies all inbound)."""
+
+    def visible_peers(self, node_id: int) -> Iterable[int] | None:
+        """IDs of the peers this node may see (either direction); None means every node."""
+
+    def peer_allowed_ips(self, viewer_id: int, peer: PolicyNode) -> list[str] | None:
+        """AllowedIPs of ``peer`` as ``viewer`` sees it; None: the peer's addresses only."""
+
+    def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
+        """The node's SSHPolicy (``{"rules": [...]}``) or None when no rule targets it."""
+
+    def cap_map(self, node_id: int) -> Mapping[str, list[Any] | None]:
+        """CapMap entries policy adds to this node (nodeAttrs)."""
+
+    def tags_permitted(self, user: PolicyUser | None, tags: Iterable[str]) -> bool:
+        """May ``user`` (None: a tagged key's owner) put these tags on a node (tagOwners)?"""
+
+
+ALLOW_ALL_FILTER: list[Rule] = [
+    {"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}
+]
+
+
+class AllowAllEngine:
+    """Everyone sees and reaches everyone: the behaviour without a policy engine."""
+
+    def check(
+        self, text: str, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]
+    ) -> None:
+        return None
+
+    def set_policy(self, text: str | None) -> Affected:
+        return Affected.none()
+
+    def set_topology(self, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]) -> None:
+        return None
+
+    def upsert_user(self, user: PolicyUser) -> Affected:
+        return Affected.none()
+
+    def remove_user(self, user_id: int) -> Affected:
+        return Affected.none()
+
+    def upsert_node(self, node: PolicyNode) -> Affected:
+        return Affected.none()
+
+    def remove_node(self, node_id: int) -> Affected:
+        return Affected.none()
+
+    def packet_filter(self, node_id: int) -> list[Rule]:
+        return ALLOW_ALL_FILTER
+
+    def visible_peers(self, node_id: int) -> Iterable[int] | None:
+        return None
+
+    def peer_allowed_ips(self, viewer_id: int, peer: PolicyNode) -> list[str] | None:
+        return None
+
+    def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
+        return None
+
+    def cap_map(self, node_id: int) -> Mapping[str, list[Any] | None]:
+        return {}
+
+    def tags_permitted(self, user: PolicyUser | None, tags: Iterable[str]) -> bool:
+        return True
