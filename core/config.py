@@ -153,6 +153,8 @@ class DerpServerConfig:
     automatically_add_embedded_derp_region: bool = True
     ipv4: str = ""
     ipv6: str = ""
+    # 64 hex digits shared by the DERP servers of one region (replicas); empty: no meshing.
+    mesh_key: str = ""
 
 
 @dataclass(frozen=True)
