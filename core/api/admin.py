@@ -1,0 +1,270 @@
+"""The admin API: JSON over HTTP on the local unix socket, used by the CLI.
+
+The CLI never touches the database; everything goes through the running server, so in-memory
+state, storage and connected clients stay in step. Output shapes follow headscale's CLI JSON with
+camelCase keys.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from quart import Quart, Response, request
+
+from meshscale import tailcfg
+from meshscale.errors import MeshscaleError, NotFoundError, PolicyError
+from meshscale.events import NodeEventKind, UserEvent, UserEventKind
+from meshscale.state.models import Node, PreAuthKey, User
+
+if TYPE_CHECKING:
+    from meshscale.server import Server
+
+
+def _time(t: Any) -> str | None:
+    return tailcfg.gotime(t) if t is not None else None
+
+
+def user_view(u: User) -> dict[str, Any]:
+    return {
+        "id": u.id,
+        "name": u.name,
+        "displayName": u.display_name,
+        "email": u.email,
+        "provider": u.provider,
+        "createdAt": _time(u.created_at),
+    }
+
+
+def key_view(k: PreAuthKey, user: User | None) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "key": k.prefix,  # the secret is shown once, at creation
+        "user": user_view(user) if user else None,
+        "reusable": k.reusable,
+        "ephemeral": k.ephemeral,
+        "used": k.used,
+        "expiration": _time(k.expiration),
+        "createdAt": _time(k.created_at),
+        "aclTags": list(k.tags),
+    }
+
+
+def node_view(n: Node, user: User | None) -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "machineKey": tailcfg.mkey(n.machine_key),
+        "nodeKey": tailcfg.nodekey(n.node_key),
+        "discoKey": tailcfg.discokey(n.disco_key),
+        "ipAddresses": list(n.addresses),
+        "name": n.hostname,
+        "givenName": n.given_name,
+        "user": user_view(user) if user else None,
+        "online": n.online,
+        "lastSeen": _time(n.last_seen),
+        "expiry": _time(n.expiry),
+        "expired": n.expired(),
+        "createdAt": _time(n.created_at),
+        "registerMethod": n.register_method,
+        "ephemeral": n.ephemeral,
+        "tags": list(n.tags),
+        "approvedRoutes": list(n.approved_routes),
+        "availableRoutes": list(n.routable_ips),
+    }
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status=status, content_type="application/json")
+
+
+def _error(message: str, status: int) -> Response:
+    return _json({"error": message}, status)
+
+
+async def _body() -> dict[str, Any]:
+    data = await request.get_json(force=True, silent=True)
+    return data if isinstance(data, dict) else {}
+
+
+def create_admin_app(server: Server) -> Quart:
+    app = Quart("meshscale-admin")
+
+    def state() -> Any:
+        assert server.state is not None
+        return server.state
+
+    def plane() -> Any:
+        assert server.plane is not None
+        return server.plane
+
+    @app.errorhandler(NotFoundError)
+    async def not_found(exc: NotFoundError) -> Response:
+        return _error(str(exc), 404)
+
+    @app.errorhandler(PolicyError)
+    async def bad_policy(exc: PolicyError) -> Response:
+        return _error(str(exc), 400)
+
+    @app.errorhandler(MeshscaleError)
+    async def refused(exc: MeshscaleError) -> Response:
+        return _error(str(exc), 400)
+
+    # -- users ---------------------------------------------------------------------------------
+
+    @app.get("/v1/users")
+    async def list_users() -> Response:
+        return _json([user_view(u) for _, u in sorted(state().users.items())])
+
+    @app.post("/v1/users")
+    async def create_user() -> Response:
+        body = await _body()
+        u = state().create_user(
+            str(body.get("name", "")),
+            display_name=str(body.get("displayName") or ""),
+            email=str(body.get("email") or ""),
+        )
+        server.host.notify("meshscale_user_event",
+                           event=UserEvent(UserEventKind.CREATED, u.id, u.name))
+        return _json(user_view(u))
+
+    @app.post("/v1/users/<ref>/rename")
+    async def rename_user(ref: str) -> Response:
+        body = await _body()
+        u = state().rename_user(ref, str(body.get("newName", "")))
+        server.host.notify("meshscale_user_event",
+                           event=UserEvent(UserEventKind.RENAMED, u.id, u.name))
+        return _json(user_view(u))
+
+    @app.delete("/v1/users/<ref>")
+    async def destroy_user(ref: str) -> Response:
+        u = state().delete_user(ref)
+        server.host.notify("meshscale_user_event",
+                           event=UserEvent(UserEventKind.DELETED, u.id, u.name))
+        return _json(user_view(u))
+
+    # -- pre-auth keys ---------------------------------------------------------------------------
+
+    @app.get("/v1/preauthkeys")
+    async def list_keys() -> Response:
+        st = state()
+        wanted = request.args.get("user")
+        uid = st.user(wanted).id if wanted else None
+        out = [
+            key_view(k, st.users.get(k.user_id) if k.user_id is not None else None)
+            for _, k in sorted(st.keys.items())
+            if uid is None or k.user_id == uid
+        ]
+        return _json(out)
+
+    @app.post("/v1/preauthkeys")
+    async def create_key() -> Response:
+        st = state()
+        body = await _body()
+        user = st.user(body["user"]) if body.get("user") not in (None, "") else None
+        seconds = body.get("expiration", 3600)
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            raise MeshscaleError("expiration must be a non-negative number of seconds")
+        tags = [str(t) for t in body.get("tags") or []]
+        if tags and not server.engine.tags_permitted(
+            st.policy_user(user) if user else None, tags
+        ) and user is not None:
+            raise MeshscaleError(f"user {user.name!r} may not own tags {tags} (tagOwners)")
+        key, full = st.create_key(
+            user,
+            reusable=bool(body.get("reusable")),
+            ephemeral=bool(body.get("ephemeral")),
+            expiration=timedelta(seconds=seconds) if seconds else None,
+            tags=tags,
+        )
+        view = key_view(key, user)
+        view["key"] = full
+        return _json(view)
+
+    @app.post("/v1/preauthkeys/expire")
+    async def expire_key() -> Response:
+        st = state()
+        body = await _body()
+        key = st.expire_key(str(body.get("key", "")))
+        return _json(key_view(key, st.users.get(key.user_id) if key.user_id else None))
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def owner(n: Node) -> User | None:
+        return state().users.get(n.user_id) if n.user_id is not None else None
+
+    @app.get("/v1/nodes")
+    async def list_nodes() -> Response:
+        st = state()
+        wanted = request.args.get("user")
+        uid = st.user(wanted).id if wanted else None
+        return _json([
+            node_view(n, owner(n)) for n in st.nodes_sorted() if uid is None or n.user_id == uid
+        ])
+
+    def node_id(ref: str) -> int:
+        if not ref.isdigit():
+            raise NotFoundError(f"node {ref!r} not found (use the numeric id)")
+        return int(ref)
+
+    @app.get("/v1/nodes/<ref>")
+    async def get_node(ref: str) -> Response:
+        n = state().node(node_id(ref))
+        return _json(node_view(n, owner(n)))
+
+    @app.delete("/v1/nodes/<ref>")
+    async def delete_node(ref: str) -> Response:
+        n = plane().delete_node(node_id(ref))
+        return _json(node_view(n, owner(n)))
+
+    @app.post("/v1/nodes/<ref>/expire")
+    async def expire_node(ref: str) -> Response:
+        n = plane().expire_node(node_id(ref))
+        return _json(node_view(n, owner(n)))
+
+    @app.post("/v1/nodes/<ref>/rename")
+    async def rename_node(ref: str) -> Response:
+        body = await _body()
+        n = state().rename_node(node_id(ref), str(body.get("newName", "")))
+        plane().node_event(NodeEventKind.UPDATED, n)
+        return _json(node_view(n, owner(n)))
+
+    # -- policy --------------------------------------------------------------------------------
+
+    @app.get("/v1/policy")
+    async def get_policy() -> Response:
+        return _json({"policy": server.policy_text, "mode": server.config.policy.mode})
+
+    @app.put("/v1/policy")
+    async def set_policy() -> Response:
+        if server.config.policy.mode != "database":
+            raise MeshscaleError(
+                "policy.mode is 'file': edit the policy file and send SIGHUP instead"
+            )
+        body = await _body()
+        text = body.get("policy")
+        if not isinstance(text, str):
+            raise MeshscaleError("missing 'policy' text")
+        server.set_policy(text, "database", persist=True)
+        return _json({"policy": text})
+
+    @app.post("/v1/policy/check")
+    async def check_policy() -> Response:
+        body = await _body()
+        users, nodes = state().policy_topology()
+        server.engine.check(str(body.get("policy", "")), users, nodes)
+        return _json({"ok": True})
+
+    # -- server --------------------------------------------------------------------------------
+
+    @app.get("/v1/plugins")
+    async def plugins() -> Response:
+        return _json([
+            {"name": name, "hooks": server.host.hooks_of(name)} for name in server.host.names()
+        ])
+
+    @app.get("/v1/health")
+    async def health() -> Response:
+        return _json({"status": "pass", **server.stats()})
+
+    return app

@@ -1,0 +1,327 @@
+"""``meshscale``: serve, configtest, and admin commands that talk to the running server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from meshscale import __version__
+from meshscale.cli.client import AdminClient
+from meshscale.cli.output import emit
+from meshscale.config import Config, load_config, parse_duration
+from meshscale.errors import ConfigError, MeshscaleError
+from meshscale.pluginhost import PluginHost, available_plugins
+
+USER_COLUMNS = [("ID", "id"), ("Name", "name"), ("Display name", "displayName"),
+                ("Email", "email"), ("Created", "createdAt")]
+NODE_COLUMNS = [("ID", "id"), ("Hostname", "name"), ("Name", "givenName"), ("User", "user"),
+                ("IP addresses", "ipAddresses"), ("Tags", "tags"), ("Online", "online"),
+                ("Last seen", "lastSeen"), ("Expiry", "expiry"), ("Expired", "expired")]
+KEY_COLUMNS = [("ID", "id"), ("Key", "key"), ("User", "user"), ("Reusable", "reusable"),
+               ("Ephemeral", "ephemeral"), ("Used", "used"), ("Expiration", "expiration"),
+               ("Tags", "aclTags")]
+
+
+def configure_logging(config: Config | None, level: str | None = None) -> None:
+    name = (level or (config.log.level if config else "info")).upper()
+    name = {"WARN": "WARNING", "TRACE": "DEBUG"}.get(name, name)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if config is not None and config.log.format == "json":
+        fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
+               '"message":%(message)r}')
+    logging.basicConfig(level=getattr(logging, name, logging.INFO), format=fmt, force=True)
+
+
+def load(args: argparse.Namespace) -> tuple[Config, PluginHost]:
+    """Config with plugin sections: plugins are loaded first so they can claim their keys."""
+    host = PluginHost()
+
+    def sections(names: list[str]) -> Sequence[Any]:
+        host.load(names)
+        return host.collect_sync("meshscale_config_sections")
+
+    return load_config(args.config, sections_for=sections), host
+
+
+def client(args: argparse.Namespace) -> AdminClient:
+    config = load_config(args.config)
+    return AdminClient(str(config.resolve(config.unix_socket)))
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from meshscale.server import Server  # noqa: PLC0415
+
+    config, host = load(args)
+    configure_logging(config)
+
+    async def main() -> None:
+        server = Server(config, host)
+        try:
+            await server.start()
+            await server.serve_forever()
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_configtest(args: argparse.Namespace) -> int:
+    config, host = load(args)
+    print(f"config OK ({config.source or 'built-in defaults'}); "
+          f"plugins: {', '.join(host.names()) or 'none'}")
+    return 0
+
+
+def _user_arg(value: str) -> str:
+    return value
+
+
+def cmd_users(args: argparse.Namespace) -> Any:
+    c = client(args)
+    if args.action == "create":
+        return c.call("POST", "/v1/users", {"name": args.name, "displayName": args.display_name,
+                                            "email": args.email}), USER_COLUMNS
+    if args.action == "list":
+        return c.call("GET", "/v1/users"), USER_COLUMNS
+    if args.action == "rename":
+        return c.call("POST", f"/v1/users/{args.user}/rename", {"newName": args.new_name}), \
+            USER_COLUMNS
+    if args.action == "destroy":
+        return c.call("DELETE", f"/v1/users/{args.user}"), USER_COLUMNS
+    raise MeshscaleError(f"unknown action {args.action}")
+
+
+def cmd_preauthkeys(args: argparse.Namespace) -> Any:
+    c = client(args)
+    if args.action == "create":
+        seconds = float(parse_duration(args.expiration, "--expiration"))
+        tags = [t for part in args.tags for t in part.split(",") if t]
+        result = c.call("POST", "/v1/preauthkeys", {
+            "user": args.user, "reusable": args.reusable, "ephemeral": args.ephemeral,
+            "expiration": seconds, "tags": tags,
+        })
+        if args.output == "table":
+            return result["key"], []
+        return result, KEY_COLUMNS
+    if args.action == "list":
+        path = "/v1/preauthkeys" + (f"?user={args.user}" if args.user else "")
+        return c.call("GET", path), KEY_COLUMNS
+    if args.action == "expire":
+        return c.call("POST", "/v1/preauthkeys/expire", {"key": args.key}), KEY_COLUMNS
+    raise MeshscaleError(f"unknown action {args.action}")
+
+
+def cmd_nodes(args: argparse.Namespace) -> Any:
+    c = client(args)
+    if args.action == "list":
+        path = "/v1/nodes" + (f"?user={args.user}" if args.user else "")
+        return c.call("GET", path), NODE_COLUMNS
+    if args.action == "delete":
+        return c.call("DELETE", f"/v1/nodes/{args.identifier}"), NODE_COLUMNS
+    if args.action == "expire":
+        return c.call("POST", f"/v1/nodes/{args.identifier}/expire"), NODE_COLUMNS
+    if args.action == "rename":
+        return c.call("POST", f"/v1/nodes/{args.identifier}/rename",
+                      {"newName": args.new_name}), NODE_COLUMNS
+    raise MeshscaleError(f"unknown action {args.action}")
+
+
+def cmd_policy(args: argparse.Namespace) -> Any:
+    if args.action == "compile":
+        return _policy_compile(args), []
+    if args.action == "check" and getattr(args, "offline", False):
+        return _policy_check_offline(args), []
+    c = client(args)
+    if args.action == "get":
+        result = c.call("GET", "/v1/policy")
+        if args.output == "table":
+            return result.get("policy") or "", []
+        return result, []
+    text = Path(args.file).read_text(encoding="utf-8")
+    if args.action == "set":
+        c.call("PUT", "/v1/policy", {"policy": text})
+        return "policy updated", []
+    if args.action == "check":
+        c.call("POST", "/v1/policy/check", {"policy": text})
+        return "policy is valid", []
+    raise MeshscaleError(f"unknown action {args.action}")
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    config, host = load(args)
+    for spec in host.collect_sync("meshscale_policy_engines"):
+        if spec.name == config.policy.engine:
+            return spec.create(config)
+    raise MeshscaleError(f"policy engine {config.policy.engine!r} is not available")
+
+
+def _policy_check_offline(args: argparse.Namespace) -> str:
+    _engine(args).check(Path(args.file).read_text(encoding="utf-8"), [], [])
+    return "policy is valid"
+
+
+def _policy_compile(args: argparse.Namespace) -> Any:
+    from meshscale.policytool import compile_topology  # noqa: PLC0415
+
+    if not args.topology:
+        raise MeshscaleError("policy compile needs --topology FILE")
+    topology = json.loads(Path(args.topology).read_text(encoding="utf-8"))
+    text = Path(args.file).read_text(encoding="utf-8")
+    return compile_topology(_engine(args), text, topology)
+
+
+def cmd_plugins(args: argparse.Namespace) -> Any:
+    config = load_config(args.config)
+    enabled = set(config.plugins)
+    out = []
+    for name, ep in sorted(available_plugins().items()):
+        dist = ep.dist
+        item: dict[str, Any] = {
+            "name": name,
+            "enabled": name in enabled,
+            "module": ep.value,
+            "distribution": dist.name if dist else "",
+            "version": dist.version if dist else "",
+            "hooks": [],
+        }
+        if name in enabled:
+            host = PluginHost()
+            try:
+                host.load([name])
+                item["hooks"] = host.hooks_of(name)
+            except MeshscaleError as exc:
+                item["error"] = str(exc)
+        out.append(item)
+    return out, [("Name", "name"), ("Enabled", "enabled"), ("Version", "version"),
+                 ("Distribution", "distribution"), ("Hooks", "hooks")]
+
+
+def cmd_version(args: argparse.Namespace) -> Any:
+    return {"version": __version__}, [("Version", "version")]
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def options(defaults: bool) -> argparse.ArgumentParser:
+        # Global options work before or after the subcommand; on subparsers they default to
+        # SUPPRESS so a value given before the subcommand is not overwritten.
+        parser = argparse.ArgumentParser(add_help=False)
+        parser.add_argument(
+            "-c", "--config", default=None if defaults else argparse.SUPPRESS,
+            help="config file (default: $MESHSCALE_CONFIG, ./config.yaml, "
+            "~/.config/meshscale/config.yaml, /etc/meshscale/config.yaml)")
+        parser.add_argument("-o", "--output", choices=["table", "json", "yaml"],
+                            default="table" if defaults else argparse.SUPPRESS)
+        return parser
+
+    common = options(defaults=False)
+    p = argparse.ArgumentParser(prog="meshscale", parents=[options(defaults=True)],
+                                description="A self-hosted Tailscale control server.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", parents=[common], help="run the server").set_defaults(fn=cmd_serve)
+    sub.add_parser("configtest", parents=[common], help="check the config and exit") \
+        .set_defaults(fn=cmd_configtest)
+    sub.add_parser("version", parents=[common]).set_defaults(fn=cmd_version)
+
+    users = sub.add_parser("users", parents=[common], help="manage users")
+    us = users.add_subparsers(dest="action", required=True)
+    c = us.add_parser("create", parents=[common])
+    c.add_argument("name")
+    c.add_argument("--display-name", default="")
+    c.add_argument("--email", default="")
+    us.add_parser("list", aliases=["ls"], parents=[common])
+    r = us.add_parser("rename", parents=[common])
+    r.add_argument("-i", "--identifier", "--name", dest="user", required=True)
+    r.add_argument("-r", "--new-name", required=True)
+    d = us.add_parser("destroy", parents=[common])
+    d.add_argument("-i", "--identifier", "--name", dest="user", required=True)
+    users.set_defaults(fn=cmd_users)
+
+    keys = sub.add_parser("preauthkeys", parents=[common], help="manage pre-auth keys")
+    ks = keys.add_subparsers(dest="action", required=True)
+    c = ks.add_parser("create", parents=[common])
+    c.add_argument("-u", "--user", default=None, help="user name or id")
+    c.add_argument("--reusable", action="store_true")
+    c.add_argument("--ephemeral", action="store_true")
+    c.add_argument("-e", "--expiration", default="1h", help="e.g. 30m, 1h, 90d; 0 = never")
+    c.add_argument("--tags", action="append", default=[], help="tag:x (repeat or comma-separate)")
+    ls = ks.add_parser("list", aliases=["ls"], parents=[common])
+    ls.add_argument("-u", "--user", default=None)
+    e = ks.add_parser("expire", parents=[common])
+    e.add_argument("-u", "--user", default=None)
+    e.add_argument("key", help="the key, its prefix or its id")
+    keys.set_defaults(fn=cmd_preauthkeys)
+
+    nodes = sub.add_parser("nodes", aliases=["node"], parents=[common], help="manage nodes")
+    ns = nodes.add_subparsers(dest="action", required=True)
+    ls = ns.add_parser("list", aliases=["ls"], parents=[common])
+    ls.add_argument("-u", "--user", default=None)
+    for name in ("delete", "expire"):
+        x = ns.add_parser(name, parents=[common])
+        x.add_argument("-i", "--identifier", required=True)
+        x.add_argument("--force", action="store_true", help="accepted for headscale parity")
+    x = ns.add_parser("rename", parents=[common])
+    x.add_argument("-i", "--identifier", required=True)
+    x.add_argument("new_name")
+    nodes.set_defaults(fn=cmd_nodes)
+
+    pol = sub.add_parser("policy", parents=[common], help="policy get/set/check/compile")
+    ps = pol.add_subparsers(dest="action", required=True)
+    ps.add_parser("get", parents=[common])
+    for name in ("set", "check", "compile"):
+        x = ps.add_parser(name, parents=[common])
+        x.add_argument("-f", "--file", required=True)
+        if name == "compile":
+            x.add_argument("--topology", required=True)
+        if name == "check":
+            x.add_argument("--offline", action="store_true",
+                           help="check without a running server (no topology)")
+    pol.set_defaults(fn=cmd_policy)
+
+    plg = sub.add_parser("plugins", parents=[common], help="installed plugins")
+    plg.add_subparsers(dest="action", required=True).add_parser("list", parents=[common])
+    plg.set_defaults(fn=cmd_plugins)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Admin action names that shadow the list aliases.
+    if getattr(args, "action", None) == "ls":
+        args.action = "list"
+    try:
+        result = args.fn(args)
+    except ConfigError as exc:
+        print(f"meshscale: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except MeshscaleError as exc:
+        print(f"meshscale: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if isinstance(result, int):
+        return result
+    data, columns = result
+    if isinstance(data, str) and args.output == "table":
+        print(data)
+    else:
+        print(emit(data, args.output, columns))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

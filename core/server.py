@@ -1,0 +1,347 @@
+"""Composition root: builds the PluginHost, storage, state, policy, mapper and listeners.
+
+Lifespan in three steps, like Quart's: ``start`` (setup), ``serve_forever`` (yield), ``stop``
+(teardown). Tests build a Server in-process with exactly the plugins they name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+from collections.abc import Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from meshscale.config import Config, split_host_port
+from meshscale.contributions import (
+    HttpRoute,
+    PolicyEngineSpec,
+    StorageBackend,
+    UpgradeRoute,
+)
+from meshscale.control.plane import ControlPlane
+from meshscale.errors import ConfigError, MeshscaleError, PluginError, PolicyError
+from meshscale.events import PolicyEvent
+from meshscale.mapper.mapper import Mapper
+from meshscale.noise.handshake import public_bytes
+from meshscale.pluginhost import PluginHost
+from meshscale.policy import Affected, AllowAllEngine, PolicyEngine
+from meshscale.state.changes import DerpMapChanged, PolicyChanged
+from meshscale.state.store import PolicyHooks, State
+from meshscale.storage.base import PutPolicy, Storage
+from meshscale.transport import FrontDoor
+from meshscale.web import create_app
+
+log = logging.getLogger(__name__)
+
+
+def load_private_key(path: Path) -> X25519PrivateKey:
+    """Read a ``privkey:<hex>`` file (headscale's format), creating it (0600) if missing."""
+    if path.exists():
+        text = path.read_text().strip()
+        hexpart = text.removeprefix("privkey:")
+        try:
+            return X25519PrivateKey.from_private_bytes(bytes.fromhex(hexpart))
+        except ValueError as exc:
+            raise ConfigError(str(path), f"not a private key: {exc}") from None
+    key = X25519PrivateKey.generate()
+    raw = key.private_bytes_raw()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("privkey:" + raw.hex() + "\n")
+    return key
+
+
+class Server:
+    """One meshscale instance. Implements ServerContext for plugins."""
+
+    def __init__(self, config: Config, host: PluginHost) -> None:
+        self._config = config
+        self.host = host
+        self.storage: Storage | None = None
+        self.state: State | None = None
+        self.engine: PolicyEngine = AllowAllEngine()
+        self.mapper: Mapper | None = None
+        self.plane: ControlPlane | None = None
+        self.derp: Any = None
+        self.front: FrontDoor | None = None
+        self.listeners: list[asyncio.base_events.Server] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.main_port = 0
+        self.policy_text: str | None = None
+        self._stopped = asyncio.Event()
+        self._started_plugins = False
+
+    # -- ServerContext ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def data_dir(self) -> Path:
+        return self._config.data_path
+
+    def node_key_known(self, node_key: bytes) -> bool:
+        node = self.state.by_node_key(node_key) if self.state else None
+        return node is not None and not node.expired()
+
+    def derp_map(self) -> Mapping[str, Any]:
+        if self.derp is None:  # TEMPORARY until core/derpmap.py lands
+            regions = self.host.collect_sync("meshscale_derp_regions", config=self._config)
+            return {"Regions": {str(r["RegionID"]): r for r in regions},
+                    "omitDefaultRegions": True}
+        result: Mapping[str, Any] = self.derp.current()
+        return result
+
+    def refresh_derp_map(self) -> None:
+        if self.derp is not None:
+            self.spawn(self._refresh_derp(), "derp-map-refresh")
+
+    async def _refresh_derp(self) -> None:
+        await self.derp.refresh()
+
+    def stats(self) -> Mapping[str, float]:
+        state = self.state
+        if state is None or self.mapper is None:
+            return {}
+        return {
+            "nodes_total": float(len(state.nodes)),
+            "nodes_online": float(sum(1 for n in state.nodes.values() if n.online)),
+            "users_total": float(len(state.users)),
+            "map_streams": float(self.mapper.stream_count()),
+        }
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s failed", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _pick(self, hook: str, wanted: str, what: str) -> Any:
+        specs = self.host.collect_sync(hook)
+        for spec in specs:
+            if spec.name == wanted:
+                return spec
+        names = ", ".join(sorted(s.name for s in specs)) or "none (is its plugin enabled?)"
+        raise ConfigError(what, f"unknown {what} {wanted!r}; available: {names}")
+
+    def _open_storage(self) -> Storage:
+        backend: StorageBackend = self._pick(
+            "meshscale_storage_backends", self._config.database.type, "database.type"
+        )
+        return backend.open(self._config)
+
+    def _make_engine(self) -> PolicyEngine:
+        specs: list[PolicyEngineSpec] = self.host.collect_sync("meshscale_policy_engines")
+        wanted = self._config.policy.engine
+        for spec in specs:
+            if spec.name == wanted:
+                return spec.create(self._config)
+        if wanted in ("allow-all", "tailscale") and not self._config.policy.path:
+            if wanted != "allow-all":
+                log.warning("no %r policy engine is loaded; everyone may reach everyone", wanted)
+            return AllowAllEngine()
+        names = ", ".join(sorted(s.name for s in specs)) or "none"
+        raise ConfigError("policy.engine", f"unknown engine {wanted!r}; available: {names}")
+
+    def _initial_policy(self, stored: str | None) -> str | None:
+        cfg = self._config.policy
+        if cfg.mode == "file":
+            if not cfg.path:
+                return None
+            path = self._config.resolve(cfg.path)
+            try:
+                return path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError("policy.path", f"cannot read {path}: {exc.strerror}") from None
+        return stored
+
+    async def start(self) -> None:
+        cfg = self._config
+        data = cfg.data_path
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        noise_key = load_private_key(cfg.resolve(cfg.noise.private_key_path))
+
+        self.storage = self._open_storage()
+        snap = await asyncio.to_thread(self.storage.load)
+        state = State(cfg, self.storage)
+        state.load(snap)
+        self.state = state
+
+        self.engine = self._make_engine()
+        users, nodes = state.policy_topology()
+        self.engine.set_topology(users, nodes)
+        text = self._initial_policy(snap.policy)
+        if text is not None:
+            try:
+                self.engine.set_policy(text)
+            except PolicyError as exc:
+                where = "policy.path" if cfg.policy.mode == "file" else "the stored policy"
+                raise MeshscaleError(
+                    f"refusing to start: {where} is invalid: {exc}. See docs/policy.md "
+                    "('Recovering from an invalid policy')"
+                ) from exc
+        self.policy_text = text
+        state.policy_engine_hooks = PolicyHooks(
+            node_upserted=lambda n: self._policy_affected(self.engine.upsert_node(n)),
+            node_removed=lambda i: self._policy_affected(self.engine.remove_node(i)),
+            user_upserted=lambda u: self._policy_affected(self.engine.upsert_user(u)),
+            user_removed=lambda i: self._policy_affected(self.engine.remove_user(i)),
+        )
+
+        self.derp = self._make_derp_manager()
+        self.mapper = Mapper(
+            cfg, state, self.engine, self.derp_map,
+            notify=lambda e: self.host.notify("meshscale_map_sent", event=e),
+        )
+        self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host)
+
+        await self.host.collect("meshscale_startup", server=self)
+        self._started_plugins = True
+        if self.derp is not None:
+            await self.derp.refresh()
+            self.derp.add_listener(lambda _m: state._emit(DerpMapChanged()))
+            if cfg.derp.auto_update_enabled:
+                self.spawn(self.derp.run(), "derp-map-updates")
+
+        routes: list[HttpRoute] = self.host.collect_sync("meshscale_http_routes", config=cfg)
+        upgrades: list[UpgradeRoute] = self.host.collect_sync(
+            "meshscale_http_upgrades", config=cfg
+        )
+        app = create_app(public_bytes(noise_key), routes)
+        self.front = FrontDoor(noise_key, self.plane.handle, app, upgrades)
+        host, port = split_host_port(cfg.listen_addr)
+        ssl_ctx = None
+        if cfg.tls_cert_path:
+            import ssl  # noqa: PLC0415
+
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(cfg.resolve(cfg.tls_cert_path), cfg.resolve(cfg.tls_key_path))
+        main = await asyncio.start_server(self.front, host, port, ssl=ssl_ctx, backlog=4096,
+                                          limit=2**20)
+        self.listeners.append(main)
+        self.main_port = main.sockets[0].getsockname()[1]
+        await self._start_admin()
+
+        self.plane.schedule_offline_ephemerals()
+        self.spawn(self.plane.run_expiry(), "key-expiry")
+        log.info(
+            "meshscale listening on %s (port %d), data in %s, plugins: %s",
+            cfg.listen_addr, self.main_port, data, ", ".join(self.host.names()) or "none",
+        )
+
+    def _make_derp_manager(self) -> Any:
+        try:
+            from meshscale.derpmap import DerpMapManager  # noqa: PLC0415
+        except ImportError:  # pragma: no cover - only while the DERP map module is absent
+            return None
+        return DerpMapManager(self._config, self.host)
+
+    async def _start_admin(self) -> None:
+        from meshscale.api.admin import create_admin_app  # noqa: PLC0415
+
+        path = self.admin_socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.stat().st_mode):
+                path.unlink()
+        app = create_admin_app(self)
+        front = FrontDoor(X25519PrivateKey.generate(), _no_control, app)
+        admin = await asyncio.start_unix_server(front, str(path))
+        os.chmod(path, int(self._config.unix_socket_permission, 8))
+        self.listeners.append(admin)
+
+    @property
+    def admin_socket_path(self) -> Path:
+        return self._config.resolve(self._config.unix_socket)
+
+    # -- policy --------------------------------------------------------------------------------
+
+    def _policy_affected(self, affected: Affected) -> None:
+        if (affected.everyone or affected.nodes) and self.state is not None:
+            self.state._emit(PolicyChanged(affected))
+
+    def set_policy(self, text: str, source: str, persist: bool) -> None:
+        """Install a new policy atomically; PolicyError leaves everything as it was."""
+        assert self.state is not None
+        try:
+            affected = self.engine.set_policy(text)
+        except PolicyError as exc:
+            self.host.notify("meshscale_policy_event",
+                             event=PolicyEvent(False, source, str(exc)))
+            raise
+        if persist and self.storage is not None:
+            self.storage.apply([PutPolicy(text)])
+        self.policy_text = text
+        self.host.notify("meshscale_policy_event", event=PolicyEvent(True, source))
+        self._policy_affected(affected)
+
+    def reload_policy_file(self) -> None:
+        cfg = self._config.policy
+        if cfg.mode != "file" or not cfg.path:
+            log.info("SIGHUP: no policy file configured; nothing to reload")
+            return
+        path = self._config.resolve(cfg.path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            self.set_policy(text, "file", persist=False)
+            log.info("policy reloaded from %s", path)
+        except (OSError, PolicyError) as exc:
+            log.error("policy reload from %s refused, keeping the old policy: %s", path, exc)
+
+    # -- run and stop ----------------------------------------------------------------------------
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stopped.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload_policy_file)
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        if self.front is not None:
+            for task in list(self.front.connections):
+                task.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._started_plugins:
+            try:
+                await self.host.collect("meshscale_shutdown", server=self)
+            except PluginError:
+                log.exception("a plugin failed to shut down cleanly")
+        if self.storage is not None:
+            self.storage.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.admin_socket_path.unlink()
+
+
+async def _no_control(req: Any, resp: Any) -> None:
+    await resp.send(404, b"not a control endpoint\n", "text/plain")
+
+
+def plugin_sections(host: PluginHost) -> Sequence[Any]:
+    return host.collect_sync("meshscale_config_sections")

@@ -1,0 +1,232 @@
+"""The front door: one listening socket for everything on the main address.
+
+Hypercorn cannot hand over the raw socket for a custom ``Upgrade:``, so this module owns the
+listener. It reads the request head (h11); ``/ts2021`` goes to Noise + HTTP/2, a plugin's upgrade
+path (``/derp``) goes to that plugin with the socket, and every other connection is handed to
+hypercorn, with the bytes already read, to be served by the Quart app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import h11
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config as HypercornConfig
+
+from meshscale.contributions import UpgradeRequest, UpgradeRoute
+from meshscale.control.h2conn import Handler, NoiseH2Connection
+from meshscale.errors import ProtocolError
+from meshscale.noise import handshake
+from meshscale.noise.records import RecordDecoder, RecordEncoder
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 16 * 1024
+HEAD_TIMEOUT = 30.0
+TS2021_PATH = "/ts2021"
+TS2021_UPGRADE = "tailscale-control-protocol"
+
+
+class Head:
+    """The parsed request head and the bytes that came with it."""
+
+    def __init__(self, request: h11.Request, raw: bytes, rest: bytes) -> None:
+        self.method = request.method.decode("ascii", "replace")
+        self.target = request.target.decode("ascii", "replace")
+        self.path = self.target.split("?", 1)[0]
+        self.headers = [
+            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers
+        ]
+        self.raw = raw  # everything read so far (head + rest)
+        self.rest = rest  # bytes after the head
+
+    def header(self, name: str) -> str:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return ""
+
+
+async def read_head(reader: asyncio.StreamReader) -> Head | None:
+    """Read one request head. None: the peer went away; ValueError: not HTTP/1.1."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    raw = bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ValueError(f"malformed HTTP request: {exc}") from None
+        if event is h11.NEED_DATA:
+            data = await asyncio.wait_for(reader.read(65536), HEAD_TIMEOUT)
+            if not data:
+                return None
+            raw += data
+            conn.receive_data(bytes(data))
+            continue
+        if isinstance(event, h11.Request):
+            crlf = raw.find(b"\r\n\r\n")
+            end = crlf + 4 if crlf >= 0 else raw.find(b"\n\n") + 2
+            return Head(event, bytes(raw), bytes(raw[end:]))
+        raise ValueError("unexpected HTTP event before a request")
+
+
+def _plain_response(status: int, reason: str, text: str) -> bytes:
+    body = text.encode() + b"\n"
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class _Relay:
+    """A StreamReader that starts with bytes already read, then continues from the socket."""
+
+    @staticmethod
+    def reader(first: bytes, source: asyncio.StreamReader) -> asyncio.StreamReader:
+        out = asyncio.StreamReader(limit=2**20)
+        if first:
+            out.feed_data(first)
+
+        async def pump() -> None:
+            try:
+                while True:
+                    data = await source.read(65536)
+                    if not data:
+                        break
+                    out.feed_data(data)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                out.feed_eof()
+
+        task = asyncio.get_running_loop().create_task(pump())
+        _PUMPS.add(task)
+        task.add_done_callback(_PUMPS.discard)
+        return out
+
+
+_PUMPS: set[asyncio.Task[None]] = set()
+
+
+class FrontDoor:
+    def __init__(
+        self,
+        noise_key: X25519PrivateKey,
+        control: Handler,
+        asgi_app: object,
+        upgrades: Sequence[UpgradeRoute] = (),
+    ) -> None:
+        self.noise_key = noise_key
+        self.control = control
+        self.app = ASGIWrapper(asgi_app)  # type: ignore[arg-type]
+        self.upgrades = list(upgrades)
+        self.hconfig = HypercornConfig()
+        self.hconfig.keep_alive_timeout = 75
+        self.worker = WorkerContext(None)
+        self.connections: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            if task is not None:
+                self.connections.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await read_head(reader)
+        except ValueError as exc:
+            writer.write(_plain_response(400, "Bad Request", str(exc)))
+            await writer.drain()
+            return
+        if head is None:
+            return
+        upgrade = head.header("upgrade").lower()
+        if head.path == TS2021_PATH:
+            await self._ts2021(head, upgrade, reader, writer)
+            return
+        if upgrade:
+            for route in self.upgrades:
+                if route.path == head.path and upgrade in route.protocols:
+                    peer = writer.get_extra_info("peername") or ("", 0)
+                    await route.handler(
+                        UpgradeRequest(
+                            method=head.method,
+                            target=head.target,
+                            headers=head.headers,
+                            reader=_Relay.reader(head.rest, reader) if head.rest else reader,
+                            writer=writer,
+                            peer=(str(peer[0]), int(peer[1])),
+                        )
+                    )
+                    return
+        # Everything else is ordinary HTTP for the Quart app, with the bytes we already read.
+        server = TCPServer(
+            self.app,
+            asyncio.get_running_loop(),
+            self.hconfig,
+            self.worker,
+            {},
+            _Relay.reader(head.raw, reader),
+            writer,
+        )
+        await server.run()
+
+    async def _ts2021(
+        self,
+        head: Head,
+        upgrade: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        if head.method not in ("POST", "GET"):
+            writer.write(_plain_response(405, "Method Not Allowed", "use POST"))
+            return
+        if upgrade != TS2021_UPGRADE:
+            writer.write(_plain_response(
+                400, "Bad Request", f"/ts2021 needs Upgrade: {TS2021_UPGRADE}"))
+            return
+        try:
+            init = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
+            hs = handshake.respond(self.noise_key, init)
+        except (binascii.Error, ValueError):
+            writer.write(_plain_response(
+                400, "Bad Request", "missing or malformed X-Tailscale-Handshake"))
+            return
+        except ProtocolError as exc:
+            writer.write(_plain_response(400, "Bad Request", f"bad handshake: {exc}"))
+            return
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: tailscale-control-protocol\r\n"
+            b"Connection: upgrade\r\n\r\n" + hs.response
+        )
+        await writer.drain()
+        conn = NoiseH2Connection(
+            reader,
+            writer,
+            RecordDecoder(hs.recv_key),
+            RecordEncoder(hs.send_key),
+            hs.peer_static,
+            hs.version,
+            self.control,
+        )
+        await conn.run(first=head.rest)
