@@ -1,1 +1,27 @@
-"""meshscale plugin: policy."""
+"""meshscale plugin: the Tailscale policy engine (HuJSON acls, grants, ssh, nodeAttrs, tests).
+
+Registers the ``tailscale`` engine for ``policy.engine``. Importing this module does nothing
+else; the engine modules are imported when an engine is created.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshscale import hookimpl
+from meshscale.contributions import PolicyEngineSpec
+
+if TYPE_CHECKING:
+    from meshscale.config import Config
+    from meshscale.policy import PolicyEngine
+
+
+def _create(config: Config) -> PolicyEngine:
+    from meshscale.plugins.policy.engine import TailscalePolicyEngine
+
+    return TailscalePolicyEngine(control_url=str(config.server_url))
+
+
+@hookimpl
+def meshscale_policy_engines() -> list[PolicyEngineSpec]:
+    return [PolicyEngineSpec(name="tailscale", create=_create)]

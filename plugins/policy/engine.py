@@ -1,0 +1,305 @@
+"""``TailscalePolicyEngine``: the PolicyEngine protocol over Tailscale's policy language.
+
+Compiled once per policy change (``set_policy``); afterwards a node joining or changing only
+re-tests that node's membership in each grant (``upsert_node``), and per-node questions read the
+compiled grants. Endpoint changes never reach the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from meshscale.errors import PolicyError
+from meshscale.plugins.policy.addrset import AddrSet
+from meshscale.plugins.policy.compile import CompiledGrant, merge_rules
+from meshscale.plugins.policy.model import Policy
+from meshscale.plugins.policy.parse import parse_policy
+from meshscale.plugins.policy.policytests import run_ssh_tests, run_tests
+from meshscale.plugins.policy.resolve import Resolver
+from meshscale.plugins.policy.ssh import SSHCompiler
+from meshscale.plugins.policy.tailnet import NodeInfo, Tailnet
+from meshscale.policy import ALLOW_ALL_FILTER, Affected, PolicyNode, PolicyUser, Rule
+
+# nodeAttrs that stand for several capabilities on the wire.
+ATTR_EXPANSIONS = {
+    "funnel": (
+        "funnel",
+        "https://tailscale.com/cap/funnel-ports?ports=443,8443,10000",
+        "https://tailscale.com/cap/warn-funnel-no-https",
+    ),
+}
+
+
+class _Compiled:
+    """One policy compiled against one tailnet."""
+
+    def __init__(self, policy: Policy, tailnet: Tailnet, control_url: str) -> None:
+        self.policy = policy
+        self.tailnet = tailnet
+        self.resolver = Resolver(policy, tailnet)
+        self.grants = [CompiledGrant.of(g) for g in policy.grants]
+        self.ssh = SSHCompiler(policy.ssh, control_url)
+        for n in tailnet.nodes.values():
+            self._place(n)
+
+    def _place(self, n: NodeInfo) -> None:
+        for g in self.grants:
+            if g.in_src(self.resolver, n):
+                g.src_nodes.add(n.id)
+            if g.in_dst(self.resolver, n):
+                g.dst_nodes.add(n.id)
+
+    def node_changed(self, node_id: int, old: NodeInfo | None) -> Affected:
+        """Re-test one node's membership in every grant; say whose views may change."""
+        new = self.tailnet.nodes.get(node_id)
+        affected: set[int] = {node_id}
+        routes_changed = (old.routes if old else None) != (new.routes if new else None)
+        for g in self.grants:
+            was_src = node_id in g.src_nodes
+            was_dst = node_id in g.dst_nodes
+            touched = g.update(self.resolver, new, node_id)
+            if routes_changed and g.src_all:
+                g.invalidate()  # "*" sources carry every approved subnet route
+                touched = True
+            if not touched:
+                continue
+            if was_src or node_id in g.src_nodes or (routes_changed and g.src_all):
+                # The node's addresses are (or were) in this grant's SrcIPs: every destination
+                # of the grant gets a new filter.
+                if g.dst_all:
+                    return Affected.all()
+                affected |= g.dst_nodes
+            if was_dst or node_id in g.dst_nodes:
+                if g.src_all:
+                    return Affected.all()
+                affected |= g.src_nodes
+            if g.self_dst and new is not None and new.node.user_id is not None:
+                affected |= self.tailnet.nodes_by_user.get(new.node.user_id, set())
+        self.ssh.invalidate()
+        if self.policy.ssh:
+            # SSH principals list source nodes by address; any source change can touch any rule.
+            return Affected.all()
+        return Affected(nodes=frozenset(affected))
+
+    def users_changed(self) -> None:
+        self.resolver.refresh_users()
+        for g in self.grants:
+            g.src_nodes.clear()
+            g.dst_nodes.clear()
+            g.invalidate()
+        for n in self.tailnet.nodes.values():
+            self._place(n)
+        self.ssh.invalidate()
+
+    # -- per-node answers ---------------------------------------------------------------------
+
+    def packet_filter(self, node_id: int) -> list[Rule]:
+        if not self.policy.has_rules:
+            return ALLOW_ALL_FILTER
+        n = self.tailnet.nodes.get(node_id)
+        if n is None:
+            return []
+        rules: list[Rule] = []
+        for g in self.grants:
+            rules.extend(g.rules_for(self.resolver, n))
+        return merge_rules(rules)
+
+    def visible_peers(self, node_id: int) -> set[int] | None:
+        """Peers this node may reach or be reached by; None when that is everyone."""
+        if not self.policy.has_rules:
+            return None
+        n = self.tailnet.nodes.get(node_id)
+        if n is None:
+            return set()
+        peers: set[int] = set()
+        for g in self.grants:
+            if node_id in g.src_nodes:
+                if g.dst_all:
+                    return None
+                peers |= g.dst_nodes
+            if node_id in g.dst_nodes:
+                if g.src_all:
+                    return None
+                peers |= g.src_nodes
+            if g.self_dst and not n.tagged and n.node.user_id is not None:
+                if node_id in g.src_nodes:
+                    peers |= self.tailnet.nodes_by_user.get(n.node.user_id, set())
+        peers.discard(node_id)
+        return peers
+
+    def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
+        n = self.tailnet.nodes.get(node_id)
+        if n is None:
+            return None
+        rules = self.ssh.policy_for(self.resolver, n)
+        if rules is None:
+            return None
+        return {"rules": rules}
+
+    def cap_map(self, node_id: int) -> dict[str, list[Any] | None]:
+        n = self.tailnet.nodes.get(node_id)
+        out: dict[str, list[Any] | None] = {}
+        if n is None:
+            return out
+        if self.policy.randomize_client_port:
+            out["randomize-client-port"] = None
+        for na in self.policy.node_attrs:
+            if any(self.resolver.contains_node(a, n) for a in na.targets):
+                for attr in na.attrs:
+                    for cap in ATTR_EXPANSIONS.get(attr, (attr,)):
+                        out.setdefault(cap, None)
+        return out
+
+
+class TailscalePolicyEngine:
+    """Tailscale HuJSON policies: acls, grants, ssh, nodeAttrs, autoApprovers, tests."""
+
+    def __init__(self, control_url: str = "") -> None:
+        self.control_url = control_url
+        self.tailnet = Tailnet()
+        self.compiled: _Compiled | None = None
+
+    # -- policy -------------------------------------------------------------------------------
+
+    def _compile(self, text: str, tailnet: Tailnet) -> _Compiled:
+        policy = parse_policy(text, tailnet.domains())
+        compiled = _Compiled(policy, tailnet, self.control_url)
+        run_tests(policy, compiled.resolver, compiled.grants)
+        run_ssh_tests(
+            policy, compiled.resolver, lambda n: compiled.ssh.policy_for(compiled.resolver, n)
+        )
+        return compiled
+
+    def check(
+        self, text: str, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]
+    ) -> None:
+        tailnet = Tailnet()
+        tailnet.set_users(list(users))
+        for node in nodes:
+            tailnet.upsert_node(node)
+        self._compile(text, tailnet)
+
+    def set_policy(self, text: str | None) -> Affected:
+        if text is None or not text.strip():
+            self.compiled = None
+            return Affected.all()
+        self.compiled = self._compile(text, self.tailnet)
+        return Affected.all()
+
+    def set_topology(self, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]) -> None:
+        self.tailnet = Tailnet()
+        self.tailnet.set_users(list(users))
+        for node in nodes:
+            self.tailnet.upsert_node(node)
+        if self.compiled is not None:
+            self.compiled = _Compiled(self.compiled.policy, self.tailnet, self.control_url)
+
+    # -- topology changes ---------------------------------------------------------------------
+
+    def upsert_user(self, user: PolicyUser) -> Affected:
+        self.tailnet.upsert_user(user)
+        if self.compiled is None:
+            return Affected.none()
+        self.compiled.users_changed()
+        nodes = frozenset(i for i, n in self.tailnet.nodes.items() if n.node.user_id == user.id)
+        return Affected.all() if nodes else Affected.none()
+
+    def remove_user(self, user_id: int) -> Affected:
+        self.tailnet.remove_user(user_id)
+        if self.compiled is None:
+            return Affected.none()
+        self.compiled.users_changed()
+        return Affected.all()
+
+    def upsert_node(self, node: PolicyNode) -> Affected:
+        old = self.tailnet.upsert_node(node)
+        if self.compiled is None:
+            return Affected.none() if old is not None else Affected.all()
+        return self.compiled.node_changed(node.id, old)
+
+    def remove_node(self, node_id: int) -> Affected:
+        old = self.tailnet.remove_node(node_id)
+        if old is None:
+            return Affected.none()
+        if self.compiled is None:
+            return Affected.all()
+        return self.compiled.node_changed(node_id, old)
+
+    # -- per-node answers ---------------------------------------------------------------------
+
+    def packet_filter(self, node_id: int) -> list[Rule]:
+        return ALLOW_ALL_FILTER if self.compiled is None else self.compiled.packet_filter(node_id)
+
+    def visible_peers(self, node_id: int) -> Iterable[int] | None:
+        return None if self.compiled is None else self.compiled.visible_peers(node_id)
+
+    def peer_allowed_ips(self, viewer_id: int, peer: PolicyNode) -> list[str] | None:
+        # Tailscale gives a peer's primary and exit routes to every node that sees the peer;
+        # which routes are primary is core's election (routes.py), so nothing to narrow here.
+        return None
+
+    def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
+        return None if self.compiled is None else self.compiled.ssh_policy(node_id)
+
+    def cap_map(self, node_id: int) -> Mapping[str, list[Any] | None]:
+        return {} if self.compiled is None else self.compiled.cap_map(node_id)
+
+    def tags_permitted(self, user: PolicyUser | None, tags: Iterable[str]) -> bool:
+        tags = list(tags)
+        if self.compiled is None:
+            return True
+        pol = self.compiled.policy
+        r = self.compiled.resolver
+        for tag in tags:
+            if tag not in pol.tag_owners:
+                return False
+            if user is None:
+                continue  # a tagged key's owner is the tag itself (checked when the key was made)
+            if not _owns(pol, r, user, tag, set()):
+                return False
+        return True
+
+    def auto_approved_routes(self, node: PolicyNode) -> list[str]:
+        """The routes ``node`` advertises that autoApprovers approve (exit routes included)."""
+        if self.compiled is None:
+            return []
+        pol = self.compiled.policy
+        r = self.compiled.resolver
+        info = NodeInfo.of(node)
+        out = []
+        for route in node.routable_ips:
+            try:
+                addrs = AddrSet.parse(route)
+            except ValueError:
+                continue
+            if route in ("0.0.0.0/0", "::/0"):
+                approvers = pol.auto_exit
+            else:
+                approvers = tuple(
+                    a for prefix, aliases in pol.auto_routes if prefix.issuperset(addrs)
+                    for a in aliases
+                )
+            if any(r.contains_node(a, info) for a in approvers):
+                out.append(route)
+        return out
+
+
+def _owns(pol: Policy, r: Resolver, user: PolicyUser, tag: str, seen: set[str]) -> bool:
+    if tag in seen:
+        return False
+    seen.add(tag)
+    for owner in pol.tag_owners.get(tag, ()):
+        if owner.kind == "tag":
+            if _owns(pol, r, user, owner.name, seen):
+                return True
+            continue
+        users = r.user_ids(owner)
+        if users is not None and user.id in users:
+            return True
+        if owner.name == "autogroup:admin":
+            return True
+    return False
+
+
+__all__ = ["PolicyError", "TailscalePolicyEngine"]

@@ -1,0 +1,164 @@
+"""SSH rules compiled to each node's ``SSHPolicy`` (the shape Tailscale's control plane sends).
+
+Per rule, the expensive part (which source nodes, grouped by user; which nodes are
+destinations) is computed once and cached until the tailnet changes; a node's policy is then
+assembled from those pieces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from meshscale.plugins.policy.addrset import AddrSet
+from meshscale.plugins.policy.model import SSHRule
+from meshscale.plugins.policy.resolve import Resolver
+from meshscale.plugins.policy.tailnet import NodeInfo
+
+ACCEPT_ACTION: dict[str, Any] = {
+    "accept": True,
+    "allowAgentForwarding": True,
+    "allowLocalPortForwarding": True,
+    "allowRemotePortForwarding": True,
+}
+CHECK_PATH = "/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID?local_user=$LOCAL_USER"
+LOCALPART = "localpart:*@"
+
+
+def _sorted_ips(ips: list[str]) -> list[str]:
+    addrs = sorted({ipaddress.ip_address(i) for i in ips}, key=lambda a: (a.version, int(a)))
+    return [str(a) for a in addrs]
+
+
+def _principals(ips: list[str]) -> list[dict[str, str]]:
+    return [{"nodeIP": ip} for ip in ips]
+
+
+@dataclass(slots=True)
+class _Prepared:
+    src: AddrSet
+    user_ids: list[int]  # source users, sorted
+    by_user: dict[int, list[str]]  # user id -> sorted IPs of their untagged source nodes
+    tagged: list[str]  # tagged source IPs, once per tag the node carries (as Tailscale does)
+    dst_nodes: set[int]
+    localparts: dict[int, str]  # user id -> local part, for localpart:*@domain users
+    user_map: dict[str, str]
+    action: dict[str, Any]
+
+
+class SSHCompiler:
+    def __init__(self, rules: tuple[SSHRule, ...], control_url: str) -> None:
+        self.rules = rules
+        self.control_url = control_url.rstrip("/")
+        self._prepared: list[_Prepared | None] | None = None
+
+    def invalidate(self) -> None:
+        self._prepared = None
+
+    def _prepare(self, r: Resolver) -> list[_Prepared | None]:
+        if self._prepared is None:
+            self._prepared = [self._prepare_rule(r, rule) for rule in self.rules]
+        return self._prepared
+
+    def _prepare_rule(self, r: Resolver, rule: SSHRule) -> _Prepared | None:
+        src = r.addrs(rule.src)
+        if not src:
+            return None
+        tn = r.tailnet
+        by_user: dict[int, list[str]] = {}
+        tagged: list[str] = []
+        for n in sorted(tn.nodes.values(), key=lambda n: n.id):
+            if not n.addrs.overlaps(src):
+                continue
+            if n.tagged:
+                for _ in n.node.tags:
+                    tagged.extend(n.ips)
+            elif n.node.user_id is not None:
+                by_user.setdefault(n.node.user_id, []).extend(n.ips)
+        by_user = {u: _sorted_ips(ips) for u, ips in by_user.items()}
+        dst_nodes = {
+            n.id
+            for n in tn.nodes.values()
+            if any(a.name != "autogroup:self" and r.is_identity(a, n) for a in rule.dst)
+        }
+        users = set(rule.users)
+        user_map: dict[str, str] = {}
+        if "autogroup:nonroot" in users:
+            user_map["*"] = "="
+        user_map["root"] = "root" if "root" in users else ""
+        localparts: dict[int, str] = {}
+        for u in rule.users:
+            if u in ("root", "autogroup:nonroot"):
+                continue
+            if u.startswith(LOCALPART) and len(u) > len(LOCALPART):
+                domain = u[len(LOCALPART) :].lower()
+                for user in tn.users.values():
+                    local, at, dom = user.email.rpartition("@")
+                    if at and dom.lower() == domain:
+                        localparts[user.id] = local
+                continue
+            user_map[u] = u
+        if rule.action == "accept":
+            action = dict(ACCEPT_ACTION)
+        else:
+            action = {"holdAndDelegate": self.control_url + CHECK_PATH}
+        return _Prepared(src, sorted(by_user), by_user, tagged, dst_nodes, localparts, user_map,
+                         action)
+
+    def policy_for(self, r: Resolver, n: NodeInfo) -> list[dict[str, Any]] | None:
+        if not self.rules:
+            return None
+        out: list[dict[str, Any]] = []
+        for rule, prep in zip(self.rules, self._prepare(r), strict=True):
+            if prep is not None:
+                out.extend(self._rules_for(rule, prep, n))
+        # Tailscale evaluates the most restrictive first: check rules before accept rules.
+        out.sort(key=lambda x: "holdAndDelegate" not in x["action"])
+        return out
+
+    def _rules_for(self, rule: SSHRule, p: _Prepared, n: NodeInfo) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+
+        def emit(principals: list[str], uid: int | None) -> None:
+            base: dict[str, Any] = {
+                "principals": _principals(principals),
+                "sshUsers": p.user_map,
+                "action": p.action,
+            }
+            if rule.accept_env:
+                base["acceptEnv"] = list(rule.accept_env)
+            out.append(base)
+            if uid is not None and uid in p.localparts:
+                lp = p.localparts[uid]
+                extra = dict(base, sshUsers={lp: lp})
+                out.append(extra)
+
+        uid = n.node.user_id if not n.tagged else None
+        if any(a.name == "autogroup:self" for a in rule.dst) and uid is not None:
+            if p.by_user.get(uid):
+                emit(p.by_user[uid], uid)
+        has_other = any(a.name != "autogroup:self" for a in rule.dst)
+        if not has_other:
+            return out
+        if n.id in p.dst_nodes:
+            if _canonical_localpart(rule):
+                for u in p.user_ids:
+                    emit(p.by_user[u], u)
+                if p.tagged:
+                    emit(p.tagged, None)
+            else:
+                everyone = [ip for u in p.user_ids for ip in p.by_user[u]] + p.tagged
+                if everyone:
+                    emit(everyone, None)
+        elif _canonical_localpart(rule) and n.addrs.overlaps(p.src):
+            # A source node with a localpart rule gets the rule scoped to itself (Tailscale).
+            if n.tagged:
+                emit(_sorted_ips(list(n.ips)), None)
+            elif uid is not None and p.by_user.get(uid):
+                emit(p.by_user[uid], uid)
+        return out
+
+
+def _canonical_localpart(rule: SSHRule) -> bool:
+    return any(u.startswith(LOCALPART) and len(u) > len(LOCALPART) for u in rule.users)
