@@ -16,6 +16,7 @@ primary-route election, so give ids when the registration order matters.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from meshscale.errors import PolicyError
@@ -74,6 +75,15 @@ def compile_topology(
     users, nodes = build_topology(topology)
     engine.set_topology(users, nodes)
     engine.set_policy(policy_text)
+    # Routes autoApprovers approve count as approved, as on a live server.
+    auto = getattr(engine, "auto_approved_routes", None)
+    if auto is not None:
+        for i, node in enumerate(nodes):
+            extra = [r for r in auto(node) if r not in node.approved_routes]
+            if extra:
+                nodes[i] = replace(node, approved_routes=node.approved_routes + tuple(extra))
+                engine.upsert_node(nodes[i])
+    visible_route = getattr(engine, "route_visible", None)
     primaries = primary_routes(nodes)
     by_id = {n.id: n for n in nodes}
     out: dict[str, Any] = {}
@@ -88,7 +98,10 @@ def compile_topology(
             allowed = engine.peer_allowed_ips(node.id, peer)
             if allowed is None:
                 allowed = [_host(a) for a in peer.addresses]
-            routes = primaries.get(pid, [])
+            routes = [
+                r for r in primaries.get(pid, [])
+                if visible_route is None or visible_route(node.id, r)
+            ]
             allowed = allowed + [r for r in routes + exit_routes(peer) if r not in allowed]
             peers.append(
                 {"name": peer.hostname, "allowed_ips": allowed, "primary_routes": routes or None}

@@ -89,6 +89,17 @@ class CompiledGrant:
             self.invalidate()
         return was or now or self.self_dst
 
+    def covers_dst(self, target: AddrSet) -> bool:
+        """Does a destination of this grant reach into the address range ``target``?"""
+        for a in self.grant.dst:
+            if a.kind == "*" and not self.grant.via:
+                return True
+            if a.kind in ("host", "prefix") and a.addrs.overlaps(target):
+                return True
+            if a.name == "autogroup:internet" and INTERNET.overlaps(target):
+                return True
+        return False
+
     # -- per-node rules -----------------------------------------------------------------------
 
     def _via_dsts(self, r: Resolver, n: NodeInfo) -> list[str]:

@@ -128,6 +128,19 @@ class _Compiled:
         peers.discard(node_id)
         return peers
 
+    def route_visible(self, viewer_id: int, route: str) -> bool:
+        try:
+            target = AddrSet.parse(route)
+        except ValueError:
+            return False
+        r = self.resolver
+        for g in self.grants:
+            if viewer_id in g.src_nodes and g.covers_dst(target):
+                return True
+            if viewer_id in g.dst_nodes and (g.danger_all or g.src_addrs(r).overlaps(target)):
+                return True
+        return False
+
     def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
         n = self.tailnet.nodes.get(node_id)
         if n is None:
@@ -235,9 +248,14 @@ class TailscalePolicyEngine:
         return None if self.compiled is None else self.compiled.visible_peers(node_id)
 
     def peer_allowed_ips(self, viewer_id: int, peer: PolicyNode) -> list[str] | None:
-        # Tailscale gives a peer's primary and exit routes to every node that sees the peer;
-        # which routes are primary is core's election (routes.py), so nothing to narrow here.
+        # The peer's own addresses; its routes are added by core (routes.py elects primaries)
+        # and filtered through route_visible().
         return None
+
+    def route_visible(self, viewer_id: int, route: str) -> bool:
+        """May the viewer send to, or receive from, the subnet ``route``? Only then does a peer
+        serving it carry it in AllowedIPs/PrimaryRoutes for this viewer."""
+        return True if self.compiled is None else self.compiled.route_visible(viewer_id, route)
 
     def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
         return None if self.compiled is None else self.compiled.ssh_policy(node_id)
@@ -274,6 +292,7 @@ class TailscalePolicyEngine:
             except ValueError:
                 continue
             if route in ("0.0.0.0/0", "::/0"):
+                # Exit routes are approved by autoApprovers.exitNode only, as with Tailscale.
                 approvers = pol.auto_exit
             else:
                 approvers = tuple(

@@ -263,13 +263,17 @@ class _Parser:
         rcp = top.get("randomizeclientport", False)
         if not isinstance(rcp, bool):
             raise PolicyError("randomizeClientPort", "must be true or false")
+        if top.get("acls") is None and top.get("grants") is None:
+            # Without acls or grants Tailscale applies its default policy: all to all.
+            all_ = Alias("*", "*")
+            grants.append(Grant("(default)", (all_,), (all_,), (IPSpec((), ALL_PORTS),)))
         return Policy(
             groups=self.groups,
             hosts=self.hosts,
             host_text=self.host_text,
             tag_owners=self.tags,
             grants=tuple(grants),
-            has_rules=top.get("acls") is not None or top.get("grants") is not None,
+            has_rules=True,
             ssh=ssh,
             node_attrs=attrs,
             auto_routes=routes,
