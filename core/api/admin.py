@@ -263,6 +263,15 @@ def create_admin_app(server: Server) -> Quart:
             {"name": name, "hooks": server.host.hooks_of(name)} for name in server.host.names()
         ])
 
+    @app.get("/v1/debug/sessions")
+    async def sessions() -> Response:
+        assert server.mapper is not None
+        return _json([
+            {"nodeId": s.node_id, "sent": dict(s.sent), "known": None if s.known is None
+             else sorted(s.known), "overflows": s.overflows}
+            for s in server.mapper.sessions.values()
+        ])
+
     @app.get("/v1/health")
     async def health() -> Response:
         return _json({"status": "pass", **server.stats()})

@@ -1,0 +1,1 @@
+"""Sans-IO Noise IK (ts2021) handshake and transport records."""

@@ -1,1 +1,39 @@
-"""meshscale plugin: sqlite."""
+"""meshscale plugin: SQLite storage (peewee, WAL). The default backend.
+
+Loaded like any third-party plugin: entry point ``sqlite`` in the ``meshscale`` group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from meshscale import hookimpl
+from meshscale.config import Config
+from meshscale.contributions import StorageBackend
+from meshscale.storage.base import Storage
+
+
+def open_sqlite(config: Config) -> Storage:
+    # Imported here so loading the plugin module stays free of side effects.
+    import peewee as pw  # noqa: PLC0415
+
+    from meshscale.storage.peewee_store import PeeweeStorage  # noqa: PLC0415
+
+    path = config.resolve(config.database.sqlite.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pragmas: dict[str, object] = {"foreign_keys": 1, "busy_timeout": 5000}
+    if config.database.sqlite.write_ahead_log:
+        # WAL keeps readers (the CLI's "configtest", backups) off the writer's back; NORMAL
+        # sync is durable across process crashes, which is what a control server needs.
+        pragmas.update(
+            journal_mode="wal",
+            synchronous="normal",
+            wal_autocheckpoint=config.database.sqlite.wal_autocheckpoint,
+        )
+    db = pw.SqliteDatabase(str(path), pragmas=pragmas)
+    return PeeweeStorage(db)
+
+
+@hookimpl
+def meshscale_storage_backends() -> Sequence[StorageBackend]:
+    return [StorageBackend("sqlite", open_sqlite), StorageBackend("sqlite3", open_sqlite)]

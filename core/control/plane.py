@@ -1,0 +1,271 @@
+"""The control plane: routes ``/machine/*`` requests and owns node liveness.
+
+One per server. Handlers receive the Noise session's machine key with every request and check
+that any node key in the body belongs to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import random
+from datetime import datetime
+from typing import Any
+
+from meshscale import tailcfg
+from meshscale.config import Config
+from meshscale.control.h2conn import ControlRequest, ResponseWriter
+from meshscale.control.register import handle_register, node_event
+from meshscale.events import MapKind, MapSent, MapStreamEvent, NodeEventKind
+from meshscale.mapper.frames import KEEPALIVE, Message
+from meshscale.mapper.mapper import Mapper
+from meshscale.mapper.session import MapSession
+from meshscale.pluginhost import PluginHost
+from meshscale.policy import PolicyEngine
+from meshscale.state.models import Node, utcnow
+from meshscale.state.store import State
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_BASE = 50.0
+KEEPALIVE_JITTER = 9.0
+JSON = "application/json"
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        config: Config,
+        state: State,
+        mapper: Mapper,
+        engine: PolicyEngine,
+        host: PluginHost,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.mapper = mapper
+        self.engine = engine
+        self.host = host
+        self._ephemeral_timers: dict[int, asyncio.TimerHandle] = {}
+        self._expiry_heap: list[tuple[datetime, int]] = []
+        self._expiry_wakeup = asyncio.Event()
+        self.keepalive_base = KEEPALIVE_BASE
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    async def handle(self, req: ControlRequest, resp: ResponseWriter) -> None:
+        path = req.path.split("?", 1)[0]
+        if path == "/machine/register":
+            await self._json_endpoint(req, resp, self._register)
+        elif path == "/machine/map":
+            await self._map(req, resp)
+        elif path.startswith("/machine/"):
+            # Endpoints we do not implement: a clean, immediate error (never a hang).
+            await resp.send(501, f"{path} is not implemented by meshscale\n".encode(),
+                            "text/plain")
+        else:
+            await resp.send(404, b"not found\n", "text/plain")
+
+    @staticmethod
+    def _parse(req: ControlRequest) -> dict[str, Any] | str:
+        if req.method != "POST":
+            return f"{req.method} not allowed; use POST"
+        try:
+            body = json.loads(req.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"invalid JSON: {exc}"
+        if not isinstance(body, dict):
+            return "invalid JSON: expected an object"
+        return body
+
+    async def _json_endpoint(self, req: ControlRequest, resp: ResponseWriter, fn: Any) -> None:
+        body = self._parse(req)
+        if isinstance(body, str):
+            await resp.send(400, body.encode() + b"\n", "text/plain")
+            return
+        out = fn(req, body)
+        await resp.send(200, Message.of(out).body, JSON)
+
+    def _register(self, req: ControlRequest, body: dict[str, Any]) -> dict[str, Any]:
+        return handle_register(self, req.machine_key, body)
+
+    # -- node lifecycle helpers (used by register and the admin API) -----------------------------
+
+    def node_event(self, kind: NodeEventKind, node: Node) -> None:
+        self.host.notify("meshscale_node_event", event=node_event(self, kind, node))
+        if node.expiry is not None:
+            self.watch_expiry(node)
+
+    def delete_node(self, node_id: int) -> Node:
+        node = self.state.delete_node(node_id)
+        timer = self._ephemeral_timers.pop(node_id, None)
+        if timer is not None:
+            timer.cancel()
+        self.node_event(NodeEventKind.DELETED, node)
+        return node
+
+    def expire_node(self, node_id: int, when: datetime | None = None) -> Node:
+        node = self.state.expire_node(node_id, when)
+        if node.expired():
+            self.node_event(NodeEventKind.EXPIRED, node)
+        else:
+            self.watch_expiry(node)
+        return node
+
+    # -- /machine/map ----------------------------------------------------------------------------
+
+    async def _map(self, req: ControlRequest, resp: ResponseWriter) -> None:
+        body = self._parse(req)
+        if isinstance(body, str):
+            await resp.send(400, body.encode() + b"\n", "text/plain")
+            return
+        version = body.get("Version")
+        if not isinstance(version, int) or version < tailcfg.CAPVER_MIN:
+            await resp.send(
+                400,
+                f"client capability version {version} is too old; meshscale needs Tailscale "
+                f"v1.80 or newer (capability version {tailcfg.CAPVER_MIN})\n".encode(),
+                "text/plain",
+            )
+            return
+        node_key = tailcfg.parse_key(body.get("NodeKey"), "nodekey:")
+        node = self.state.by_node_key(node_key) if node_key else None
+        if node is None or node.machine_key != req.machine_key:
+            await resp.send(401, b"node key not registered for this machine\n", "text/plain")
+            return
+        stream = bool(body.get("Stream"))
+        # Streaming requests may carry stale values (tailcfg: treat them as read-only), but the
+        # disco key changes with every client restart and must reach peers: take non-empty ones.
+        endpoints = body.get("Endpoints")
+        eps = [e for e in endpoints if isinstance(e, str)] if isinstance(endpoints, list) else None
+        hostinfo = body.get("Hostinfo") if isinstance(body.get("Hostinfo"), dict) else None
+        disco = tailcfg.parse_key(body.get("DiscoKey"), "discokey:")
+        if stream:
+            self.state.client_update(node, eps or None, disco, None)
+        else:
+            self.state.client_update(node, eps, disco, hostinfo)
+        if not stream and body.get("OmitPeers"):
+            await resp.send(200)  # lite update: the body is discarded by the client
+            return
+        compress = body.get("Compress") == "zstd"
+        if not stream:
+            session = MapSession(node.id, compress)
+            msg = self.mapper.full_map(session)
+            await resp.send(200, msg.frame(compress))
+            self.host.notify("meshscale_map_sent",
+                             event=MapSent(MapKind.FULL, 1, len(msg.frame(compress))))
+            return
+        await self._stream(node, compress, resp, keepalive=bool(body.get("KeepAlive", True)))
+
+    async def _stream(
+        self, node: Node, compress: bool, resp: ResponseWriter, keepalive: bool
+    ) -> None:
+        session = self.mapper.open(node.id, compress)
+        self._cancel_ephemeral(node.id)
+        self.state.set_online(node, True)
+        self.host.notify("meshscale_map_stream", event=MapStreamEvent(node.id, True))
+        self.host.notify("meshscale_node_event",
+                         event=node_event(self, NodeEventKind.ONLINE, node))
+        try:
+            await resp.start(200)
+            while not session.closed:
+                if session.needs_full:
+                    session.needs_full = False
+                    session.queue.clear()
+                    msg = self.mapper.full_map(session)
+                    frame = msg.frame(compress)
+                    await resp.write(frame)
+                    session.sent["full"] += 1
+                    self.host.notify("meshscale_map_sent",
+                                     event=MapSent(MapKind.FULL, 1, len(frame)))
+                    continue
+                if session.queue:
+                    # Coalesce what is queued into one write: fewer Noise records and syscalls.
+                    frames = b"".join(m.frame(compress) for m in session.queue)
+                    session.sent["delta"] += len(session.queue)
+                    session.queue.clear()
+                    await resp.write(frames)
+                    continue
+                session.wakeup.clear()
+                timeout = self.keepalive_base + random.random() * KEEPALIVE_JITTER
+                try:
+                    await asyncio.wait_for(session.wakeup.wait(), timeout)
+                except TimeoutError:
+                    if keepalive:
+                        frame = KEEPALIVE.frame(compress)
+                        await resp.write(frame)
+                        session.sent["keepalive"] += 1
+                        self.host.notify("meshscale_map_sent",
+                                         event=MapSent(MapKind.KEEPALIVE, 1, len(frame)))
+        except (ConnectionResetError, LookupError):
+            pass
+        finally:
+            current = self.mapper.close(session)
+            live = self.state.nodes.get(node.id)
+            if current and live is not None:
+                self.state.set_online(live, False)
+                self.host.notify("meshscale_map_stream", event=MapStreamEvent(node.id, False))
+                self.host.notify("meshscale_node_event",
+                                 event=node_event(self, NodeEventKind.OFFLINE, live))
+                if live.ephemeral:
+                    self._schedule_ephemeral(live.id)
+            with contextlib.suppress(Exception):
+                await resp.end()
+
+    # -- ephemeral nodes -----------------------------------------------------------------------
+
+    def _schedule_ephemeral(self, node_id: int) -> None:
+        self._cancel_ephemeral(node_id)
+        loop = asyncio.get_running_loop()
+        delay = float(self.config.node.ephemeral.inactivity_timeout)
+        self._ephemeral_timers[node_id] = loop.call_later(delay, self._gc_ephemeral, node_id)
+
+    def _cancel_ephemeral(self, node_id: int) -> None:
+        timer = self._ephemeral_timers.pop(node_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _gc_ephemeral(self, node_id: int) -> None:
+        self._ephemeral_timers.pop(node_id, None)
+        node = self.state.nodes.get(node_id)
+        if node is not None and node.ephemeral and not node.online:
+            log.info("deleting ephemeral node %s (%s): inactive", node.id, node.given_name)
+            try:
+                self.delete_node(node_id)
+            except Exception:
+                log.exception("could not delete ephemeral node %s", node_id)
+
+    def schedule_offline_ephemerals(self) -> None:
+        """At start-up every node is offline: ephemeral ones get their inactivity timer."""
+        for node in list(self.state.nodes.values()):
+            if node.ephemeral:
+                self._schedule_ephemeral(node.id)
+
+    # -- key expiry ------------------------------------------------------------------------------
+
+    def watch_expiry(self, node: Node) -> None:
+        if node.expiry is not None and not node.expired():
+            heapq.heappush(self._expiry_heap, (node.expiry, node.id))
+            self._expiry_wakeup.set()
+
+    async def run_expiry(self) -> None:
+        """Tell peers (and the node) when a node key passes its expiry."""
+        for node in self.state.nodes.values():
+            self.watch_expiry(node)
+        while True:
+            self._expiry_wakeup.clear()
+            delay = 3600.0
+            now = utcnow()
+            while self._expiry_heap and self._expiry_heap[0][0] <= now:
+                when, node_id = heapq.heappop(self._expiry_heap)
+                node = self.state.nodes.get(node_id)
+                if node is not None and node.expiry == when:
+                    self.state.expire_node(node_id, when)
+                    self.node_event(NodeEventKind.EXPIRED, node)
+            if self._expiry_heap:
+                delay = min(delay, (self._expiry_heap[0][0] - now).total_seconds())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._expiry_wakeup.wait(), max(delay, 0.05))

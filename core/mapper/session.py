@@ -1,0 +1,48 @@
+"""One open map stream: a bounded queue of shared Messages and what the client already has."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from meshscale.mapper.frames import Message
+
+# A stream that falls this far behind gets one fresh full map instead of the backlog.
+MAX_BACKLOG = 256
+
+
+class MapSession:
+    def __init__(self, node_id: int, compress: bool) -> None:
+        self.node_id = node_id
+        self.compress = compress
+        self.queue: deque[Message] = deque()
+        self.wakeup = asyncio.Event()
+        self.closed = False
+        self.needs_full = True  # the first message is always a full map
+        # Peers the client holds; None means "every node" (no policy restricts visibility),
+        # which spares a set of N ids per stream at scale.
+        self.known: set[int] | None = None
+        self.filter_json: bytes = b""
+        self.ssh_json: bytes = b""
+        self.overflows = 0
+        self.sent = {"full": 0, "delta": 0, "keepalive": 0}
+
+    def push(self, msg: Message) -> None:
+        if self.closed or self.needs_full:
+            return  # a pending full map will carry this change too
+        if len(self.queue) >= MAX_BACKLOG:
+            self.queue.clear()
+            self.needs_full = True
+            self.overflows += 1
+        else:
+            self.queue.append(msg)
+        self.wakeup.set()
+
+    def resync(self) -> None:
+        self.queue.clear()
+        self.needs_full = True
+        self.wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wakeup.set()

@@ -1,0 +1,73 @@
+"""pytest plugin for plugin authors (entry point ``pytest11``): isolated in-process servers.
+
+    async def test_my_plugin(meshscale_server_factory):
+        server = await meshscale_server_factory(plugins=["sqlite", "my_plugin"])
+        ...
+
+Each server has its own data directory, a free port, and exactly the plugins named (plugin
+objects may be passed too). Servers are stopped at the end of the test.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshscale.config import Config, build_config
+from meshscale.pluginhost import PluginHost
+
+ServerFactory = Callable[..., Awaitable[Any]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_config(data_dir: Path, host: PluginHost, **overrides: Any) -> Config:
+    """A config for tests: loopback ports, data in ``data_dir``, no DERP map refresh loop."""
+    port = overrides.pop("port", None) or _free_port()
+    raw: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "listen_addr": f"127.0.0.1:{port}",
+        "server_url": f"http://127.0.0.1:{port}",
+        "derp": {"server": {"stun_listen_addr": f"127.0.0.1:{_free_port()}"},
+                 "auto_update_enabled": False},
+    }
+    for key, value in overrides.items():
+        raw[key] = value
+    return build_config(raw, host.collect_sync("meshscale_config_sections"))
+
+
+@pytest.fixture
+async def meshscale_server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    from meshscale.server import Server  # noqa: PLC0415
+
+    servers: list[Server] = []
+
+    async def factory(plugins: Sequence[str | tuple[str, object]] = ("sqlite",),
+                      **config: Any) -> Server:
+        host = PluginHost()
+        names = []
+        for p in plugins:
+            if isinstance(p, tuple):
+                host.register(p[1], p[0])
+                names.append(p[0])
+            else:
+                host.load([p])
+                names.append(p)
+        cfg = make_config(tmp_path / f"server{len(servers)}", host, plugins=names, **config)
+        server = Server(cfg, host)
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop()

