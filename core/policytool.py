@@ -21,7 +21,7 @@ from typing import Any
 
 from meshscale.errors import PolicyError
 from meshscale.policy import PolicyEngine, PolicyNode, PolicyUser
-from meshscale.routes import exit_routes, primary_routes
+from meshscale.routes import EXIT_ROUTES, exit_routes, primary_routes, served_routes
 
 
 def _host(ip: str) -> str:
@@ -84,12 +84,31 @@ def compile_topology(
                 nodes[i] = replace(node, approved_routes=node.approved_routes + tuple(extra))
                 engine.upsert_node(nodes[i])
     visible_route = getattr(engine, "route_visible", None)
+    via_tags = getattr(engine, "route_via_tags", None)
     primaries = primary_routes(nodes)
+    serving: dict[str, list[PolicyNode]] = {}
+    for n in sorted(nodes, key=lambda n: n.id):
+        for r in served_routes(n):
+            if r not in EXIT_ROUTES:
+                serving.setdefault(r, []).append(n)
+
+    def router_for(viewer: int, route: str, default: int) -> int:
+        """Grants with ``via`` steer a viewer's route to the first router with a via tag."""
+        tags = via_tags(viewer, route) if via_tags is not None else frozenset()
+        for n in serving.get(route, []) if tags else []:
+            if tags & n.tags:
+                return n.id
+        return default
+
     by_id = {n.id: n for n in nodes}
     out: dict[str, Any] = {}
     for node in nodes:
         visible = engine.visible_peers(node.id)
         peer_ids = sorted(by_id) if visible is None else sorted(set(visible))
+        peer_routes: dict[int, list[str]] = {}
+        for route, routers in serving.items():
+            winner = router_for(node.id, route, routers[0].id)
+            peer_routes.setdefault(winner, []).append(route)
         peers = []
         for pid in peer_ids:
             if pid == node.id or pid not in by_id:
@@ -99,7 +118,7 @@ def compile_topology(
             if allowed is None:
                 allowed = [_host(a) for a in peer.addresses]
             routes = [
-                r for r in primaries.get(pid, [])
+                r for r in peer_routes.get(pid, [])
                 if visible_route is None or visible_route(node.id, r)
             ]
             allowed = allowed + [r for r in routes + exit_routes(peer) if r not in allowed]

@@ -162,7 +162,7 @@ class CompiledGrant:
                 entries = self.dst_entries(r, n)
                 if entries and src:
                     rules.extend(_port_rules(src, entries, g.ip))
-                if g.app:
+                if g.app and not g.via:
                     grants = []
                     for a in g.dst:
                         if a.name == "autogroup:self":

@@ -134,12 +134,29 @@ class _Compiled:
         except ValueError:
             return False
         r = self.resolver
+        viewer = self.tailnet.nodes.get(viewer_id)
+        if viewer is not None and route in viewer.route_list:
+            return True  # routers serving the same subnet (HA pairs) see each other's routes
         for g in self.grants:
             if viewer_id in g.src_nodes and g.covers_dst(target):
                 return True
             if viewer_id in g.dst_nodes and (g.danger_all or g.src_addrs(r).overlaps(target)):
                 return True
         return False
+
+    def route_via_tags(self, viewer_id: int, route: str) -> frozenset[str]:
+        try:
+            target = AddrSet.parse(route)
+        except ValueError:
+            return frozenset()
+        tags: set[str] = set()
+        for g in self.grants:
+            if g.grant.via and viewer_id in g.src_nodes and g.covers_dst(target):
+                tags.update(g.grant.via)
+        return frozenset(tags)
+
+    def ipv4_disabled(self, node_id: int) -> bool:
+        return "disable-ipv4" in self.cap_map(node_id)
 
     def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
         n = self.tailnet.nodes.get(node_id)
@@ -248,9 +265,19 @@ class TailscalePolicyEngine:
         return None if self.compiled is None else self.compiled.visible_peers(node_id)
 
     def peer_allowed_ips(self, viewer_id: int, peer: PolicyNode) -> list[str] | None:
-        # The peer's own addresses; its routes are added by core (routes.py elects primaries)
-        # and filtered through route_visible().
-        return None
+        # The peer's own addresses (its routes are added by core: routes.py elects primaries,
+        # route_visible() filters them). nodeAttrs disable-ipv4 on either end drops IPv4.
+        c = self.compiled
+        if c is None or not (c.ipv4_disabled(viewer_id) or c.ipv4_disabled(peer.id)):
+            return None
+        return [f"{a}/128" for a in peer.addresses if ":" in a]
+
+    def route_via_tags(self, viewer_id: int, route: str) -> frozenset[str]:
+        """Tags of the routers the viewer's traffic to ``route`` must go through (grants with
+        ``via``); empty when the normal primary router serves it."""
+        return frozenset() if self.compiled is None else self.compiled.route_via_tags(
+            viewer_id, route
+        )
 
     def route_visible(self, viewer_id: int, route: str) -> bool:
         """May the viewer send to, or receive from, the subnet ``route``? Only then does a peer
