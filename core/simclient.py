@@ -1,0 +1,316 @@
+"""A simulated Tailscale node that speaks the real protocol: /key, Noise IK, HTTP/2, zstd maps.
+
+For tests and the load generator (``meshscale bench``); it targets loopback servers. It is not a
+Tailscale client: no WireGuard, no DERP, only the control protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import zstandard
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from meshscale.noise.handshake import (
+    PROLOGUE_PREFIX,
+    SymmetricState,
+    dh,
+    public_bytes,
+)
+from meshscale.noise.records import RecordDecoder, RecordEncoder
+
+CAPVER = 130  # Tailscale v1.90
+
+
+def make_initiation(
+    machine: X25519PrivateKey, server_pub: bytes, version: int
+) -> tuple[bytes, SymmetricState, X25519PrivateKey]:
+    ss = SymmetricState(PROLOGUE_PREFIX + str(version).encode())
+    ss.mix_hash(server_pub)
+    e = X25519PrivateKey.generate()
+    e_pub = public_bytes(e)
+    ss.mix_hash(e_pub)
+    key = ss.mix_dh(dh(e, server_pub))
+    enc_s = ss.encrypt_and_hash(key, public_bytes(machine))
+    key = ss.mix_dh(dh(machine, server_pub))
+    tag = ss.encrypt_and_hash(key, b"")
+    return struct.pack(">HBH", version, 1, 96) + e_pub + enc_s + tag, ss, e
+
+
+def finish_handshake(
+    ss: SymmetricState, e: X25519PrivateKey, machine: X25519PrivateKey, response: bytes
+) -> tuple[bytes, bytes]:
+    if len(response) != 51 or response[0] != 2:
+        raise ConnectionError(f"bad handshake response {response[:8].hex()}")
+    e_s = response[3:35]
+    ss.mix_hash(e_s)
+    ss.mix_dh(dh(e, e_s))
+    key = ss.mix_dh(dh(machine, e_s))
+    ss.decrypt_and_hash(key, response[35:51])
+    return ss.split()  # (send, receive) for the initiator
+
+
+async def fetch_server_key(host: str, port: int) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET /key?v={CAPVER} HTTP/1.1\r\nHost: {host}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        data = await reader.read()
+    finally:
+        writer.close()
+    body = data.split(b"\r\n\r\n", 1)[1]
+    key: str = json.loads(body)["publicKey"]
+    return bytes.fromhex(key.removeprefix("mkey:"))
+
+
+@dataclass
+class Reply:
+    status: int = 0
+    body: bytearray = field(default_factory=bytearray)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+
+
+class ControlConnection:
+    """One Noise + HTTP/2 connection to a control server."""
+
+    def __init__(self, machine: X25519PrivateKey | None = None, version: int = CAPVER) -> None:
+        self.machine = machine or X25519PrivateKey.generate()
+        self.version = version
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.replies: dict[int, Reply] = {}
+        self._reader_task: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+        self.window = asyncio.Event()
+
+    async def connect(self, host: str, port: int, server_pub: bytes | None = None) -> None:
+        server_pub = server_pub or await fetch_server_key(host, port)
+        init, ss, e = make_initiation(self.machine, server_pub, self.version)
+        self.reader, self.writer = await asyncio.open_connection(host, port, limit=2**22)
+        self.writer.write(
+            f"POST /ts2021 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
+            "Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
+            f"X-Tailscale-Handshake: {base64.b64encode(init).decode()}\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(f"upgrade refused: {head[:80]!r}")
+        response = await self.reader.readexactly(51)
+        send, recv = finish_handshake(ss, e, self.machine, response)
+        self.encoder = RecordEncoder(send)
+        self.decoder = RecordDecoder(recv)
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(2**30)
+        self._flush()
+        self._reader_task = asyncio.create_task(self._read_loop())
+
+    @property
+    def machine_public(self) -> bytes:
+        return public_bytes(self.machine)
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.writer.write(self.encoder.encode(data))
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                plain = self.decoder.feed(data)
+                if not plain:
+                    continue
+                for ev in self.h2.receive_data(plain):
+                    self._event(ev)
+                self._flush()
+        except (ConnectionError, OSError):
+            pass
+        except Exception:  # noqa: BLE001 - a protocol error ends this connection only
+            pass
+        finally:
+            self.closed.set()
+            for r in self.replies.values():
+                r.done.set()
+                r.chunks.put_nowait(None)
+
+    def _event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.ResponseReceived):
+            r = self.replies.get(ev.stream_id)
+            if r is not None:
+                r.status = int(dict(ev.headers or [])[":status"])
+        elif isinstance(ev, h2.events.DataReceived):
+            self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            r = self.replies.get(ev.stream_id)
+            if r is not None and ev.data:
+                r.body += ev.data
+                r.chunks.put_nowait(ev.data)
+            if ev.stream_ended and r is not None:
+                r.done.set()
+                r.chunks.put_nowait(None)
+        elif isinstance(ev, h2.events.WindowUpdated):
+            self.window.set()
+        elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+            r = self.replies.get(ev.stream_id)
+            if r is not None:
+                r.done.set()
+                r.chunks.put_nowait(None)
+
+    def start_request(self, path: str, body: bytes, method: str = "POST") -> int:
+        """Send a request whose body fits the flow-control window at once (map requests)."""
+        sid = self._headers(path, method)
+        self.h2.send_data(sid, body, end_stream=True)
+        self._flush()
+        return sid
+
+    def _headers(self, path: str, method: str) -> int:
+        sid: int = self.h2.get_next_available_stream_id()
+        self.replies[sid] = Reply()
+        self.h2.send_headers(sid, [(":method", method), (":scheme", "https"),
+                                   (":authority", "unused"), (":path", path)])
+        return sid
+
+    async def _send_body(self, sid: int, body: bytes) -> None:
+        view = memoryview(body)
+        while True:
+            size = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size,
+                       len(view))
+            if size <= 0 and view:
+                self.window.clear()
+                await asyncio.wait_for(self.window.wait(), 10)
+                continue
+            self.h2.send_data(sid, bytes(view[:size]), end_stream=size == len(view))
+            self._flush()
+            view = view[size:]
+            if not view:
+                return
+
+    async def request(self, path: str, obj: Any, timeout: float = 10.0) -> tuple[int, bytes]:
+        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        sid = self._headers(path, "POST")
+        await self._send_body(sid, body)
+        reply = self.replies[sid]
+        await asyncio.wait_for(reply.done.wait(), timeout)
+        del self.replies[sid]
+        return reply.status, bytes(reply.body)
+
+    async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader_task
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class MapStream:
+    """Decodes the framed (u32 LE length + zstd) MapResponses of one streaming request."""
+
+    def __init__(self, conn: ControlConnection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.buf = bytearray()
+        self.dctx = zstandard.ZstdDecompressor()
+        self.bytes_received = 0
+
+    async def next(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        reply = self.conn.replies[self.sid]
+        while True:
+            if len(self.buf) >= 4:
+                (n,) = struct.unpack_from("<I", self.buf)
+                if len(self.buf) >= 4 + n:
+                    frame = bytes(self.buf[4:4 + n])
+                    del self.buf[:4 + n]
+                    msg: dict[str, Any] = json.loads(self.dctx.decompress(frame))
+                    return msg
+            chunk = await asyncio.wait_for(reply.chunks.get(), timeout)
+            if chunk is None:
+                return None
+            self.bytes_received += len(chunk)
+            self.buf += chunk
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            msg = await self.next(timeout=3600)
+            if msg is None:
+                return
+            yield msg
+
+
+class SimNode:
+    """A node: keys, registration and map requests over one ControlConnection."""
+
+    def __init__(self, hostname: str, conn: ControlConnection | None = None) -> None:
+        self.hostname = hostname
+        self.conn = conn or ControlConnection()
+        self.node_key = X25519PrivateKey.generate()
+        self.disco_key = X25519PrivateKey.generate()
+
+    @property
+    def node_key_text(self) -> str:
+        return "nodekey:" + public_bytes(self.node_key).hex()
+
+    @property
+    def disco_key_text(self) -> str:
+        return "discokey:" + public_bytes(self.disco_key).hex()
+
+    def register_body(self, auth_key: str | None, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "Version": self.conn.version,
+            "NodeKey": self.node_key_text,
+            "OldNodeKey": "nodekey:" + "0" * 64,
+            "Expiry": "0001-01-01T00:00:00Z",
+            "Followup": "",
+            "Hostinfo": {"Hostname": self.hostname, "OS": "linux", "GoArch": "amd64"},
+        }
+        if auth_key is not None:
+            body["Auth"] = {"AuthKey": auth_key}
+        body.update(extra)
+        return body
+
+    async def register(self, auth_key: str | None, **extra: Any) -> dict[str, Any]:
+        status, body = await self.conn.request("/machine/register",
+                                               self.register_body(auth_key, **extra))
+        if status != 200:
+            raise ConnectionError(f"register: HTTP {status}: {body!r}")
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    def map_body(self, stream: bool, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "Version": self.conn.version,
+            "Compress": "zstd",
+            "KeepAlive": True,
+            "NodeKey": self.node_key_text,
+            "DiscoKey": self.disco_key_text,
+            "Stream": stream,
+            "Hostinfo": {"Hostname": self.hostname, "OS": "linux"},
+        }
+        if not stream:
+            body["OmitPeers"] = True
+        body.update(extra)
+        return body
+
+    def open_stream(self, **extra: Any) -> MapStream:
+        sid = self.conn.start_request("/machine/map",
+                                      json.dumps(self.map_body(True, **extra)).encode())
+        return MapStream(self.conn, sid)
+
+    async def lite_update(self, endpoints: list[str], derp: int = 0) -> int:
+        extra: dict[str, Any] = {"Endpoints": endpoints, "EndpointTypes": [2] * len(endpoints)}
+        if derp:
+            extra["Hostinfo"] = {"Hostname": self.hostname, "OS": "linux",
+                                 "NetInfo": {"PreferredDERP": derp}}
+        status, _ = await self.conn.request("/machine/map", self.map_body(False, **extra))
+        return status
