@@ -89,10 +89,13 @@ class CompiledGrant:
             self.invalidate()
         return was or now or self.self_dst
 
-    def covers_dst(self, target: AddrSet) -> bool:
-        """Does a destination of this grant reach into the address range ``target``?"""
+    def covers_dst(self, target: AddrSet, *, via: bool = False) -> bool:
+        """Does a destination of this grant reach into the address range ``target``?
+        Grants with ``via`` count only when asked for (``via``)."""
+        if bool(self.grant.via) != via:
+            return False
         for a in self.grant.dst:
-            if a.kind == "*" and not self.grant.via:
+            if a.kind == "*":
                 return True
             if a.kind in ("host", "prefix") and a.addrs.overlaps(target):
                 return True

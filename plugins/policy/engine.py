@@ -138,7 +138,7 @@ class _Compiled:
         if viewer is not None and route in viewer.route_list:
             return True  # routers serving the same subnet (HA pairs) see each other's routes
         for g in self.grants:
-            if viewer_id in g.src_nodes and g.covers_dst(target):
+            if viewer_id in g.src_nodes and g.covers_dst(target, via=bool(g.grant.via)):
                 return True
             if viewer_id in g.dst_nodes and (g.danger_all or g.src_addrs(r).overlaps(target)):
                 return True
@@ -151,8 +151,13 @@ class _Compiled:
             return frozenset()
         tags: set[str] = set()
         for g in self.grants:
-            if g.grant.via and viewer_id in g.src_nodes and g.covers_dst(target):
-                tags.update(g.grant.via)
+            if viewer_id not in g.src_nodes:
+                continue
+            if g.grant.via:
+                if g.covers_dst(target, via=True):
+                    tags.update(g.grant.via)
+            elif g.covers_dst(target):
+                return frozenset()  # a grant without via reaches it: normal primary routing
         return frozenset(tags)
 
     def ipv4_disabled(self, node_id: int) -> bool:
