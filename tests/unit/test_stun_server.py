@@ -66,21 +66,21 @@ async def test_plugin_publishes_the_bound_port(tmp_path: Path) -> None:
     )
     ctx = _Ctx(config, tmp_path)
     assert stun.bound_port(config) is None
-    await stun.meshscale_startup(ctx)  # type: ignore[arg-type]
+    await stun.meshscale_startup(ctx)
     try:
         port = stun.bound_port(config)
         assert port and ctx.refreshes == 1
         assert await _ask(port, codec.binding_request(TXID)) is not None
     finally:
-        stun.meshscale_shutdown(ctx)  # type: ignore[arg-type]
+        stun.meshscale_shutdown(ctx)
     assert stun.bound_port(config) is None
 
 
 async def test_plugin_disabled_when_address_empty(tmp_path: Path) -> None:
     config = Config(derp=DerpConfig(server=DerpServerConfig(stun_listen_addr=HostPort(""))))
     ctx = _Ctx(config, tmp_path)
-    await stun.meshscale_startup(ctx)  # type: ignore[arg-type]
+    await stun.meshscale_startup(ctx)
     assert stun.bound_port(config) is None
     off = dataclasses.replace(config, derp=DerpConfig(server=DerpServerConfig(enabled=False)))
-    await stun.meshscale_startup(_Ctx(off, tmp_path))  # type: ignore[arg-type]
+    await stun.meshscale_startup(_Ctx(off, tmp_path))
     assert stun.bound_port(off) is None
