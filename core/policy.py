@@ -102,6 +102,18 @@ class PolicyEngine(Protocol):
     def tags_permitted(self, user: PolicyUser | None, tags: Iterable[str]) -> bool:
         """May ``user`` (None: a tagged key's owner) put these tags on a node (tagOwners)?"""
 
+    def auto_approved_routes(self, node: PolicyNode) -> list[str]:
+        """Which of the node's advertised routes policy approves automatically (autoApprovers;
+        exit routes only through ``exitNode``)."""
+
+    def route_visible(self, viewer_id: int, route: str) -> bool:
+        """May the viewer send to or receive from subnet ``route``? A peer serving it carries
+        it in AllowedIPs/PrimaryRoutes only for viewers for which this is true."""
+
+    def route_via_tags(self, viewer_id: int, route: str) -> frozenset[str]:
+        """Tags of the routers a grant with ``via`` steers the viewer's traffic to ``route``
+        through (empty: the elected primary serves it)."""
+
 
 ALLOW_ALL_FILTER: list[Rule] = [
     {"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}
@@ -151,3 +163,12 @@ class AllowAllEngine:
 
     def tags_permitted(self, user: PolicyUser | None, tags: Iterable[str]) -> bool:
         return True
+
+    def auto_approved_routes(self, node: PolicyNode) -> list[str]:
+        return []
+
+    def route_visible(self, viewer_id: int, route: str) -> bool:
+        return True
+
+    def route_via_tags(self, viewer_id: int, route: str) -> frozenset[str]:
+        return frozenset()

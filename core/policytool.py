@@ -76,15 +76,11 @@ def compile_topology(
     engine.set_topology(users, nodes)
     engine.set_policy(policy_text)
     # Routes autoApprovers approve count as approved, as on a live server.
-    auto = getattr(engine, "auto_approved_routes", None)
-    if auto is not None:
-        for i, node in enumerate(nodes):
-            extra = [r for r in auto(node) if r not in node.approved_routes]
-            if extra:
-                nodes[i] = replace(node, approved_routes=node.approved_routes + tuple(extra))
-                engine.upsert_node(nodes[i])
-    visible_route = getattr(engine, "route_visible", None)
-    via_tags = getattr(engine, "route_via_tags", None)
+    for i, node in enumerate(nodes):
+        extra = [r for r in engine.auto_approved_routes(node) if r not in node.approved_routes]
+        if extra:
+            nodes[i] = replace(node, approved_routes=node.approved_routes + tuple(extra))
+            engine.upsert_node(nodes[i])
     primaries = primary_routes(nodes)
     serving: dict[str, list[PolicyNode]] = {}
     for n in sorted(nodes, key=lambda n: n.id):
@@ -94,7 +90,7 @@ def compile_topology(
 
     def router_for(viewer: int, route: str, default: int) -> int:
         """Grants with ``via`` steer a viewer's route to the first router with a via tag."""
-        tags = via_tags(viewer, route) if via_tags is not None else frozenset()
+        tags = engine.route_via_tags(viewer, route)
         for n in serving.get(route, []) if tags else []:
             if tags & n.tags:
                 return n.id
@@ -119,7 +115,7 @@ def compile_topology(
                 allowed = [_host(a) for a in peer.addresses]
             routes = [
                 r for r in peer_routes.get(pid, [])
-                if visible_route is None or visible_route(node.id, r)
+                if engine.route_visible(node.id, r)
             ]
             allowed = allowed + [r for r in routes + exit_routes(peer) if r not in allowed]
             peers.append(

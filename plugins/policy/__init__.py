@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def _create(config: Config) -> PolicyEngine:
-    from meshscale.plugins.policy.engine import TailscalePolicyEngine
+    # Imported on use so that loading the plugin (or having it disabled) costs nothing.
+    from meshscale.plugins.policy.engine import TailscalePolicyEngine  # noqa: PLC0415
 
     return TailscalePolicyEngine(control_url=str(config.server_url))
 

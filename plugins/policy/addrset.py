@@ -22,8 +22,7 @@ def _merge(intervals: Iterable[Interval]) -> tuple[Interval, ...]:
     out: list[list[int]] = []
     for lo, hi in sorted(intervals):
         if out and lo <= out[-1][1] + 1:
-            if hi > out[-1][1]:
-                out[-1][1] = hi
+            out[-1][1] = max(out[-1][1], hi)
         else:
             out.append([lo, hi])
     return tuple((a, b) for a, b in out)

@@ -110,12 +110,10 @@ class CompiledGrant:
             return []
         out: list[str] = []
         for a in self.grant.dst:
-            if a.name == "autogroup:internet":
-                if n.is_exit:
-                    out.extend(INTERNET.strings())
-            elif a.kind in ("host", "prefix"):
-                if n.routes.overlaps(a.addrs):
-                    out.append(a.name if "/" in a.name else a.addrs.strings()[0])
+            if a.name == "autogroup:internet" and n.is_exit:
+                out.extend(INTERNET.strings())
+            elif a.kind in ("host", "prefix") and n.routes.overlaps(a.addrs):
+                out.append(a.name if "/" in a.name else a.addrs.strings()[0])
         return out
 
     def dst_entries(self, r: Resolver, n: NodeInfo) -> list[str]:
@@ -202,15 +200,9 @@ class CompiledGrant:
         """Reverse rules for companion capabilities, delivered to the grant's sources."""
         if not any(name in COMPANION_CAPS for name, _ in self.grant.app):
             return []
-        dst_addrs: list[AddrSet] = []
-        for a in self.grant.dst:
-            if a.name == "autogroup:self":
-                continue
-            if a.kind == "*":
-                dst_addrs.append(r.addrs((a,)))
-            else:
-                dst_addrs.append(r.addrs((a,)))
-        ips = AddrSet.union_all(dst_addrs).strings()
+        # "*" stands for every tailnet address plus every approved subnet route here too.
+        dsts = tuple(a for a in self.grant.dst if a.name != "autogroup:self")
+        ips = r.addrs(dsts).strings()
         return self._companions(r, n, ips)
 
     def _companions(self, r: Resolver, n: NodeInfo, src_ips: list[str]) -> list[Rule]:

@@ -122,9 +122,9 @@ class _Compiled:
                 if g.src_all:
                     return None
                 peers |= g.src_nodes
-            if g.self_dst and not n.tagged and n.node.user_id is not None:
-                if node_id in g.src_nodes:
-                    peers |= self.tailnet.nodes_by_user.get(n.node.user_id, set())
+            same_user = g.self_dst and not n.tagged and n.node.user_id is not None
+            if same_user and node_id in g.src_nodes and n.node.user_id is not None:
+                peers |= self.tailnet.nodes_by_user.get(n.node.user_id, set())
         peers.discard(node_id)
         return peers
 

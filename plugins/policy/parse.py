@@ -254,7 +254,8 @@ class _Parser:
         )
         routes, exit_node = self.parse_auto_approvers(top.get("autoapprovers"))
         tests = tuple(
-            self.parse_test(t, f"tests[{i}]") for i, t in enumerate(_list(top.get("tests"), "tests"))
+            self.parse_test(t, f"tests[{i}]")
+            for i, t in enumerate(_list(top.get("tests"), "tests"))
         )
         ssh_tests = tuple(
             self.parse_ssh_test(t, f"sshTests[{i}]")
@@ -303,8 +304,8 @@ class _Parser:
         for name, members in value.items():
             loc = f'groups["{name}"]'
             out = []
-            for i, member in enumerate(members):
-                member = member.strip()
+            for i, raw_member in enumerate(members):
+                member = raw_member.strip()
                 if "@" not in member:
                     raise PolicyError(f"{loc}[{i}]", f"{member!r}: a group member is a user@")
                 out.append(member)
@@ -437,8 +438,8 @@ class _Parser:
         if app and any(a.name == "autogroup:internet" for a in dst):
             raise PolicyError(f"{loc}.dst", "cannot use app grants with autogroup:internet")
         via: list[str] = []
-        for i, tag in enumerate(_strings(g.get("via"), f"{loc}.via")):
-            tag = tag.strip()
+        for i, raw_tag in enumerate(_strings(g.get("via"), f"{loc}.via")):
+            tag = raw_tag.strip()
             if not tag.startswith("tag:"):
                 raise PolicyError(f"{loc}.via[{i}]", "via can only be a tag")
             if tag not in self.tags:
@@ -537,10 +538,13 @@ class _Parser:
         for i, text in enumerate(_strings(na.get("target"), f"{loc}.target")):
             tloc = f"{loc}.target[{i}]"
             stripped = text.strip()
-            if not (stripped == "*" or "@" in stripped or ":" in stripped or
-                    stripped[:1].isdigit() or stripped in self.hosts):
-                if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", stripped):
-                    raise PolicyError(tloc, f'"{stripped}": invalid address')
+            # A bare word must be a host name; anything else is neither alias nor address.
+            bare = not (
+                stripped == "*" or "@" in stripped or ":" in stripped
+                or stripped[:1].isdigit() or stripped in self.hosts
+            )
+            if bare and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", stripped):
+                raise PolicyError(tloc, f'"{stripped}": invalid address')
             a = self.alias(text, tloc)
             check(a, tloc)
             targets.append(a)

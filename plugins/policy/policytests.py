@@ -63,17 +63,19 @@ def _run_test(policy: Policy, r: Resolver, grants: list[CompiledGrant], t: Polic
         raise _Fail(f"source {t.src!r} resolved to no addresses")
     for want, dsts in ((True, t.accept), (False, t.deny)):
         for dst in dsts:
-            got = _allowed(policy, r, grants, src, src_alias, dst, protos)
+            got = _allowed(
+                policy=policy, r=r, grants=grants, src=src, dst=dst, protos=protos
+            )
             if got != want:
                 raise _Fail(f"{t.src} -> {dst}: expected {'ALLOWED' if want else 'DENIED'}")
 
 
 def _allowed(
+    *,
     policy: Policy,
     r: Resolver,
     grants: list[CompiledGrant],
     src: AddrSet,
-    src_alias: Alias,
     dst: str,
     protos: set[int],
 ) -> bool:
@@ -98,13 +100,13 @@ def _allowed(
     # Every source address must be allowed (a partial allow is a deny).
     for piece in src.prefixes():
         s = AddrSet.parse(piece)
-        if not any(_grant_allows(r, g, s, target, port, protos) for g in grants):
+        if not any(_grant_allows(r, g, s, target, port=port, protos=protos) for g in grants):
             return False
     return True
 
 
 def _grant_allows(
-    r: Resolver, g: CompiledGrant, src: AddrSet, dst: AddrSet, port: int, protos: set[int]
+    r: Resolver, g: CompiledGrant, src: AddrSet, dst: AddrSet, *, port: int, protos: set[int]
 ) -> bool:
     if g.grant.via or not g.grant.ip:
         return False

@@ -135,9 +135,9 @@ class SSHCompiler:
                 out.append(extra)
 
         uid = n.node.user_id if not n.tagged else None
-        if any(a.name == "autogroup:self" for a in rule.dst) and uid is not None:
-            if p.by_user.get(uid):
-                emit(p.by_user[uid], uid)
+        self_dst = any(a.name == "autogroup:self" for a in rule.dst)
+        if self_dst and uid is not None and p.by_user.get(uid):
+            emit(p.by_user[uid], uid)
         has_other = any(a.name != "autogroup:self" for a in rule.dst)
         if not has_other:
             return out
