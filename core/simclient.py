@@ -18,9 +18,11 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshscale.errors import ProtocolError
 from meshscale.noise.handshake import (
     PROLOGUE_PREFIX,
     SymmetricState,
@@ -135,10 +137,8 @@ class ControlConnection:
                 for ev in self.h2.receive_data(plain):
                     self._event(ev)
                 self._flush()
-        except (ConnectionError, OSError):
-            pass
-        except Exception:  # noqa: BLE001 - a protocol error ends this connection only
-            pass
+        except (ConnectionError, OSError, ProtocolError, h2.exceptions.ProtocolError):
+            pass  # the server closed or broke the connection: this simulated node is done
         finally:
             self.closed.set()
             for r in self.replies.values():
@@ -149,7 +149,8 @@ class ControlConnection:
         if isinstance(ev, h2.events.ResponseReceived):
             r = self.replies.get(ev.stream_id)
             if r is not None:
-                r.status = int(dict(ev.headers or [])[":status"])
+                headers = {str(k): str(v) for k, v in ev.headers or []}
+                r.status = int(headers[":status"])
         elif isinstance(ev, h2.events.DataReceived):
             self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             r = self.replies.get(ev.stream_id)

@@ -261,10 +261,10 @@ class ControlPlane:
             now = utcnow()
             while self._expiry_heap and self._expiry_heap[0][0] <= now:
                 when, node_id = heapq.heappop(self._expiry_heap)
-                node = self.state.nodes.get(node_id)
-                if node is not None and node.expiry == when:
+                due = self.state.nodes.get(node_id)
+                if due is not None and due.expiry == when:
                     self.state.expire_node(node_id, when)
-                    self.node_event(NodeEventKind.EXPIRED, node)
+                    self.node_event(NodeEventKind.EXPIRED, due)
             if self._expiry_heap:
                 delay = min(delay, (self._expiry_heap[0][0] - now).total_seconds())
             with contextlib.suppress(TimeoutError):

@@ -64,7 +64,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
     while time.monotonic() < deadline:
         try:
             last = check()
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last failure
+        except Exception as exc:
             last = exc
         else:
             if last:
@@ -172,6 +172,6 @@ class CaddyNodes:
 def http_get(url: str, timeout: float = 5.0) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         body: bytes = resp.read()
         return body.decode()

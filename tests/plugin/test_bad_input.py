@@ -26,7 +26,7 @@ def dump(server: Server) -> list[Any]:
     try:
         tables = [r[0] for r in db.execute(
             "select name from sqlite_master where type='table' order by name")]
-        return [(t, db.execute(f"select * from {t} order by 1").fetchall())  # noqa: S608
+        return [(t, db.execute(f"select * from {t} order by 1").fetchall())
                 for t in tables]
     finally:
         db.close()
@@ -104,7 +104,7 @@ async def test_oversized_record_closes_only_that_connection(server: Server) -> N
     await bad2.connect("127.0.0.1", server.main_port)
     bad2.writer.write(seal(b"\x01" * 32, 0, b"forged"))
     await asyncio.wait_for(bad2.closed.wait(), 5)
-    status, body = await other.request("/machine/register", b"{")
+    status, _body = await other.request("/machine/register", b"{")
     assert status == 400  # the other connection is alive and answering
     await other.close()
     await still_serving(server)
@@ -147,7 +147,7 @@ async def test_node_key_claimed_by_another_machine(server: Server) -> None:
     await thief.conn.connect("127.0.0.1", server.main_port)
     resp = await unchanged(server, lambda: thief.register(key))
     assert resp == {"Error": "node key is registered to a different machine"}
-    status, body = await unchanged(server, lambda: thief.conn.request(
+    status, _body = await unchanged(server, lambda: thief.conn.request(
         "/machine/map", thief.map_body(False, Endpoints=["1.2.3.4:5"])))
     assert status == 401
     assert server.state.by_node_key(owner.node_key.public_key().public_bytes_raw()) is not None

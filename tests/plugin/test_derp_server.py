@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.public import PrivateKey
+
 from meshscale.config import Config, DerpConfig, DerpServerConfig, HostPort, Url
 from meshscale.contributions import HttpRoute, UpgradeRequest, UpgradeRoute
 from meshscale.plugins import derp, stun
@@ -24,7 +26,6 @@ from meshscale.plugins.derp.client import DerpClient, insecure_client_context
 from meshscale.plugins.derp.connection import ConnectionSettings
 from meshscale.plugins.derp.frames import FrameType
 from meshscale.plugins.stun import codec
-from nacl.public import PrivateKey
 
 LOOPBACK = "127.0.0.1"
 
@@ -382,9 +383,10 @@ async def test_main_listener_upgrade_hook_relays(tmp_path: Path) -> None:
 
 
 async def test_websocket_variant_relays(tmp_path: Path) -> None:
-    from meshscale.plugins.derp import handshake
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import AcceptConnection, BytesMessage, Request
+
+    from meshscale.plugins.derp import handshake
 
     config = make_config(tmp_path)
     async with running(config, tmp_path) as server:

@@ -1,0 +1,181 @@
+"""``/machine/register``: auth-key login, refresh, key rotation, logout, expiry (protocol.md §6).
+
+Identity is the Noise session's machine key. A node key in the body is only a claim: it is used
+only together with that machine key.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from meshscale import tailcfg
+from meshscale.errors import AuthError, MeshscaleError
+from meshscale.events import NodeEvent, NodeEventKind, Registration
+from meshscale.state.models import Node, User, utcnow
+
+if TYPE_CHECKING:
+    from meshscale.control.plane import ControlPlane
+
+# The Go client logs out by sending this far-past expiry (Unix 123).
+LOGOUT_BEFORE = datetime(1971, 1, 1, tzinfo=UTC)
+
+
+class RegisterRefused(MeshscaleError):
+    """Becomes RegisterResponse.Error: the client shows it to the user."""
+
+
+def _response(user: User | None, node: Node | None, **extra: Any) -> dict[str, Any]:
+    u, login = tailcfg.register_user(user)
+    out: dict[str, Any] = {
+        "User": u,
+        "Login": login,
+        "MachineAuthorized": node is not None and not node.expired(),
+        "NodeKeyExpired": node is not None and node.expired(),
+    }
+    out.update(extra)
+    return out
+
+
+def handle_register(plane: ControlPlane, machine_key: bytes, req: dict[str, Any]) -> dict[str, Any]:
+    started = time.monotonic()
+    method = "unknown"
+    try:
+        method, resp = _register(plane, machine_key, req)
+        plane.host.notify(
+            "meshscale_registration",
+            event=Registration(method, "ok", time.monotonic() - started),
+        )
+        return resp
+    except (RegisterRefused, AuthError) as exc:
+        plane.host.notify(
+            "meshscale_registration",
+            event=Registration(method, "refused", time.monotonic() - started, str(exc)),
+        )
+        return {"Error": str(exc)}
+
+
+def _register(
+    plane: ControlPlane, machine_key: bytes, req: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    state = plane.state
+    version = req.get("Version")
+    if not isinstance(version, int) or version < tailcfg.CAPVER_MIN:
+        raise RegisterRefused(
+            f"this Tailscale client is too old (capability version {version}); meshscale needs "
+            f"Tailscale v1.80 or newer (capability version {tailcfg.CAPVER_MIN})"
+        )
+    node_key = tailcfg.parse_key(req.get("NodeKey"), "nodekey:")
+    if node_key is None:
+        raise RegisterRefused("missing or malformed NodeKey")
+    old_key = tailcfg.parse_key(req.get("OldNodeKey"), "nodekey:")
+    hostinfo = req.get("Hostinfo") if isinstance(req.get("Hostinfo"), dict) else {}
+    assert isinstance(hostinfo, dict)
+    expiry = tailcfg.parse_gotime(req.get("Expiry"))
+    auth = req.get("Auth") if isinstance(req.get("Auth"), dict) else None
+    auth_key = str(auth.get("AuthKey") or "") if auth else ""
+
+    by_key = state.by_node_key(node_key)
+    if by_key is not None and by_key.machine_key != machine_key:
+        # Someone else's node key: never let a body claim take over another machine's node.
+        raise AuthError("node key is registered to a different machine")
+    mine = state.by_machine_key(machine_key)
+
+    # Logout, or a request to shorten the key's life.
+    if expiry is not None:
+        node = by_key or mine
+        if node is None:
+            raise RegisterRefused("no node is registered for this machine")
+        if expiry < LOGOUT_BEFORE or expiry <= utcnow():
+            if node.ephemeral:
+                plane.delete_node(node.id)
+                return "logout", _response(None, None, NodeKeyExpired=True)
+            node = plane.expire_node(node.id)
+            return "logout", _response(_owner(plane, node), node)
+        if node.expiry is not None and expiry > node.expiry:
+            raise RegisterRefused("extending key is not allowed")
+        node = plane.expire_node(node.id, when=expiry)
+        return "expiry", _response(_owner(plane, node), node)
+
+    # Key rotation: the old key must be this machine's.
+    if old_key is not None and mine is not None and mine.node_key == old_key:
+        if mine.expired() and not auth_key:
+            raise RegisterRefused("node key expired: log in again with an auth key")
+        if auth_key:
+            return "rotate", _with_auth_key(plane, machine_key, node_key, hostinfo, auth_key, req)
+        node = state.rotate_node_key(mine, node_key)
+        return "rotate", _response(_owner(plane, node), node)
+
+    # Refresh: this machine already has this node key.
+    if by_key is not None:
+        if by_key.expired():
+            if auth_key:
+                return "authkey", _with_auth_key(
+                    plane, machine_key, node_key, hostinfo, auth_key, req
+                )
+            return "refresh", _response(_owner(plane, by_key), by_key)
+        return "refresh", _response(_owner(plane, by_key), by_key)
+
+    if auth_key:
+        return "authkey", _with_auth_key(plane, machine_key, node_key, hostinfo, auth_key, req)
+    raise RegisterRefused(
+        "this meshscale server needs a pre-auth key: tailscale up --login-server ... "
+        "--authkey <key from 'meshscale preauthkeys create'>"
+    )
+
+
+def _owner(plane: ControlPlane, node: Node) -> User | None:
+    return plane.state.users.get(node.user_id) if node.user_id is not None else None
+
+
+def _with_auth_key(
+    plane: ControlPlane,
+    machine_key: bytes,
+    node_key: bytes,
+    hostinfo: dict[str, Any],
+    auth_key: str,
+    req: dict[str, Any],
+) -> dict[str, Any]:
+    state = plane.state
+    key = state.check_auth_key(auth_key)
+    user = state.users.get(key.user_id) if key.user_id is not None else None
+    tags = list(key.tags)
+    requested = [t for t in (hostinfo.get("RequestTags") or []) if isinstance(t, str)]
+    if requested and not tags:
+        bad = [t for t in requested if not t.startswith("tag:")]
+        if bad or not plane.engine.tags_permitted(
+            state.policy_user(user) if user else None, requested
+        ):
+            raise RegisterRefused(
+                f"requested tags {sorted(requested)} are invalid or not permitted"
+            )
+        tags = requested
+    hostname = str(hostinfo.get("Hostname") or "node")
+    veto = plane.host.first(
+        "meshscale_admit_node",
+        hostname=hostname,
+        user=user.name if user else None,
+        tags=tuple(tags),
+        method="authkey",
+    )
+    if veto:
+        raise RegisterRefused(f"registration refused: {veto}")
+    capver = req.get("Version") if isinstance(req.get("Version"), int) else 0
+    assert isinstance(capver, int)
+    existed = state.by_machine_key(machine_key) is not None
+    node = state.register_with_key(key, machine_key, node_key, hostinfo, tags, capver)
+    plane.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
+    return _response(user, node)
+
+
+def node_event(plane: ControlPlane, kind: NodeEventKind, node: Node) -> NodeEvent:
+    return NodeEvent(
+        kind=kind,
+        node_id=node.id,
+        hostname=node.hostname,
+        given_name=node.given_name,
+        user=plane.state.owner_name(node),
+        tags=tuple(node.tags),
+        addresses=node.addresses,
+    )

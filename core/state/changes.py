@@ -1,0 +1,67 @@
+"""Typed change events: what state tells the mapper, smallest first.
+
+The mapper turns each into the smallest delta each affected peer needs (architecture.md §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Flag, auto
+
+from meshscale.policy import Affected
+
+
+class Patch(Flag):
+    """Fields of a peer that changed and fit a PeersChangedPatch."""
+
+    NONE = 0
+    ENDPOINTS = auto()
+    DERP = auto()
+    DISCO = auto()
+    KEY = auto()  # node key rotation
+    EXPIRY = auto()
+    ONLINE = auto()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAdded:
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRemoved:
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeChanged:
+    """Something only a whole-node PeersChanged can express (name, hostinfo, tags, routes)."""
+
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodePatched:
+    node_id: int
+    fields: Patch
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChanged:
+    affected: Affected
+
+
+@dataclass(frozen=True, slots=True)
+class DerpMapChanged:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UserChanged:
+    user_id: int
+
+
+Change = (
+    NodeAdded | NodeRemoved | NodeChanged | NodePatched | PolicyChanged | DerpMapChanged
+    | UserChanged
+)

@@ -1,0 +1,102 @@
+"""The records meshscale keeps: users, pre-auth keys, nodes.
+
+These are the authoritative in-memory objects; storage backends persist them. Keys are raw
+32-byte values; the ``nodekey:``/``mkey:`` text forms exist only on the wire.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class User:
+    id: int
+    name: str
+    display_name: str = ""
+    email: str = ""
+    provider: str = ""  # "" for local users; "oidc" later
+    provider_id: str = ""
+    created_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def login_name(self) -> str:
+        return self.email or self.name
+
+
+@dataclass(slots=True)
+class PreAuthKey:
+    id: int
+    prefix: str  # public part, printed in listings and used to find the key
+    secret_hash: bytes  # SHA-256 of the secret part; the secret itself is never stored
+    user_id: int | None  # None: a tags-only key
+    reusable: bool = False
+    ephemeral: bool = False
+    used: bool = False
+    expiration: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    tags: tuple[str, ...] = ()
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expiration is not None and self.expiration <= (now or utcnow())
+
+
+@dataclass(slots=True)
+class Node:
+    id: int
+    machine_key: bytes
+    node_key: bytes
+    hostname: str
+    given_name: str
+    user_id: int | None  # None for tagged nodes
+    ipv4: str | None
+    ipv6: str | None
+    disco_key: bytes = b"\x00" * 32
+    tags: tuple[str, ...] = ()
+    hostinfo: dict[str, Any] = field(default_factory=dict)
+    endpoints: tuple[str, ...] = ()
+    home_derp: int = 0
+    created_at: datetime = field(default_factory=utcnow)
+    last_seen: datetime | None = None
+    expiry: datetime | None = None  # node key expiry; None: never
+    auth_key_id: int | None = None
+    ephemeral: bool = False
+    register_method: str = "authkey"
+    approved_routes: tuple[str, ...] = ()
+    capver: int = 0
+    # Runtime only, never persisted.
+    online: bool = False
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expiry is not None and self.expiry <= (now or utcnow())
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.ipv4, self.ipv6) if a)
+
+    @property
+    def prefixes(self) -> list[str]:
+        out = []
+        if self.ipv4:
+            out.append(f"{self.ipv4}/32")
+        if self.ipv6:
+            out.append(f"{self.ipv6}/128")
+        return out
+
+    @property
+    def routable_ips(self) -> tuple[str, ...]:
+        value = self.hostinfo.get("RoutableIPs") or ()
+        out = []
+        for p in value:
+            try:
+                out.append(str(ipaddress.ip_network(p, strict=False)))
+            except (TypeError, ValueError):
+                continue
+        return tuple(out)

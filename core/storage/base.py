@@ -1,0 +1,69 @@
+"""The Storage protocol: what a backend (SQLite, PostgreSQL, ...) must do.
+
+State lives in memory; the database is read once at start-up (``load``) and written through
+afterwards (``apply``), each call one transaction: either every op lands or none does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from meshscale.state.models import Node, PreAuthKey, User
+
+
+@dataclass(frozen=True, slots=True)
+class PutUser:
+    user: User
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteUser:
+    user_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutKey:
+    key: PreAuthKey
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteKey:
+    key_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutNode:
+    node: Node
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteNode:
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutPolicy:
+    text: str
+
+
+Op = PutUser | DeleteUser | PutKey | DeleteKey | PutNode | DeleteNode | PutPolicy
+
+
+@dataclass(slots=True)
+class Snapshot:
+    users: list[User] = field(default_factory=list)
+    keys: list[PreAuthKey] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    policy: str | None = None
+
+
+class Storage(Protocol):
+    def load(self) -> Snapshot:
+        """Everything stored, for start-up."""
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        """Write ``ops`` in one transaction; raise StorageError and write nothing on failure."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from meshscale import hookimpl
+from meshscale.errors import PluginError
+from meshscale.pluginhost import PluginHost
+
+
+class Good:
+    @hookimpl
+    def meshscale_derp_regions(self, config: object) -> list[dict]:
+        return [{"RegionID": 900}]
+
+
+def test_misspelled_hook_is_refused() -> None:
+    class Typo:
+        @hookimpl
+        def meshscale_derp_region(self, config: object) -> list[dict]:
+            return []
+
+    with pytest.raises(PluginError, match="typo"):
+        PluginHost().register(Typo(), "typo")
+
+
+def test_unprefixed_hook_is_refused() -> None:
+    class Unprefixed:
+        @hookimpl
+        def derp_regions(self) -> None:
+            return None
+
+    with pytest.raises(PluginError, match="prefix"):
+        PluginHost().register(Unprefixed(), "unprefixed")
+
+
+def test_collect_names_the_plugin_that_raised() -> None:
+    class Broken:
+        @hookimpl
+        def meshscale_derp_regions(self, config: object) -> list[dict]:
+            raise RuntimeError("boom")
+
+    host = PluginHost()
+    host.register(Good(), "good")
+    host.register(Broken(), "broken")
+    with pytest.raises(PluginError, match=r"plugin 'broken': meshscale_derp_regions raised"):
+        host.collect_sync("meshscale_derp_regions", config=None)
+
+
+def test_notify_logs_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    seen = []
+
+    class Raises:
+        @hookimpl
+        def meshscale_user_event(self, event: object) -> None:
+            raise ValueError("nope")
+
+    class Records:
+        @hookimpl
+        def meshscale_user_event(self, event: object) -> None:
+            seen.append(event)
+
+    host = PluginHost()
+    host.register(Raises(), "raises")
+    host.register(Records(), "records")
+    with caplog.at_level(logging.ERROR):
+        host.notify("meshscale_user_event", event="e")
+    assert seen == ["e"]
+    assert "plugin 'raises'" in caplog.text
+
+
+async def test_async_impls_are_awaited_in_collect() -> None:
+    class Async:
+        @hookimpl
+        async def meshscale_startup(self, server: object) -> None:
+            server.started = True  # type: ignore[attr-defined]
+
+    host = PluginHost()
+    host.register(Async(), "async")
+    server = SimpleNamespace(started=False)
+    await host.collect("meshscale_startup", server=server)
+    assert server.started is True
+
+
+def test_unknown_plugin_names_the_installed_ones() -> None:
+    with pytest.raises(PluginError, match=r"installed plugins: .*sqlite"):
+        PluginHost().load(["nope"])
+
+
+def test_core_never_imports_plugins() -> None:
+    from pathlib import Path
+
+    core = Path(__file__).resolve().parents[2] / "core"
+    offenders = [
+        str(p) for p in core.rglob("*.py")
+        if "meshscale.plugins" in p.read_text() and p.name != "testing.py"
+    ]
+    assert offenders == []
