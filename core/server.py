@@ -26,6 +26,7 @@ from meshscale.contributions import (
     UpgradeRoute,
 )
 from meshscale.control.plane import ControlPlane
+from meshscale.derpmap import DerpMapManager
 from meshscale.errors import ConfigError, MeshscaleError, PluginError, PolicyError
 from meshscale.events import PolicyEvent
 from meshscale.mapper.mapper import Mapper
@@ -70,7 +71,7 @@ class Server:
         self.engine: PolicyEngine = AllowAllEngine()
         self.mapper: Mapper | None = None
         self.plane: ControlPlane | None = None
-        self.derp: Any = None
+        self.derp: DerpMapManager | None = None
         self.front: FrontDoor | None = None
         self.listeners: list[asyncio.base_events.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
@@ -94,10 +95,8 @@ class Server:
         return node is not None and not node.expired()
 
     def derp_map(self) -> Mapping[str, Any]:
-        if self.derp is None:  # TEMPORARY until core/derpmap.py lands
-            regions = self.host.collect_sync("meshscale_derp_regions", config=self._config)
-            return {"Regions": {str(r["RegionID"]): r for r in regions},
-                    "omitDefaultRegions": True}
+        if self.derp is None:
+            return {"Regions": {}, "omitDefaultRegions": True}
         result: Mapping[str, Any] = self.derp.current()
         return result
 
@@ -106,7 +105,8 @@ class Server:
             self.spawn(self._refresh_derp(), "derp-map-refresh")
 
     async def _refresh_derp(self) -> None:
-        await self.derp.refresh()
+        if self.derp is not None:
+            await self.derp.refresh()
 
     def stats(self) -> Mapping[str, float]:
         state = self.state
@@ -246,11 +246,7 @@ class Server:
             cfg.listen_addr, self.main_port, data, ", ".join(self.host.names()) or "none",
         )
 
-    def _make_derp_manager(self) -> Any:
-        try:
-            from meshscale.derpmap import DerpMapManager  # noqa: PLC0415
-        except ImportError:  # pragma: no cover - only while the DERP map module is absent
-            return None
+    def _make_derp_manager(self) -> DerpMapManager:
         return DerpMapManager(self._config, self.host)
 
     async def _start_admin(self) -> None:
