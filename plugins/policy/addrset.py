@@ -151,9 +151,13 @@ class AddrSet:
         return bool(self.v4 or self.v6)
 
     def overlaps(self, other: AddrSet) -> bool:
-        return any(_overlaps(self.v4, lo, hi) for lo, hi in other.v4) or any(
-            _overlaps(self.v6, lo, hi) for lo, hi in other.v6
-        )
+        # Walk the smaller set and binary-search the larger: a node's two addresses against a
+        # grant's thousands of ranges costs two lookups, not thousands.
+        for mine, theirs in ((self.v4, other.v4), (self.v6, other.v6)):
+            small, big = (mine, theirs) if len(mine) <= len(theirs) else (theirs, mine)
+            if any(_overlaps(big, lo, hi) for lo, hi in small):
+                return True
+        return False
 
     def contains_ip(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip)

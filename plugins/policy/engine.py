@@ -76,10 +76,14 @@ class _Compiled:
                 affected |= g.src_nodes
             if g.self_dst and new is not None and new.node.user_id is not None:
                 affected |= self.tailnet.nodes_by_user.get(new.node.user_id, set())
-        self.ssh.invalidate()
         if self.policy.ssh:
-            # SSH principals list source nodes by address; any source change can touch any rule.
-            return Affected.all()
+            changed = [x for x in (old, new) if x is not None]
+            as_src, as_dst = self.ssh.touched_by(self.resolver, changed)
+            # A source's addresses appear as principals in its destinations' SSH policies.
+            for i in as_src:
+                for x in changed:
+                    affected |= self.ssh.destinations(self.resolver, i, x)
+            self.ssh.invalidate(as_src | as_dst)
         return Affected(nodes=frozenset(affected))
 
     def users_changed(self) -> None:

@@ -52,14 +52,51 @@ class SSHCompiler:
         self.rules = rules
         self.control_url = control_url.rstrip("/")
         self._prepared: list[_Prepared | None] | None = None
+        self._stale: set[int] = set()
 
-    def invalidate(self) -> None:
-        self._prepared = None
+    def invalidate(self, rules: set[int] | None = None) -> None:
+        """Drop cached rule data (all, or only the rules at these indexes)."""
+        if rules is None or self._prepared is None:
+            self._prepared = None
+            return
+        for i in rules:
+            self._prepared[i] = None
+        self._stale |= rules
 
     def _prepare(self, r: Resolver) -> list[_Prepared | None]:
         if self._prepared is None:
             self._prepared = [self._prepare_rule(r, rule) for rule in self.rules]
+            self._stale = set()
+        elif self._stale:
+            for i in self._stale:
+                self._prepared[i] = self._prepare_rule(r, self.rules[i])
+            self._stale = set()
         return self._prepared
+
+    def touched_by(self, r: Resolver, nodes: list[NodeInfo]) -> tuple[set[int], set[int]]:
+        """Rule indexes whose sources, and whose destinations, include any of ``nodes``."""
+        as_src: set[int] = set()
+        as_dst: set[int] = set()
+        for i, rule in enumerate(self.rules):
+            for n in nodes:
+                if any(r.contains_node(a, n) for a in rule.src):
+                    as_src.add(i)
+                if any(a.name == "autogroup:self" or r.is_identity(a, n) for a in rule.dst):
+                    as_dst.add(i)
+        return as_src, as_dst
+
+    def destinations(self, r: Resolver, index: int, source: NodeInfo) -> set[int]:
+        """Nodes whose SSHPolicy lists ``source`` as a principal through rule ``index``."""
+        rule = self.rules[index]
+        out: set[int] = set()
+        if any(a.name == "autogroup:self" for a in rule.dst) and source.node.user_id is not None:
+            out |= r.tailnet.nodes_by_user.get(source.node.user_id, set())
+        others = [a for a in rule.dst if a.name != "autogroup:self"]
+        if others:
+            out |= {n.id for n in r.tailnet.nodes.values()
+                    if any(r.is_identity(a, n) for a in others)}
+        return out
+
 
     def _prepare_rule(self, r: Resolver, rule: SSHRule) -> _Prepared | None:
         src = r.addrs(rule.src)
