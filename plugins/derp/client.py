@@ -15,12 +15,13 @@ import ssl
 from collections import deque
 from typing import Any
 
+from nacl.public import PrivateKey
+
 from meshscale.errors import ProtocolError
 from meshscale.plugins.derp import frames, handshake
 from meshscale.plugins.derp.frames import Frame, FrameDecoder, FrameType
 from meshscale.plugins.derp.handshake import ClientInfo
 from meshscale.plugins.derp.streams import READ_SIZE
-from nacl.public import PrivateKey
 
 
 def insecure_client_context() -> ssl.SSLContext:

@@ -15,13 +15,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nacl.public import PrivateKey
+
 from meshscale.errors import ProtocolError
 from meshscale.plugins.derp import frames, handshake
 from meshscale.plugins.derp.frames import FrameDecoder, FrameType
 from meshscale.plugins.derp.handshake import ClientInfo
 from meshscale.plugins.derp.relay import Conn, Relay
 from meshscale.plugins.derp.streams import ByteStream
-from nacl.public import PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -146,22 +147,22 @@ class _Flusher:
         self.flush_at = max(1, relay.queue_depth // 2)
 
     def wake(self) -> None:
-        if self.stream.buffered() >= self.high_water:
-            self.event.set()  # congested: the drain task takes over
-            return
+        # Called per relayed packet: the common case is one length check and a flag test.
         conn = self.conn
         if len(conn.packets) >= self.flush_at or len(conn.disco) >= self.flush_at:
-            self.flush()
+            self._flush_unless_congested()
         elif not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self._soon)
 
     def _soon(self) -> None:
         self.scheduled = False
-        if self.conn.closed:
-            return
+        if not self.conn.closed:
+            self._flush_unless_congested()
+
+    def _flush_unless_congested(self) -> None:
         if self.stream.buffered() >= self.high_water:
-            self.event.set()
+            self.event.set()  # congested: queue (dropping oldest) until the drain task flushes
         else:
             self.flush()
 

@@ -11,11 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from nacl.exceptions import CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+
 from meshscale.errors import ProtocolError
 from meshscale.plugins.derp import frames
 from meshscale.plugins.derp.frames import KEY_LEN, NONCE_LEN, FrameType
-from nacl.exceptions import CryptoError
-from nacl.public import Box, PrivateKey, PublicKey
 
 
 @dataclass(frozen=True, slots=True)

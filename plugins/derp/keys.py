@@ -11,8 +11,9 @@ import os
 import re
 from pathlib import Path
 
-from meshscale.errors import ConfigError
 from nacl.public import PrivateKey
+
+from meshscale.errors import ConfigError
 
 _PRIV = re.compile(r"^privkey:([0-9a-fA-F]{64})$")
 _NODEKEY = re.compile(r"^nodekey:([0-9a-fA-F]{64})$")

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 import h11
+
 from meshscale.plugins.derp import http
 
 log = logging.getLogger(__name__)

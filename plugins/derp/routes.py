@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from quart import Response, request
+
 from meshscale.contributions import HttpRoute
 from meshscale.plugins.derp import http
 from meshscale.plugins.derp.service import DerpService
-from quart import Response, request
 
 MAX_VERIFY_BODY = 16 << 10
 

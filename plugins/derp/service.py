@@ -16,6 +16,8 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nacl.public import PrivateKey
+
 from meshscale.config import split_host_port
 from meshscale.contributions import UpgradeRequest
 from meshscale.plugins.derp import http, listener, region, tls
@@ -24,7 +26,6 @@ from meshscale.plugins.derp.handshake import ClientInfo
 from meshscale.plugins.derp.keys import load_or_create_private_key, parse_mesh_key
 from meshscale.plugins.derp.relay import Relay
 from meshscale.plugins.derp.streams import ByteStream, RawStream, WebSocketStream
-from nacl.public import PrivateKey
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

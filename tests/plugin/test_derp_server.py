@@ -282,6 +282,31 @@ async def test_bad_frame_closes_only_that_connection(tmp_path: Path, bad: bytes)
         await b.close()
 
 
+async def test_stalled_receiver_drops_oldest_and_never_blocks_senders(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running(config, tmp_path, ConnectionSettings(high_water=64 << 10)) as server:
+        a, b, c = [await dial(config, server) for _ in range(3)]
+        packet = bytes(16 << 10)
+        # b never reads. 32 MB towards it fill the kernel buffers, then the bounded queue.
+        relay = derp.service_for(config).relay
+        assert relay is not None
+        async with asyncio.timeout(20):
+            for _ in range(2048):
+                a.send_nowait(b.public_key, packet)
+                if a.writer.transport.get_write_buffer_size() > 1 << 20:
+                    await a.writer.drain()
+            # Frames are handled in order: a's pong means all its packets were relayed or
+            # dropped, and that a itself was never blocked.
+            await a.ping(b"still ok")
+            assert (await recv_type(a, FrameType.PONG)).payload == b"still ok"
+        assert relay.stats.packets_recv == 2048
+        assert relay.stats.dropped_queue_full > 0
+        await c.send(a.public_key, b"hi a")
+        assert await asyncio.wait_for(a.recv_packet(), 5) == (c.public_key, b"hi a")
+        for client in (a, b, c):
+            await client.close()
+
+
 async def test_unknown_frame_types_are_skipped(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config, tmp_path) as server:

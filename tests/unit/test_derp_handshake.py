@@ -7,11 +7,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from nacl.public import Box, PrivateKey, PublicKey
+
 from meshscale.errors import ConfigError, ProtocolError
 from meshscale.plugins.derp import frames, handshake, keys
 from meshscale.plugins.derp.frames import FrameDecoder, FrameType
 from meshscale.plugins.derp.handshake import ClientInfo
-from nacl.public import Box, PrivateKey, PublicKey
 
 
 def test_client_info_roundtrip_through_the_frame() -> None:

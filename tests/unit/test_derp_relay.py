@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from meshscale.errors import ProtocolError
 from meshscale.plugins.derp import frames
 from meshscale.plugins.derp.frames import Frame, FrameDecoder, FrameType, PeerGoneReason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+
 from meshscale.plugins.stun import codec
 
 TXID = bytes(range(1, 13))
