@@ -118,11 +118,11 @@ def run(n: int) -> dict[str, Any]:
     t_first, _ = timed(lambda: views(engine, ids))
     newcomer = PolicyNode(n + 1, "newlaptop", users[0].id, ipv4="100.127.255.1",
                           ipv6="fd7a:115c:a1e0::ffff:1")
-    join = change_cost(engine, newcomer, ids + [n + 1])
+    join = change_cost(engine, newcomer, [*ids, n + 1])
     server = next(x for x in nodes if "tag:db" in x.tags)
     retag = PolicyNode(server.id, server.hostname, None, frozenset({"tag:web"}),
                        server.ipv4, server.ipv6)
-    retag_cost = change_cost(engine, retag, ids + [n + 1])
+    retag_cost = change_cost(engine, retag, [*ids, n + 1])
     return {"nodes": n, "compile_s": t_compile, "first_views_s": t_first,
             "join": join, "retag": retag_cost}
 
