@@ -257,6 +257,8 @@ class SimNode:
         self.conn = conn or ControlConnection()
         self.node_key = X25519PrivateKey.generate()
         self.disco_key = X25519PrivateKey.generate()
+        # What a real client reports; kept identical across requests, as real clients do.
+        self.hostinfo: dict[str, Any] = {"Hostname": hostname, "OS": "linux", "GoArch": "amd64"}
 
     @property
     def node_key_text(self) -> str:
@@ -273,7 +275,7 @@ class SimNode:
             "OldNodeKey": "nodekey:" + "0" * 64,
             "Expiry": "0001-01-01T00:00:00Z",
             "Followup": "",
-            "Hostinfo": {"Hostname": self.hostname, "OS": "linux", "GoArch": "amd64"},
+            "Hostinfo": dict(self.hostinfo),
         }
         if auth_key is not None:
             body["Auth"] = {"AuthKey": auth_key}
@@ -296,7 +298,7 @@ class SimNode:
             "NodeKey": self.node_key_text,
             "DiscoKey": self.disco_key_text,
             "Stream": stream,
-            "Hostinfo": {"Hostname": self.hostname, "OS": "linux"},
+            "Hostinfo": dict(self.hostinfo),
         }
         if not stream:
             body["OmitPeers"] = True
@@ -311,7 +313,6 @@ class SimNode:
     async def lite_update(self, endpoints: list[str], derp: int = 0) -> int:
         extra: dict[str, Any] = {"Endpoints": endpoints, "EndpointTypes": [2] * len(endpoints)}
         if derp:
-            extra["Hostinfo"] = {"Hostname": self.hostname, "OS": "linux",
-                                 "NetInfo": {"PreferredDERP": derp}}
+            extra["Hostinfo"] = {**self.hostinfo, "NetInfo": {"PreferredDERP": derp}}
         status, _ = await self.conn.request("/machine/map", self.map_body(False, **extra))
         return status
