@@ -80,7 +80,7 @@ async def test_full_map_then_deltas(server: Server, key: str) -> None:
     assert [p["LoginName"] for p in first["UserProfiles"]] == ["alice@example.com"]
     assert "Peers" not in first
 
-    b, sb, bfirst = await join(server, key, "phone")
+    b, _sb, bfirst = await join(server, key, "phone")
     assert bfirst is not None and [p["ID"] for p in bfirst["Peers"]] == [me["ID"]]
     delta = await next_with(sa, "PeersChanged")
     (peer,) = delta["PeersChanged"]
@@ -115,7 +115,7 @@ async def test_names_are_sanitized_and_deduplicated(server: Server, key: str) ->
 
 
 async def test_key_rotation_keeps_id_and_addresses(server: Server, key: str) -> None:
-    a, sa, first = await join(server, key, "a")
+    _a, sa, first = await join(server, key, "a")
     b, _, bfirst = await join(server, key, "b")
     assert sa is not None and bfirst is not None and first is not None
     old_text = b.node_key_text
@@ -167,7 +167,7 @@ async def test_ephemeral_node_goes_after_inactivity(server: Server) -> None:
     assert server.state is not None
     user = server.state.create_user("eve")
     _, eph = server.state.create_key(user, ephemeral=True)
-    node, stream, _ = await join(server, eph, "tmp")
+    node, _stream, _ = await join(server, eph, "tmp")
     assert len(server.state.nodes) == 1 and next(iter(server.state.nodes.values())).ephemeral
     await node.conn.close()  # stream ends: the 1 s inactivity timer starts
     for _ in range(50):
@@ -195,8 +195,8 @@ async def test_reconnect_cancels_ephemeral_deletion(server: Server) -> None:
 
 
 async def test_expiry_reaches_peers_and_self(server: Server, key: str) -> None:
-    a, sa, _ = await join(server, key, "a")
-    b, sb, bfirst = await join(server, key, "b")
+    _a, sa, _ = await join(server, key, "a")
+    _b, sb, bfirst = await join(server, key, "b")
     assert sa is not None and sb is not None and bfirst is not None and server.plane
     server.plane.expire_node(bfirst["Node"]["ID"])
     patch = await patch_with(sa, "KeyExpiry")
