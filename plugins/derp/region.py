@@ -42,7 +42,9 @@ def embedded_region(
     """
     srv = config.derp.server
     url_host = server_url_host(config)
-    host = srv.ipv4 or url_host
+    # HostName is what the client verifies the certificate against (and its SNI), so it is the
+    # server_url host even when IPv4/IPv6 tell the client which address to dial.
+    host = url_host
     ipv4 = srv.ipv4 or (url_host if _ip_version(url_host) == 4 else "")
     ipv6 = srv.ipv6 or (url_host if _ip_version(url_host) == 6 else "none")
     node: dict[str, Any] = {

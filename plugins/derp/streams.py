@@ -58,7 +58,9 @@ class RawStream:
             return b""
 
     def write(self, data: bytes) -> None:
-        self._writer.write(data)
+        # A client that just went away: drop quietly (asyncio would warn on repeated writes).
+        if not self._writer.transport.is_closing():
+            self._writer.write(data)
 
     async def drain(self) -> None:
         await self._writer.drain()
@@ -117,7 +119,8 @@ class WebSocketStream:
         return b""
 
     def write(self, data: bytes) -> None:
-        self._writer.write(self._ws.send(BytesMessage(data=data)))
+        if not self._writer.transport.is_closing():
+            self._writer.write(self._ws.send(BytesMessage(data=data)))
 
     async def drain(self) -> None:
         await self._writer.drain()

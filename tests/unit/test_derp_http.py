@@ -100,7 +100,7 @@ def test_region_from_server_url_and_overrides() -> None:
         derp_port=443, cert_name=None, stun_port=3478,
     )["Nodes"][0]
     assert (node["HostName"], node["IPv4"], node["IPv6"]) == (
-        "198.51.100.2", "198.51.100.2", "2001:db8::2"
+        "hs.example.com", "198.51.100.2", "2001:db8::2"
     )
     assert region.advertised_hosts(_config("https://hs.example.com", ipv4="198.51.100.2")) == [
         "127.0.0.1", "hs.example.com", "198.51.100.2"
