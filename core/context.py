@@ -6,7 +6,7 @@ past this protocol, so core may change behind it.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,7 +33,18 @@ class ServerContext(Protocol):
         """Ask core to rebuild the DERP map (a plugin's region changed)."""
 
     def stats(self) -> Mapping[str, float]:
-        """Cheap gauges core offers (nodes_total, nodes_online, map_streams...)."""
+        """Cheap gauges core offers (nodes_total, nodes_online, users_total, map_streams),
+        merged with every plugin's ``meshscale_stats`` values."""
+
+    @property
+    def policy_text(self) -> str | None:
+        """The policy in force as written (None: no policy; everyone may reach everyone)."""
+
+    def nodes(self) -> Sequence[Mapping[str, Any]]:
+        """Every node as ``GET /v1/nodes`` shows it: a fresh list of plain JSON values."""
+
+    def map_sessions(self) -> Sequence[Mapping[str, Any]]:
+        """Open map streams as ``GET /v1/debug/sessions`` shows them: plain JSON values."""
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run a background task owned by the server: cancelled at shutdown, failures logged."""

@@ -64,6 +64,9 @@ class MapSent:
     kind: MapKind
     streams: int
     nbytes: int  # bytes per stream before Noise (length prefix + zstd frame)
+    # Time core took to build it: full = compute + serialize the map; delta = from the change
+    # reaching the mapper to queued on every stream; keep-alive = 0.
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,33 +130,55 @@ def meshscale_admit_node(
 
 
 # -- observe-only events (notify, sync, must be quick) --------------------------------------
+#
+# Each also receives ``server`` (the ServerContext of the server that emitted it) if the
+# implementation asks for it: core fills it in, so a module plugin can keep per-server state.
 
 
 @hookspec
-def meshscale_node_event(event: NodeEvent) -> None:
+def meshscale_node_event(event: NodeEvent, server: ServerContext) -> None:
     """A node was registered, updated, expired, deleted, or went online or offline."""
 
 
 @hookspec
-def meshscale_user_event(event: UserEvent) -> None:
+def meshscale_user_event(event: UserEvent, server: ServerContext) -> None:
     """A user was created, renamed or deleted."""
 
 
 @hookspec
-def meshscale_policy_event(event: PolicyEvent) -> None:
+def meshscale_policy_event(event: PolicyEvent, server: ServerContext) -> None:
     """A policy was loaded, or a new one was refused (the old one stays)."""
 
 
 @hookspec
-def meshscale_registration(event: Registration) -> None:
+def meshscale_registration(event: Registration, server: ServerContext) -> None:
     """A ``/machine/register`` request finished, with its method, result and duration."""
 
 
 @hookspec
-def meshscale_map_sent(event: MapSent) -> None:
-    """A map message (full, delta or keep-alive) was queued to one or more streams."""
+def meshscale_map_sent(event: MapSent, server: ServerContext) -> None:
+    """A map message (full, delta or keep-alive) was queued to one or more streams.
+
+    ``event.seconds`` is how long core took to build it (full: compute and serialize the map;
+    delta: from the change reaching the mapper to queued on every stream; keep-alive: 0).
+    """
 
 
 @hookspec
-def meshscale_map_stream(event: MapStreamEvent) -> None:
+def meshscale_map_stream(event: MapStreamEvent, server: ServerContext) -> None:
     """A node's map stream opened or closed."""
+
+
+# -- values for metrics (collect, sync, must be cheap) --------------------------------------
+
+
+@hookspec
+def meshscale_stats(server: ServerContext) -> Mapping[str, float]:
+    """Cheap numbers this plugin offers, merged into ``ServerContext.stats()`` (collect, sync).
+
+    Called on every ``stats()`` call (each metrics scrape), so read counters, never compute.
+    Keys are lower_snake_case and start with the plugin's area (``derp_clients``). A key ending
+    in ``_total`` only ever grows (a counter); any other key is a gauge. Byte amounts say
+    ``bytes``. Never call ``server.stats()`` from here.
+    """
+    raise NotImplementedError

@@ -12,12 +12,15 @@ import logging
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from meshscale import PROJECT, hookspecs
 from meshscale.errors import PluginError
+
+if TYPE_CHECKING:
+    from meshscale.context import ServerContext
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,13 @@ class PluginHost:
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._names: dict[int, str] = {}
+        # The server this host belongs to; hook implementations that take a ``server`` argument
+        # the caller did not pass get it, so module plugins can keep per-server state.
+        self.context: ServerContext | None = None
+
+    def bind(self, context: ServerContext) -> None:
+        """Tie this host to the server that owns it (one host per server)."""
+        self.context = context
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -99,8 +109,9 @@ class PluginHost:
         # pluggy stores impls in call order reversed; call them in pluggy's order.
         return list(reversed(caller.get_hookimpls()))
 
-    @staticmethod
-    def _kwargs(impl: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _kwargs(self, impl: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if "server" in impl.argnames and "server" not in kwargs:
+            kwargs = {**kwargs, "server": self.context}
         return {k: kwargs[k] for k in impl.argnames}
 
     def collect_sync(self, hook: str, **kwargs: Any) -> list[Any]:

@@ -79,6 +79,7 @@ class Server:
         self.policy_text: str | None = None
         self._stopped = asyncio.Event()
         self._started_plugins = False
+        host.bind(self)  # observe-only hooks may ask for ``server``: this one
 
     # -- ServerContext ---------------------------------------------------------------------------
 
@@ -112,12 +113,39 @@ class Server:
         state = self.state
         if state is None or self.mapper is None:
             return {}
-        return {
+        out = {
             "nodes_total": float(len(state.nodes)),
             "nodes_online": float(sum(1 for n in state.nodes.values() if n.online)),
             "users_total": float(len(state.users)),
             "map_streams": float(self.mapper.stream_count()),
         }
+        try:
+            parts = self.host.collect_sync("meshscale_stats", server=self)
+        except PluginError:
+            # A scrape or health check must still get core's numbers.
+            log.exception("a plugin's meshscale_stats failed; reporting core's values only")
+            parts = []
+        for part in parts:
+            out.update(part)
+        return out
+
+    def nodes(self) -> Sequence[Mapping[str, Any]]:
+        from meshscale.api.admin import node_view  # noqa: PLC0415 - keeps quart views lazy
+
+        state = self.state
+        if state is None:
+            return []
+        return [node_view(n, state.users.get(n.user_id) if n.user_id is not None else None)
+                for n in state.nodes_sorted()]
+
+    def map_sessions(self) -> Sequence[Mapping[str, Any]]:
+        if self.mapper is None:
+            return []
+        return [
+            {"nodeId": s.node_id, "sent": dict(s.sent), "overflows": s.overflows,
+             "known": None if s.known is None else sorted(s.known)}
+            for s in self.mapper.sessions.values()
+        ]
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -12,6 +12,7 @@ import heapq
 import json
 import logging
 import random
+import time
 from datetime import datetime
 from typing import Any
 
@@ -153,10 +154,12 @@ class ControlPlane:
         compress = body.get("Compress") == "zstd"
         if not stream:
             session = MapSession(node.id, compress)
-            msg = self.mapper.full_map(session)
-            await resp.send(200, msg.frame(compress))
+            started = time.monotonic()
+            frame = self.mapper.full_map(session).frame(compress)
+            seconds = time.monotonic() - started
+            await resp.send(200, frame)
             self.host.notify("meshscale_map_sent",
-                             event=MapSent(MapKind.FULL, 1, len(msg.frame(compress))))
+                             event=MapSent(MapKind.FULL, 1, len(frame), seconds))
             return
         await self._stream(node, compress, resp, keepalive=bool(body.get("KeepAlive", True)))
 
@@ -175,12 +178,13 @@ class ControlPlane:
                 if session.needs_full:
                     session.needs_full = False
                     session.queue.clear()
-                    msg = self.mapper.full_map(session)
-                    frame = msg.frame(compress)
+                    started = time.monotonic()
+                    frame = self.mapper.full_map(session).frame(compress)
+                    seconds = time.monotonic() - started
                     await resp.write(frame)
                     session.sent["full"] += 1
                     self.host.notify("meshscale_map_sent",
-                                     event=MapSent(MapKind.FULL, 1, len(frame)))
+                                     event=MapSent(MapKind.FULL, 1, len(frame), seconds))
                     continue
                 if session.queue:
                     # Coalesce what is queued into one write: fewer Noise records and syscalls.

@@ -51,6 +51,7 @@ class Mapper:
         self._peer_json: dict[int, bytes] = {}
         self._dns = tailcfg.dns_config(config)
         self.primary_routes: dict[int, list[str]] = {}
+        self._change_started = 0.0  # when the change being fanned out reached us (MapSent)
         state.subscribe(self.on_change)
 
     # -- sessions --------------------------------------------------------------------------------
@@ -183,7 +184,8 @@ class Mapper:
             s.push(msg)
             count += 1
         if count:
-            self.notify(MapSent(MapKind.DELTA, count, len(msg.frame(True))))
+            seconds = time.monotonic() - self._change_started if self._change_started else 0.0
+            self.notify(MapSent(MapKind.DELTA, count, len(msg.frame(True)), seconds))
 
     def _send_self(self, node_id: int, obj: dict[str, Any]) -> None:
         s = self.sessions.get(node_id)
@@ -191,6 +193,7 @@ class Mapper:
             self._send([s], Message.of(obj))
 
     def on_change(self, change: ch.Change) -> None:
+        self._change_started = time.monotonic()
         try:
             self._on_change(change)
         except Exception:  # a bug here must not break the request that made the change
