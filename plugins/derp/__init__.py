@@ -77,3 +77,24 @@ async def meshscale_shutdown(server: ServerContext) -> None:
     svc = _services.pop(id(server.config), None)
     if svc is not None:
         await svc.stop()
+
+
+@hookimpl
+def meshscale_stats(server: ServerContext) -> Mapping[str, float]:
+    """Relay numbers for ``ServerContext.stats()`` (the metrics plugin exports them)."""
+    svc = _services.get(id(server.config))
+    relay = svc.relay if svc is not None else None
+    if relay is None:
+        return {}
+    st = relay.stats
+    return {
+        "derp_clients": float(relay.connection_count()),
+        "derp_home_clients": float(relay.home_client_count()),
+        "derp_received_bytes_total": float(st.bytes_recv),
+        "derp_relayed_bytes_total": float(st.bytes_sent),
+        "derp_received_packets_total": float(st.packets_recv),
+        "derp_relayed_packets_total": float(st.packets_sent),
+        "derp_dropped_packets_total": float(
+            st.dropped_unknown_dest + st.dropped_queue_full + st.dropped_gone
+        ),
+    }
