@@ -175,3 +175,23 @@ def http_get(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         body: bytes = resp.read()
         return body.decode()
+
+
+def scrape_metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET a Prometheus ``/metrics`` page and parse it with prometheus_client's own parser.
+
+    Keys are ``(sample name, sorted labels)``; use ``metric(samples, name, **labels)`` to read.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(http_get(url)):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+           **labels: str) -> float:
+    """One sample's value (0.0 when absent: a counter that never moved)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
