@@ -206,6 +206,27 @@ def cmd_plugins(args: argparse.Namespace) -> Any:
                  ("Distribution", "distribution"), ("Hooks", "hooks")]
 
 
+def cmd_bench(args: argparse.Namespace) -> Any:
+    import resource  # noqa: PLC0415
+
+    from meshscale.bench.scenarios import SCENARIOS  # noqa: PLC0415
+
+    # Thousands of connections: one descriptor each here and in the server (which inherits).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    configure_logging(None, "warning")
+    kwargs: dict[str, Any] = {"nodes": args.nodes, "events": args.events}
+    if args.scenario == "storm" and args.self_policy:
+        kwargs["policy"] = True
+    if args.scenario == "churn":
+        kwargs["rate"] = args.rate
+    result = asyncio.run(asyncio.wait_for(SCENARIOS[args.scenario](**kwargs), args.time_limit))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    return result, [(k, k) for k in result if k != "curve"]
+
+
 def cmd_version(args: argparse.Namespace) -> Any:
     return {"version": __version__}, [("Version", "version")]
 
@@ -290,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
             x.add_argument("--offline", action="store_true",
                            help="check without a running server (no topology)")
     pol.set_defaults(fn=cmd_policy)
+
+    bench = sub.add_parser("bench", parents=[common],
+                           help="load generator: simulated nodes against a local server")
+    bench.add_argument("scenario", choices=["storm", "fanout", "policy", "churn", "memory"])
+    bench.add_argument("--nodes", type=int, default=100)
+    bench.add_argument("--events", type=int, default=20)
+    bench.add_argument("--rate", type=float, default=10.0, help="churn: events per second")
+    bench.add_argument("--self-policy", action="store_true",
+                       help="storm: autogroup:member -> autogroup:self:* policy")
+    bench.add_argument("--time-limit", type=float, default=1800.0, help="seconds, then stop")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(fn=cmd_bench)
 
     plg = sub.add_parser("plugins", parents=[common], help="installed plugins")
     plg.add_subparsers(dest="action", required=True).add_parser("list", parents=[common])

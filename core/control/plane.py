@@ -172,6 +172,8 @@ class ControlPlane:
         self.host.notify("meshscale_map_stream", event=MapStreamEvent(node.id, True))
         self.host.notify("meshscale_node_event",
                          event=node_event(self, NodeEventKind.ONLINE, node))
+        session.ticker = asyncio.get_running_loop().call_later(
+            self._keepalive_delay(), self._keepalive_tick, session)
         try:
             await resp.start(200)
             while not session.closed:
@@ -190,23 +192,30 @@ class ControlPlane:
                     # Coalesce what is queued into one write: fewer Noise records and syscalls.
                     frames = b"".join(m.frame(compress) for m in session.queue)
                     session.sent["delta"] += len(session.queue)
+                    session.sent_since_tick = True
                     session.queue.clear()
                     await resp.write(frames)
                     continue
-                session.wakeup.clear()
-                timeout = self.keepalive_base + random.random() * KEEPALIVE_JITTER
-                try:
-                    await asyncio.wait_for(session.wakeup.wait(), timeout)
-                except TimeoutError:
-                    if keepalive:
+                if session.keepalive_due:
+                    session.keepalive_due = False
+                    if keepalive and not session.sent_since_tick:
                         frame = KEEPALIVE.frame(compress)
                         await resp.write(frame)
                         session.sent["keepalive"] += 1
                         self.host.notify("meshscale_map_sent",
                                          event=MapSent(MapKind.KEEPALIVE, 1, len(frame)))
+                    session.sent_since_tick = False
+                    continue
+                session.wakeup.clear()
+                # Waiting on the event itself (no wait_for) keeps a wake-up free of task and
+                # timer churn: at thousands of streams that is most of a fan-out's cost. The
+                # keep-alive comes from one periodic timer per session instead.
+                await session.wakeup.wait()
         except (ConnectionResetError, LookupError):
             pass
         finally:
+            if session.ticker is not None:
+                session.ticker.cancel()
             current = self.mapper.close(session)
             live = self.state.nodes.get(node.id)
             if current and live is not None:
@@ -218,6 +227,16 @@ class ControlPlane:
                     self._schedule_ephemeral(live.id)
             with contextlib.suppress(Exception):
                 await resp.end()
+
+    def _keepalive_tick(self, session: MapSession) -> None:
+        """Every ~50-59 s: ask the writer for a keep-alive (skipped if a delta went out)."""
+        session.keepalive_due = True
+        session.wakeup.set()
+        session.ticker = asyncio.get_running_loop().call_later(
+            self._keepalive_delay(), self._keepalive_tick, session)
+
+    def _keepalive_delay(self) -> float:
+        return self.keepalive_base + random.random() * KEEPALIVE_JITTER
 
     # -- ephemeral nodes -----------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ class MapSession:
         self.ssh_json: bytes = b""
         self.overflows = 0
         self.sent = {"full": 0, "delta": 0, "keepalive": 0}
+        self.keepalive_due = False
+        self.ticker: asyncio.TimerHandle | None = None
+        self.sent_since_tick = False
 
     def push(self, msg: Message) -> None:
         if self.closed or self.needs_full:

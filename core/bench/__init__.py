@@ -1,0 +1,1 @@
+"""The load generator behind ``meshscale bench``: simulated nodes speaking the real protocol."""

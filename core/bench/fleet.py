@@ -1,0 +1,196 @@
+"""Many simulated nodes in one process: register, stream, and watch for markers.
+
+Each node has its own TCP connection, Noise session and HTTP/2 connection, exactly as a real
+client does. Large full maps are decompressed but not JSON-parsed (the generator shares the two
+cores with the server, and a full map's content is checked by the tests, not here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from meshscale.simclient import SimNode
+
+PARSE_LIMIT = 64 * 1024  # messages above this are counted, not parsed
+_SELF_ID = re.compile(rb'"Node":\{"ID":(\d+)')
+
+
+@dataclass
+class Watch:
+    """Waits for ``expected`` observations of one marker; remembers when each arrived."""
+
+    expected: int
+    started: float
+    arrivals: list[float] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def hit(self, now: float) -> None:
+        self.arrivals.append(now - self.started)
+        if len(self.arrivals) >= self.expected:
+            self.done.set()
+
+
+class Member:
+    """One simulated node and its stream consumer."""
+
+    def __init__(self, fleet: Fleet, index: int, hostname: str) -> None:
+        self.fleet = fleet
+        self.index = index
+        self.node = SimNode(hostname)
+        self.node_id = 0
+        self.task: asyncio.Task[None] | None = None
+        self.full_maps = 0
+        self.messages = 0
+        self.first_map = asyncio.Event()
+        self.first_map_at = 0.0
+
+    async def connect(self) -> None:
+        await self.node.conn.connect(self.fleet.host, self.fleet.port, self.fleet.server_pub)
+
+    async def register(self, key: str) -> None:
+        resp = await self.node.register(key)
+        if not resp.get("MachineAuthorized"):
+            raise RuntimeError(f"{self.node.hostname}: registration refused: {resp}")
+
+    def open_stream(self) -> None:
+        self.first_map.clear()
+        sid = self.node.conn.start_request(
+            "/machine/map", json.dumps(self.node.map_body(True)).encode())
+        self.task = asyncio.create_task(self._consume(sid))
+
+    async def close_stream(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.node.conn.close()
+
+    async def _consume(self, sid: int) -> None:
+        reply = self.node.conn.replies[sid]
+        buf = bytearray()
+        dctx = zstandard.ZstdDecompressor()
+        while True:
+            chunk = await reply.chunks.get()
+            if chunk is None:
+                return
+            self.fleet.bytes_received += len(chunk)
+            buf += chunk
+            while len(buf) >= 4:
+                (n,) = struct.unpack_from("<I", buf)
+                if len(buf) < 4 + n:
+                    break
+                frame = bytes(buf[4:4 + n])
+                del buf[:4 + n]
+                self._message(dctx.decompress(frame, max_output_size=1 << 30))
+
+    def _message(self, body: bytes) -> None:
+        now = time.perf_counter()
+        self.messages += 1
+        if len(body) > PARSE_LIMIT:
+            found = _SELF_ID.search(body, 0, 256)
+            if found is not None:
+                self.node_id = self.node_id or int(found.group(1))
+                self._full_map(now, None)
+            return
+        msg = json.loads(body)
+        if "Node" in msg and ("DERPMap" in msg or "Peers" in msg):
+            self._full_map(now, msg)
+        self.fleet.observe(msg, now, self)
+
+    def _full_map(self, now: float, msg: dict[str, Any] | None) -> None:
+        self.full_maps += 1
+        if msg is not None and not self.node_id:
+            self.node_id = int(msg["Node"]["ID"])
+        self.first_map_at = now
+        self.first_map.set()
+        self.fleet.full_map_seen(self, now)
+
+
+class Fleet:
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.server_pub: bytes | None = None
+        self.members: list[Member] = []
+        self.watches: dict[str, Watch] = {}
+        self.bytes_received = 0
+        self.full_map_hook: Callable[[Member, float], None] | None = None
+        self.observers: list[Callable[[dict[str, Any], float, Member], None]] = []
+
+    # -- building the fleet ---------------------------------------------------------------
+
+    async def add(self, count: int, key: str, prefix: str = "n", concurrency: int = 64,
+                  keys: Callable[[int], str] | None = None) -> list[Member]:
+        """Connect and register ``count`` nodes, ``concurrency`` at a time."""
+        from meshscale.simclient import fetch_server_key  # noqa: PLC0415
+
+        if self.server_pub is None:
+            self.server_pub = await fetch_server_key(self.host, self.port)
+        start = len(self.members)
+        new = [Member(self, start + i, f"{prefix}{start + i}") for i in range(count)]
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(m: Member) -> None:
+            async with sem:
+                await m.connect()
+                await m.register(keys(m.index) if keys else key)
+
+        await asyncio.gather(*(one(m) for m in new))
+        self.members.extend(new)
+        return new
+
+    async def open_streams(self, members: Iterable[Member], timeout: float) -> float:
+        """Open streams at once; seconds until every one has its full map."""
+        members = list(members)
+        t0 = time.perf_counter()
+        for m in members:
+            m.open_stream()
+        await asyncio.wait_for(asyncio.gather(*(m.first_map.wait() for m in members)), timeout)
+        return max(m.first_map_at for m in members) - t0
+
+    async def close(self) -> None:
+        await asyncio.gather(*(m.close_stream() for m in self.members),
+                             return_exceptions=True)
+
+    # -- markers ----------------------------------------------------------------------------
+
+    def watch(self, marker: str, expected: int) -> Watch:
+        w = Watch(expected, time.perf_counter())
+        self.watches[marker] = w
+        return w
+
+    def observe(self, msg: dict[str, Any], now: float, member: Member) -> None:
+        for patch in msg.get("PeersChangedPatch") or ():
+            for ep in patch.get("Endpoints") or ():
+                w = self.watches.get(ep)
+                if w is not None:
+                    w.hit(now)
+        for observer in self.observers:
+            observer(msg, now, member)
+
+    def full_map_seen(self, member: Member, now: float) -> None:
+        if self.full_map_hook is not None:
+            self.full_map_hook(member, now)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+    s = sorted(values)
+
+    def pick(q: float) -> float:
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    return {"p50": pick(0.50), "p99": pick(0.99), "max": s[-1]}
+
+
+def counter() -> defaultdict[str, int]:
+    return defaultdict(int)

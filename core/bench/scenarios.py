@@ -1,0 +1,353 @@
+"""Benchmark scenarios: storm, fanout, policy, churn, memory (issue 6).
+
+Each starts its own server process on 127.0.0.1, builds a fleet of simulated nodes in this
+process, measures, stops everything, and returns a flat dict of figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from meshscale.bench.fleet import Fleet, Member, percentiles
+from meshscale.bench.serverproc import ServerProcess, cpu_seconds
+
+SELF_POLICY = {"acls": [{"action": "accept", "src": ["autogroup:member"],
+                         "dst": ["autogroup:self:*"]}]}
+
+
+def _own_cpu() -> float:
+    import os  # noqa: PLC0415
+
+    return cpu_seconds(os.getpid())
+
+
+class Bench:
+    """Server + fleet with the common set-up and the common figures."""
+
+    def __init__(self, plugins: list[str], extra: dict[str, Any] | None = None) -> None:
+        self.server = ServerProcess(plugins, extra)
+        self.fleet: Fleet | None = None
+
+    async def __aenter__(self) -> Bench:
+        self.server.start()
+        self.fleet = Fleet("127.0.0.1", self.server.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.fleet is not None:
+            await self.fleet.close()
+        self.server.stop()
+
+    def key(self, user: str, **opts: Any) -> str:
+        admin = self.server.admin
+        try:
+            admin.call("POST", "/v1/users", {"name": user})
+        except Exception:
+            pass
+        body = {"user": user, "reusable": True, "expiration": 0, **opts}
+        key: str = admin.call("POST", "/v1/preauthkeys", body)["key"]
+        return key
+
+    def tagged_key(self, tag: str) -> str:
+        key: str = self.server.admin.call(
+            "POST", "/v1/preauthkeys",
+            {"user": None, "reusable": True, "expiration": 0, "tags": [tag]})["key"]
+        return key
+
+    def figures(self, cpu0: float, gen0: float, bytes0: int, events: int) -> dict[str, Any]:
+        assert self.fleet is not None
+        cpu = self.server.cpu() - cpu0
+        return {
+            "server_cpu_s": round(cpu, 3),
+            "server_cpu_s_per_event": round(cpu / max(events, 1), 4),
+            "generator_cpu_s": round(_own_cpu() - gen0, 3),
+            "bytes_received": self.fleet.bytes_received - bytes0,
+            "bytes_per_event": (self.fleet.bytes_received - bytes0) // max(events, 1),
+            "server_rss_mb": round(self.server.rss() / 2**20, 1),
+        }
+
+
+async def settle(fleet: Fleet, quiet: float = 0.5, limit: float = 60.0) -> None:
+    """Wait until no map message arrived for ``quiet`` seconds (joins' deltas drained)."""
+    deadline = time.monotonic() + limit
+    last = -1
+    while time.monotonic() < deadline:
+        total = sum(m.messages for m in fleet.members)
+        if total == last:
+            return
+        last = total
+        await asyncio.sleep(quiet)
+
+
+# -- storm ----------------------------------------------------------------------------------
+
+
+async def storm(nodes: int, events: int, policy: bool = False, timeout: float = 600) -> dict[
+    str, Any]:
+    """N pre-registered nodes open their map streams at once; time until all have full maps."""
+    extra: dict[str, Any] = {}
+    plugins = ["sqlite"]
+    if policy:
+        plugins.append("policy")
+        extra["policy"] = {"mode": "database"}
+    async with Bench(plugins, extra) as b:
+        assert b.fleet is not None
+        if policy:
+            b.server.admin.call("PUT", "/v1/policy", {"policy": json.dumps(SELF_POLICY)})
+            users = max(1, nodes // 10)
+            keys = [b.key(f"u{i}") for i in range(users)]
+            await b.fleet.add(nodes, "", keys=lambda i: keys[i % users])
+        else:
+            await b.fleet.add(nodes, b.key("storm"))
+        cpu0, gen0, bytes0 = b.server.cpu(), _own_cpu(), b.fleet.bytes_received
+        seconds = await b.fleet.open_streams(b.fleet.members, timeout)
+        arrivals = [m.first_map_at for m in b.fleet.members]
+        t0 = min(arrivals) - 0.0
+        out = {"scenario": "storm", "nodes": nodes, "policy": "autogroup:self" if policy else
+               "allow-all", "all_full_maps_s": round(seconds, 3)}
+        out.update({f"first_map_{k}_s": round(v, 3) for k, v in
+                    percentiles([a - t0 for a in arrivals]).items()})
+        out.update(b.figures(cpu0, gen0, bytes0, nodes))
+        return out
+
+
+# -- fanout ---------------------------------------------------------------------------------
+
+
+async def fanout(nodes: int, events: int, timeout: float = 120) -> dict[str, Any]:
+    """One node's new endpoint; latency until all N-1 streaming peers received it."""
+    async with Bench(["sqlite"]) as b:
+        assert b.fleet is not None
+        await b.fleet.add(nodes, b.key("fanout"))
+        await b.fleet.open_streams(b.fleet.members, timeout=600)
+        await settle(b.fleet)
+        sender = b.fleet.members[0]
+        latencies: list[float] = []
+        cpu0, gen0, bytes0 = b.server.cpu(), _own_cpu(), b.fleet.bytes_received
+        for rep in range(events):
+            marker = f"127.0.0.1:{10000 + rep}"
+            w = b.fleet.watch(marker, nodes - 1)
+            await sender.node.lite_update([marker])
+            await asyncio.wait_for(w.done.wait(), timeout)
+            latencies.append(max(w.arrivals))
+        out: dict[str, Any] = {"scenario": "fanout", "nodes": nodes, "events": events}
+        out.update({f"latency_{k}_ms": round(v * 1000, 2)
+                    for k, v in percentiles(latencies).items()})
+        out.update(b.figures(cpu0, gen0, bytes0, events))
+        out["bytes_per_event_per_peer"] = round(out["bytes_per_event"] / max(nodes - 1, 1), 1)
+        out["backlog_grew"] = _grew(latencies)
+        return out
+
+
+def _grew(latencies: list[float]) -> bool:
+    """A backlog shows as latencies that keep rising: last third clearly above the first."""
+    if len(latencies) < 9:
+        return False
+    third = len(latencies) // 3
+    first = sorted(latencies[:third])[third // 2]
+    last = sorted(latencies[-third:])[third // 2]
+    return last > 2 * first and last - first > 0.05
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+async def memory(nodes: int, events: int) -> dict[str, Any]:
+    """RSS of the server with N idle connected nodes (streams open, keep-alives only)."""
+    async with Bench(["sqlite"]) as b:
+        assert b.fleet is not None
+        rss0 = b.server.rss()
+        points = []
+        step = max(nodes // 4, 1)
+        key = b.key("idle")
+        while len(b.fleet.members) < nodes:
+            count = min(step, nodes - len(b.fleet.members))
+            new = await b.fleet.add(count, key)
+            await b.fleet.open_streams(new, timeout=600)
+            await settle(b.fleet)
+            points.append({"nodes": len(b.fleet.members),
+                           "rss_mb": round(b.server.rss() / 2**20, 1)})
+        return {"scenario": "memory", "nodes": nodes, "empty_rss_mb": round(rss0 / 2**20, 1),
+                "server_rss_mb": points[-1]["rss_mb"], "curve": points,
+                "rss_kb_per_node": round((points[-1]["rss_mb"] - rss0 / 2**20) * 1024 / nodes, 1)}
+
+
+# -- churn ----------------------------------------------------------------------------------
+
+
+async def churn(nodes: int, events: int, rate: float = 10.0,
+                timeout: float = 30.0) -> dict[str, Any]:
+    """K events/s: 70 % endpoint changes, 20 % reconnects, 10 % ephemeral join/leave.
+
+    Latency of an event: until every streaming peer saw it (endpoint change, join, leave), or
+    until the reconnecting node has its full map.
+    """
+    async with Bench(["sqlite"], {"node": {"ephemeral": {"inactivity_timeout": "1s"}}}) as b:
+        fleet = b.fleet
+        assert fleet is not None
+        await fleet.add(nodes, b.key("churn"))
+        await fleet.open_streams(fleet.members, timeout=600)
+        await settle(fleet)
+        eph_key = b.key("eph", ephemeral=True)
+        rng = random.Random(7)
+        joins: dict[str, Any] = {}
+        removed: dict[int, Any] = {}
+
+        def seen(msg: dict[str, Any], now: float, member: Member) -> None:
+            for peer in msg.get("PeersChanged") or ():
+                w = joins.get(peer.get("Key", ""))
+                if w is not None:
+                    w.hit(now)
+            for node_id in msg.get("PeersRemoved") or ():
+                w = removed.get(node_id)
+                if w is not None:
+                    w.hit(now)
+
+        fleet.observers.append(seen)
+        latencies: dict[str, list[float]] = {"endpoint": [], "reconnect": [], "join": [],
+                                             "leave": []}
+        pending: set[asyncio.Task[None]] = set()
+        cpu0, gen0, bytes0 = b.server.cpu(), _own_cpu(), fleet.bytes_received
+        interval = 1.0 / rate
+        start = time.perf_counter()
+        streaming = list(fleet.members)
+
+        async def endpoint(m: Member, rep: int) -> None:
+            marker = f"127.0.0.2:{rep % 60000 + 1}"
+            w = fleet.watch(marker, len(streaming) - 1)
+            await m.node.lite_update([marker])
+            await asyncio.wait_for(w.done.wait(), timeout)
+            latencies["endpoint"].append(max(w.arrivals))
+
+        async def reconnect(m: Member) -> None:
+            t0 = time.perf_counter()
+            if m.task is not None:
+                m.task.cancel()
+            m.first_map.clear()
+            m.open_stream()  # a new stream on the same connection replaces the old one
+            await asyncio.wait_for(m.first_map.wait(), timeout)
+            latencies["reconnect"].append(m.first_map_at - t0)
+
+        async def join_leave(rep: int) -> None:
+            (m,) = await fleet.add(1, eph_key, prefix="eph")
+            w = fleet.watch(f"join-{rep}", len(streaming))
+            joins[m.node.node_key_text] = w
+            m.open_stream()
+            await asyncio.wait_for(w.done.wait(), timeout)
+            latencies["join"].append(max(w.arrivals))
+            await m.first_map.wait()
+            gone = fleet.watch(f"leave-{rep}", len(streaming))
+            removed[m.node_id] = gone
+            # Log out: an ephemeral node is deleted at once and its peers told.
+            await m.node.register(None, Expiry="1970-01-01T00:02:03Z")
+            await asyncio.wait_for(gone.done.wait(), timeout)
+            latencies["leave"].append(max(gone.arrivals))
+            await m.close_stream()
+
+        for rep in range(events):
+            due = start + rep * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            roll = rng.random()
+            if roll < 0.7:
+                coro: Awaitable[None] = endpoint(rng.choice(streaming), rep)
+            elif roll < 0.9:
+                coro = reconnect(rng.choice(streaming[1:]))
+            else:
+                coro = join_leave(rep)
+            task = asyncio.ensure_future(coro)
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        elapsed = time.perf_counter() - start
+        failures = [r for r in results if isinstance(r, BaseException)]
+        every = [x for v in latencies.values() for x in v]
+        out: dict[str, Any] = {"scenario": "churn", "nodes": nodes, "events": events,
+                               "rate_per_s": rate, "achieved_rate_per_s": round(events / elapsed,
+                                                                                  1),
+                               "failed_events": len(failures)}
+        out.update({f"latency_{k}_ms": round(v * 1000, 1) for k, v in percentiles(every).items()})
+        for kind, values in latencies.items():
+            out[f"{kind}_p99_ms"] = round(percentiles(values)["p99"] * 1000, 1)
+        out.update(b.figures(cpu0, gen0, bytes0, events))
+        out["server_cpu_share_of_2_cores"] = round(out["server_cpu_s"] / elapsed / 2, 3)
+        out["backlog_grew"] = _grew(latencies["endpoint"]) or bool(failures)
+        return out
+
+
+# -- policy ---------------------------------------------------------------------------------
+
+
+def tag_policy(groups: int, cut: bool) -> dict[str, Any]:
+    """Each group reaches itself and the next; ``cut`` removes g0 -> g1."""
+    acls = []
+    for i in range(groups):
+        dst = [f"tag:g{i}:*"]
+        if not (cut and i == 0):
+            dst.append(f"tag:g{(i + 1) % groups}:*")
+        acls.append({"action": "accept", "src": [f"tag:g{i}"], "dst": dst})
+    return {"tagOwners": {f"tag:g{i}": ["autogroup:admin"] for i in range(groups)},
+            "acls": acls}
+
+
+async def policy(nodes: int, events: int, groups: int = 10,
+                 timeout: float = 600) -> dict[str, Any]:
+    """N nodes in 10 tag groups; g0 loses access to g1; until every affected node knows."""
+    async with Bench(["sqlite", "policy"], {"policy": {"mode": "database"}}) as b:
+        fleet = b.fleet
+        assert fleet is not None
+        admin = b.server.admin
+        admin.call("POST", "/v1/users", {"name": "admin"})
+        admin.call("PUT", "/v1/policy", {"policy": json.dumps(tag_policy(groups, False))})
+        keys = [b.tagged_key(f"tag:g{i}") for i in range(groups)]
+        await fleet.add(nodes, "", keys=lambda i: keys[i % groups])
+        await fleet.open_streams(fleet.members, timeout=timeout)
+        await settle(fleet)
+        by_group: dict[int, set[int]] = {}
+        for m in fleet.members:
+            by_group.setdefault(m.index % groups, set()).add(m.node_id)
+        expect: dict[int, set[int]] = {}
+        for nid in by_group[0]:
+            expect[nid] = set(by_group[1])
+        for nid in by_group[1]:
+            expect[nid] = set(by_group[0])
+        done = asyncio.Event()
+        arrivals: dict[int, float] = {}
+
+        def seen(msg: dict[str, Any], now: float, member: Member) -> None:
+            want = expect.get(member.node_id)
+            if not want:
+                return
+            want.difference_update(msg.get("PeersRemoved") or ())
+            if not want and member.node_id not in arrivals:
+                arrivals[member.node_id] = now
+                if len(arrivals) == len(expect):
+                    done.set()
+
+        fleet.observers.append(seen)
+        cpu0, gen0, bytes0 = b.server.cpu(), _own_cpu(), fleet.bytes_received
+        t0 = time.perf_counter()
+        admin.call("PUT", "/v1/policy", {"policy": json.dumps(tag_policy(groups, True))})
+        await asyncio.wait_for(done.wait(), timeout)
+        seconds = max(arrivals.values()) - t0
+        out: dict[str, Any] = {"scenario": "policy", "nodes": nodes, "groups": groups,
+                               "affected_nodes": len(expect),
+                               "all_updated_s": round(seconds, 3)}
+        out.update(b.figures(cpu0, gen0, bytes0, 1))
+        out["mb_sent"] = round(out["bytes_received"] / 2**20, 2)
+        return out
+
+
+SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+    "storm": storm,
+    "fanout": fanout,
+    "policy": policy,
+    "churn": churn,
+    "memory": memory,
+}

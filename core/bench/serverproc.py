@@ -1,0 +1,93 @@
+"""The server under test: ``meshscale serve`` in its own process, measured through /proc."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshscale.cli.client import AdminClient
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_bytes(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/statm").read_text().split()
+    return int(fields[1]) * _PAGE
+
+
+class ServerProcess:
+    def __init__(self, plugins: list[str], extra: dict[str, Any] | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="meshscale-bench-"))
+        self.port = free_port()
+        config: dict[str, Any] = {
+            "data_dir": str(self.dir / "data"),
+            "listen_addr": f"127.0.0.1:{self.port}",
+            "server_url": f"http://127.0.0.1:{self.port}",
+            "plugins": plugins,
+            "log": {"level": "warn"},
+            "metrics_listen_addr": "",
+        }
+        config.update(extra or {})
+        self.config = self.dir / "config.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.admin = AdminClient(str(self.dir / "data" / "meshscale.sock"), timeout=120)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.log = (self.dir / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshscale.cli.main", "-c", str(self.config), "serve"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.dir / 'server.log').read_text()}")
+            try:
+                self.admin.call("GET", "/v1/health")
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start in time")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
