@@ -212,7 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> Any:
     from meshscale.bench.scenarios import SCENARIOS  # noqa: PLC0415
 
     # Thousands of connections: one descriptor each here and in the server (which inherits).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     configure_logging(None, "warning")
     kwargs: dict[str, Any] = {"nodes": args.nodes, "events": args.events}
