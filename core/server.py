@@ -231,7 +231,9 @@ class Server:
             node_removed=lambda i: self._policy_affected(self.engine.remove_node(i)),
             user_upserted=lambda u: self._policy_affected(self.engine.upsert_user(u)),
             user_removed=lambda i: self._policy_affected(self.engine.remove_user(i)),
+            auto_routes=self.engine.auto_approved_routes,
         )
+        state.refresh_auto_approvals()  # the policy is in force now: autoApprovers apply
 
         self.derp = self._make_derp_manager()
         self.mapper = Mapper(
@@ -311,9 +313,15 @@ class Server:
                              event=PolicyEvent(False, source, str(exc)))
             raise
         if persist and self.storage is not None:
-            self.storage.apply([PutPolicy(text)])
+            try:
+                self.storage.apply([PutPolicy(text)])
+            except Exception:
+                self.engine.set_policy(self.policy_text)  # not stored: not in force either
+                raise
         self.policy_text = text
         self.host.notify("meshscale_policy_event", event=PolicyEvent(True, source))
+        # autoApprovers may approve or withdraw routes; then every stream gets its new view.
+        self.state.refresh_auto_approvals()
         self._policy_affected(affected)
 
     def reload_policy_file(self) -> None:

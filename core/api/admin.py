@@ -193,14 +193,20 @@ def create_admin_app(server: Server) -> Quart:
     def owner(n: Node) -> User | None:
         return state().users.get(n.user_id) if n.user_id is not None else None
 
+    def view(n: Node) -> dict[str, Any]:
+        """node_view plus routes as they are in force: approved by an admin or autoApprovers,
+        and the subnets this node is the primary router for."""
+        out = node_view(n, owner(n))
+        out["approvedRoutes"] = list(state().policy_node(n).approved_routes)
+        out["subnetRoutes"] = list(state().routes.primaries.get(n.id, []))
+        return out
+
     @app.get("/v1/nodes")
     async def list_nodes() -> Response:
         st = state()
         wanted = request.args.get("user")
         uid = st.user(wanted).id if wanted else None
-        return _json([
-            node_view(n, owner(n)) for n in st.nodes_sorted() if uid is None or n.user_id == uid
-        ])
+        return _json([view(n) for n in st.nodes_sorted() if uid is None or n.user_id == uid])
 
     def node_id(ref: str) -> int:
         if not ref.isdigit():
@@ -209,8 +215,17 @@ def create_admin_app(server: Server) -> Quart:
 
     @app.get("/v1/nodes/<ref>")
     async def get_node(ref: str) -> Response:
-        n = state().node(node_id(ref))
-        return _json(node_view(n, owner(n)))
+        return _json(view(state().node(node_id(ref))))
+
+    @app.post("/v1/nodes/<ref>/approve_routes")
+    async def approve_routes(ref: str) -> Response:
+        body = await _body()
+        routes = body.get("routes")
+        if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
+            raise MeshscaleError("'routes' must be a list of prefixes")
+        n = state().set_approved_routes(node_id(ref), routes)
+        plane().node_event(NodeEventKind.UPDATED, n)
+        return _json(view(n))
 
     @app.delete("/v1/nodes/<ref>")
     async def delete_node(ref: str) -> Response:

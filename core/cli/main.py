@@ -23,6 +23,8 @@ USER_COLUMNS = [("ID", "id"), ("Name", "name"), ("Display name", "displayName"),
 NODE_COLUMNS = [("ID", "id"), ("Hostname", "name"), ("Name", "givenName"), ("User", "user"),
                 ("IP addresses", "ipAddresses"), ("Tags", "tags"), ("Online", "online"),
                 ("Last seen", "lastSeen"), ("Expiry", "expiry"), ("Expired", "expired")]
+ROUTE_COLUMNS = [("ID", "id"), ("Name", "givenName"), ("Approved", "approvedRoutes"),
+                 ("Available", "availableRoutes"), ("Serving (primary)", "subnetRoutes")]
 KEY_COLUMNS = [("ID", "id"), ("Key", "key"), ("User", "user"), ("Reusable", "reusable"),
                ("Ephemeral", "ephemeral"), ("Used", "used"), ("Expiration", "expiration"),
                ("Tags", "aclTags")]
@@ -133,6 +135,14 @@ def cmd_nodes(args: argparse.Namespace) -> Any:
     if args.action == "rename":
         return c.call("POST", f"/v1/nodes/{args.identifier}/rename",
                       {"newName": args.new_name}), NODE_COLUMNS
+    if args.action == "approve-routes":
+        routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+        return c.call("POST", f"/v1/nodes/{args.identifier}/approve_routes",
+                      {"routes": routes}), ROUTE_COLUMNS
+    if args.action == "list-routes":
+        path = "/v1/nodes" + (f"/{args.identifier}" if args.identifier else "")
+        result = c.call("GET", path)
+        return result if isinstance(result, list) else [result], ROUTE_COLUMNS
     raise MeshscaleError(f"unknown action {args.action}")
 
 
@@ -148,6 +158,8 @@ def cmd_policy(args: argparse.Namespace) -> Any:
             return result.get("policy") or "", []
         return result, []
     text = Path(args.file).read_text(encoding="utf-8")
+    if args.action == "set" and args.offline:
+        return _policy_set_offline(args, c, text), []
     if args.action == "set":
         c.call("PUT", "/v1/policy", {"policy": text})
         return "policy updated", []
@@ -168,6 +180,45 @@ def _engine(args: argparse.Namespace) -> Any:
 def _policy_check_offline(args: argparse.Namespace) -> str:
     _engine(args).check(Path(args.file).read_text(encoding="utf-8"), [], [])
     return "policy is valid"
+
+
+def _policy_set_offline(args: argparse.Namespace, c: AdminClient, text: str) -> str:
+    """Write the stored policy straight into the database: the way out when ``serve`` refuses
+    to start because the stored policy is invalid (docs/policy.md). Only with no server
+    running: a running one holds the policy in memory and would not see the write."""
+    try:
+        c.call("GET", "/v1/health")
+    except MeshscaleError as exc:
+        if "cannot reach the server" not in str(exc):
+            raise
+    else:
+        raise MeshscaleError(
+            "the server is running: use 'meshscale policy set --file F' without --offline"
+        )
+    config, host = load(args)
+    if config.policy.mode != "database":
+        raise MeshscaleError(
+            "policy.mode is 'file': the server reads policy.path, edit that file instead"
+        )
+    from meshscale.state.store import State  # noqa: PLC0415
+    from meshscale.storage.base import PutPolicy  # noqa: PLC0415
+
+    engine = _engine(args)
+    backend = next((b for b in host.collect_sync("meshscale_storage_backends")
+                    if b.name == config.database.type), None)
+    if backend is None:
+        raise MeshscaleError(f"storage backend {config.database.type!r} is not available")
+    storage = backend.open(config)
+    try:
+        snap = storage.load()
+        state = State(config, storage)
+        state.load(snap)
+        users, nodes = state.policy_topology()
+        engine.check(text, users, nodes)  # PolicyError (with its location) writes nothing
+        storage.apply([PutPolicy(text)])
+    finally:
+        storage.close()
+    return "stored policy replaced; start the server"
 
 
 def _policy_compile(args: argparse.Namespace) -> Any:
@@ -297,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     x = ns.add_parser("rename", parents=[common])
     x.add_argument("-i", "--identifier", required=True)
     x.add_argument("new_name")
+    x = ns.add_parser("approve-routes", parents=[common],
+                      help="set the routes an admin approves (replaces the list; '' clears)")
+    x.add_argument("-i", "--identifier", required=True)
+    x.add_argument("-r", "--routes", required=True, help="comma-separated prefixes")
+    x = ns.add_parser("list-routes", parents=[common])
+    x.add_argument("-i", "--identifier", default=None)
     nodes.set_defaults(fn=cmd_nodes)
 
     pol = sub.add_parser("policy", parents=[common], help="policy get/set/check/compile")
@@ -310,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             x.add_argument("--offline", action="store_true",
                            help="check without a running server (no topology)")
+        if name == "set":
+            x.add_argument("--offline", action="store_true",
+                           help="write the stored policy directly (server must be stopped)")
     pol.set_defaults(fn=cmd_policy)
 
     bench = sub.add_parser("bench", parents=[common],

@@ -140,17 +140,7 @@ def _with_auth_key(
     state = plane.state
     key = state.check_auth_key(auth_key)
     user = state.users.get(key.user_id) if key.user_id is not None else None
-    tags = list(key.tags)
-    requested = [t for t in (hostinfo.get("RequestTags") or []) if isinstance(t, str)]
-    if requested and not tags:
-        bad = [t for t in requested if not t.startswith("tag:")]
-        if bad or not plane.engine.tags_permitted(
-            state.policy_user(user) if user else None, requested
-        ):
-            raise RegisterRefused(
-                f"requested tags {sorted(requested)} are invalid or not permitted"
-            )
-        tags = requested
+    tags = _permitted_tags(plane, user, list(key.tags), hostinfo)
     hostname = str(hostinfo.get("Hostname") or "node")
     veto = plane.host.first(
         "meshscale_admit_node",
@@ -167,6 +157,33 @@ def _with_auth_key(
     node = state.register_with_key(key, machine_key, node_key, hostinfo, tags, capver)
     plane.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
     return _response(user, node)
+
+
+def _permitted_tags(
+    plane: ControlPlane, user: User | None, key_tags: list[str], hostinfo: dict[str, Any]
+) -> list[str]:
+    """The tags the node gets: the key's, else Hostinfo.RequestTags; either way tagOwners of
+    the policy in force must allow them (the policy may have changed since the key was made)."""
+    owner = plane.state.policy_user(user) if user else None
+    if key_tags:
+        if not plane.engine.tags_permitted(owner, key_tags):
+            raise RegisterRefused(
+                f"the pre-auth key's tags {sorted(key_tags)} are not permitted by the policy "
+                "(tagOwners)"
+            )
+        return key_tags
+    requested = [t for t in (hostinfo.get("RequestTags") or []) if isinstance(t, str)]
+    if not requested:
+        return []
+    bad = [t for t in requested if not t.startswith("tag:") or len(t) <= 4]
+    if bad:
+        raise RegisterRefused(f"requested tags {sorted(bad)} are invalid: tags look like tag:name")
+    if not plane.engine.tags_permitted(owner, requested):
+        who = f"user {user.name!r}" if user else "this key"
+        raise RegisterRefused(
+            f"requested tags {sorted(requested)} are not permitted for {who} (tagOwners)"
+        )
+    return list(dict.fromkeys(requested))
 
 
 def node_event(plane: ControlPlane, kind: NodeEventKind, node: Node) -> NodeEvent:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from meshscale import tailcfg
 from meshscale.config import Config
 from meshscale.events import MapKind, MapSent
 from meshscale.mapper.frames import Message, dumps
 from meshscale.mapper.session import MapSession
-from meshscale.policy import PolicyEngine
+from meshscale.policy import Affected, PolicyEngine
 from meshscale.state import changes as ch
 from meshscale.state.models import Node
 from meshscale.state.store import State
@@ -31,6 +33,19 @@ DEFAULT_CAPS: dict[str, Any] = {
 }
 
 Notify = Callable[[MapSent], None]
+
+# How one viewer sees one peer, beyond what every viewer sees: AllowedIPs decided by policy
+# (None: the peer's addresses) and the subnet routes it reaches through that peer.
+Sig = tuple[tuple[str, ...] | None, tuple[str, ...]]
+DEFAULT_SIG: Sig = (None, ())
+
+
+@dataclass
+class _StreamView:
+    """What one stream's client holds beyond the shared peer JSON (for diffs on change)."""
+
+    peers: dict[int, Sig] = field(default_factory=dict)  # only peers seen non-default
+    self_sig: bytes = b""
 
 
 class Mapper:
@@ -49,8 +64,12 @@ class Mapper:
         self.notify = notify or (lambda _e: None)
         self.sessions: dict[int, MapSession] = {}
         self._peer_json: dict[int, bytes] = {}
+        self._variants: dict[int, dict[Sig, bytes]] = {}  # per-viewer forms of routers' JSON
+        self._views: WeakKeyDictionary[MapSession, _StreamView] = WeakKeyDictionary()
+        # Policy CapMap per node as last seen: a change can change how peers see the node
+        # (disable-ipv4), so policy changes compare against it.
+        self._caps: dict[int, bytes] = {i: self._caps_json(i) for i in state.nodes}
         self._dns = tailcfg.dns_config(config)
-        self.primary_routes: dict[int, list[str]] = {}
         self._change_started = 0.0  # when the change being fanned out reached us (MapSent)
         state.subscribe(self.on_change)
 
@@ -77,34 +96,82 @@ class Mapper:
 
     # -- building blocks ---------------------------------------------------------------------------
 
-    def peer_fragment(self, peer: Node, viewer_id: int) -> bytes:
+    @property
+    def primary_routes(self) -> Mapping[int, list[str]]:
+        """node id -> the subnet prefixes it is the elected primary for."""
+        return self.state.routes.primaries
+
+    def peer_sig(self, peer: Node, viewer_id: int) -> Sig:
+        """How ``viewer`` sees ``peer`` (as policytool computes it): AllowedIPs from policy and
+        the subnet routes the viewer may use through this peer (primary or ``via`` router)."""
         allowed = self.engine.peer_allowed_ips(viewer_id, self.state.policy_node(peer))
-        if allowed is not None:
-            return dumps(self._peer_obj(peer, allowed))
-        frag = self._peer_json.get(peer.id)
+        routes: tuple[str, ...] = ()
+        if peer.id in self.state.routes.subnets:  # routers only: the common peer costs nothing
+            routes = tuple(self.state.routes.routes_for(self.engine, viewer_id, peer.id))
+        return (None if allowed is None else tuple(allowed), routes)
+
+    def peer_fragment(self, peer: Node, viewer_id: int) -> bytes:
+        return self._fragment(peer, self.peer_sig(peer, viewer_id))
+
+    def _fragment(self, peer: Node, sig: Sig) -> bytes:
+        """The peer's JSON for one view; built once and shared by every viewer with it."""
+        if sig == DEFAULT_SIG:
+            frag = self._peer_json.get(peer.id)
+            if frag is None:
+                frag = self._peer_json[peer.id] = dumps(self._peer_obj(peer, sig))
+            return frag
+        variants = self._variants.setdefault(peer.id, {})
+        frag = variants.get(sig)
         if frag is None:
-            frag = dumps(self._peer_obj(peer, None))
-            self._peer_json[peer.id] = frag
+            frag = variants[sig] = dumps(self._peer_obj(peer, sig))
         return frag
 
-    def _peer_obj(self, peer: Node, allowed: list[str] | None) -> dict[str, Any]:
-        primary = self.primary_routes.get(peer.id, [])
-        if allowed is None:
-            allowed = [*peer.prefixes, *primary]
-        return tailcfg.node_json(peer, self.config, allowed_ips=allowed, primary_routes=primary)
+    def _forget(self, node_id: int) -> None:
+        self._peer_json.pop(node_id, None)
+        self._variants.pop(node_id, None)
+
+    def _peer_obj(self, peer: Node, sig: Sig) -> dict[str, Any]:
+        allowed, routes = sig
+        base = list(allowed) if allowed is not None else peer.prefixes
+        # Exit routes go to every viewer: they are used only when the client picks the node.
+        extra = [r for r in (*routes, *self.state.routes.exits.get(peer.id, ())) if r not in base]
+        return tailcfg.node_json(peer, self.config, allowed_ips=base + extra,
+                                 primary_routes=list(routes))
+
+    def _caps_json(self, node_id: int) -> bytes:
+        return dumps(dict(sorted(self.engine.cap_map(node_id).items())))
 
     def self_node(self, node: Node) -> dict[str, Any]:
         caps: dict[str, Any] = dict(DEFAULT_CAPS)
         caps.update(self.engine.cap_map(node.id))
         primary = self.primary_routes.get(node.id, [])
+        exits = list(self.state.routes.exits.get(node.id, ()))
         return tailcfg.node_json(
             node,
             self.config,
-            allowed_ips=[*node.prefixes, *primary],
+            allowed_ips=[*node.prefixes, *primary, *exits],
             primary_routes=primary,
             cap_map=caps,
             self_view=True,
         )
+
+    def _self_sig(self, node: Node) -> bytes:
+        """What policy and routes put into the self node: a change means a new ``Node``."""
+        return dumps([self._caps_json(node.id).decode(), self.primary_routes.get(node.id, []),
+                      list(self.state.routes.exits.get(node.id, ()))])
+
+    def _view(self, s: MapSession) -> _StreamView:
+        view = self._views.get(s)
+        if view is None:
+            view = self._views[s] = _StreamView()
+        return view
+
+    def _record(self, s: MapSession, peer_id: int, sig: Sig) -> None:
+        peers = self._view(s).peers
+        if sig == DEFAULT_SIG:
+            peers.pop(peer_id, None)
+        else:
+            peers[peer_id] = sig
 
     def visible_ids(self, node_id: int) -> Iterable[int] | None:
         return self.engine.visible_peers(node_id)
@@ -144,6 +211,13 @@ class Mapper:
         ssh = self.engine.ssh_policy(node.id) or {"rules": []}
         s.filter_json = dumps(pf)
         s.ssh_json = dumps(ssh)
+        view = self._views[s] = _StreamView(self_sig=self._self_sig(node))
+        frags = []
+        for p in peers:
+            sig = self.peer_sig(p, node.id)
+            if sig != DEFAULT_SIG:
+                view.peers[p.id] = sig
+            frags.append(self._fragment(p, sig))
         head = {
             "Node": self.self_node(node),
             "DERPMap": self.derp_map(),
@@ -158,9 +232,8 @@ class Mapper:
         }
         body = dumps(head)
         # Splice the cached peer fragments in without re-serializing them.
-        frags = b",".join(self.peer_fragment(p, node.id) for p in peers)
         if peers:
-            body = body[:-1] + b',"Peers":[' + frags + b"]}"
+            body = body[:-1] + b',"Peers":[' + b",".join(frags) + b"]}"
         return Message(body)
 
     # -- fan-out -----------------------------------------------------------------------------------
@@ -192,6 +265,12 @@ class Mapper:
         if s is not None:
             self._send([s], Message.of(obj))
 
+    def _send_self_node(self, node: Node) -> None:
+        s = self.sessions.get(node.id)
+        if s is not None:
+            self._view(s).self_sig = self._self_sig(node)
+            self._send([s], Message.of({"Node": self.self_node(node)}))
+
     def on_change(self, change: ch.Change) -> None:
         self._change_started = time.monotonic()
         try:
@@ -205,18 +284,21 @@ class Mapper:
         if isinstance(change, ch.NodePatched):
             self._patched(change)
         elif isinstance(change, (ch.NodeAdded, ch.NodeChanged)):
-            self._peer_json.pop(change.node_id, None)
+            self._forget(change.node_id)
             node = self.state.nodes.get(change.node_id)
             if node is None:
                 return
+            self._caps[node.id] = self._caps_json(node.id)
             self._upserted(node, added=isinstance(change, ch.NodeAdded))
         elif isinstance(change, ch.NodeRemoved):
-            self._peer_json.pop(change.node_id, None)
+            self._forget(change.node_id)
+            self._caps.pop(change.node_id, None)
             msg = Message.of({"PeersRemoved": [change.node_id]})
             targets = []
             for s in self.sessions.values():
                 if s.node_id == change.node_id:
                     continue
+                self._view(s).peers.pop(change.node_id, None)
                 if s.known is not None:
                     if change.node_id not in s.known:
                         continue
@@ -242,7 +324,7 @@ class Mapper:
         node = self.state.nodes.get(change.node_id)
         if node is None:
             return
-        self._peer_json.pop(node.id, None)
+        self._forget(node.id)
         f = change.fields
         patch: dict[str, Any] = {"NodeID": node.id}
         if ch.Patch.ENDPOINTS in f:
@@ -262,31 +344,43 @@ class Mapper:
                 patch["LastSeen"] = tailcfg.gotime(node.last_seen)
         self._send(self._viewers(node.id), Message.of({"PeersChangedPatch": [patch]}))
         if ch.Patch.KEY in f or ch.Patch.EXPIRY in f:
-            self._send_self(node.id, {"Node": self.self_node(node)})
+            self._send_self_node(node)
 
     def _upserted(self, node: Node, added: bool) -> None:
-        profiles = self._profiles([node])
-        shared: Message | None = None
-        targets: list[MapSession] = []
+        """A whole node changed: every viewer gets it in PeersChanged, viewers sharing a view
+        share one serialized message."""
+        profiles = dumps(self._profiles([node]))
+        by_sig: dict[Sig, list[MapSession]] = {}
         for s in self._viewers(node.id):
             if s.known is not None:
                 s.known.add(node.id)
-            allowed = self.engine.peer_allowed_ips(s.node_id, self.state.policy_node(node))
-            if allowed is None:
-                targets.append(s)
-            else:  # this viewer sees the node's routes differently: its own message
-                s.push(Message.of({"PeersChanged": [self._peer_obj(node, allowed)],
-                                   "UserProfiles": profiles}))
-        if targets:
-            frag = self.peer_fragment(node, targets[0].node_id)
-            shared = Message(b'{"PeersChanged":[' + frag + b'],"UserProfiles":'
-                             + dumps(profiles) + b"}")
-            self._send(targets, shared)
+            sig = self.peer_sig(node, s.node_id)
+            self._record(s, node.id, sig)
+            by_sig.setdefault(sig, []).append(s)
+        for sig, targets in by_sig.items():
+            frag = self._fragment(node, sig)
+            self._send(targets, Message(b'{"PeersChanged":[' + frag + b'],"UserProfiles":'
+                                        + profiles + b"}"))
         if not added:
-            self._send_self(node.id, {"Node": self.self_node(node)})
+            self._send_self_node(node)
 
-    def policy_changed(self, affected: Any) -> None:
-        """Recompute filter, peers and SSH policy for affected streams; send what differs."""
+    def _refresh_caps(self, affected: Affected) -> set[int]:
+        """Re-read the policy CapMap of affected nodes; return those whose CapMap changed."""
+        ids = self.state.nodes if affected.everyone else affected.nodes
+        changed: set[int] = set()
+        for i in ids:
+            if i not in self.state.nodes:
+                continue
+            caps = self._caps_json(i)
+            if self._caps.get(i) != caps:
+                self._caps[i] = caps
+                changed.add(i)
+        return changed
+
+    def policy_changed(self, affected: Affected) -> None:
+        """Recompute filter, SSH policy, peers and self node for affected streams; send each
+        stream only what differs from what its client holds."""
+        caps_changed = self._refresh_caps(affected)
         sessions = (
             list(self.sessions.values())
             if affected.everyone
@@ -294,38 +388,62 @@ class Mapper:
         )
         for s in sessions:
             node = self.state.nodes.get(s.node_id)
-            if node is None:
-                continue
-            out: dict[str, Any] = {}
-            pf = self.engine.packet_filter(node.id)
-            pf_json = dumps(pf)
-            if pf_json != s.filter_json:
-                out["PacketFilter"] = pf
-                s.filter_json = pf_json
-            ssh = self.engine.ssh_policy(node.id) or {"rules": []}
-            ssh_json = dumps(ssh)
-            if ssh_json != s.ssh_json:
-                out["SSHPolicy"] = ssh
-                s.ssh_json = ssh_json
-            visible = self.visible_ids(node.id)
-            before = set(self.state.nodes) - {node.id} if s.known is None else s.known
-            after = (set(self.state.nodes) if visible is None else set(visible)) - {node.id}
-            removed = sorted(before - after)
-            added = sorted(i for i in after - before if i in self.state.nodes)
-            if removed:
-                out["PeersRemoved"] = removed
+            if node is not None:
+                self._refresh_stream(s, node, caps_changed)
+
+    def _refresh_stream(self, s: MapSession, node: Node, caps_changed: set[int]) -> None:
+        out: dict[str, Any] = {}
+        pf = self.engine.packet_filter(node.id)
+        pf_json = dumps(pf)
+        if pf_json != s.filter_json:
+            out["PacketFilter"] = pf
+            s.filter_json = pf_json
+        ssh = self.engine.ssh_policy(node.id) or {"rules": []}
+        ssh_json = dumps(ssh)
+        if ssh_json != s.ssh_json:
+            out["SSHPolicy"] = ssh
+            s.ssh_json = ssh_json
+        view = self._view(s)
+        visible = self.visible_ids(node.id)
+        before = set(self.state.nodes) - {node.id} if s.known is None else s.known
+        after = (set(self.state.nodes) if visible is None else set(visible)) - {node.id}
+        after &= self.state.nodes.keys()
+        removed = sorted(before - after)
+        added = sorted(after - before)
+        for i in removed:
+            view.peers.pop(i, None)
+        # Peers already held whose view may differ now: routers (route visibility), peers seen
+        # differently before, peers whose CapMap changed; all of them if ours changed.
+        if node.id in caps_changed:
+            recheck = after - set(added)
+        else:
+            recheck = (set(self.state.routes.subnets) | set(view.peers) | caps_changed) & after
+            recheck -= set(added)
+        changed: list[dict[str, Any]] = []
+        for i in sorted(recheck):
+            peer = self.state.nodes[i]
+            sig = self.peer_sig(peer, node.id)
+            if sig != view.peers.get(i, DEFAULT_SIG):
+                self._record(s, i, sig)
+                changed.append(self._peer_obj(peer, sig))
+        for i in added:
+            peer = self.state.nodes[i]
+            sig = self.peer_sig(peer, node.id)
+            self._record(s, i, sig)
+            changed.append(self._peer_obj(peer, sig))
+        if removed:
+            out["PeersRemoved"] = removed
+        if changed:
+            out["PeersChanged"] = changed
             if added:
-                peers = [self.state.nodes[i] for i in added]
-                out["PeersChanged"] = [
-                    self._peer_obj(p, self.engine.peer_allowed_ips(node.id,
-                                                                    self.state.policy_node(p)))
-                    for p in peers
-                ]
-                out["UserProfiles"] = self._profiles(peers)
-            s.known = None if visible is None else after
-            if out:
-                out["Node"] = self.self_node(node)
-                s.push(Message.of(out))
+                out["UserProfiles"] = self._profiles(self.state.nodes[i] for i in added)
+        s.known = None if visible is None else after
+        self_sig = self._self_sig(node)
+        if self_sig != view.self_sig:
+            view.self_sig = self_sig
+            out["Node"] = self.self_node(node)
+        if out:
+            s.push(Message.of(out))
 
 
 def _now() -> Any:

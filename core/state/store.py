@@ -7,6 +7,7 @@ on one event loop that makes check-and-consume of a single-use key atomic.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -16,6 +17,7 @@ from meshscale import auth
 from meshscale.config import Config
 from meshscale.errors import AuthError, MeshscaleError, NotFoundError
 from meshscale.policy import Affected, PolicyNode, PolicyUser
+from meshscale.routes import RouteTable, effective_approved
 from meshscale.state.changes import (
     Change,
     NodeAdded,
@@ -61,6 +63,11 @@ class State:
         self._listeners: list[Listener] = []
         self._policy_listeners: list[Callable[[Affected], None]] = []
         self.policy_engine_hooks: PolicyHooks | None = None
+        # Subnet routers and primaries. Approved = admin-approved plus what autoApprovers
+        # approve now (``_auto``, recomputed on policy change, never stored: a policy that
+        # stops approving a route withdraws it).
+        self.routes = RouteTable()
+        self._auto: dict[int, tuple[str, ...]] = {}
 
     # -- start-up and listeners ----------------------------------------------------------------
 
@@ -71,6 +78,8 @@ class State:
             self.keys[k.id] = k
         for n in snap.nodes:
             self._index(n)
+            if n.routable_ips:
+                self.routes.update(self.policy_node(n))
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -293,8 +302,9 @@ class State:
             self.keys[key.id] = consumed
             self._unindex(existing)
             self._index(node)
-            self._notify_policy_node(node)
+            others = self._sync_node(node)
             self._emit(NodeChanged(node.id))
+            self._emit_changed(others)
             return node
         node = Node(
             id=max(self.nodes, default=0) + 1,
@@ -320,8 +330,9 @@ class State:
             raise
         self.keys[key.id] = consumed
         self._index(node)
-        self._notify_policy_node(node)
+        others = self._sync_node(node)
         self._emit(NodeAdded(node.id))
+        self._emit_changed(others)
         return node
 
     def rotate_node_key(self, node: Node, new_key: bytes) -> Node:
@@ -339,10 +350,32 @@ class State:
         n = self.node(node_id)
         self._write([DeleteNode(n.id)])
         self._unindex(n)
+        self._auto.pop(n.id, None)
         if self.policy_engine_hooks:
             self.policy_engine_hooks.node_removed(n.id)
+        takers = self.routes.remove(n.id)  # failover: the next router becomes primary
         self._emit(NodeRemoved(n.id))
+        self._emit_changed(takers)
         return n
+
+    def set_approved_routes(self, node_id: int, routes: Sequence[str]) -> Node:
+        """Replace the node's admin-approved routes (``nodes approve-routes``)."""
+        n = self.node(node_id)
+        clean: list[str] = []
+        for r in routes:
+            try:
+                prefix = str(ipaddress.ip_network(r.strip(), strict=True))
+            except ValueError as exc:
+                raise MeshscaleError(f"invalid route {r!r}: {exc}") from None
+            if prefix not in clean:
+                clean.append(prefix)
+        n2 = replace(n, approved_routes=tuple(clean))
+        self._write([PutNode(n2)])
+        self._replace(n, n2)
+        others = self._sync_node(n2)
+        self._emit(NodeChanged(n2.id))
+        self._emit_changed(others)
+        return n2
 
     def expire_node(self, node_id: int, when: datetime | None = None) -> Node:
         n = self.node(node_id)
@@ -384,6 +417,7 @@ class State:
         """Apply a map request's Endpoints/DiscoKey/Hostinfo; emit the smallest change."""
         fields = Patch.NONE
         whole = False
+        others: set[int] = set()
         if endpoints is not None and tuple(endpoints) != node.endpoints:
             node.endpoints = tuple(endpoints)
             fields |= Patch.ENDPOINTS
@@ -404,11 +438,12 @@ class State:
                 self._write([PutNode(node)])
                 whole = True
                 if node.routable_ips != routes_before:
-                    self._notify_policy_node(node)
+                    others = self._sync_node(node)
             else:
                 node.hostinfo = dict(hostinfo)
         if whole:
             self._emit(NodeChanged(node.id))
+            self._emit_changed(others)
         elif fields:
             self._emit(NodePatched(node.id, fields))
 
@@ -428,6 +463,15 @@ class State:
         return PolicyUser(id=u.id, name=u.name, email=u.email)
 
     def policy_node(self, n: Node) -> PolicyNode:
+        """The node as policy sees it; approved routes include the auto-approved ones."""
+        node = self._admin_policy_node(n)
+        auto = self._auto.get(n.id)
+        if auto:
+            node = replace(node, approved_routes=effective_approved(node, auto))
+        return node
+
+    @staticmethod
+    def _admin_policy_node(n: Node) -> PolicyNode:
         return PolicyNode(
             id=n.id,
             hostname=n.given_name,
@@ -439,19 +483,66 @@ class State:
             approved_routes=n.approved_routes,
         )
 
+    def _auto_approve(self, n: Node) -> bool:
+        """Recompute what autoApprovers approve for ``n``; True if that changed."""
+        hooks = self.policy_engine_hooks
+        auto: tuple[str, ...] = ()
+        if hooks is not None and hooks.auto_routes is not None and n.routable_ips:
+            auto = tuple(hooks.auto_routes(self._admin_policy_node(n)))
+        if auto == self._auto.get(n.id, ()):
+            return False
+        if auto:
+            self._auto[n.id] = auto
+        else:
+            self._auto.pop(n.id, None)
+        return True
+
+    def _sync_node(self, n: Node) -> set[int]:
+        """Tell policy and the route table that ``n`` changed in a way policy sees (tags,
+        owner, advertised or approved routes). Returns the other nodes whose routes changed
+        (a new primary); the caller emits ``n``'s own change."""
+        self._auto_approve(n)
+        node = self.policy_node(n)
+        if self.policy_engine_hooks:
+            self.policy_engine_hooks.node_upserted(node)
+        return self.routes.update(node) - {n.id}
+
+    def refresh_auto_approvals(self) -> None:
+        """After a policy change: re-decide autoApprovers for every node advertising routes;
+        nodes whose routes changed go to policy, the route table and their peers."""
+        changed: set[int] = set()
+        for n in self.nodes_sorted():
+            if not n.routable_ips and n.id not in self._auto:
+                continue
+            if self._auto_approve(n):
+                node = self.policy_node(n)
+                if self.policy_engine_hooks:
+                    self.policy_engine_hooks.node_upserted(node)
+                changed |= self.routes.update(node)
+        self._emit_changed(changed)
+
+    def _emit_changed(self, ids: Iterable[int]) -> None:
+        for i in sorted(ids):
+            if i in self.nodes:
+                self._emit(NodeChanged(i))
+
     def policy_topology(self) -> tuple[list[PolicyUser], list[PolicyNode]]:
         return (
             [self.policy_user(u) for u in self.users.values()],
             [self.policy_node(n) for n in self.nodes.values()],
         )
 
-    def _notify_policy_node(self, n: Node) -> None:
-        if self.policy_engine_hooks:
-            self.policy_engine_hooks.node_upserted(self.policy_node(n))
-
     def _notify_policy_user(self, u: User) -> None:
         if self.policy_engine_hooks:
             self.policy_engine_hooks.user_upserted(self.policy_user(u))
+            # autoApprovers may name the user: their routers' approvals may change.
+            changed: set[int] = set()
+            for n in list(self.user_nodes(u.id)):
+                if n.routable_ips and self._auto_approve(n):
+                    node = self.policy_node(n)
+                    self.policy_engine_hooks.node_upserted(node)
+                    changed |= self.routes.update(node)
+            self._emit_changed(changed)
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -471,11 +562,13 @@ class PolicyHooks:
         node_removed: Callable[[int], None],
         user_upserted: Callable[[PolicyUser], None],
         user_removed: Callable[[int], None],
+        auto_routes: Callable[[PolicyNode], Sequence[str]] | None = None,
     ) -> None:
         self.node_upserted = node_upserted
         self.node_removed = node_removed
         self.user_upserted = user_upserted
         self.user_removed = user_removed
+        self.auto_routes = auto_routes  # autoApprovers: which advertised routes are approved
 
 
 def _without_netinfo(hostinfo: dict[str, object]) -> dict[str, object]:
