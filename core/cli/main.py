@@ -14,7 +14,7 @@ from typing import Any
 from meshscale import __version__
 from meshscale.cli.client import AdminClient
 from meshscale.cli.output import emit
-from meshscale.config import Config, load_config, parse_duration
+from meshscale.config import Config, load_config, load_raw, parse_duration
 from meshscale.errors import ConfigError, MeshscaleError
 from meshscale.pluginhost import PluginHost, available_plugins
 
@@ -52,7 +52,7 @@ def load(args: argparse.Namespace) -> tuple[Config, PluginHost]:
 
 
 def client(args: argparse.Namespace) -> AdminClient:
-    config = load_config(args.config)
+    config, _ = load(args)  # with plugin sections: their keys are not "unknown"
     return AdminClient(str(config.resolve(config.unix_socket)))
 
 
@@ -232,8 +232,11 @@ def _policy_compile(args: argparse.Namespace) -> Any:
 
 
 def cmd_plugins(args: argparse.Namespace) -> Any:
-    config = load_config(args.config)
-    enabled = set(config.plugins)
+    # Only the names under plugins: matter here; a full load would refuse plugin sections (and
+    # fail on a broken plugin, which this command must still list, with its error).
+    raw, _ = load_raw(args.config)
+    names = raw.get("plugins", list(Config.plugins))
+    enabled = set(names) if isinstance(names, list) else set()
     out = []
     for name, ep in sorted(available_plugins().items()):
         dist = ep.dist
