@@ -1,0 +1,164 @@
+"""Meta-tests for the plugin contract (as datasette does it): every hook is exercised by a named
+test and documented in docs/plugins.md, every plugin we ship passes ``check_pending()``, and
+``meshscale plugins list`` reports them. (That core never imports ``meshscale.plugins`` is
+tests/unit/test_pluginhost.py's job; docs/hooks.md is tests/unit/test_hooks_doc.py's.)
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from meshscale import hookspecs
+from meshscale.cli.main import main
+from meshscale.pluginhost import PluginHost, module_hooks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Which test exercises each hook through a running server (or, for the DERP map, the manager
+# that calls it). Adding a hook without a test here fails test_every_hook_has_a_test.
+HOOK_TESTS: dict[str, str] = {
+    "meshscale_config_sections":
+        "tests/plugin/test_plugin_hooks.py::test_config_section_and_http_route",
+    "meshscale_storage_backends":
+        "tests/plugin/test_bad_input.py::test_malformed_ts2021_request",
+    "meshscale_policy_engines":
+        "tests/plugin/test_metrics.py::test_values_move_with_registrations_streams_and_policy",
+    "meshscale_http_upgrades":
+        "tests/plugin/test_metrics.py::test_derp_clients_and_relayed_bytes",
+    "meshscale_http_routes":
+        "tests/plugin/test_plugin_hooks.py::test_config_section_and_http_route",
+    "meshscale_derp_regions":
+        "tests/unit/test_derpmap.py::test_merge_order_files_then_urls_then_plugins",
+    "meshscale_startup":
+        "tests/plugin/test_metrics.py::test_two_servers_count_separately_and_empty_addr_disables",
+    "meshscale_shutdown":
+        "tests/plugin/test_metrics.py::test_two_servers_count_separately_and_empty_addr_disables",
+    "meshscale_admit_node":
+        "tests/plugin/test_plugin_hooks.py::test_admit_node_veto_reaches_the_client",
+    "meshscale_node_event":
+        "tests/plugin/test_plugin_hooks.py::test_a_raising_hook_is_named_and_the_server_keeps_serving",
+    "meshscale_user_event":
+        "contrib_plugins/meshscale-webhooks/tests/test_webhooks.py"
+        "::test_delivers_signed_events_in_order",
+    "meshscale_policy_event":
+        "tests/plugin/test_metrics.py::test_values_move_with_registrations_streams_and_policy",
+    "meshscale_registration":
+        "tests/plugin/test_metrics.py::test_values_move_with_registrations_streams_and_policy",
+    "meshscale_map_sent":
+        "tests/plugin/test_metrics.py::test_values_move_with_registrations_streams_and_policy",
+    "meshscale_map_stream":
+        "tests/plugin/test_metrics.py::test_values_move_with_registrations_streams_and_policy",
+    "meshscale_stats": "tests/plugin/test_metrics.py::test_derp_clients_and_relayed_bytes",
+}
+
+CONTRIB = sorted(p for p in (ROOT / "contrib_plugins").iterdir() if (p / "pyproject.toml").exists())
+
+
+def spec_names() -> set[str]:
+    return {name for name in dir(hookspecs) if name.startswith("meshscale_")}
+
+
+def test_every_hook_has_a_test() -> None:
+    assert set(HOOK_TESTS) == spec_names()
+    for hook, ref in HOOK_TESTS.items():
+        path, _, name = ref.partition("::")
+        text = (ROOT / path).read_text()
+        assert re.search(rf"^(async )?def {name}\(", text, re.M), f"{hook}: no test {ref}"
+        # The test (or its module) must actually mention the hook or the plugin that has it.
+        assert hook in text or "plugins=[" in text, f"{hook}: {ref} does not exercise it"
+
+
+def test_every_hook_is_in_the_plugin_guide_with_its_arguments() -> None:
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    rows = dict(re.findall(r"^\| `(meshscale_\w+)\(([^)]*)\)` \|", doc, re.M))
+    assert set(rows) == spec_names()
+    for name, args in rows.items():
+        params = list(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert [a.strip() for a in args.split(",") if a.strip()] == params, name
+
+
+def builtin_plugin_modules() -> list[str]:
+    names = []
+    for p in sorted((ROOT / "plugins").iterdir()):
+        if p.name.startswith("_"):
+            continue
+        if (p / "__init__.py").exists() or p.suffix == ".py":
+            names.append(p.stem)
+    return names
+
+
+def test_builtin_plugins_are_entry_points() -> None:
+    eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    declared = eps["meshscale"]
+    assert set(declared) == set(builtin_plugin_modules())
+    assert all(v == f"meshscale.plugins.{k}" for k, v in declared.items())
+
+
+@pytest.mark.parametrize("name", builtin_plugin_modules())
+def test_builtin_plugin_passes_check_pending(name: str) -> None:
+    module = importlib.import_module(f"meshscale.plugins.{name}")
+    host = PluginHost()
+    host.register(module, name)  # runs check_pending(): no unknown or unprefixed hooks
+    assert module_hooks(module), f"{name} implements no hooks"
+    assert host.hooks_of(name) == module_hooks(module)
+
+
+@pytest.mark.parametrize("folder", CONTRIB, ids=lambda p: p.name)
+def test_contrib_plugin_is_installed_and_passes_check_pending(folder: Path) -> None:
+    project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    declared = project["entry-points"]["meshscale"]
+    installed = {ep.name: ep for ep in metadata.entry_points(group="meshscale")}
+    for name, target in declared.items():
+        ep = installed.get(name)
+        assert ep is not None, f"{project['name']} is not installed (scripts/test installs it)"
+        assert ep.value == target
+        assert ep.dist is not None and ep.dist.name == project["name"]
+        host = PluginHost()
+        host.load([name])  # loads through the entry point, then check_pending()
+        assert host.hooks_of(name)
+
+
+def test_plugins_list_reports_our_plugins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path}\n"
+        "plugins: [sqlite, metrics, webhooks]\n"
+        "webhooks:\n  urls: [http://127.0.0.1:9/hook]\n  secret: s\n"
+    )
+    assert main(["-c", str(config), "plugins", "list", "-o", "json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    metrics = listed["metrics"]
+    assert metrics["enabled"] is True and metrics["distribution"] == "meshscale"
+    assert metrics["version"] == metadata.version("meshscale")
+    assert "meshscale_map_sent" in metrics["hooks"] and "error" not in metrics
+    webhooks = listed["webhooks"]
+    assert webhooks["enabled"] is True and webhooks["distribution"] == "meshscale-webhooks"
+    assert webhooks["version"] == metadata.version("meshscale-webhooks")
+    assert "meshscale_config_sections" in webhooks["hooks"]
+    assert listed["derp"]["enabled"] is False and listed["derp"]["hooks"] == []
+    # The table form names the same plugins.
+    assert main(["-c", str(config), "plugins", "list"]) == 0
+    table = capsys.readouterr().out
+    assert "metrics" in table and "meshscale-webhooks" in table
+
+
+def test_admin_commands_accept_plugin_sections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data_dir: {tmp_path}\nplugins: [sqlite, webhooks]\n"
+                      "webhooks:\n  urls: [http://127.0.0.1:9/hook]\n  secret: s\n")
+    # No server runs: the command gets as far as the socket, past config validation.
+    assert main(["-c", str(config), "users", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "invalid config" not in err and "webhooks" not in err, err
