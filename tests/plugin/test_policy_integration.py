@@ -4,6 +4,7 @@ and the mapper's per-viewer peers against policytool over the conformance corpus
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -13,8 +14,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshscale.cli.main import main
 from meshscale.config import build_config
-from meshscale.errors import PolicyError
+from meshscale.errors import MeshscaleError, PolicyError
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
 from meshscale.pluginhost import PluginHost
@@ -24,7 +26,8 @@ from meshscale.server import Server
 from meshscale.simclient import MapStream, SimNode
 from meshscale.state.models import Node, User
 from meshscale.state.store import PolicyHooks, State
-from meshscale.storage.base import Snapshot
+from meshscale.storage.base import PutPolicy, Snapshot
+from meshscale.testing import make_config
 from tests.conformance.corpus import CONTROL_URL, case_files, load, topology_with_ids
 
 pytestmark = pytest.mark.asyncio
@@ -419,3 +422,51 @@ def test_mapper_matches_policytool_on_the_corpus(tmp_path: Path) -> None:
         assert _live_views(text, topology, tmp_path) == want, path.name
         compared += 1
     assert compared > 50
+
+
+# -- recovering from an invalid stored policy ------------------------------------------------
+
+
+async def test_recovery_from_an_invalid_stored_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(f"data_dir: {data}\nplugins: [sqlite, policy]\n"
+                        "policy:\n  mode: database\n")
+    bad, good = tmp_path / "bad.hujson", tmp_path / "good.hujson"
+    bad.write_text('{"acls": [{"action": "accept", "src": ["group:nope"], "dst": ["*:*"]}]}')
+    good.write_text(ALICE_ONLY)
+
+    def server() -> Server:
+        host = PluginHost()
+        host.load(["sqlite", "policy"])
+        return Server(make_config(data, host, plugins=["sqlite", "policy"],
+                                  policy={"mode": "database"}), host)
+
+    # A stored policy this version refuses (say, written by another tool) blocks start-up.
+    first = server()
+    await first.start()
+    assert first.storage is not None
+    first.storage.apply([PutPolicy(bad.read_text())])
+    await first.stop()
+    refused = server()
+    with pytest.raises(MeshscaleError, match="Recovering from an invalid policy"):
+        await refused.start()
+    await refused.stop()
+
+    # The way out: policy set --offline. A bad file is refused with its location...
+    assert main(["-c", str(cfg_file), "policy", "set", "--offline", "--file", str(bad)]) == 1
+    assert "acls[0].src[0]" in capsys.readouterr().err
+    # ...a good one is stored, and the server starts with it.
+    assert main(["-c", str(cfg_file), "policy", "set", "--offline", "--file", str(good)]) == 0
+    running = server()
+    await running.start()
+    try:
+        assert running.policy_text == ALICE_ONLY
+        # With the server running, --offline refuses (the server would not see the write).
+        code = await asyncio.to_thread(
+            main, ["-c", str(cfg_file), "policy", "set", "--offline", "--file", str(good)])
+        assert code == 1 and "server is running" in capsys.readouterr().err
+    finally:
+        await running.stop()
