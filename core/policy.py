@@ -30,7 +30,9 @@ class PolicyNode:
     ipv4: str | None = None  # "100.64.0.1"
     ipv6: str | None = None  # "fd7a:115c:a1e0::1"
     routable_ips: tuple[str, ...] = ()  # advertised by the client (Hostinfo.RoutableIPs)
-    approved_routes: tuple[str, ...] = ()  # approved by an admin or autoApprovers
+    # Approved by an admin, followed by what ``auto_approved_routes`` approves under the policy
+    # in force: core recomputes the latter on every policy change and passes the union here.
+    approved_routes: tuple[str, ...] = ()
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -80,7 +82,9 @@ class PolicyEngine(Protocol):
     def remove_user(self, user_id: int) -> Affected: ...
 
     def upsert_node(self, node: PolicyNode) -> Affected:
-        """A node joined or changed in a way policy sees (tags, user, addresses, routes)."""
+        """A node joined or changed in a way policy sees (tags, user, addresses, routes).
+
+        Never called for endpoint, DERP or online changes: those stay off the policy path."""
 
     def remove_node(self, node_id: int) -> Affected: ...
 
@@ -104,11 +108,13 @@ class PolicyEngine(Protocol):
 
     def auto_approved_routes(self, node: PolicyNode) -> list[str]:
         """Which of the node's advertised routes policy approves automatically (autoApprovers;
-        exit routes only through ``exitNode``)."""
+        exit routes only through ``exitNode``). ``node.approved_routes`` holds only the admin's
+        approvals here; core asks again for routers after every policy change."""
 
     def route_visible(self, viewer_id: int, route: str) -> bool:
         """May the viewer send to or receive from subnet ``route``? A peer serving it carries
-        it in AllowedIPs/PrimaryRoutes only for viewers for which this is true."""
+        it in AllowedIPs/PrimaryRoutes only for viewers for which this is true (core's
+        ``RouteTable.routes_for``; exit routes are offered to every viewer)."""
 
     def route_via_tags(self, viewer_id: int, route: str) -> frozenset[str]:
         """Tags of the routers a grant with ``via`` steers the viewer's traffic to ``route``
