@@ -470,3 +470,22 @@ async def test_recovery_from_an_invalid_stored_policy(
         assert code == 1 and "server is running" in capsys.readouterr().err
     finally:
         await running.stop()
+
+
+async def test_approve_routes_through_the_admin_api_and_cli_parser(dbserver: Server) -> None:
+    from meshscale.api.admin import create_admin_app
+    from meshscale.cli.main import build_parser
+
+    keys = users_and_keys(dbserver, "alice")
+    _, _, first = await join(dbserver, keys["alice"], "gw", RoutableIPs=["10.9.0.0/24"])
+    rid = first["Node"]["ID"]
+    client = create_admin_app(dbserver).test_client()
+    resp = await client.post(f"/v1/nodes/{rid}/approve_routes",
+                             json={"routes": ["10.9.0.0/24", "10.8.0.0/24"]})
+    view = await resp.get_json()
+    assert view["approvedRoutes"] == ["10.9.0.0/24", "10.8.0.0/24"]
+    assert view["availableRoutes"] == ["10.9.0.0/24"] and view["subnetRoutes"] == ["10.9.0.0/24"]
+    bad = await client.post(f"/v1/nodes/{rid}/approve_routes", json={"routes": ["nope"]})
+    assert bad.status_code == 400 and "invalid route 'nope'" in (await bad.get_json())["error"]
+    args = build_parser().parse_args(["nodes", "approve-routes", "-i", "3", "-r", "10.0.0.0/8,"])
+    assert (args.action, args.identifier, args.routes) == ("approve-routes", "3", "10.0.0.0/8,")
