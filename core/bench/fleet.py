@@ -33,8 +33,20 @@ class Watch:
     started: float
     arrivals: list[float] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    seen_by: set[int] = field(default_factory=set)
 
-    def hit(self, now: float) -> None:
+    async def wait(self, timeout: float, what: str) -> None:
+        try:
+            await asyncio.wait_for(self.done.wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{what}: {len(self.seen_by)} of {self.expected} nodes saw it in {timeout} s"
+            ) from None
+
+    def hit(self, now: float, member: int) -> None:
+        if member in self.seen_by:
+            return
+        self.seen_by.add(member)
         self.arrivals.append(now - self.started)
         if len(self.arrivals) >= self.expected:
             self.done.set()
@@ -99,6 +111,8 @@ class Member:
             if found is not None:
                 self.node_id = self.node_id or int(found.group(1))
                 self._full_map(now, None)
+            for raw_observer in self.fleet.raw_observers:
+                raw_observer(body, now, self)
             return
         msg = json.loads(body)
         if "Node" in msg and ("DERPMap" in msg or "Peers" in msg):
@@ -124,6 +138,8 @@ class Fleet:
         self.bytes_received = 0
         self.full_map_hook: Callable[[Member, float], None] | None = None
         self.observers: list[Callable[[dict[str, Any], float, Member], None]] = []
+        # For full maps too big to parse: called with the raw JSON.
+        self.raw_observers: list[Callable[[bytes, float, Member], None]] = []
 
     # -- building the fleet ---------------------------------------------------------------
 
@@ -172,11 +188,16 @@ class Fleet:
             for ep in patch.get("Endpoints") or ():
                 w = self.watches.get(ep)
                 if w is not None:
-                    w.hit(now)
+                    w.hit(now, member.index)
         for observer in self.observers:
             observer(msg, now, member)
 
     def full_map_seen(self, member: Member, now: float) -> None:
+        # A full map shows the current state: a member that reconnected while an event was
+        # in flight learns of it this way rather than from a delta.
+        for w in self.watches.values():
+            if not w.done.is_set() and w.started <= now:
+                w.hit(now, member.index)
         if self.full_map_hook is not None:
             self.full_map_hook(member, now)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,8 @@ from typing import Any
 
 from meshscale.bench.fleet import Fleet, Member, percentiles
 from meshscale.bench.serverproc import ServerProcess, cpu_seconds
+
+log = logging.getLogger(__name__)
 
 SELF_POLICY = {"acls": [{"action": "accept", "src": ["autogroup:member"],
                          "dst": ["autogroup:self:*"]}]}
@@ -200,11 +203,11 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
             for peer in msg.get("PeersChanged") or ():
                 w = joins.get(peer.get("Key", ""))
                 if w is not None:
-                    w.hit(now)
+                    w.hit(now, member.index)
             for node_id in msg.get("PeersRemoved") or ():
                 w = removed.get(node_id)
                 if w is not None:
-                    w.hit(now)
+                    w.hit(now, member.index)
 
         fleet.observers.append(seen)
         latencies: dict[str, list[float]] = {"endpoint": [], "reconnect": [], "join": [],
@@ -219,7 +222,7 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
             marker = f"127.0.0.2:{rep % 60000 + 1}"
             w = fleet.watch(marker, len(streaming) - 1)
             await m.node.lite_update([marker])
-            await asyncio.wait_for(w.done.wait(), timeout)
+            await w.wait(timeout, f"endpoint change {marker}")
             latencies["endpoint"].append(max(w.arrivals))
 
         async def reconnect(m: Member) -> None:
@@ -232,18 +235,22 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
             latencies["reconnect"].append(m.first_map_at - t0)
 
         async def join_leave(rep: int) -> None:
-            (m,) = await fleet.add(1, eph_key, prefix="eph")
+            m = Member(fleet, len(fleet.members), f"eph{rep}")
+            fleet.members.append(m)
+            # Watch before registering: peers hear of the node as soon as it registers.
             w = fleet.watch(f"join-{rep}", len(streaming))
             joins[m.node.node_key_text] = w
+            await m.connect()
+            await m.register(eph_key)
             m.open_stream()
-            await asyncio.wait_for(w.done.wait(), timeout)
+            await w.wait(timeout, f"join of {m.node.hostname}")
             latencies["join"].append(max(w.arrivals))
             await m.first_map.wait()
             gone = fleet.watch(f"leave-{rep}", len(streaming))
             removed[m.node_id] = gone
             # Log out: an ephemeral node is deleted at once and its peers told.
             await m.node.register(None, Expiry="1970-01-01T00:02:03Z")
-            await asyncio.wait_for(gone.done.wait(), timeout)
+            await gone.wait(timeout, f"leave of {m.node.hostname} (id {m.node_id})")
             latencies["leave"].append(max(gone.arrivals))
             await m.close_stream()
 
@@ -265,6 +272,8 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
         results = await asyncio.gather(*pending, return_exceptions=True)
         elapsed = time.perf_counter() - start
         failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures[:5]:
+            log.warning("churn event failed: %r", failure)
         every = [x for v in latencies.values() for x in v]
         out: dict[str, Any] = {"scenario": "churn", "nodes": nodes, "events": events,
                                "rate_per_s": rate, "achieved_rate_per_s": round(events / elapsed,

@@ -1,0 +1,47 @@
+"""A small, short run of each benchmark scenario keeps the load generator working.
+
+These assert that the generator measures what it says (every event observed, figures present);
+the figures themselves come from `meshscale bench`, never from timed tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from meshscale.bench import scenarios
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_storm_small() -> None:
+    out = await scenarios.storm(nodes=12, events=0)
+    assert out["nodes"] == 12 and out["all_full_maps_s"] > 0
+    assert out["bytes_received"] > 0 and out["server_cpu_s"] >= 0
+
+
+async def test_storm_with_autogroup_self_policy() -> None:
+    out = await scenarios.storm(nodes=20, events=0, policy=True)
+    assert out["policy"] == "autogroup:self" and out["all_full_maps_s"] > 0
+
+
+async def test_fanout_small() -> None:
+    out = await scenarios.fanout(nodes=10, events=5)
+    assert out["events"] == 5 and out["latency_max_ms"] > 0
+    # Each event reached all 9 peers as a patch; bytes per peer stay small.
+    assert 0 < out["bytes_per_event_per_peer"] < 250
+
+
+async def test_policy_small() -> None:
+    out = await scenarios.policy(nodes=20, events=1)
+    assert out["affected_nodes"] == 4 and out["all_updated_s"] > 0
+
+
+async def test_churn_small() -> None:
+    out = await scenarios.churn(nodes=10, events=20, rate=20.0)
+    assert out["failed_events"] == 0 and out["latency_max_ms"] > 0
+
+
+async def test_memory_small() -> None:
+    out = await scenarios.memory(nodes=8, events=0)
+    assert [p["nodes"] for p in out["curve"]] == [2, 4, 6, 8]
+    assert out["server_rss_mb"] > 0
