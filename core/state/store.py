@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from meshscale import auth
 from meshscale.config import Config
@@ -61,6 +62,8 @@ class State:
         self.v4 = IPAllocator(config.prefixes.v4, config.prefixes.allocation)
         self.v6 = IPAllocator(config.prefixes.v6, config.prefixes.allocation)
         self._listeners: list[Listener] = []
+        self._policy_nodes: dict[int, tuple[Node, dict[str, Any], tuple[str, ...] | None,
+                                            PolicyNode]] = {}
         self._policy_listeners: list[Callable[[Affected], None]] = []
         self.policy_engine_hooks: PolicyHooks | None = None
         # Subnet routers and primaries. Approved = admin-approved plus what autoApprovers
@@ -100,6 +103,7 @@ class State:
         self.v6.reserve(n.ipv6)
 
     def _unindex(self, n: Node) -> None:
+        self._policy_nodes.pop(n.id, None)
         self.nodes.pop(n.id, None)
         if self._by_node_key.get(n.node_key) is n:
             del self._by_node_key[n.node_key]
@@ -463,11 +467,20 @@ class State:
         return PolicyUser(id=u.id, name=u.name, email=u.email)
 
     def policy_node(self, n: Node) -> PolicyNode:
-        """The node as policy sees it; approved routes include the auto-approved ones."""
-        node = self._admin_policy_node(n)
+        """The node as policy sees it; approved routes include the auto-approved ones.
+
+        Cached: a full map asks this for every peer. An entry is valid while it was built from
+        this very Node object (changes replace the object) with the same Hostinfo object and
+        the same auto-approvals (both are reassigned, never mutated, when they change).
+        """
         auto = self._auto.get(n.id)
+        cached = self._policy_nodes.get(n.id)
+        if cached is not None and cached[0] is n and cached[1] is n.hostinfo and cached[2] is auto:
+            return cached[3]
+        node = self._admin_policy_node(n)
         if auto:
             node = replace(node, approved_routes=effective_approved(node, auto))
+        self._policy_nodes[n.id] = (n, n.hostinfo, auto, node)
         return node
 
     @staticmethod
