@@ -11,7 +11,7 @@ import base64
 import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,15 @@ class Reply:
     body: bytearray = field(default_factory=bytearray)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    # When set, data is handed over in the reader's own turn (no queue, no task switch):
+    # the load generator receives thousands of small deltas per event.
+    on_data: Callable[[bytes | None], None] | None = None
+
+    def feed(self, data: bytes | None) -> None:
+        if self.on_data is not None:
+            self.on_data(data)
+        else:
+            self.chunks.put_nowait(data)
 
 
 class ControlConnection:
@@ -143,7 +152,7 @@ class ControlConnection:
             self.closed.set()
             for r in self.replies.values():
                 r.done.set()
-                r.chunks.put_nowait(None)
+                r.feed(None)
 
     def _event(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.ResponseReceived):
@@ -155,18 +164,19 @@ class ControlConnection:
             self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             r = self.replies.get(ev.stream_id)
             if r is not None and ev.data:
-                r.body += ev.data
-                r.chunks.put_nowait(ev.data)
+                if r.on_data is None:
+                    r.body += ev.data
+                r.feed(ev.data)
             if ev.stream_ended and r is not None:
                 r.done.set()
-                r.chunks.put_nowait(None)
+                r.feed(None)
         elif isinstance(ev, h2.events.WindowUpdated):
             self.window.set()
         elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
             r = self.replies.get(ev.stream_id)
             if r is not None:
                 r.done.set()
-                r.chunks.put_nowait(None)
+                r.feed(None)
 
     def start_request(self, path: str, body: bytes, method: str = "POST") -> int:
         """Send a request whose body fits the flow-control window at once (map requests)."""

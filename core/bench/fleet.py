@@ -60,7 +60,9 @@ class Member:
         self.index = index
         self.node = SimNode(hostname)
         self.node_id = 0
-        self.task: asyncio.Task[None] | None = None
+        self.stream_id = 0
+        self.buf = bytearray()
+        self.dctx = zstandard.ZstdDecompressor()
         self.full_maps = 0
         self.messages = 0
         self.first_map = asyncio.Event()
@@ -78,30 +80,27 @@ class Member:
         self.first_map.clear()
         sid = self.node.conn.start_request(
             "/machine/map", json.dumps(self.node.map_body(True)).encode())
-        self.task = asyncio.create_task(self._consume(sid))
+        self.buf = bytearray()
+        self.dctx = zstandard.ZstdDecompressor()
+        self.node.conn.replies[sid].on_data = self._data
+        self.stream_id = sid
 
     async def close_stream(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
         await self.node.conn.close()
 
-    async def _consume(self, sid: int) -> None:
-        reply = self.node.conn.replies[sid]
-        buf = bytearray()
-        dctx = zstandard.ZstdDecompressor()
-        while True:
-            chunk = await reply.chunks.get()
-            if chunk is None:
-                return
-            self.fleet.bytes_received += len(chunk)
-            buf += chunk
-            while len(buf) >= 4:
-                (n,) = struct.unpack_from("<I", buf)
-                if len(buf) < 4 + n:
-                    break
-                frame = bytes(buf[4:4 + n])
-                del buf[:4 + n]
-                self._message(dctx.decompress(frame, max_output_size=1 << 30))
+    def _data(self, chunk: bytes | None) -> None:
+        if chunk is None:
+            return
+        self.fleet.bytes_received += len(chunk)
+        buf = self.buf
+        buf += chunk
+        while len(buf) >= 4:
+            (n,) = struct.unpack_from("<I", buf)
+            if len(buf) < 4 + n:
+                break
+            frame = bytes(buf[4:4 + n])
+            del buf[:4 + n]
+            self._message(self.dctx.decompress(frame, max_output_size=1 << 30))
 
     def _message(self, body: bytes) -> None:
         now = time.perf_counter()

@@ -269,6 +269,9 @@ def cmd_bench(args: argparse.Namespace) -> Any:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     configure_logging(None, "warning")
+    import gc  # noqa: PLC0415
+
+    gc.set_threshold(50_000, 20, 50)  # the generator holds thousands of connections too
     kwargs: dict[str, Any] = {"nodes": args.nodes, "events": args.events}
     if args.scenario == "storm" and args.self_policy:
         kwargs["policy"] = True
