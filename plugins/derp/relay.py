@@ -368,6 +368,9 @@ class Relay:
         queue.append(frame)
         self.stats.packets_queued += 1
         if src not in target.saw_src:
+            # Once per (source key, destination connection): cheap, and it names who talks to
+            # whom through the relay (the interop tests read it to tie relayed traffic to keys).
+            log.debug("derp: relaying packets from %s to %r", src.hex()[:16], target)
             target.saw_src.add(src)
             self._gone_watchers.setdefault(src, set()).add(target)
         target.wake()
