@@ -40,7 +40,7 @@ def _response(user: User | None, node: Node | None, **extra: Any) -> dict[str, A
 
 def handle_register(plane: ControlPlane, machine_key: bytes, req: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
-    method = "unknown"
+    method = _claimed_method(req)
     try:
         method, resp = _register(plane, machine_key, req)
         plane.host.notify(
@@ -54,6 +54,19 @@ def handle_register(plane: ControlPlane, machine_key: bytes, req: dict[str, Any]
             event=Registration(method, "refused", time.monotonic() - started, str(exc)),
         )
         return {"Error": str(exc)}
+
+
+def _claimed_method(req: dict[str, Any]) -> str:
+    """What the request asks for, so even an early refusal is counted under its method."""
+    expiry = tailcfg.parse_gotime(req.get("Expiry"))
+    if expiry is not None:
+        return "logout" if expiry < LOGOUT_BEFORE or expiry <= utcnow() else "expiry"
+    auth = req.get("Auth")
+    if isinstance(auth, dict) and auth.get("AuthKey"):
+        return "authkey"
+    if tailcfg.parse_key(req.get("OldNodeKey"), "nodekey:") is not None:
+        return "rotate"
+    return "refresh"
 
 
 def _register(
