@@ -7,6 +7,7 @@ Only a new stream, or one that fell too far behind, gets a full map.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -71,6 +72,10 @@ class Mapper:
         self._caps: dict[int, bytes] = {i: self._caps_json(i) for i in state.nodes}
         self._dns = tailcfg.dns_config(config)
         self._change_started = 0.0  # when the change being fanned out reached us (MapSent)
+        # Changes of this event-loop turn, delivered together by flush().
+        self._pending_patch: dict[int, ch.Patch] = {}
+        self._pending_upsert: dict[int, bool] = {}  # node id -> newly added
+        self._flush_handle: asyncio.Handle | None = None
         state.subscribe(self.on_change)
 
     # -- sessions --------------------------------------------------------------------------------
@@ -281,16 +286,24 @@ class Mapper:
                 s.resync()
 
     def _on_change(self, change: ch.Change) -> None:
+        # Patches and whole-node changes wait for the end of this event-loop turn: a storm of
+        # N nodes coming online then costs one message per stream per turn, not N (N² in all).
         if isinstance(change, ch.NodePatched):
-            self._patched(change)
-        elif isinstance(change, (ch.NodeAdded, ch.NodeChanged)):
             self._forget(change.node_id)
-            node = self.state.nodes.get(change.node_id)
-            if node is None:
-                return
-            self._caps[node.id] = self._caps_json(node.id)
-            self._upserted(node, added=isinstance(change, ch.NodeAdded))
-        elif isinstance(change, ch.NodeRemoved):
+            self._pending_patch[change.node_id] = (
+                self._pending_patch.get(change.node_id, ch.Patch.NONE) | change.fields)
+            self._schedule_flush()
+            return
+        if isinstance(change, (ch.NodeAdded, ch.NodeChanged)):
+            self._forget(change.node_id)
+            added = isinstance(change, ch.NodeAdded) or self._pending_upsert.get(
+                change.node_id, False)
+            self._pending_upsert[change.node_id] = added
+            self._schedule_flush()
+            return
+        # Everything else is ordered after what is pending.
+        self.flush()
+        if isinstance(change, ch.NodeRemoved):
             self._forget(change.node_id)
             self._caps.pop(change.node_id, None)
             msg = Message.of({"PeersRemoved": [change.node_id]})
@@ -320,12 +333,35 @@ class Mapper:
         elif isinstance(change, ch.DerpMapChanged):
             self._send(self.sessions.values(), Message.of({"DERPMap": self.derp_map()}))
 
-    def _patched(self, change: ch.NodePatched) -> None:
-        node = self.state.nodes.get(change.node_id)
-        if node is None:
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is not None:
             return
-        self._forget(node.id)
-        f = change.fields
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (tools, sync tests): deliver at once
+            self.flush()
+            return
+        self._flush_handle = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send what this turn's changes mean to every stream, batched per stream."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        patches, self._pending_patch = self._pending_patch, {}
+        upserts, self._pending_upsert = self._pending_upsert, {}
+        if not patches and not upserts:
+            return
+        try:
+            self._flush_upserts(upserts)
+            self._flush_patches(patches)
+        except Exception:  # a bug here must not leave clients silently stale
+            log.exception("mapper flush failed; resyncing all streams")
+            for s in self.sessions.values():
+                s.resync()
+
+    @staticmethod
+    def _patch_of(node: Node, f: ch.Patch) -> dict[str, Any]:
         patch: dict[str, Any] = {"NodeID": node.id}
         if ch.Patch.ENDPOINTS in f:
             patch["Endpoints"] = list(node.endpoints)
@@ -342,27 +378,81 @@ class Mapper:
             patch["Online"] = node.online
             if node.last_seen is not None:
                 patch["LastSeen"] = tailcfg.gotime(node.last_seen)
-        self._send(self._viewers(node.id), Message.of({"PeersChangedPatch": [patch]}))
-        if ch.Patch.KEY in f or ch.Patch.EXPIRY in f:
+        return patch
+
+    def _flush_patches(self, patches: dict[int, ch.Patch]) -> None:
+        broadcast: list[bytes] = []  # patches of nodes every stream sees: one shared message
+        specific: dict[int, list[bytes]] = {}  # per stream, for nodes policy restricts
+        selves: list[Node] = []
+        for node_id in sorted(patches):
+            node = self.state.nodes.get(node_id)
+            if node is None:
+                continue
+            f = patches[node_id]
+            body = dumps(self._patch_of(node, f))
+            visible = self.visible_ids(node_id)
+            if visible is None:
+                # The node itself gets it too: a client ignores patches for IDs it does not
+                # hold as peers, and skipping it would cost a message of its own.
+                broadcast.append(body)
+            else:
+                for i in visible:
+                    if i != node_id and i in self.sessions:
+                        specific.setdefault(i, []).append(body)
+            if ch.Patch.KEY in f or ch.Patch.EXPIRY in f:
+                selves.append(node)
+        self._deliver("PeersChangedPatch", broadcast, specific)
+        for node in selves:
             self._send_self_node(node)
 
-    def _upserted(self, node: Node, added: bool) -> None:
-        """A whole node changed: every viewer gets it in PeersChanged, viewers sharing a view
-        share one serialized message."""
-        profiles = dumps(self._profiles([node]))
-        by_sig: dict[Sig, list[MapSession]] = {}
-        for s in self._viewers(node.id):
-            if s.known is not None:
-                s.known.add(node.id)
-            sig = self.peer_sig(node, s.node_id)
-            self._record(s, node.id, sig)
-            by_sig.setdefault(sig, []).append(s)
-        for sig, targets in by_sig.items():
-            frag = self._fragment(node, sig)
-            self._send(targets, Message(b'{"PeersChanged":[' + frag + b'],"UserProfiles":'
-                                        + profiles + b"}"))
-        if not added:
-            self._send_self_node(node)
+    def _deliver(self, field: str, broadcast: list[bytes],
+                 specific: dict[int, list[bytes]]) -> None:
+        """One ``{field: [...]}`` message per stream; streams with the same list share bytes."""
+        if broadcast:
+            shared = Message(b'{"' + field.encode() + b'":[' + b",".join(broadcast) + b"]}")
+            plain = [s for i, s in self.sessions.items() if i not in specific]
+            self._send(plain, shared)
+        for node_id, items in specific.items():
+            s = self.sessions.get(node_id)
+            if s is not None:
+                self._send([s], Message(b'{"' + field.encode() + b'":['
+                                        + b",".join([*broadcast, *items]) + b"]}"))
+
+    def _flush_upserts(self, upserts: dict[int, bool]) -> None:
+        """Whole nodes in PeersChanged; streams holding the same view share one message."""
+        per_stream: dict[int, list[bytes]] = {}
+        profiles_for: dict[int, list[Node]] = {}
+        for node_id in sorted(upserts):
+            node = self.state.nodes.get(node_id)
+            if node is None:
+                continue
+            self._caps[node.id] = self._caps_json(node.id)
+            for s in self._viewers(node.id):
+                if s.known is not None:
+                    s.known.add(node.id)
+                sig = self.peer_sig(node, s.node_id)
+                self._record(s, node.id, sig)
+                per_stream.setdefault(s.node_id, []).append(self._fragment(node, sig))
+                profiles_for.setdefault(s.node_id, []).append(node)
+        groups: dict[tuple[int, ...], tuple[Message, list[MapSession]]] = {}
+        for stream_id, frags in per_stream.items():
+            target = self.sessions.get(stream_id)
+            if target is None:
+                continue
+            key = tuple(id(f) for f in frags)
+            group = groups.get(key)
+            if group is None:
+                profiles = dumps(self._profiles(profiles_for[stream_id]))
+                msg = Message(b'{"PeersChanged":[' + b",".join(frags)
+                              + b'],"UserProfiles":' + profiles + b"}")
+                group = groups[key] = (msg, [])
+            group[1].append(target)
+        for msg, sessions in groups.values():
+            self._send(sessions, msg)
+        for node_id, added in upserts.items():
+            node = self.state.nodes.get(node_id)
+            if node is not None and not added:
+                self._send_self_node(node)
 
     def _refresh_caps(self, affected: Affected) -> set[int]:
         """Re-read the policy CapMap of affected nodes; return those whose CapMap changed."""
