@@ -75,6 +75,16 @@ async def fetch_server_key(host: str, port: int) -> bytes:
     return bytes.fromhex(key.removeprefix("mkey:"))
 
 
+def decompress_all(dctx: zstandard.ZstdDecompressor, data: bytes) -> bytes:
+    """One map message may be several concatenated zstd frames; decode them all."""
+    out = []
+    while data:
+        obj = dctx.decompressobj()
+        out.append(obj.decompress(data))
+        data = obj.unused_data
+    return b"".join(out)
+
+
 @dataclass
 class Reply:
     status: int = 0
@@ -243,7 +253,7 @@ class MapStream:
                 if len(self.buf) >= 4 + n:
                     frame = bytes(self.buf[4:4 + n])
                     del self.buf[:4 + n]
-                    msg: dict[str, Any] = json.loads(self.dctx.decompress(frame))
+                    msg: dict[str, Any] = json.loads(decompress_all(self.dctx, frame))
                     return msg
             chunk = await asyncio.wait_for(reply.chunks.get(), timeout)
             if chunk is None:

@@ -30,12 +30,17 @@ def dumps(obj: Any) -> bytes:
 
 
 class Message:
-    __slots__ = ("_raw_frame", "_zstd_frame", "body")
+    __slots__ = ("_body", "_raw_frame", "_zstd_frame")
 
     def __init__(self, body: bytes) -> None:
-        self.body = body  # JSON
+        self._body = body
         self._zstd_frame: bytes | None = None
         self._raw_frame: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        """The message's JSON."""
+        return self._body
 
     @classmethod
     def of(cls, obj: Any) -> Message:
@@ -48,8 +53,66 @@ class Message:
                 self._zstd_frame = struct.pack("<I", len(data)) + data
             return self._zstd_frame
         if self._raw_frame is None:
-            self._raw_frame = struct.pack("<I", len(self.body)) + self.body
+            body = self.body
+            self._raw_frame = struct.pack("<I", len(body)) + body
         return self._raw_frame
 
 
+class FramedMessage(Message):
+    """A message whose zstd form is several concatenated frames (a full map's head, cached
+    peer chunks, tail). zstd decoders, the Go client's included, decode concatenated frames
+    as one stream; only the uncompressed JSON has to be joined for clients without zstd."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: list[tuple[bytes, bytes]]) -> None:
+        # (json, zstd frame) pairs, in order.
+        super().__init__(b"")
+        self._parts = parts
+        self._zstd_frame = None
+
+    @property
+    def body(self) -> bytes:
+        if not self._body:
+            self._body = b"".join(j for j, _ in self._parts)
+        return self._body
+
+    def frame(self, compress: bool) -> bytes:
+        if compress:
+            if self._zstd_frame is None:
+                data = b"".join(z for _, z in self._parts)
+                self._zstd_frame = struct.pack("<I", len(data)) + data
+            return self._zstd_frame
+        return super().frame(False)
+
+
+def compress(data: bytes) -> bytes:
+    return _compressor().compress(data)
+
+
+class ChunkCache:
+    """Compressed runs of peer fragments, shared by every full map that contains them.
+
+    A chunk is the peers whose IDs fall in one range of CHUNK ids. Its key is the tuple of its
+    fragments (the cached bytes objects, so equality is an identity check when nothing changed):
+    any change to a peer's JSON makes a new fragment, a new key, and one recompression.
+    """
+
+    CHUNK = 256
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[tuple[bytes, ...], bytes, bytes]] = {}
+
+    def get(self, index: int, frags: tuple[bytes, ...], cacheable: bool) -> tuple[bytes, bytes]:
+        hit = self._cache.get(index)
+        if hit is not None and hit[0] == frags:
+            return hit[1], hit[2]
+        body = b",".join(frags)
+        packed = compress(body)
+        if cacheable:
+            self._cache[index] = (frags, body, packed)
+        return body, packed
+
+
+COMMA = (b",", compress(b","))
 KEEPALIVE = Message.of({"KeepAlive": True})

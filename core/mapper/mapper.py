@@ -18,7 +18,7 @@ from weakref import WeakKeyDictionary
 from meshscale import tailcfg
 from meshscale.config import Config
 from meshscale.events import MapKind, MapSent
-from meshscale.mapper.frames import Message, dumps
+from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
 from meshscale.mapper.session import MapSession
 from meshscale.policy import Affected, PolicyEngine
 from meshscale.state import changes as ch
@@ -39,6 +39,7 @@ Notify = Callable[[MapSent], None]
 # (None: the peer's addresses) and the subnet routes it reaches through that peer.
 Sig = tuple[tuple[str, ...] | None, tuple[str, ...]]
 DEFAULT_SIG: Sig = (None, ())
+CLOSING = (b"]}", compress(b"]}"))
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Mapper:
         # (disable-ipv4), so policy changes compare against it.
         self._caps: dict[int, bytes] = {i: self._caps_json(i) for i in state.nodes}
         self._dns = tailcfg.dns_config(config)
+        self._chunks = ChunkCache()
         self._change_started = 0.0  # when the change being fanned out reached us (MapSent)
         # Changes of this event-loop turn, delivered together by flush().
         self._pending_patch: dict[int, ch.Patch] = {}
@@ -236,10 +238,28 @@ class Mapper:
             "Debug": {"DisableLogTail": True},
         }
         body = dumps(head)
-        # Splice the cached peer fragments in without re-serializing them.
-        if peers:
-            body = body[:-1] + b',"Peers":[' + b",".join(frags) + b"]}"
-        return Message(body)
+        if not peers:
+            return Message(body)
+        # The peer list is most of a full map and nearly the same for every stream: splice in
+        # cached, already compressed chunks of peer fragments instead of serializing and
+        # compressing megabytes per stream (architecture.md §3: serialize once, send many).
+        opening = body[:-1] + b',"Peers":['
+        parts: list[tuple[bytes, bytes]] = [(opening, compress(opening))]
+        step = ChunkCache.CHUNK
+        start = 0
+        while start < len(peers):
+            index = peers[start].id // step
+            end = start
+            while end < len(peers) and peers[end].id // step == index:
+                end += 1
+            if len(parts) > 1:
+                parts.append(COMMA)
+            # The chunk holding the viewer itself lacks it: compress it, but do not cache it.
+            own = index == node.id // step
+            parts.append(self._chunks.get(index, tuple(frags[start:end]), not own))
+            start = end
+        parts.append(CLOSING)
+        return FramedMessage(parts)
 
     # -- fan-out -----------------------------------------------------------------------------------
 
