@@ -313,6 +313,9 @@ class Server:
     def set_policy(self, text: str, source: str, persist: bool) -> None:
         """Install a new policy atomically; PolicyError leaves everything as it was."""
         assert self.state is not None
+        if self.mapper is not None:
+            # Changes still pending belong to the old policy: deliver them under it first.
+            self.mapper.flush()
         try:
             affected = self.engine.set_policy(text)
         except PolicyError as exc:

@@ -159,21 +159,26 @@ def _grew(latencies: list[float]) -> bool:
 
 
 async def memory(nodes: int, events: int) -> dict[str, Any]:
-    """RSS of the server with N idle connected nodes (streams open, keep-alives only)."""
+    """RSS of the server with N idle connected nodes (streams open, keep-alives only).
+
+    All nodes register first; their streams then open in four steps, with the server's RSS
+    read after each step has settled: the curve of RSS against connected nodes.
+    """
     async with Bench(["sqlite"]) as b:
         assert b.fleet is not None
         rss0 = b.server.rss()
+        await b.fleet.add(nodes, b.key("idle"))
+        registered_rss = b.server.rss()
         points = []
         step = max(nodes // 4, 1)
-        key = b.key("idle")
-        while len(b.fleet.members) < nodes:
-            count = min(step, nodes - len(b.fleet.members))
-            new = await b.fleet.add(count, key)
-            await b.fleet.open_streams(new, timeout=600)
+        for start in range(0, nodes, step):
+            batch = b.fleet.members[start:start + step]
+            await b.fleet.open_streams(batch, timeout=1200)
             await settle(b.fleet)
-            points.append({"nodes": len(b.fleet.members),
+            points.append({"nodes": start + len(batch),
                            "rss_mb": round(b.server.rss() / 2**20, 1)})
         return {"scenario": "memory", "nodes": nodes, "empty_rss_mb": round(rss0 / 2**20, 1),
+                "registered_rss_mb": round(registered_rss / 2**20, 1),
                 "server_rss_mb": points[-1]["rss_mb"], "curve": points,
                 "rss_kb_per_node": round((points[-1]["rss_mb"] - rss0 / 2**20) * 1024 / nodes, 1)}
 

@@ -40,12 +40,17 @@ async def next_with(stream: MapStream, field: str, timeout: float = 5.0) -> dict
             return msg
 
 
-async def patch_with(stream: MapStream, field: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The next PeersChangedPatch entry that carries ``field``."""
+async def patch_with(stream: MapStream, field: str, node_id: int | None = None,
+                     timeout: float = 5.0) -> dict[str, Any]:
+    """The next PeersChangedPatch entry that carries ``field`` (about ``node_id`` if given).
+
+    Patches of a node every peer sees are broadcast, so a stream may also see its own node's
+    (clients ignore those); tests name the node they mean.
+    """
     while True:
         msg = await next_with(stream, "PeersChangedPatch", timeout)
         for entry in msg["PeersChangedPatch"]:
-            if field in entry:
+            if field in entry and node_id in (None, entry["NodeID"]):
                 return dict(entry)
 
 
@@ -88,14 +93,14 @@ async def test_full_map_then_deltas(server: Server, key: str) -> None:
     assert peer["Addresses"] == ["100.64.0.2/32", "fd7a:115c:a1e0::2/128"]
     # Registration carries no disco key; b's first map request does, and it follows as a patch.
     # Its stream opening also brings it online; changes of one loop turn travel together.
-    disco = await patch_with(sa, "DiscoKey")
-    assert disco["NodeID"] == peer["ID"] and disco["DiscoKey"] == b.disco_key_text
-    online = disco if "Online" in disco else await patch_with(sa, "Online")
+    disco = await patch_with(sa, "DiscoKey", peer["ID"])
+    assert disco["DiscoKey"] == b.disco_key_text
+    online = disco if "Online" in disco else await patch_with(sa, "Online", peer["ID"])
     assert online["NodeID"] == peer["ID"] and online["Online"] is True
 
     # An endpoint/DERP update from b reaches a as a patch, not a whole node.
     assert await b.lite_update(["127.0.0.1:41641"], derp=999) == 200
-    patch = await patch_with(sa, "Endpoints")
+    patch = await patch_with(sa, "Endpoints", peer["ID"])
     assert patch == {"NodeID": peer["ID"], "Endpoints": ["127.0.0.1:41641"], "DERPRegion": 999}
     # Deleting b removes it from a's map.
     assert server.plane is not None
@@ -125,7 +130,7 @@ async def test_key_rotation_keeps_id_and_addresses(server: Server, key: str) -> 
     b.node_key = X25519PrivateKey.generate()
     resp = await b.register(None, OldNodeKey=old_text)
     assert resp.get("MachineAuthorized") is True, resp
-    p = await patch_with(sa, "Key")
+    p = await patch_with(sa, "Key", bfirst["Node"]["ID"])
     assert p["NodeID"] == bfirst["Node"]["ID"] and p["Key"] == b.node_key_text
     node = server.state.by_node_key(bytes.fromhex(b.node_key_text[8:]))  # type: ignore[union-attr]
     assert node is not None and node.ipv4 == "100.64.0.2"
@@ -200,7 +205,7 @@ async def test_expiry_reaches_peers_and_self(server: Server, key: str) -> None:
     _b, sb, bfirst = await join(server, key, "b")
     assert sa is not None and sb is not None and bfirst is not None and server.plane
     server.plane.expire_node(bfirst["Node"]["ID"])
-    patch = await patch_with(sa, "KeyExpiry")
+    patch = await patch_with(sa, "KeyExpiry", bfirst["Node"]["ID"])
     assert patch["NodeID"] == bfirst["Node"]["ID"]
     own = await next_with(sb, "Node")
     assert own["Node"]["Expired"] is True
