@@ -120,6 +120,9 @@ class Member:
                 raw_observer(body, now, self)
             return
         msg = json.loads(body)
+        if msg.get("KeepAlive") and len(msg) == 1:
+            self.messages -= 1  # keep-alives are not activity: settle() ignores them
+            return
         if "Node" in msg and ("DERPMap" in msg or "Peers" in msg):
             self._full_map(now, msg)
         self.fleet.observe(msg, now, self)
