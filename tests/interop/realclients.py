@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,17 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminate, then kill after 10 s; never leaves a client or server behind."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
@@ -111,13 +123,7 @@ class MeshscaleProcess:
         return True
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def cli(self, *args: str) -> Any:
@@ -160,13 +166,36 @@ class CaddyNodes:
         )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
+
+
+def caddy_globals(url: str, state: Path, *hostnames: str) -> str:
+    """The Caddyfile's global block: tsnet nodes named ``hostnames`` on meshscale at ``url``."""
+    nodes = "".join(f"    {h} {{\n      hostname {h}\n    }}\n" for h in hostnames)
+    return (
+        "{\n  admin off\n  debug\n  tailscale {\n"
+        f"    control_url {url}\n    auth_key {{env.TS_AUTHKEY}}\n    state_dir {state}\n"
+        f"{nodes}  }}\n}}\n"
+    )
+
+
+def site_respond(node: str, text: str) -> str:
+    """Node ``node`` serves ``text`` on port 80 of the tailnet."""
+    return f':80 {{\n  bind tailscale/{node}\n  respond "{text}"\n}}\n'
+
+
+def site_proxy(port: int, target: str, node: str) -> str:
+    """127.0.0.1:``port`` is proxied to http://``target``:80 through node ``node``."""
+    return (f"http://127.0.0.1:{port} {{\n  reverse_proxy http://{target}:80 {{\n"
+            f"    transport tailscale {node}\n  }}\n}}\n")
+
+
+def fetch(url: str, timeout: float = 8.0) -> str:
+    """The body of a GET through the tailnet, or ``failed: why`` (never raises)."""
+    try:
+        return http_get(url, timeout=timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        return f"failed: {exc}"
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
@@ -274,13 +303,7 @@ class ForwarderProcess:
         return self.log.read_bytes().decode(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self.proc is not None:
             for pipe in (self.proc.stdin, self.proc.stdout):
                 if pipe is not None:

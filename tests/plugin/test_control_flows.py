@@ -12,32 +12,11 @@ import pytest
 
 from meshscale.server import Server
 from meshscale.simclient import MapStream, SimNode
+from tests.plugin.simnodes import join, next_with
 
 pytestmark = pytest.mark.asyncio
 
 
-async def join(server: Server, key: str, hostname: str, stream: bool = True,
-               **register: Any) -> tuple[SimNode, MapStream | None, dict[str, Any] | None]:
-    node = SimNode(hostname)
-    await node.conn.connect("127.0.0.1", server.main_port)
-    resp = await node.register(key, **register)
-    assert resp.get("MachineAuthorized") is True, resp
-    if not stream:
-        return node, None, None
-    s = node.open_stream()
-    first = await s.next()
-    assert first is not None
-    return node, s, first
-
-
-async def next_with(stream: MapStream, field: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The next message carrying ``field`` (keep-alives and unrelated deltas are skipped)."""
-    while True:
-        msg = await stream.next(timeout)
-        assert msg is not None, "stream ended"
-        assert "Peers" not in msg, f"got a full map instead of a delta: {list(msg)}"
-        if field in msg:
-            return msg
 
 
 async def patch_with(stream: MapStream, field: str, node_id: int | None = None,

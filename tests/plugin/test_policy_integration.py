@@ -29,6 +29,7 @@ from meshscale.state.store import PolicyHooks, State
 from meshscale.storage.base import PutPolicy, Snapshot
 from meshscale.testing import make_config
 from tests.conformance.corpus import CONTROL_URL, case_files, load, topology_with_ids
+from tests.plugin.simnodes import join, next_with
 
 pytestmark = pytest.mark.asyncio
 
@@ -51,27 +52,6 @@ ROUTES_POLICY = json.dumps({
 # -- helpers -------------------------------------------------------------------------------
 
 
-async def join(server: Server, key: str, hostname: str, **hostinfo: Any) -> tuple[
-        SimNode, MapStream, dict[str, Any]]:
-    node = SimNode(hostname)
-    node.hostinfo.update(hostinfo)
-    await node.conn.connect("127.0.0.1", server.main_port)
-    resp = await node.register(key)
-    assert resp.get("MachineAuthorized") is True, resp
-    s = node.open_stream()
-    first = await s.next()
-    assert first is not None and "Node" in first
-    return node, s, first
-
-
-async def next_with(stream: MapStream, field: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The next delta carrying ``field``; a full map (a reconnect) fails the test."""
-    while True:
-        msg = await stream.next(timeout)
-        assert msg is not None, "stream ended"
-        assert "Peers" not in msg, f"got a full map instead of a delta: {list(msg)}"
-        if field in msg:
-            return msg
 
 
 async def drain(stream: MapStream, quiet: float = 0.3) -> list[dict[str, Any]]:
