@@ -106,6 +106,10 @@ class PolicyEngine(Protocol):
     def tags_permitted(self, user: PolicyUser | None, tags: Iterable[str]) -> bool:
         """May ``user`` (None: a tagged key's owner) put these tags on a node (tagOwners)?"""
 
+    def uniform_peer_view(self) -> bool:
+        """True when ``peer_allowed_ips`` is None for every viewer and peer under the current
+        policy: core may then reuse one serialized peer list for every viewer."""
+
     def auto_approved_routes(self, node: PolicyNode) -> list[str]:
         """Which of the node's advertised routes policy approves automatically (autoApprovers;
         exit routes only through ``exitNode``). ``node.approved_routes`` holds only the admin's
@@ -168,6 +172,9 @@ class AllowAllEngine:
         return {}
 
     def tags_permitted(self, user: PolicyUser | None, tags: Iterable[str]) -> bool:
+        return True
+
+    def uniform_peer_view(self) -> bool:
         return True
 
     def auto_approved_routes(self, node: PolicyNode) -> list[str]:

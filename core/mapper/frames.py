@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -102,6 +103,19 @@ class ChunkCache:
 
     def __init__(self) -> None:
         self._cache: dict[int, tuple[tuple[bytes, ...], bytes, bytes]] = {}
+        self._versioned: dict[int, tuple[int, bytes, bytes]] = {}
+
+    def get_versioned(self, index: int, version: int,
+                      frags: Callable[[], list[bytes]]) -> tuple[bytes, bytes]:
+        """The chunk as of ``version`` (the caller bumps it on any change in the range);
+        ``frags`` is only called when the cached chunk is stale."""
+        hit = self._versioned.get(index)
+        if hit is not None and hit[0] == version:
+            return hit[1], hit[2]
+        body = b",".join(frags())
+        packed = compress(body)
+        self._versioned[index] = (version, body, packed)
+        return body, packed
 
     def get(self, index: int, frags: tuple[bytes, ...], cacheable: bool) -> tuple[bytes, bytes]:
         hit = self._cache.get(index)

@@ -273,6 +273,11 @@ class TailscalePolicyEngine:
     def visible_peers(self, node_id: int) -> Iterable[int] | None:
         return None if self.compiled is None else self.compiled.visible_peers(node_id)
 
+    def uniform_peer_view(self) -> bool:
+        # Only nodeAttrs' disable-ipv4 makes one viewer see a peer's AllowedIPs differently.
+        c = self.compiled
+        return c is None or not any("disable-ipv4" in na.attrs for na in c.policy.node_attrs)
+
     def peer_allowed_ips(self, viewer_id: int, peer: PolicyNode) -> list[str] | None:
         # The peer's own addresses (its routes are added by core: routes.py elects primaries,
         # route_visible() filters them). nodeAttrs disable-ipv4 on either end drops IPv4.
