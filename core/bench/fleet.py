@@ -62,8 +62,6 @@ class Member:
         self.node = SimNode(hostname)
         self.node_id = 0
         self.stream_id = 0
-        self.buf = bytearray()
-        self.dctx = zstandard.ZstdDecompressor()
         self.full_maps = 0
         self.messages = 0
         self.first_map = asyncio.Event()
@@ -79,34 +77,41 @@ class Member:
 
     def open_stream(self) -> None:
         self.first_map.clear()
+        old = self.node.conn.replies.get(self.stream_id)
+        if old is not None:
+            old.on_data = _discard  # the replaced stream's last bytes must not mix in
         sid = self.node.conn.start_request(
             "/machine/map", json.dumps(self.node.map_body(True)).encode())
-        self.buf = bytearray()
-        self.dctx = zstandard.ZstdDecompressor()
-        self.node.conn.replies[sid].on_data = self._data
+        self.node.conn.replies[sid].on_data = self._reader()
         self.stream_id = sid
 
     async def close_stream(self) -> None:
         await self.node.conn.close()
 
-    def _data(self, chunk: bytes | None) -> None:
-        if chunk is None:
-            return
-        self.fleet.bytes_received += len(chunk)
-        buf = self.buf
-        buf += chunk
-        while len(buf) >= 4:
-            (n,) = struct.unpack_from("<I", buf)
-            if len(buf) < 4 + n:
-                break
-            frame = bytes(buf[4:4 + n])
-            del buf[:4 + n]
-            if n > HEAD_ONLY:
-                # A big full map: its first zstd frame is the head (self node, DERP map,
-                # filter); the peer chunks after it are counted in bytes, not decoded.
-                self._message(self.dctx.decompressobj().decompress(frame), head_only=True)
-            else:
-                self._message(decompress_all(self.dctx, frame))
+    def _reader(self) -> Callable[[bytes | None], None]:
+        """A frame reader with its own buffer and decompressor, for one stream."""
+        buf = bytearray()
+        dctx = zstandard.ZstdDecompressor()
+
+        def feed(chunk: bytes | None) -> None:
+            if chunk is None:
+                return
+            self.fleet.bytes_received += len(chunk)
+            buf.extend(chunk)
+            while len(buf) >= 4:
+                (n,) = struct.unpack_from("<I", buf)
+                if len(buf) < 4 + n:
+                    break
+                frame = bytes(buf[4:4 + n])
+                del buf[:4 + n]
+                if n > HEAD_ONLY:
+                    # A big full map: its first zstd frame is the head (self node, DERP map,
+                    # filter); the peer chunks after it are counted in bytes, not decoded.
+                    self._message(dctx.decompressobj().decompress(frame), head_only=True)
+                else:
+                    self._message(decompress_all(dctx, frame))
+
+        return feed
 
     def _message(self, body: bytes, head_only: bool = False) -> None:
         now = time.perf_counter()
@@ -208,6 +213,10 @@ class Fleet:
                 w.hit(now, member.index)
         if self.full_map_hook is not None:
             self.full_map_hook(member, now)
+
+
+def _discard(_chunk: bytes | None) -> None:
+    return None
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -45,8 +45,7 @@ DEFAULT_SIG: Sig = (None, ())
 CLOSING = (b"]}", compress(b"]}"))
 STORM_GAP = 0.02  # flushes closer than this, each carrying many changes, mean a storm...
 STORM_MIN_CHANGES = 8
-STORM_DELAY = 0.05  # ...and the next one gathers changes for this long,
-STORM_DELAY_PER_STREAM = 0.0001  # plus 0.1 ms per open stream (0.55 s at 5,000; at most 1 s)
+STORM_DELAY = 0.05  # ...and the next one gathers changes for this long
 
 
 @dataclass
@@ -393,12 +392,8 @@ class Mapper:
         # changes: bounded extra latency, far fewer writes.
         busy = (loop.time() - self._last_flush < STORM_GAP
                 and self._last_flush_size >= STORM_MIN_CHANGES)
-        if busy:
-            # Each flush costs a write per open stream, so the window grows with the streams.
-            delay = min(STORM_DELAY + len(self.sessions) * STORM_DELAY_PER_STREAM, 1.0)
-            self._flush_handle = loop.call_later(delay, self.flush)
-        else:
-            self._flush_handle = loop.call_soon(self.flush)
+        self._flush_handle = (loop.call_later(STORM_DELAY, self.flush) if busy
+                              else loop.call_soon(self.flush))
 
     def flush(self) -> None:
         """Send what this turn's changes mean to every stream, batched per stream."""
