@@ -142,6 +142,10 @@ class FrontDoor:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The server is stopping. Ending normally rather than as cancelled keeps asyncio's
+            # stream callback from logging a traceback for every open connection.
+            pass
         except Exception:
             log.exception("connection failed")
         finally:

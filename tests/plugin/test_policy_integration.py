@@ -31,8 +31,6 @@ from meshscale.testing import make_config
 from tests.conformance.corpus import CONTROL_URL, case_files, load, topology_with_ids
 from tests.plugin.simnodes import join, next_with
 
-pytestmark = pytest.mark.asyncio
-
 ALICE_ONLY = json.dumps({
     "acls": [{"action": "accept", "src": ["alice@"], "dst": ["alice@:*"]}],
 })
@@ -386,9 +384,9 @@ def _expected(text: str, topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
 ROUTE_CASES = [p for p in case_files() if p.parent.name in ("routes", "grant")]
 
 
-@pytest.mark.skipif(not ROUTE_CASES, reason="policy conformance corpus not available")
 def test_mapper_matches_policytool_on_the_corpus(tmp_path: Path) -> None:
     compared = 0
+    assert ROUTE_CASES, "the policy conformance corpus (../shared/conformance/policy) is missing"
     for path in ROUTE_CASES:
         case = load(path)
         if case["expect_error"]:
