@@ -114,54 +114,57 @@ class PluginHost:
             kwargs = {**kwargs, "server": self.context}
         return {k: kwargs[k] for k in impl.argnames}
 
+    def _call(self, impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
+        """One implementation's result; its errors become a PluginError naming the plugin."""
+        try:
+            return impl.function(**self._kwargs(impl, kwargs))
+        except Exception as exc:
+            name = self.plugin_name(impl.plugin)
+            raise PluginError(name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
+
+    def _sync_result(self, impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
+        result = self._call(impl, hook, kwargs)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited: avoid the "never awaited" warning
+            raise PluginError(self.plugin_name(impl.plugin), f"{hook} must not be async")
+        return result
+
+    @staticmethod
+    def _gather(out: list[Any], result: Any) -> None:
+        if result is None:
+            return
+        if isinstance(result, (list, tuple)):
+            out.extend(result)
+        else:
+            out.append(result)
+
     def collect_sync(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call every implementation (sync only); concatenate list results. Errors propagate."""
         out: list[Any] = []
         for impl in self._impls(hook):
-            name = self.plugin_name(impl.plugin)
-            try:
-                result = impl.function(**self._kwargs(impl, kwargs))
-            except Exception as exc:
-                raise PluginError(name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
-            if inspect.isawaitable(result):
-                raise PluginError(name, f"{hook} must not be async")
-            if result is None:
-                continue
-            if isinstance(result, (list, tuple)):
-                out.extend(result)
-            else:
-                out.append(result)
+            self._gather(out, self._sync_result(impl, hook, kwargs))
         return out
 
     async def collect(self, hook: str, **kwargs: Any) -> list[Any]:
         """Like collect_sync, but async implementations are awaited."""
         out: list[Any] = []
         for impl in self._impls(hook):
-            name = self.plugin_name(impl.plugin)
-            try:
-                result = impl.function(**self._kwargs(impl, kwargs))
-                if inspect.isawaitable(result):
+            result = self._call(impl, hook, kwargs)
+            if inspect.isawaitable(result):
+                try:
                     result = await result
-            except Exception as exc:
-                raise PluginError(name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
-            if result is None:
-                continue
-            if isinstance(result, (list, tuple)):
-                out.extend(result)
-            else:
-                out.append(result)
+                except Exception as exc:
+                    name = self.plugin_name(impl.plugin)
+                    raise PluginError(
+                        name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
+            self._gather(out, result)
         return out
 
     def first(self, hook: str, **kwargs: Any) -> Any:
         """The first non-None result of a sync hook, or None. Errors propagate."""
         for impl in self._impls(hook):
-            name = self.plugin_name(impl.plugin)
-            try:
-                result = impl.function(**self._kwargs(impl, kwargs))
-            except Exception as exc:
-                raise PluginError(name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
-            if inspect.isawaitable(result):
-                raise PluginError(name, f"{hook} must not be async")
+            result = self._sync_result(impl, hook, kwargs)
             if result is not None:
                 return result
         return None
