@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee as pw
 
@@ -49,6 +51,49 @@ def _naive(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
+T = TypeVar("T")
+
+# Fields that live only in memory (never stored).
+_RUNTIME_ONLY = {"online"}
+
+
+def _to_column(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _naive(value)
+    if isinstance(value, (tuple, list, dict)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return value
+
+
+def _row_of(record: Any) -> dict[str, Any]:
+    """A record's columns: datetimes naive UTC, tuples and dicts as JSON, the rest as is."""
+    return {f.name: _to_column(getattr(record, f.name)) for f in dataclasses.fields(record)
+            if f.name not in _RUNTIME_ONLY}
+
+
+def _record_of(cls: type[T], row: Any) -> T:
+    """The record a row holds, converting columns back by the record's field types."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in _RUNTIME_ONLY:
+            continue
+        value = getattr(row, f.name)
+        hint = str(hints[f.name])
+        if "datetime" in hint:
+            value = _aware(value)
+            if value is None and "None" not in hint:  # a required time that was never set
+                value = datetime.now(UTC)
+        elif hint.startswith("tuple"):
+            value = tuple(json.loads(value))
+        elif hint.startswith("dict"):
+            value = json.loads(value)
+        elif hint == "<class 'bytes'>":
+            value = bytes(value)
+        values[f.name] = value
+    return cls(**values)
+
+
 class PeeweeStorage:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
@@ -65,59 +110,12 @@ class PeeweeStorage:
 
     def load(self) -> Snapshot:
         snap = Snapshot()
-        for u in schema.UserRow.select().order_by(schema.UserRow.id):
-            snap.users.append(
-                User(
-                    id=u.id,
-                    name=u.name,
-                    display_name=u.display_name,
-                    email=u.email,
-                    provider=u.provider,
-                    provider_id=u.provider_id,
-                    created_at=_aware(u.created_at) or datetime.now(UTC),
-                )
-            )
-        for k in schema.PreAuthKeyRow.select().order_by(schema.PreAuthKeyRow.id):
-            snap.keys.append(
-                PreAuthKey(
-                    id=k.id,
-                    prefix=k.prefix,
-                    secret_hash=bytes(k.secret_hash),
-                    user_id=k.user_id,
-                    reusable=k.reusable,
-                    ephemeral=k.ephemeral,
-                    used=k.used,
-                    expiration=_aware(k.expiration),
-                    created_at=_aware(k.created_at) or datetime.now(UTC),
-                    tags=tuple(json.loads(k.tags)),
-                )
-            )
-        for n in schema.NodeRow.select().order_by(schema.NodeRow.id):
-            snap.nodes.append(
-                Node(
-                    id=n.id,
-                    machine_key=bytes(n.machine_key),
-                    node_key=bytes(n.node_key),
-                    disco_key=bytes(n.disco_key),
-                    hostname=n.hostname,
-                    given_name=n.given_name,
-                    user_id=n.user_id,
-                    tags=tuple(json.loads(n.tags)),
-                    ipv4=n.ipv4,
-                    ipv6=n.ipv6,
-                    hostinfo=json.loads(n.hostinfo),
-                    endpoints=tuple(json.loads(n.endpoints)),
-                    home_derp=n.home_derp,
-                    created_at=_aware(n.created_at) or datetime.now(UTC),
-                    last_seen=_aware(n.last_seen),
-                    expiry=_aware(n.expiry),
-                    auth_key_id=n.auth_key_id,
-                    ephemeral=n.ephemeral,
-                    register_method=n.register_method,
-                    approved_routes=tuple(json.loads(n.approved_routes)),
-                    capver=n.capver,
-                )
-            )
+        snap.users = [_record_of(User, r)
+                      for r in schema.UserRow.select().order_by(schema.UserRow.id)]
+        snap.keys = [_record_of(PreAuthKey, r)
+                     for r in schema.PreAuthKeyRow.select().order_by(schema.PreAuthKeyRow.id)]
+        snap.nodes = [_record_of(Node, r)
+                      for r in schema.NodeRow.select().order_by(schema.NodeRow.id)]
         latest = schema.PolicyRow.select().order_by(schema.PolicyRow.id.desc()).first()
         snap.policy = latest.data if latest is not None else None
         return snap
@@ -134,59 +132,15 @@ class PeeweeStorage:
 
     def _apply_one(self, op: Op) -> None:
         if isinstance(op, PutUser):
-            u = op.user
-            _upsert(schema.UserRow,
-                id=u.id,
-                name=u.name,
-                display_name=u.display_name,
-                email=u.email,
-                provider=u.provider,
-                provider_id=u.provider_id,
-                created_at=_naive(u.created_at),
-            )
+            _upsert(schema.UserRow, **_row_of(op.user))
         elif isinstance(op, DeleteUser):
             schema.UserRow.delete().where(schema.UserRow.id == op.user_id).execute()
         elif isinstance(op, PutKey):
-            k = op.key
-            _upsert(schema.PreAuthKeyRow,
-                id=k.id,
-                prefix=k.prefix,
-                secret_hash=k.secret_hash,
-                user_id=k.user_id,
-                reusable=k.reusable,
-                ephemeral=k.ephemeral,
-                used=k.used,
-                expiration=_naive(k.expiration),
-                created_at=_naive(k.created_at),
-                tags=json.dumps(list(k.tags)),
-            )
+            _upsert(schema.PreAuthKeyRow, **_row_of(op.key))
         elif isinstance(op, DeleteKey):
             schema.PreAuthKeyRow.delete().where(schema.PreAuthKeyRow.id == op.key_id).execute()
         elif isinstance(op, PutNode):
-            n = op.node
-            _upsert(schema.NodeRow,
-                id=n.id,
-                machine_key=n.machine_key,
-                node_key=n.node_key,
-                disco_key=n.disco_key,
-                hostname=n.hostname,
-                given_name=n.given_name,
-                user_id=n.user_id,
-                tags=json.dumps(list(n.tags)),
-                ipv4=n.ipv4,
-                ipv6=n.ipv6,
-                hostinfo=json.dumps(n.hostinfo),
-                endpoints=json.dumps(list(n.endpoints)),
-                home_derp=n.home_derp,
-                created_at=_naive(n.created_at),
-                last_seen=_naive(n.last_seen),
-                expiry=_naive(n.expiry),
-                auth_key_id=n.auth_key_id,
-                ephemeral=n.ephemeral,
-                register_method=n.register_method,
-                approved_routes=json.dumps(list(n.approved_routes)),
-                capver=n.capver,
-            )
+            _upsert(schema.NodeRow, **_row_of(op.node))
         elif isinstance(op, DeleteNode):
             schema.NodeRow.delete().where(schema.NodeRow.id == op.node_id).execute()
         elif isinstance(op, PutPolicy):
