@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
 JSON = "application/json"
+FULL_MAPS_AT_ONCE = 16
 
 
 class ControlPlane:
@@ -54,6 +55,7 @@ class ControlPlane:
         self._expiry_heap: list[tuple[datetime, int]] = []
         self._expiry_wakeup = asyncio.Event()
         self.keepalive_base = KEEPALIVE_BASE
+        self._full_map_gate = asyncio.Semaphore(FULL_MAPS_AT_ONCE)
 
     # -- dispatch --------------------------------------------------------------------------------
 
@@ -178,15 +180,21 @@ class ControlPlane:
             await resp.start(200)
             while not session.closed:
                 if session.needs_full:
-                    session.needs_full = False
-                    session.queue.clear()
-                    started = time.monotonic()
-                    frame = self.mapper.full_map(session).frame(compress)
-                    seconds = time.monotonic() - started
-                    await resp.write(frame)
+                    # Full maps are the big messages (MBs at thousands of nodes): a storm of
+                    # new streams builds and sends only a few at a time, so memory stays
+                    # bounded however many clients arrive at once.
+                    async with self._full_map_gate:
+                        session.needs_full = False
+                        session.queue.clear()
+                        started = time.monotonic()
+                        frame = self.mapper.full_map(session).frame(compress)
+                        seconds = time.monotonic() - started
+                        nbytes = len(frame)
+                        await resp.write(frame)
+                        del frame  # do not hold megabytes while the stream idles
                     session.sent["full"] += 1
                     self.host.notify("meshscale_map_sent",
-                                     event=MapSent(MapKind.FULL, 1, len(frame), seconds))
+                                     event=MapSent(MapKind.FULL, 1, nbytes, seconds))
                     continue
                 if session.queue:
                     # Coalesce what is queued into one write: fewer Noise records and syscalls.
