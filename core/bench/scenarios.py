@@ -224,11 +224,12 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
         streaming = list(fleet.members)
 
         in_flight: set[int] = set()  # members whose endpoint change is not yet seen by all
+        skipped = 0
 
         async def endpoint(m: Member, rep: int) -> None:
             # The server rightly sends only a node's latest endpoints; a second change before
-            # the first was seen would leave the first marker unseen, so one at a time per node.
-            in_flight.add(m.index)
+            # the first was seen would leave the first marker unseen, so one at a time per node
+            # (the caller marks the node busy when it schedules the change).
             try:
                 marker = f"127.0.0.2:{rep % 60000 + 1}"
                 w = fleet.watch(marker, len(streaming) - 1)
@@ -271,8 +272,15 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
                 await asyncio.sleep(delay)
             roll = rng.random()
             if roll < 0.7:
-                idle = [m for m in rng.sample(streaming, 8) if m.index not in in_flight]
-                coro: Awaitable[None] = endpoint(idle[0] if idle else rng.choice(streaming), rep)
+                # Marked busy here, not when the coroutine starts: a generator running behind
+                # schedules several events in one go, before any of them runs.
+                member = next((m for m in rng.sample(streaming, 16) if m.index not in in_flight),
+                              None)
+                if member is None:
+                    skipped += 1  # every sampled node busy: reported, never hidden
+                    continue
+                in_flight.add(member.index)
+                coro: Awaitable[None] = endpoint(member, rep)
             elif roll < 0.9:
                 coro = reconnect(rng.choice(streaming[1:]))
             else:
@@ -289,7 +297,7 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
         out: dict[str, Any] = {"scenario": "churn", "nodes": nodes, "events": events,
                                "rate_per_s": rate, "achieved_rate_per_s": round(events / elapsed,
                                                                                   1),
-                               "failed_events": len(failures)}
+                               "failed_events": len(failures), "skipped_events": skipped}
         out.update({f"latency_{k}_ms": round(v * 1000, 1) for k, v in percentiles(every).items()})
         for kind, values in latencies.items():
             out[f"{kind}_p99_ms"] = round(percentiles(values)["p99"] * 1000, 1)
