@@ -274,8 +274,8 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
             if roll < 0.7:
                 # Marked busy here, not when the coroutine starts: a generator running behind
                 # schedules several events in one go, before any of them runs.
-                member = next((m for m in rng.sample(streaming, min(16, len(streaming))) if m.index not in in_flight),
-                              None)
+                candidates = rng.sample(streaming, min(16, len(streaming)))
+                member = next((m for m in candidates if m.index not in in_flight), None)
                 if member is None:
                     skipped += 1  # every sampled node busy: reported, never hidden
                     continue
