@@ -155,13 +155,7 @@ class ControlPlane:
             return
         compress = body.get("Compress") == "zstd"
         if not stream:
-            session = MapSession(node.id, compress)
-            started = time.monotonic()
-            frame = self.mapper.full_map(session).frame(compress)
-            seconds = time.monotonic() - started
-            await resp.send(200, frame)
-            self.host.notify("meshscale_map_sent",
-                             event=MapSent(MapKind.FULL, 1, len(frame), seconds))
+            await resp.send(200, self._full_frame(MapSession(node.id, compress)))
             return
         await self._stream(node, compress, resp, keepalive=bool(body.get("KeepAlive", True)))
 
@@ -186,15 +180,10 @@ class ControlPlane:
                     async with self._full_map_gate:
                         session.needs_full = False
                         session.queue.clear()
-                        started = time.monotonic()
-                        frame = self.mapper.full_map(session).frame(compress)
-                        seconds = time.monotonic() - started
-                        nbytes = len(frame)
+                        frame = self._full_frame(session)
                         await resp.write(frame)
                         del frame  # do not hold megabytes while the stream idles
                     session.sent["full"] += 1
-                    self.host.notify("meshscale_map_sent",
-                                     event=MapSent(MapKind.FULL, 1, nbytes, seconds))
                     continue
                 if session.queue:
                     # Coalesce what is queued into one write: fewer Noise records and syscalls.
@@ -235,6 +224,14 @@ class ControlPlane:
                     self._schedule_ephemeral(live.id)
             with contextlib.suppress(Exception):
                 await resp.end()
+
+    def _full_frame(self, session: MapSession) -> bytes:
+        """A full map for ``session``, framed, with its build time reported to plugins."""
+        started = time.monotonic()
+        frame = self.mapper.full_map(session).frame(session.compress)
+        self.host.notify("meshscale_map_sent", event=MapSent(
+            MapKind.FULL, 1, len(frame), time.monotonic() - started))
+        return frame
 
     def _keepalive_tick(self, session: MapSession) -> None:
         """Every ~50-59 s: ask the writer for a keep-alive (skipped if a delta went out)."""

@@ -25,7 +25,7 @@ from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, c
 from meshscale.mapper.session import MapSession
 from meshscale.policy import Affected, PolicyEngine
 from meshscale.state import changes as ch
-from meshscale.state.models import Node
+from meshscale.state.models import Node, utcnow
 from meshscale.state.store import State
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,6 @@ class Mapper:
         if peer.id in self.state.routes.subnets:  # routers only: the common peer costs nothing
             routes = tuple(self.state.routes.routes_for(self.engine, viewer_id, peer.id))
         return (None if allowed is None else tuple(allowed), routes)
-
-    def peer_fragment(self, peer: Node, viewer_id: int) -> bytes:
-        return self._fragment(peer, self.peer_sig(peer, viewer_id))
 
     def _fragment(self, peer: Node, sig: Sig) -> bytes:
         """The peer's JSON for one view; built once and shared by every viewer with it."""
@@ -253,7 +250,7 @@ class Mapper:
             "PacketFilter": pf,
             "SSHPolicy": ssh,
             "UserProfiles": self._profiles([node, *peers]),
-            "ControlTime": tailcfg.gotime(_now()),
+            "ControlTime": tailcfg.gotime(utcnow()),
             "Debug": {"DisableLogTail": True},
         }
         body = dumps(head)
@@ -590,12 +587,3 @@ class Mapper:
         if out:
             s.push(Message.of(out))
 
-
-def _now() -> Any:
-    from datetime import UTC, datetime  # noqa: PLC0415
-
-    return datetime.now(UTC)
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -443,7 +443,9 @@ class State:
                 whole = True
                 if node.routable_ips != routes_before:
                     others = self._sync_node(node)
-            else:
+            elif hostinfo != node.hostinfo:
+                # Only NetInfo moved: keep it for the self view; peers never see it. An
+                # unchanged Hostinfo keeps its object, so the cached PolicyNode stays valid.
                 node.hostinfo = dict(hostinfo)
         if whole:
             self._emit(NodeChanged(node.id))

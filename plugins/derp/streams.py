@@ -38,7 +38,27 @@ class ByteStream(Protocol):
         """Flush what can be flushed, then close."""
 
 
-class RawStream:
+class _SocketStream:
+    """What both streams do the same way: the socket underneath them."""
+
+    _writer: asyncio.StreamWriter
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def buffered(self) -> int:
+        return self._writer.transport.get_write_buffer_size()
+
+    def abort(self) -> None:
+        transport = self._writer.transport
+        if not transport.is_closing():
+            transport.abort()
+
+    async def close(self) -> None:
+        await _close_writer(self._writer)
+
+
+class RawStream(_SocketStream):
     """The socket itself, after the ``101`` (or straight away with Derp-Fast-Start)."""
 
     def __init__(
@@ -62,22 +82,8 @@ class RawStream:
         if not self._writer.transport.is_closing():
             self._writer.write(data)
 
-    async def drain(self) -> None:
-        await self._writer.drain()
 
-    def buffered(self) -> int:
-        return self._writer.transport.get_write_buffer_size()
-
-    def abort(self) -> None:
-        transport = self._writer.transport
-        if not transport.is_closing():
-            transport.abort()
-
-    async def close(self) -> None:
-        await _close_writer(self._writer)
-
-
-class WebSocketStream:
+class WebSocketStream(_SocketStream):
     """DERP over WebSocket binary messages (js/wasm clients, ``TS_DEBUG_DERP_WS_CLIENT``)."""
 
     def __init__(
@@ -121,20 +127,6 @@ class WebSocketStream:
     def write(self, data: bytes) -> None:
         if not self._writer.transport.is_closing():
             self._writer.write(self._ws.send(BytesMessage(data=data)))
-
-    async def drain(self) -> None:
-        await self._writer.drain()
-
-    def buffered(self) -> int:
-        return self._writer.transport.get_write_buffer_size()
-
-    def abort(self) -> None:
-        transport = self._writer.transport
-        if not transport.is_closing():
-            transport.abort()
-
-    async def close(self) -> None:
-        await _close_writer(self._writer)
 
 
 def websocket_accept(key: str) -> str:
