@@ -36,7 +36,7 @@ from meshscale.pluginhost import PluginHost
 from meshscale.policy import Affected, AllowAllEngine, PolicyEngine
 from meshscale.state.changes import DerpMapChanged, PolicyChanged
 from meshscale.state.store import PolicyHooks, State
-from meshscale.storage.base import PutPolicy, Storage
+from meshscale.storage.base import PutPolicy, Snapshot, Storage
 from meshscale.transport import FrontDoor
 from meshscale.web import create_app
 
@@ -209,32 +209,8 @@ class Server:
 
         self.storage = self._open_storage()
         snap = await asyncio.to_thread(self.storage.load)
-        state = State(cfg, self.storage)
-        state.load(snap)
-        self.state = state
-
-        self.engine = self._make_engine()
-        users, nodes = state.policy_topology()
-        self.engine.set_topology(users, nodes)
-        text = self._initial_policy(snap.policy)
-        if text is not None:
-            try:
-                self.engine.set_policy(text)
-            except PolicyError as exc:
-                where = "policy.path" if cfg.policy.mode == "file" else "the stored policy"
-                raise MeshscaleError(
-                    f"refusing to start: {where} is invalid: {exc}. See docs/policy.md "
-                    "('Recovering from an invalid policy')"
-                ) from exc
-        self.policy_text = text
-        state.policy_engine_hooks = PolicyHooks(
-            node_upserted=lambda n: self._policy_affected(self.engine.upsert_node(n)),
-            node_removed=lambda i: self._policy_affected(self.engine.remove_node(i)),
-            user_upserted=lambda u: self._policy_affected(self.engine.upsert_user(u)),
-            user_removed=lambda i: self._policy_affected(self.engine.remove_user(i)),
-            auto_routes=self.engine.auto_approved_routes,
-        )
-        state.refresh_auto_approvals()  # the policy is in force now: autoApprovers apply
+        state, engine, text = self.build_core(snap)
+        self.state, self.engine, self.policy_text = state, engine, text
 
         self.derp = self._make_derp_manager()
         self.mapper = Mapper(
@@ -282,6 +258,44 @@ class Server:
             "meshscale listening on %s (port %d), data in %s, plugins: %s",
             cfg.listen_addr, self.main_port, data, ", ".join(self.host.names()) or "none",
         )
+
+    def build_core(self, snap: Snapshot) -> tuple[State, PolicyEngine, str | None]:
+        """State and a policy engine built from stored records, as at start-up.
+
+        The start-up path, and the oracle tests' "fresh computation": whatever a running
+        server derives incrementally must equal what this builds from the same database.
+        """
+        cfg = self._config
+        assert self.storage is not None
+        state = State(cfg, self.storage)
+        state.load(snap)
+        engine = self._make_engine()
+        users, nodes = state.policy_topology()
+        engine.set_topology(users, nodes)
+        text = self._initial_policy(snap.policy)
+        if text is not None:
+            try:
+                engine.set_policy(text)
+            except PolicyError as exc:
+                where = "policy.path" if cfg.policy.mode == "file" else "the stored policy"
+                raise MeshscaleError(
+                    f"refusing to start: {where} is invalid: {exc}. See docs/policy.md "
+                    "('Recovering from an invalid policy')"
+                ) from exc
+
+        def affected(a: Affected) -> None:
+            if a.everyone or a.nodes:
+                state._emit(PolicyChanged(a))
+
+        state.policy_engine_hooks = PolicyHooks(
+            node_upserted=lambda n: affected(engine.upsert_node(n)),
+            node_removed=lambda i: affected(engine.remove_node(i)),
+            user_upserted=lambda u: affected(engine.upsert_user(u)),
+            user_removed=lambda i: affected(engine.remove_user(i)),
+            auto_routes=engine.auto_approved_routes,
+        )
+        state.refresh_auto_approvals()  # the policy is in force now: autoApprovers apply
+        return state, engine, text
 
     def _make_derp_manager(self) -> DerpMapManager:
         return DerpMapManager(self._config, self.host)

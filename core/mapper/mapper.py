@@ -111,6 +111,12 @@ class Mapper:
     def stream_count(self) -> int:
         return len(self.sessions)
 
+    def idle(self) -> bool:
+        """No change waits for delivery: nothing pending, every stream's queue written out."""
+        return (self._flush_handle is None and not self._pending_patch
+                and not self._pending_upsert
+                and all(not s.queue and not s.needs_full for s in self.sessions.values()))
+
     # -- building blocks ---------------------------------------------------------------------------
 
     @property

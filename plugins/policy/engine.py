@@ -51,9 +51,13 @@ class _Compiled:
                 g.dst_nodes.add(n.id)
 
     def node_changed(self, node_id: int, old: NodeInfo | None) -> Affected:
-        """Re-test one node's membership in every grant; say whose views may change."""
+        """Re-test one node's membership in every grant and SSH rule; say whose views may
+        change. Every grant and rule is brought up to date before answering: an early answer
+        of "everyone" must not leave a later grant's membership or the SSH cache stale
+        (issue 21: SSH principals missed a joining node under a "*" ACL)."""
         new = self.tailnet.nodes.get(node_id)
         affected: set[int] = {node_id}
+        everyone = False
         routes_changed = (old.routes if old else None) != (new.routes if new else None)
         for g in self.grants:
             was_src = node_id in g.src_nodes
@@ -62,20 +66,24 @@ class _Compiled:
             if routes_changed and g.src_all:
                 g.invalidate()  # "*" sources carry every approved subnet route
                 touched = True
-            if not touched:
+            if not touched or everyone:
                 continue
             if was_src or node_id in g.src_nodes or (routes_changed and g.src_all):
                 # The node's addresses are (or were) in this grant's SrcIPs: every destination
                 # of the grant gets a new filter.
                 if g.dst_all:
-                    return Affected.all()
+                    everyone = True
+                    continue
                 affected |= g.dst_nodes
             if was_dst or node_id in g.dst_nodes:
                 if g.src_all:
-                    return Affected.all()
+                    everyone = True
+                    continue
                 affected |= g.src_nodes
-            if g.self_dst and new is not None and new.node.user_id is not None:
-                affected |= self.tailnet.nodes_by_user.get(new.node.user_id, set())
+            if g.self_dst:
+                for x in (old, new):
+                    if x is not None and x.node.user_id is not None:
+                        affected |= self.tailnet.nodes_by_user.get(x.node.user_id, set())
         if self.policy.ssh:
             changed = [x for x in (old, new) if x is not None]
             as_src, as_dst = self.ssh.touched_by(self.resolver, changed)
@@ -84,6 +92,8 @@ class _Compiled:
                 for x in changed:
                     affected |= self.ssh.destinations(self.resolver, i, x)
             self.ssh.invalidate(as_src | as_dst)
+        if everyone:
+            return Affected.all()
         return Affected(nodes=frozenset(affected))
 
     def users_changed(self) -> None:

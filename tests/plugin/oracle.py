@@ -1,0 +1,151 @@
+"""The oracle: what a freshly started server would send each node, from the same database.
+
+``fresh_maps`` rebuilds state and policy from storage through ``Server.build_core`` (the very
+start-up path) and builds every node's full map with a new Mapper. Only what a client reports at
+run time and the database does not hold on every change (online, last seen, endpoints, disco
+key, home DERP, NetInfo) is copied from the running server first: a restarted server learns
+those from its clients' first requests.
+
+``Fleet`` keeps a ``NetMap`` per open stream, applying every message as a client does, and
+``assert_matches_fresh`` compares each with the fresh full map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+from meshscale.mapper.mapper import Mapper
+from meshscale.mapper.session import MapSession
+from meshscale.server import Server
+from meshscale.simclient import MapStream, SimNode
+from meshscale.state.models import utcnow
+from tests.plugin.netmap import NetMap
+
+
+def fresh_maps(server: Server) -> dict[int, dict[str, Any]]:
+    """node id -> the full MapResponse a server started on this database sends it."""
+    assert server.storage is not None and server.state is not None
+    live = server.state
+    state, engine, _ = server.build_core(server.storage.load())
+    for node in state.nodes.values():
+        now = live.nodes.get(node.id)
+        if now is None:
+            continue
+        node.online, node.last_seen = now.online, now.last_seen
+        node.endpoints, node.disco_key, node.home_derp = now.endpoints, now.disco_key, now.home_derp
+        if "NetInfo" in now.hostinfo:
+            node.hostinfo = {**node.hostinfo, "NetInfo": now.hostinfo["NetInfo"]}
+    mapper = Mapper(server.config, state, engine, server.derp_map)
+    out = {}
+    for node_id in state.nodes:
+        body = mapper.full_map(MapSession(node_id, False)).body
+        out[node_id] = json.loads(body)
+    return out
+
+
+class Fleet:
+    """Simulated nodes with open streams, and the netmap each stream's client holds."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.nodes: dict[int, SimNode] = {}
+        self.streams: dict[int, MapStream] = {}
+        self.maps: dict[int, NetMap] = {}
+
+    async def join(self, key: str, hostname: str, **hostinfo: Any) -> int:
+        node = SimNode(hostname)
+        node.hostinfo.update(hostinfo)
+        await node.conn.connect("127.0.0.1", self.server.main_port)
+        resp = await node.register(key)
+        assert resp.get("MachineAuthorized") is True, resp
+        node_id = self._id_of(node)
+        self.nodes[node_id] = node
+        await self.open(node_id)
+        return node_id
+
+    def _id_of(self, node: SimNode) -> int:
+        assert self.server.state is not None
+        found = self.server.state.by_node_key(bytes.fromhex(node.node_key_text[8:]))
+        assert found is not None
+        return found.id
+
+    async def open(self, node_id: int) -> None:
+        """(Re)open the node's map stream: a new client session starts from an empty netmap."""
+        stream = self.nodes[node_id].open_stream()
+        first = await stream.next()
+        assert first is not None and "Node" in first, first
+        self.streams[node_id] = stream
+        self.maps[node_id] = NetMap()
+        self.maps[node_id].apply(first)
+
+    async def reregister(self, node_id: int, key: str) -> None:
+        """The same machine logs in again with another key (new owner or tags)."""
+        node = self.nodes[node_id]
+        resp = await node.register(key)
+        assert resp.get("MachineAuthorized") is True, resp
+
+    async def close(self) -> None:
+        for node in self.nodes.values():
+            await node.conn.close()
+
+    async def settle(self, quiet: float = 0.08) -> None:
+        """Wait until the server has delivered every change and each client has read it."""
+        mapper = self.server.mapper
+        assert mapper is not None
+        for _ in range(500):
+            await asyncio.sleep(0.005)
+            if mapper.idle():
+                break
+        else:
+            raise AssertionError("the mapper never went idle")
+        await asyncio.gather(*(self._drain(i, quiet) for i in list(self.streams)))
+
+    async def _drain(self, node_id: int, quiet: float) -> None:
+        stream = self.streams[node_id]
+        while True:
+            try:
+                msg = await stream.next(quiet)
+            except TimeoutError:
+                return
+            if msg is None:  # the server ended the stream (node deleted)
+                del self.streams[node_id]
+                del self.maps[node_id]
+                return
+            self.maps[node_id].apply(msg)
+
+    def mismatches(self, now: datetime | None = None) -> dict[int, dict[str, Any]]:
+        """Per open stream, the fields whose held value differs from a fresh server's."""
+        now = now or utcnow()
+        fresh = fresh_maps(self.server)
+        out: dict[int, dict[str, Any]] = {}
+        for node_id, held in self.maps.items():
+            if node_id not in fresh:
+                out[node_id] = {"stream": "open for a node the database no longer has"}
+                continue
+            want = NetMap()
+            want.apply(fresh[node_id])
+            a, b = held.view(now), want.view(now)
+            diff = {k: {"held": a[k], "fresh": b[k]} for k in a if a[k] != b[k]}
+            if diff:
+                out[node_id] = _narrow(diff)
+        return out
+
+    async def assert_matches_fresh(self) -> None:
+        await self.settle()
+        bad = self.mismatches()
+        assert not bad, json.dumps(bad, indent=1, default=str)[:6000]
+
+
+def _narrow(diff: dict[str, Any]) -> dict[str, Any]:
+    """Only the differing peers of a Peers difference (readable failure messages)."""
+    peers = diff.get("Peers")
+    if peers is not None:
+        held, fresh = peers["held"], peers["fresh"]
+        diff["Peers"] = {
+            str(i): {"held": held.get(i), "fresh": fresh.get(i)}
+            for i in sorted(set(held) | set(fresh)) if held.get(i) != fresh.get(i)
+        }
+    return diff
