@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from tests.interop.realclients import NETNS_HINT, check_isolated
+from tests.interop.tailscaled import Tailscaled
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -11,3 +16,32 @@ def isolated_network() -> None:
     problem = check_isolated()
     if problem is not None:
         pytest.fail(f"not isolated ({problem}). {NETNS_HINT}", pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"meshscale_report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def tailscaled(request: pytest.FixtureRequest,
+               tmp_path: Path) -> Iterator[Callable[..., Tailscaled]]:
+    """Makes real tailscaled nodes (not started) in the test's folder; all are stopped after the
+    test, and when it failed each one's log tail is printed with the failure."""
+    made: list[Tailscaled] = []
+
+    def make(name: str, **kwargs: Any) -> Tailscaled:
+        node = Tailscaled(tmp_path, name, **kwargs)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+    report = getattr(request.node, "meshscale_report_call", None)
+    if report is not None and report.failed:
+        for node in made:
+            print(f"--- tailscaled {node.name} log tail ({node.log}):\n{node.log_tail(4000)}")

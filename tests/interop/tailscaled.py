@@ -1,0 +1,170 @@
+"""The real Tailscale daemon and CLI (tailscaled and tailscale, v1.102.5) for interop tests.
+
+scripts/build-tailscale builds both from their Go module, outside the test network namespace,
+into a cache folder keyed by the version; the tests only run them. Each node is one tailscaled
+with its own state dir, unix socket and UDP port, in userspace-networking mode (no TUN, no root,
+no routes touched), driven with ``tailscale --socket=...`` exactly as a user drives it.
+
+Like every client here it runs inside the private network namespace (tests/interop/conftest.py
+refuses to start otherwise), with log uploads off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.interop.realclients import free_port, stop_process, wait_for
+
+VERSION = "v1.102.5"
+CACHE = Path(os.environ.get("MESHSCALE_INTEROP_WHEELHOUSE",
+                            Path.home() / ".cache" / "meshscale-interop"))
+
+
+def binaries() -> tuple[Path, Path]:
+    """(tailscaled, tailscale) as scripts/build-tailscale left them; the test fails otherwise."""
+    folder = Path(os.environ.get("MESHSCALE_TAILSCALE_DIR", CACHE / f"tailscale-{VERSION}"))
+    daemon, cli = folder / "tailscaled", folder / "tailscale"
+    if not (os.access(daemon, os.X_OK) and os.access(cli, os.X_OK)):
+        pytest.fail(
+            f"the real Tailscale client {VERSION} is not built in {folder}: run "
+            "`bash scripts/build-tailscale` (outside the network namespace; `bash scripts/test` "
+            "runs it first) and fix what it reports",
+            pytrace=False,
+        )
+    return daemon, cli
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Tailscaled:
+    """One node: a tailscaled process plus its CLI.
+
+    ``env`` adds client environment knobs (e.g. ``TS_DEBUG_ALWAYS_USE_DERP``); ``http_proxy``
+    makes tailscaled serve an outbound HTTP proxy on 127.0.0.1 whose connections go wherever the
+    node's routes say (a subnet router, an exit node): the userspace-networking way to send a
+    process's traffic through the tailnet.
+    """
+
+    def __init__(self, workdir: Path, name: str, env: dict[str, str] | None = None,
+                 http_proxy: bool = False) -> None:
+        self.daemon, self.cli_binary = binaries()
+        self.name = name
+        self.dir = workdir / f"ts-{name}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # A unix socket path must fit in 108 bytes; pytest's tmp_path may not leave room.
+        self.sockdir = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
+        self.socket = self.sockdir / f"{name}.sock"
+        self.port = free_udp_port()
+        self.proxy_port = free_port() if http_proxy else 0
+        self.log = self.dir / "tailscaled.log"
+        self.env = {
+            **os.environ,
+            "HOME": str(self.dir),  # whatever it caches, it caches in the test's folder
+            "TS_NO_LOGS_NO_SUPPORT": "true",  # never upload logs (nothing is reachable anyway)
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._death_pipe: int | None = None
+
+    # -- process ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        args = [
+            str(self.daemon), "--tun=userspace-networking", "--no-logs-no-support",
+            f"--statedir={self.dir / 'state'}", f"--socket={self.socket}", f"--port={self.port}",
+        ]
+        if self.proxy_port:
+            args.append(f"--outbound-http-proxy-listen=127.0.0.1:{self.proxy_port}")
+        # tailscaled exits when this pipe's write end closes, i.e. when pytest dies: no daemon
+        # outlives a killed test run.
+        read_end, self._death_pipe = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=self.dir,
+                env={**self.env, "TS_PARENT_DEATH_FD": str(read_end)}, pass_fds=(read_end,),
+            )
+        finally:
+            os.close(read_end)
+        wait_for(self._answers, 20, f"tailscaled {self.name} to answer on its socket")
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"tailscaled {self.name} exited: {self.log_tail()}")
+        return self.cli("status", "--json", check=False).returncode == 0
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+        if self._death_pipe is not None:
+            os.close(self._death_pipe)
+            self._death_pipe = None
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        return self.log.read_bytes().decode(errors="replace") if self.log.exists() else ""
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_text()[-chars:]
+
+    # -- the CLI --------------------------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``tailscale --socket=... ARGS``; with ``check``, a failure shows the daemon's log."""
+        out = subprocess.run(
+            [str(self.cli_binary), f"--socket={self.socket}", *args],
+            capture_output=True, text=True, check=False, timeout=timeout, env=self.env,
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(
+                f"tailscale {' '.join(args)} on {self.name} exited {out.returncode}: "
+                f"{(out.stderr or out.stdout).strip()}\n--- tailscaled {self.name} log tail:\n"
+                f"{self.log_tail()}"
+            )
+        return out
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args).stdout)
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.json("status", "--json")
+        return result
+
+    def up(self, login_server: str, authkey: str, *flags: str) -> None:
+        """``tailscale up`` with a pre-auth key; returns once the node is Running."""
+        self.cli("up", f"--login-server={login_server}", f"--authkey={authkey}",
+                 f"--hostname={self.name}", "--timeout=60s", *flags, timeout=90)
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """The peers in ``tailscale status --json``, by host name."""
+        return {p["HostName"]: p for p in (self.status().get("Peer") or {}).values()}
+
+
+def start_all(nodes: Iterable[Tailscaled]) -> None:
+    """Start several daemons at once (each waits for its own socket)."""
+    nodes = list(nodes)
+    with ThreadPoolExecutor(len(nodes) or 1) as pool:
+        list(pool.map(Tailscaled.start, nodes))
+
+
+def up_all(nodes: Iterable[Tailscaled], login_server: str, authkey: str, *flags: str) -> None:
+    """``tailscale up`` on several nodes at once: a join costs a few seconds of waiting each."""
+    nodes = list(nodes)
+    with ThreadPoolExecutor(len(nodes) or 1) as pool:
+        list(pool.map(lambda n: n.up(login_server, authkey, *flags), nodes))
