@@ -119,15 +119,41 @@ class SqliteConfig:
     wal_autocheckpoint: int = 1000
 
 
+class SslMode(str):
+    """libpq's sslmode; headscale's ``ssl: true/false`` means require/disable."""
+
+    __slots__ = ()
+
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SSL_BOOLS = {"true": "require", "t": "require", "1": "require",
+              "false": "disable", "f": "disable", "0": "disable"}
+
+
+def parse_ssl_mode(value: object, path: str) -> SslMode:
+    if isinstance(value, bool):
+        return SslMode("require" if value else "disable")
+    if isinstance(value, str):
+        mode = _SSL_BOOLS.get(value.strip().lower(), value.strip().lower())
+        if mode in SSL_MODES:
+            return SslMode(mode)
+    raise ConfigError(path, f"expected true, false or a libpq sslmode ({', '.join(SSL_MODES)}), "
+                            f"got {value!r}")
+
+
 @dataclass(frozen=True)
 class PostgresConfig:
+    # host is a name, an address, or the directory of a unix socket (starts with "/"); port
+    # may be left empty (then libpq's 5432). The YAML key for password is headscale's "pass".
     host: str = "localhost"
-    port: int = 5432
+    port: int | None = 5432
     name: str = "meshscale"
     user: str = "meshscale"
     password: str = ""
-    ssl: bool = False
+    ssl: SslMode = SslMode("disable")
     max_open_conns: int = 10
+    max_idle_conns: int = 10
+    conn_max_idle_time_secs: int = 3600
 
 
 @dataclass(frozen=True)
@@ -233,7 +259,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     randomize_client_port: bool = False
-    plugins: tuple[str, ...] = ("sqlite", "derp", "stun", "policy")
+    plugins: tuple[str, ...] = ("sqlite", "postgres", "derp", "stun", "policy")
     # Sections owned by plugins (``meshscale_config_sections``), parsed by them.
     plugin_sections: Mapping[str, object] = field(default_factory=dict)
     # Where the config came from, for messages ("" = built-in defaults).
@@ -282,7 +308,7 @@ IGNORED_HEADSCALE_KEYS = frozenset(
     }
 )
 
-_RENAMED = {"global": "global_"}
+_RENAMED = {"global": "global_", "pass": "password"}
 
 
 # -- generic conversion with paths ------------------------------------------------------------
@@ -303,6 +329,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return _convert(value, args[0], path)
     if tp is Duration:
         return parse_duration(value, path)
+    if tp is SslMode:
+        return parse_ssl_mode(value, path)
     if tp is HostPort:
         if not isinstance(value, str):
             raise ConfigError(path, "expected a string host:port")
@@ -480,6 +508,20 @@ def build_config(
     return dataclasses.replace(cfg, plugin_sections=parsed, source=source)
 
 
+def _check_postgres(db: DatabaseConfig) -> None:
+    pg = db.postgres
+    if db.type != "postgres":
+        return
+    for key in ("host", "name", "user"):
+        if not getattr(pg, key):
+            raise ConfigError(f"database.postgres.{key}", "must not be empty")
+    if pg.port is not None and not 0 <= pg.port <= 65535:
+        raise ConfigError("database.postgres.port", "must be a port number (or empty)")
+    for key in ("max_open_conns", "max_idle_conns", "conn_max_idle_time_secs"):
+        if getattr(pg, key) < 0:
+            raise ConfigError(f"database.postgres.{key}", "cannot be negative")
+
+
 def _check_semantics(cfg: Config) -> None:
     if cfg.prefixes.allocation not in ("sequential", "random"):
         raise ConfigError("prefixes.allocation", "must be sequential or random")
@@ -489,6 +531,7 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("prefixes.v6", "must be an IPv6 prefix")
     if cfg.database.type not in ("sqlite", "sqlite3", "postgres"):
         raise ConfigError("database.type", "must be sqlite or postgres")
+    _check_postgres(cfg.database)
     if cfg.policy.mode not in ("file", "database"):
         raise ConfigError("policy.mode", "must be file or database")
     if cfg.log.level.lower() not in ("trace", "debug", "info", "warn", "warning", "error"):

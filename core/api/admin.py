@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Quart, Response, request
 
 from meshscale import tailcfg
-from meshscale.errors import MeshscaleError, NotFoundError, PolicyError
+from meshscale.errors import MeshscaleError, NotFoundError, PolicyError, StorageError
 from meshscale.events import NodeEventKind, UserEvent, UserEventKind
 from meshscale.state.models import Node, PreAuthKey, User
 
@@ -105,6 +105,10 @@ def create_admin_app(server: Server) -> Quart:
     @app.errorhandler(PolicyError)
     async def bad_policy(exc: PolicyError) -> Response:
         return _error(str(exc), 400)
+
+    @app.errorhandler(StorageError)
+    async def not_stored(exc: StorageError) -> Response:
+        return _error(str(exc), 503)  # nothing was changed; the same request may work later
 
     @app.errorhandler(MeshscaleError)
     async def refused(exc: MeshscaleError) -> Response:

@@ -6,17 +6,20 @@ only together with that machine key.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from meshscale import tailcfg
-from meshscale.errors import AuthError, MeshscaleError
+from meshscale.errors import AuthError, MeshscaleError, StorageError
 from meshscale.events import NodeEvent, NodeEventKind, Registration
 from meshscale.state.models import Node, User, utcnow
 
 if TYPE_CHECKING:
     from meshscale.control.plane import ControlPlane
+
+log = logging.getLogger(__name__)
 
 # The Go client logs out by sending this far-past expiry (Unix 123).
 LOGOUT_BEFORE = datetime(1971, 1, 1, tzinfo=UTC)
@@ -54,6 +57,14 @@ def handle_register(plane: ControlPlane, machine_key: bytes, req: dict[str, Any]
             event=Registration(method, "refused", time.monotonic() - started, str(exc)),
         )
         return {"Error": str(exc)}
+    except StorageError as exc:
+        # Not stored, so not registered: the client is told and retries later.
+        log.error("registration not stored: %s", exc)
+        plane.host.notify(
+            "meshscale_registration",
+            event=Registration(method, "error", time.monotonic() - started, str(exc)),
+        )
+        return {"Error": f"the server cannot store the registration right now: {exc}"}
 
 
 def _claimed_method(req: dict[str, Any]) -> str:

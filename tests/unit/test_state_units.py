@@ -6,12 +6,11 @@ from pathlib import Path
 import pytest
 
 from meshscale import auth
-from meshscale.config import build_config
 from meshscale.errors import AuthError, MeshscaleError, StorageError
 from meshscale.state.ipalloc import AddressPoolExhausted, IPAllocator
 from meshscale.state.names import sanitize, unique_name
 from meshscale.state.store import State
-from meshscale.storage.peewee_store import PeeweeStorage
+from tests.conftest import Backend
 
 
 def test_sanitize_and_dedupe() -> None:
@@ -47,15 +46,12 @@ def test_key_format_and_hash_at_rest() -> None:
     assert parts[1] not in digest.hex()
 
 
-def make_state(tmp_path: Path) -> State:
-    import peewee as pw
-
-    cfg = build_config({"data_dir": str(tmp_path)})
-    return State(cfg, PeeweeStorage(pw.SqliteDatabase(str(tmp_path / "db.sqlite"))))
+def make_state(tmp_path: Path, backend: Backend) -> State:
+    return State(backend.config(tmp_path), backend.storage(tmp_path))
 
 
-def test_single_use_key_is_consumed_atomically(tmp_path: Path) -> None:
-    st = make_state(tmp_path)
+def test_single_use_key_is_consumed_atomically(tmp_path: Path, backend: Backend) -> None:
+    st = make_state(tmp_path, backend)
     user = st.create_user("alice")
     _, key = st.create_key(user)
     rec = st.check_auth_key(key)
@@ -63,14 +59,14 @@ def test_single_use_key_is_consumed_atomically(tmp_path: Path) -> None:
     with pytest.raises(AuthError, match="already used"):
         st.check_auth_key(key)
     # The consumption is on disk too.
-    reloaded = make_state(tmp_path)
+    reloaded = make_state(tmp_path, backend)
     reloaded.load(reloaded.storage.load())
     assert next(iter(reloaded.keys.values())).used is True
     assert reloaded.nodes[1].ipv4 == "100.64.0.1"
 
 
-def test_failed_write_changes_nothing(tmp_path: Path) -> None:
-    st = make_state(tmp_path)
+def test_failed_write_changes_nothing(tmp_path: Path, backend: Backend) -> None:
+    st = make_state(tmp_path, backend)
     user = st.create_user("alice")
     _rec, key = st.create_key(user)
     st.register_with_key(st.check_auth_key(key), b"m" * 32, b"n" * 32, {"Hostname": "a"}, [], 1)
@@ -85,8 +81,8 @@ def test_failed_write_changes_nothing(tmp_path: Path) -> None:
     assert len(snap.nodes) == 1 and not next(k for k in snap.keys if k.id == rec2.id).used
 
 
-def test_user_with_nodes_cannot_be_destroyed(tmp_path: Path) -> None:
-    st = make_state(tmp_path)
+def test_user_with_nodes_cannot_be_destroyed(tmp_path: Path, backend: Backend) -> None:
+    st = make_state(tmp_path, backend)
     user = st.create_user("alice")
     _, key = st.create_key(user)
     st.register_with_key(st.check_auth_key(key), b"m" * 32, b"n" * 32, {"Hostname": "a"}, [], 1)

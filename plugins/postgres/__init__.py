@@ -1,0 +1,71 @@
+"""meshscale plugin: PostgreSQL storage (peewee on psycopg 3), ``database.type: postgres``.
+
+The schema and its migrations are SQLite's (``meshscale.storage``): one definition, two
+databases. Configured by headscale's ``database.postgres.*`` keys; ``pip install
+'meshscale[postgres]'`` brings the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from meshscale import hookimpl
+from meshscale.config import Config, PostgresConfig
+from meshscale.contributions import StorageBackend
+from meshscale.errors import StorageError
+from meshscale.storage.base import Storage
+
+# libpq waits this long for a connection; a write never waits on a dead server longer.
+CONNECT_TIMEOUT_S = 5
+# A TCP connection whose data goes unacknowledged this long is dead (a cable pulled, a host
+# gone): without it a write could hang for the kernel's ~15 minutes.
+TCP_USER_TIMEOUT_MS = 10_000
+
+
+def connect_params(pg: PostgresConfig) -> dict[str, Any]:
+    """libpq connection parameters for headscale's keys (no DSN string: the password is never
+    part of a text that could end up in a log)."""
+    params: dict[str, Any] = {
+        "host": pg.host,
+        "user": pg.user,
+        "sslmode": str(pg.ssl),
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": "meshscale",
+    }
+    if pg.port:
+        params["port"] = pg.port
+    if pg.password:
+        params["password"] = pg.password
+    if not pg.host.startswith("/"):
+        params.update(keepalives=1, keepalives_idle=30, keepalives_interval=10,
+                      keepalives_count=3, tcp_user_timeout=TCP_USER_TIMEOUT_MS)
+    return params
+
+
+def describe(pg: PostgresConfig) -> str:
+    """Where the database is, for messages: never the password."""
+    where = pg.host if pg.host.startswith("/") else f"{pg.host}:{pg.port or 5432}"
+    return f"PostgreSQL database {pg.name!r} at {where} (user {pg.user!r})"
+
+
+def open_postgres(config: Config) -> Storage:
+    try:
+        import psycopg  # noqa: F401, PLC0415
+    except ImportError:
+        raise StorageError(
+            "database.type is postgres but the PostgreSQL driver is not installed: "
+            "pip install 'meshscale[postgres]'"
+        ) from None
+    from meshscale.plugins.postgres.store import PostgresStorage  # noqa: PLC0415
+
+    pg = config.database.postgres
+    return PostgresStorage.open(
+        pg.name, connect_params(pg), describe(pg),
+        keep_idle=pg.max_idle_conns > 0, max_idle_s=float(pg.conn_max_idle_time_secs),
+    )
+
+
+@hookimpl
+def meshscale_storage_backends() -> Sequence[StorageBackend]:
+    return [StorageBackend("postgres", open_postgres)]

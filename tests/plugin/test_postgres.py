@@ -1,0 +1,142 @@
+"""PostgreSQL-only behaviour: headscale's keys, and a database that goes away under a running
+server (refused writes with a clear error, recovery, no acknowledged write lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from meshscale.bench.pgserver import PgServer
+from meshscale.cli.client import AdminClient
+from meshscale.config import build_config
+from meshscale.errors import ConfigError, MeshscaleError, StorageError
+from meshscale.plugins.postgres import connect_params, open_postgres
+from meshscale.server import Server
+from meshscale.simclient import SimNode
+from tests.conftest import new_pg_database
+
+
+def test_headscale_postgres_keys() -> None:
+    cfg = build_config({"database": {"type": "postgres", "postgres": {
+        "host": "/run/postgresql", "port": None, "name": "hs", "user": "hs", "pass": "s3cret",
+        "ssl": "verify-full", "max_open_conns": 5, "max_idle_conns": 0,
+        "conn_max_idle_time_secs": 60}}})
+    pg = cfg.database.postgres
+    assert (pg.password, pg.max_idle_conns, pg.conn_max_idle_time_secs) == ("s3cret", 0, 60)
+    params = connect_params(pg)
+    assert params["host"] == "/run/postgresql" and "port" not in params
+    assert params["password"] == "s3cret" and params["sslmode"] == "verify-full"
+    assert "keepalives" not in params  # a unix socket has no TCP to keep alive
+
+    tcp = connect_params(build_config({"database": {"postgres": {
+        "host": "db.example", "port": 5433, "ssl": True}}}).database.postgres)
+    assert (tcp["port"], tcp["sslmode"], tcp["keepalives"]) == (5433, "require", 1)
+    assert connect_params(build_config({"database": {"postgres": {"ssl": "false"}}})
+                          .database.postgres)["sslmode"] == "disable"
+
+    with pytest.raises(ConfigError, match=r"database\.postgres\.ssl"):
+        build_config({"database": {"postgres": {"ssl": "sometimes"}}})
+    with pytest.raises(ConfigError, match=r"database\.postgres\.name.*empty"):
+        build_config({"database": {"type": "postgres", "postgres": {"name": ""}}})
+
+
+def test_unreachable_database_is_one_clear_line(pg_server: PgServer) -> None:
+    cfg = build_config({"database": {"type": "postgres", "postgres": {
+        "host": pg_server.socket_dir, "port": pg_server.port + 1, "name": "x",
+        "pass": "hunter2"}}})
+    with pytest.raises(StorageError) as info:
+        open_postgres(cfg)
+    text = str(info.value)
+    assert text.startswith("cannot connect to the PostgreSQL database 'x' at ")
+    assert "\n" not in text and "hunter2" not in text
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgServer]:
+    """A PostgreSQL of this test's own: it is killed and restarted."""
+    pg = PgServer()
+    pg.start()
+    yield pg
+    pg.close()
+
+
+async def test_killing_postgres_mid_write(
+    own_pg: PgServer, meshscale_server_factory: Callable[..., Any]
+) -> None:
+    database = new_pg_database(own_pg, tcp=True)
+    server: Server = await meshscale_server_factory(plugins=["postgres"], database=database)
+    state, storage = server.state, server.storage
+    assert state is not None and storage is not None
+    alice = state.create_user("alice")
+    _, key = state.create_key(alice, reusable=True)
+
+    # A restart between two writes is invisible: the lost connection is replaced at once.
+    own_pg.stop()
+    own_pg.start()
+    state.create_user("after-restart")
+
+    # Kill it (SIGQUIT: an immediate shutdown, no checkpoint) while writes are under way.
+    acked: list[str] = []
+    refused: list[tuple[str, str]] = []
+    killer = threading.Timer(0.3, own_pg.stop, kwargs={"immediate": True})
+    killer.start()
+    deadline = time.monotonic() + 20
+    i = 0
+    while not refused or len(refused) < 3:
+        assert time.monotonic() < deadline, "writes never failed with the database gone"
+        name = f"u{i}"
+        i += 1
+        try:
+            state.create_user(name)
+            acked.append(name)
+        except StorageError as exc:
+            refused.append((name, str(exc)))
+        await asyncio.sleep(0.005)
+    killer.join()
+    assert acked, "no write succeeded before the kill"
+    for _, message in refused:
+        assert "cannot persist the change" in message and "unreachable" in message
+        assert "nothing was changed" in message and "\n" not in message
+    in_memory = {u.name for u in state.users.values()}
+    assert in_memory == {"alice", "after-restart", *acked}
+
+    # An admin sees the reason (HTTP 503 -> one line from the CLI's client)...
+    admin = AdminClient(str(server.admin_socket_path))
+    with pytest.raises(MeshscaleError, match=r"cannot persist the change.*unreachable"):
+        await asyncio.to_thread(admin.call, "POST", "/v1/users", {"name": "carol"})
+    # ...and so does a node trying to register: it is not registered.
+    node = SimNode("refused")
+    await node.conn.connect("127.0.0.1", server.main_port)
+    resp = await node.register(key)
+    assert resp.get("MachineAuthorized") is not True
+    assert "cannot store the registration" in resp["Error"]
+    assert not any(n.hostname == "refused" for n in state.nodes.values())
+    await node.conn.close()
+
+    # The database comes back: writes resume by themselves.
+    own_pg.start()
+    deadline = time.monotonic() + 20
+    while not getattr(storage, "available", True):
+        assert time.monotonic() < deadline, "the server did not notice the database is back"
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(admin.call, "POST", "/v1/users", {"name": "carol"})
+    node = SimNode("late")
+    await node.conn.connect("127.0.0.1", server.main_port)
+    assert (await node.register(key)).get("MachineAuthorized") is True
+    await node.conn.close()
+
+    # Every acknowledged write is in the database (read by a new server on it).
+    await server.stop()
+    again: Server = await meshscale_server_factory(plugins=["postgres"], database=database)
+    assert again.state is not None
+    stored = {u.name for u in again.state.users.values()}
+    assert {"alice", "after-restart", "carol", *acked} <= stored
+    # A refused write is not there, except perhaps the one whose commit raced the kill (its
+    # reply was lost); later writes reuse its id, so it is overwritten, not duplicated.
+    assert not stored & {name for name, _ in refused[1:]}
+    assert [n.hostname for n in again.state.nodes.values()] == ["late"]
