@@ -1,7 +1,7 @@
 """What a running server offers its plugins: a narrow, read-mostly view.
 
-Plugins receive a ServerContext in ``meshscale_startup``; they never reach into core internals
-past this protocol, so core may change behind it.
+A plugin object is made with a ServerContext (``Plugin(server)``) and hooks that need it receive it
+too; plugins never reach into core internals past this protocol, so core may change behind it.
 """
 
 from __future__ import annotations
@@ -48,3 +48,7 @@ class ServerContext(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run a background task owned by the server: cancelled at shutdown, failures logged."""
+
+    def plugin(self, name: str) -> object | None:
+        """The plugin object loaded under ``name`` in this server, or None if it is not loaded
+        (how one plugin finds another, e.g. DERP asks STUN for its bound port)."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from meshscale.errors import ConfigError
 
 if TYPE_CHECKING:
     from meshscale.config import Config
@@ -23,6 +25,27 @@ class ConfigSection:
 
     name: str
     parse: Callable[[Mapping[str, Any], str], object]
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=Named)
+
+
+def pick(offered: Sequence[N], wanted: str, key: str, what: str) -> N:
+    """The one of ``offered`` (from a registry hook) called ``wanted``, as config ``key`` asks.
+
+    The one home of "pick a backend by name": a name nobody offers is a ConfigError at ``key``
+    listing what the loaded plugins do offer.
+    """
+    for item in offered:
+        if item.name == wanted:
+            return item
+    names = ", ".join(sorted(i.name for i in offered)) or "none (is its plugin in plugins:?)"
+    raise ConfigError(key, f"unknown {what} {wanted!r}; available: {names}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,6 @@ from meshscale.errors import ConfigError, MeshscaleError
 
 if TYPE_CHECKING:
     from meshscale.config import Config
-    from meshscale.pluginhost import PluginHost
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,8 @@ MIN_FETCH_INTERVAL = 60.0
 
 Listener = Callable[[dict[str, Any]], None]
 Fetcher = Callable[[str], bytes]
+#: The plugins' regions: ``host.hooks.derp_regions`` on a server.
+RegionsHook = Callable[["Config"], Sequence[Mapping[str, Any]]]
 
 # tailcfg spelling of every field, by lower-case name. Unknown fields pass through unchanged
 # (a newer client may understand them).
@@ -192,13 +193,13 @@ class DerpMapManager:
     def __init__(
         self,
         config: Config,
-        plugin_host: PluginHost | None = None,
+        plugin_regions: RegionsHook | None = None,
         *,
         fetch: Fetcher = fetch_url,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.plugin_host = plugin_host
+        self.plugin_regions = plugin_regions
         self._fetch = fetch
         self._clock = clock
         self._paths = {p: _Source() for p in config.derp.paths}
@@ -281,13 +282,11 @@ class DerpMapManager:
             src.bad(url, f"cannot fetch: {exc}")
 
     def _load_plugins(self) -> None:
-        if self.plugin_host is None:
+        if self.plugin_regions is None:
             self._plugins.good({}, {})
             return
         try:
-            raw: Sequence[Any] = self.plugin_host.collect_sync(
-                "meshscale_derp_regions", config=self.config
-            )
+            raw = self.plugin_regions(self.config)
             regions: dict[int, dict[str, Any]] = {}
             for i, region in enumerate(raw):
                 checked = normalize_region(region, f"meshscale_derp_regions[{i}]")

@@ -1,16 +1,22 @@
-"""PluginHost: one per server. Loads the configured plugins and dispatches hooks.
+"""PluginHost: one per server. Loads the configured plugins, makes their objects, dispatches hooks.
 
 Built-in and third-party plugins are entry points in the ``meshscale`` group, loaded exactly the
 same way. Nothing loads unless the config names it, so a disabled plugin's optional dependencies
 are never imported.
+
+An entry point names a class (or any factory) taking the ServerContext; the host calls it once,
+so every server has its own plugin objects and a plugin keeps its state on ``self``. A module of
+plain ``@hookimpl`` functions still loads as it is (stateless plugins need nothing more). Core
+calls hooks through ``host.hooks`` (meshscale.hookcalls), one typed method per hookspec.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +24,12 @@ import pluggy
 
 from meshscale import PROJECT, hookspecs
 from meshscale.errors import PluginError
+from meshscale.hookcalls import HookCalls
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from meshscale.config import Config
     from meshscale.context import ServerContext
 
 log = logging.getLogger(__name__)
@@ -33,18 +43,80 @@ def available_plugins() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+class ServerHandle:
+    """The ServerContext a PluginHost gives the plugin objects it makes, and hooks' ``server``.
+
+    Plugins are made when they load, before the config naming them is parsed (their
+    ``meshscale_config_sections`` is needed to parse it), so before the server exists. The handle
+    stands for the server from the start and forwards to it once the server binds the host; used
+    earlier (say in a plugin's ``__init__``) it raises RuntimeError saying so; the host reports it
+    as a PluginError naming the plugin.
+    """
+
+    def __init__(self, host: PluginHost) -> None:
+        self._host = host
+        self._server: ServerContext | None = None
+
+    def bind(self, server: ServerContext) -> None:
+        self._server = server
+
+    def _bound(self, member: str) -> ServerContext:
+        if self._server is None:
+            raise RuntimeError(
+                f"ServerContext.{member} used before the server exists; "
+                "use it in hooks (meshscale_startup on), not when the plugin is made")
+        return self._server
+
+    @property
+    def config(self) -> Config:
+        return self._bound("config").config
+
+    @property
+    def data_dir(self) -> Path:
+        return self._bound("data_dir").data_dir
+
+    def node_key_known(self, node_key: bytes) -> bool:
+        return self._bound("node_key_known").node_key_known(node_key)
+
+    def derp_map(self) -> Mapping[str, Any]:
+        return self._bound("derp_map").derp_map()
+
+    def refresh_derp_map(self) -> None:
+        self._bound("refresh_derp_map").refresh_derp_map()
+
+    def stats(self) -> Mapping[str, float]:
+        return self._bound("stats").stats()
+
+    @property
+    def policy_text(self) -> str | None:
+        return self._bound("policy_text").policy_text
+
+    def nodes(self) -> Sequence[Mapping[str, Any]]:
+        return self._bound("nodes").nodes()
+
+    def map_sessions(self) -> Sequence[Mapping[str, Any]]:
+        return self._bound("map_sessions").map_sessions()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return self._bound("spawn").spawn(coro, name)
+
+    def plugin(self, name: str) -> object | None:
+        return self._host.plugin(name)
+
+
 class PluginHost:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._names: dict[int, str] = {}
-        # The server this host belongs to; hook implementations that take a ``server`` argument
-        # the caller did not pass get it, so module plugins can keep per-server state.
-        self.context: ServerContext | None = None
+        # What plugin objects are made with, and what hooks taking ``server`` receive.
+        self.context = ServerHandle(self)
+        #: The typed way to call hooks: one method per hookspec (``host.hooks.derp_regions(c)``).
+        self.hooks = HookCalls(self)
 
-    def bind(self, context: ServerContext) -> None:
+    def bind(self, server: ServerContext) -> None:
         """Tie this host to the server that owns it (one host per server)."""
-        self.context = context
+        self.context.bind(server)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -63,9 +135,18 @@ class PluginHost:
             self.register(obj, name)
 
     def register(self, plugin: object, name: str) -> None:
-        """Register a plugin object (module or instance) under ``name`` and check its hooks."""
+        """Register a plugin under ``name`` and check its hooks.
+
+        A class or other factory is called once with this host's ServerContext and its object is
+        registered; a module or an object with hook methods is registered as it is.
+        """
         if self.pm.has_plugin(name):
             raise PluginError(name, "loaded twice")
+        if not isinstance(plugin, ModuleType) and callable(plugin):
+            try:
+                plugin = plugin(self.context)
+            except Exception as exc:
+                raise PluginError(name, f"cannot be made: {type(exc).__name__}: {exc}") from exc
         self._check_names(plugin, name)
         self.pm.register(plugin, name=name)
         self._names[id(plugin)] = name
@@ -93,6 +174,12 @@ class PluginHost:
 
     def names(self) -> list[str]:
         return [self.plugin_name(p) for p in self.pm.get_plugins()]
+
+    def plugin(self, name: str) -> object | None:
+        """The plugin object registered under ``name`` (None if not loaded): the one place a
+        plugin is looked up by name, for other plugins (``ServerContext.plugin``) and tests."""
+        found: object | None = self.pm.get_plugin(name)
+        return found
 
     def hooks_of(self, name: str) -> list[str]:
         plugin = self.pm.get_plugin(name)
@@ -183,11 +270,12 @@ class PluginHost:
         return bool(self._impls(hook))
 
 
-def module_hooks(module: ModuleType) -> list[str]:
-    """Names of the ``meshscale_*`` hook implementations a plugin module defines."""
+def plugin_hooks(plugin: object) -> list[str]:
+    """Names of the ``meshscale_*`` hook implementations a plugin (object, class or module)
+    defines."""
     return sorted(
         attr
-        for attr in dir(module)
+        for attr in dir(plugin)
         if attr.startswith(HOOK_PREFIX)
-        and getattr(getattr(module, attr), f"{PROJECT}_impl", None) is not None
+        and getattr(getattr(plugin, attr), f"{PROJECT}_impl", None) is not None
     )

@@ -20,12 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale.config import Config, split_host_port
-from meshscale.contributions import (
-    HttpRoute,
-    PolicyEngineSpec,
-    StorageBackend,
-    UpgradeRoute,
-)
+from meshscale.contributions import pick
 from meshscale.control.plane import ControlPlane
 from meshscale.derpmap import DerpMapManager
 from meshscale.errors import ConfigError, MeshscaleError, PluginError, PolicyError
@@ -80,7 +75,7 @@ class Server:
         self.policy_text: str | None = None
         self._stopped = asyncio.Event()
         self._started_plugins = False
-        host.bind(self)  # observe-only hooks may ask for ``server``: this one
+        host.bind(self)  # the plugins' ServerContext is this server from now on
 
     # -- ServerContext ---------------------------------------------------------------------------
 
@@ -121,7 +116,7 @@ class Server:
             "map_streams": float(self.mapper.stream_count()),
         }
         try:
-            parts = self.host.collect_sync("meshscale_stats", server=self)
+            parts = self.host.hooks.stats()
         except PluginError:
             # A scrape or health check must still get core's numbers.
             log.exception("a plugin's meshscale_stats failed; reporting core's values only")
@@ -160,34 +155,26 @@ class Server:
         task.add_done_callback(done)
         return task
 
+    def plugin(self, name: str) -> object | None:
+        return self.host.plugin(name)
+
     # -- setup -------------------------------------------------------------------------------------
 
-    def _pick(self, hook: str, wanted: str, what: str) -> Any:
-        specs = self.host.collect_sync(hook)
-        for spec in specs:
-            if spec.name == wanted:
-                return spec
-        names = ", ".join(sorted(s.name for s in specs)) or "none (is its plugin enabled?)"
-        raise ConfigError(what, f"unknown {what} {wanted!r}; available: {names}")
-
     def _open_storage(self) -> Storage:
-        backend: StorageBackend = self._pick(
-            "meshscale_storage_backends", self._config.database.type, "database.type"
-        )
+        backend = pick(self.host.hooks.storage_backends(), self._config.database.type,
+                       "database.type", "storage backend")
         return backend.open(self._config)
 
     def _make_engine(self) -> PolicyEngine:
-        specs: list[PolicyEngineSpec] = self.host.collect_sync("meshscale_policy_engines")
+        specs = self.host.hooks.policy_engines()
         wanted = self._config.policy.engine
-        for spec in specs:
-            if spec.name == wanted:
-                return spec.create(self._config)
-        if wanted in ("allow-all", "tailscale") and not self._config.policy.path:
+        if wanted in ("allow-all", "tailscale") and not self._config.policy.path and not any(
+            s.name == wanted for s in specs
+        ):
             if wanted != "allow-all":
                 log.warning("no %r policy engine is loaded; everyone may reach everyone", wanted)
             return AllowAllEngine()
-        names = ", ".join(sorted(s.name for s in specs)) or "none"
-        raise ConfigError("policy.engine", f"unknown engine {wanted!r}; available: {names}")
+        return pick(specs, wanted, "policy.engine", "engine").create(self._config)
 
     def _initial_policy(self, stored: str | None) -> str | None:
         cfg = self._config.policy
@@ -215,11 +202,11 @@ class Server:
         self.derp = self._make_derp_manager()
         self.mapper = Mapper(
             cfg, state, self.engine, self.derp_map,
-            notify=lambda e: self.host.notify("meshscale_map_sent", event=e),
+            notify=self.host.hooks.map_sent,
         )
         self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host)
 
-        await self.host.collect("meshscale_startup", server=self)
+        await self.host.hooks.startup()
         self._started_plugins = True
         if self.derp is not None:
             await self.derp.refresh()
@@ -227,10 +214,8 @@ class Server:
             if cfg.derp.auto_update_enabled:
                 self.spawn(self.derp.run(), "derp-map-updates")
 
-        routes: list[HttpRoute] = self.host.collect_sync("meshscale_http_routes", config=cfg)
-        upgrades: list[UpgradeRoute] = self.host.collect_sync(
-            "meshscale_http_upgrades", config=cfg
-        )
+        routes = self.host.hooks.http_routes(cfg)
+        upgrades = self.host.hooks.http_upgrades(cfg)
         app = create_app(public_bytes(noise_key), routes)
         self.front = FrontDoor(noise_key, self.plane.handle, app, upgrades)
         host, port = split_host_port(cfg.listen_addr)
@@ -298,7 +283,7 @@ class Server:
         return state, engine, text
 
     def _make_derp_manager(self) -> DerpMapManager:
-        return DerpMapManager(self._config, self.host)
+        return DerpMapManager(self._config, self.host.hooks.derp_regions)
 
     async def _start_admin(self) -> None:
         from meshscale.api.admin import create_admin_app  # noqa: PLC0415
@@ -333,8 +318,7 @@ class Server:
         try:
             affected = self.engine.set_policy(text)
         except PolicyError as exc:
-            self.host.notify("meshscale_policy_event",
-                             event=PolicyEvent(False, source, str(exc)))
+            self.host.hooks.policy_event(PolicyEvent(False, source, str(exc)))
             raise
         if persist and self.storage is not None:
             try:
@@ -343,7 +327,7 @@ class Server:
                 self.engine.set_policy(self.policy_text)  # not stored: not in force either
                 raise
         self.policy_text = text
-        self.host.notify("meshscale_policy_event", event=PolicyEvent(True, source))
+        self.host.hooks.policy_event(PolicyEvent(True, source))
         # autoApprovers may approve or withdraw routes; then every stream gets its new view.
         self.state.refresh_auto_approvals()
         self._policy_affected(affected)
@@ -386,7 +370,7 @@ class Server:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self._started_plugins:
             try:
-                await self.host.collect("meshscale_shutdown", server=self)
+                await self.host.hooks.shutdown()
             except PluginError:
                 log.exception("a plugin failed to shut down cleanly")
         if self.storage is not None:
@@ -397,7 +381,3 @@ class Server:
 
 async def _no_control(req: Any, resp: Any) -> None:
     await resp.send(404, b"not a control endpoint\n", "text/plain")
-
-
-def plugin_sections(host: PluginHost) -> Sequence[Any]:
-    return host.collect_sync("meshscale_config_sections")

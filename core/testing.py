@@ -42,7 +42,7 @@ def make_config(data_dir: Path, host: PluginHost, **overrides: Any) -> Config:
     }
     for key, value in overrides.items():
         raw[key] = value
-    return build_config(raw, host.collect_sync("meshscale_config_sections"))
+    return build_config(raw, host.hooks.config_sections())
 
 
 @pytest.fixture

@@ -128,23 +128,20 @@ def create_admin_app(server: Server) -> Quart:
             display_name=str(body.get("displayName") or ""),
             email=str(body.get("email") or ""),
         )
-        server.host.notify("meshscale_user_event",
-                           event=UserEvent(UserEventKind.CREATED, u.id, u.name))
+        server.host.hooks.user_event(UserEvent(UserEventKind.CREATED, u.id, u.name))
         return _json(user_view(u))
 
     @app.post("/v1/users/<ref>/rename")
     async def rename_user(ref: str) -> Response:
         body = await _body()
         u = state().rename_user(ref, str(body.get("newName", "")))
-        server.host.notify("meshscale_user_event",
-                           event=UserEvent(UserEventKind.RENAMED, u.id, u.name))
+        server.host.hooks.user_event(UserEvent(UserEventKind.RENAMED, u.id, u.name))
         return _json(user_view(u))
 
     @app.delete("/v1/users/<ref>")
     async def destroy_user(ref: str) -> Response:
         u = state().delete_user(ref)
-        server.host.notify("meshscale_user_event",
-                           event=UserEvent(UserEventKind.DELETED, u.id, u.name))
+        server.host.hooks.user_event(UserEvent(UserEventKind.DELETED, u.id, u.name))
         return _json(user_view(u))
 
     # -- pre-auth keys ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from meshscale import __version__
 from meshscale.cli.client import AdminClient
 from meshscale.cli.output import emit
 from meshscale.config import Config, load_config, load_raw, parse_duration
+from meshscale.contributions import pick
 from meshscale.errors import ConfigError, MeshscaleError
 from meshscale.pluginhost import PluginHost, available_plugins
 
@@ -46,7 +47,7 @@ def load(args: argparse.Namespace) -> tuple[Config, PluginHost]:
 
     def sections(names: list[str]) -> Sequence[Any]:
         host.load(names)
-        return host.collect_sync("meshscale_config_sections")
+        return host.hooks.config_sections()
 
     return load_config(args.config, sections_for=sections), host
 
@@ -171,10 +172,8 @@ def cmd_policy(args: argparse.Namespace) -> Any:
 
 def _engine(args: argparse.Namespace) -> Any:
     config, host = load(args)
-    for spec in host.collect_sync("meshscale_policy_engines"):
-        if spec.name == config.policy.engine:
-            return spec.create(config)
-    raise MeshscaleError(f"policy engine {config.policy.engine!r} is not available")
+    spec = pick(host.hooks.policy_engines(), config.policy.engine, "policy.engine", "engine")
+    return spec.create(config)
 
 
 def _policy_check_offline(args: argparse.Namespace) -> str:
@@ -204,10 +203,8 @@ def _policy_set_offline(args: argparse.Namespace, c: AdminClient, text: str) -> 
     from meshscale.storage.base import PutPolicy  # noqa: PLC0415
 
     engine = _engine(args)
-    backend = next((b for b in host.collect_sync("meshscale_storage_backends")
-                    if b.name == config.database.type), None)
-    if backend is None:
-        raise MeshscaleError(f"storage backend {config.database.type!r} is not available")
+    backend = pick(host.hooks.storage_backends(), config.database.type, "database.type",
+                   "storage backend")
     storage = backend.open(config)
     try:
         snap = storage.load()

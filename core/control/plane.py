@@ -98,7 +98,7 @@ class ControlPlane:
     # -- node lifecycle helpers (used by register and the admin API) -----------------------------
 
     def node_event(self, kind: NodeEventKind, node: Node) -> None:
-        self.host.notify("meshscale_node_event", event=node_event(self, kind, node))
+        self.host.hooks.node_event(node_event(self, kind, node))
         if node.expiry is not None:
             self.watch_expiry(node)
 
@@ -165,9 +165,8 @@ class ControlPlane:
         session = self.mapper.open(node.id, compress)
         self._cancel_ephemeral(node.id)
         self.state.set_online(node, True)
-        self.host.notify("meshscale_map_stream", event=MapStreamEvent(node.id, True))
-        self.host.notify("meshscale_node_event",
-                         event=node_event(self, NodeEventKind.ONLINE, node))
+        self.host.hooks.map_stream(MapStreamEvent(node.id, True))
+        self.host.hooks.node_event(node_event(self, NodeEventKind.ONLINE, node))
         session.ticker = asyncio.get_running_loop().call_later(
             self._keepalive_delay(), self._keepalive_tick, session)
         try:
@@ -199,8 +198,7 @@ class ControlPlane:
                         frame = KEEPALIVE.frame(compress)
                         await resp.write(frame)
                         session.sent["keepalive"] += 1
-                        self.host.notify("meshscale_map_sent",
-                                         event=MapSent(MapKind.KEEPALIVE, 1, len(frame)))
+                        self.host.hooks.map_sent(MapSent(MapKind.KEEPALIVE, 1, len(frame)))
                     session.sent_since_tick = False
                     continue
                 session.wakeup.clear()
@@ -217,9 +215,8 @@ class ControlPlane:
             live = self.state.nodes.get(node.id)
             if current and live is not None:
                 self.state.set_online(live, False)
-                self.host.notify("meshscale_map_stream", event=MapStreamEvent(node.id, False))
-                self.host.notify("meshscale_node_event",
-                                 event=node_event(self, NodeEventKind.OFFLINE, live))
+                self.host.hooks.map_stream(MapStreamEvent(node.id, False))
+                self.host.hooks.node_event(node_event(self, NodeEventKind.OFFLINE, live))
                 if live.ephemeral:
                     self._schedule_ephemeral(live.id)
             with contextlib.suppress(Exception):
@@ -229,8 +226,7 @@ class ControlPlane:
         """A full map for ``session``, framed, with its build time reported to plugins."""
         started = time.monotonic()
         frame = self.mapper.full_map(session).frame(session.compress)
-        self.host.notify("meshscale_map_sent", event=MapSent(
-            MapKind.FULL, 1, len(frame), time.monotonic() - started))
+        self.host.hooks.map_sent(MapSent(MapKind.FULL, 1, len(frame), time.monotonic() - started))
         return frame
 
     def _keepalive_tick(self, session: MapSession) -> None:

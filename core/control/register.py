@@ -46,16 +46,11 @@ def handle_register(plane: ControlPlane, machine_key: bytes, req: dict[str, Any]
     method = _claimed_method(req)
     try:
         method, resp = _register(plane, machine_key, req)
-        plane.host.notify(
-            "meshscale_registration",
-            event=Registration(method, "ok", time.monotonic() - started),
-        )
+        plane.host.hooks.registration(Registration(method, "ok", time.monotonic() - started))
         return resp
     except (RegisterRefused, AuthError) as exc:
-        plane.host.notify(
-            "meshscale_registration",
-            event=Registration(method, "refused", time.monotonic() - started, str(exc)),
-        )
+        plane.host.hooks.registration(
+            Registration(method, "refused", time.monotonic() - started, str(exc)))
         return {"Error": str(exc)}
     except StorageError as exc:
         # Not stored, so not registered: the client is told and retries later.
@@ -166,13 +161,8 @@ def _with_auth_key(
     user = state.users.get(key.user_id) if key.user_id is not None else None
     tags = _permitted_tags(plane, user, list(key.tags), hostinfo)
     hostname = str(hostinfo.get("Hostname") or "node")
-    veto = plane.host.first(
-        "meshscale_admit_node",
-        hostname=hostname,
-        user=user.name if user else None,
-        tags=tuple(tags),
-        method="authkey",
-    )
+    veto = plane.host.hooks.admit_node(hostname, user.name if user else None, tuple(tags),
+                                       "authkey")
     if veto:
         raise RegisterRefused(f"registration refused: {veto}")
     capver = req.get("Version") if isinstance(req.get("Version"), int) else 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +40,7 @@ TLS_PORT_FILE = "derp_tls_port"
 
 class DerpService:
     def __init__(self, config: Config, settings: ConnectionSettings | None = None) -> None:
-        # Weak: the plugin's registry must not keep a finished server's config alive.
-        self._config = weakref.ref(config)
+        self.config = config
         self.settings = settings or ConnectionSettings()
         self.server: ServerContext | None = None
         self.private_key: PrivateKey | None = None
@@ -51,13 +49,6 @@ class DerpService:
         self.tls_port: int | None = None
         self._tls_server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-
-    @property
-    def config(self) -> Config:
-        config = self._config()
-        if config is None:  # pragma: no cover - only if someone keeps the service alone
-            raise RuntimeError("the config this DERP service belonged to is gone")
-        return config
 
     @property
     def main_listener_is_tls(self) -> bool:

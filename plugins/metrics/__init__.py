@@ -5,8 +5,8 @@ serves ``/metrics`` and ``/debug/{config,nodes,sessions,policy,stats}`` on
 ``metrics_listen_addr`` (default ``127.0.0.1:9090``; empty disables it), from its own
 CollectorRegistry. Everything it knows comes from observe-only hooks and ``ServerContext``.
 
-The plugin is a module, so its per-server state lives in ``_servers``, keyed by the server the
-hooks are given; two servers in one process (tests) get independent metrics.
+The entry point names :class:`MetricsPlugin`; each server makes its own, so two servers in one
+process (tests) get independent metrics.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_servers: dict[int, Exporter] = {}
-
 
 @dataclass
 class Exporter:
@@ -52,74 +50,74 @@ class Exporter:
 
 def exporter_of(server: ServerContext) -> Exporter | None:
     """The running exporter of ``server`` (tests use it for the bound port)."""
-    return _servers.get(id(server))
+    plugin = server.plugin("metrics")
+    return plugin.exporter if isinstance(plugin, MetricsPlugin) else None
 
 
-@hookimpl
-async def meshscale_startup(server: ServerContext) -> None:
-    addr = server.config.metrics_listen_addr
-    if not addr:
-        log.info("metrics_listen_addr is empty: no metrics endpoint")
-        return
-    from meshscale.plugins.metrics.http import Listener, make_app  # noqa: PLC0415
-    from meshscale.plugins.metrics.registry import ServerMetrics  # noqa: PLC0415
+class MetricsPlugin:
+    """One server's exporter: made at start-up unless ``metrics_listen_addr`` is empty."""
 
-    metrics = ServerMetrics(server.stats)
-    listener = Listener()
-    try:
-        await listener.start(make_app(server, metrics.registry), addr)
-    except OSError as exc:
-        raise ConfigError("metrics_listen_addr", f"cannot listen on {addr}: {exc}") from exc
-    _servers[id(server)] = Exporter(metrics, listener)
-    log.info("metrics on http://%s (port %d): /metrics, /debug/", addr, listener.port)
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+        self.exporter: Exporter | None = None
 
+    @hookimpl
+    async def meshscale_startup(self) -> None:
+        server = self.server
+        addr = server.config.metrics_listen_addr
+        if not addr:
+            log.info("metrics_listen_addr is empty: no metrics endpoint")
+            return
+        from meshscale.plugins.metrics.http import Listener, make_app  # noqa: PLC0415
+        from meshscale.plugins.metrics.registry import ServerMetrics  # noqa: PLC0415
 
-@hookimpl
-async def meshscale_shutdown(server: ServerContext) -> None:
-    exporter = _servers.pop(id(server), None)
-    if exporter is not None:
-        await exporter.listener.stop()
+        metrics = ServerMetrics(server.stats)
+        listener = Listener()
+        try:
+            await listener.start(make_app(server, metrics.registry), addr)
+        except OSError as exc:
+            raise ConfigError("metrics_listen_addr", f"cannot listen on {addr}: {exc}") from exc
+        self.exporter = Exporter(metrics, listener)
+        log.info("metrics on http://%s (port %d): /metrics, /debug/", addr, listener.port)
 
+    @hookimpl
+    async def meshscale_shutdown(self) -> None:
+        exporter, self.exporter = self.exporter, None
+        if exporter is not None:
+            await exporter.listener.stop()
 
-# -- observe-only events: count them (quick, no I/O) --------------------------------------------
+    # -- observe-only events: count them (quick, no I/O) ------------------------------------
 
+    @property
+    def _metrics(self) -> ServerMetrics | None:
+        return self.exporter.metrics if self.exporter is not None else None
 
-def _metrics(server: ServerContext) -> ServerMetrics | None:
-    exporter = _servers.get(id(server))
-    return exporter.metrics if exporter is not None else None
+    @hookimpl
+    def meshscale_map_sent(self, event: MapSent) -> None:
+        if (m := self._metrics) is not None:
+            m.on_map_sent(event)
 
+    @hookimpl
+    def meshscale_map_stream(self, event: MapStreamEvent) -> None:
+        if (m := self._metrics) is not None:
+            m.on_map_stream(event)
 
-@hookimpl
-def meshscale_map_sent(event: MapSent, server: ServerContext) -> None:
-    if (m := _metrics(server)) is not None:
-        m.on_map_sent(event)
+    @hookimpl
+    def meshscale_registration(self, event: Registration) -> None:
+        if (m := self._metrics) is not None:
+            m.on_registration(event)
 
+    @hookimpl
+    def meshscale_node_event(self, event: NodeEvent) -> None:
+        if (m := self._metrics) is not None:
+            m.on_node_event(event)
 
-@hookimpl
-def meshscale_map_stream(event: MapStreamEvent, server: ServerContext) -> None:
-    if (m := _metrics(server)) is not None:
-        m.on_map_stream(event)
+    @hookimpl
+    def meshscale_user_event(self, event: UserEvent) -> None:
+        if (m := self._metrics) is not None:
+            m.on_user_event(event)
 
-
-@hookimpl
-def meshscale_registration(event: Registration, server: ServerContext) -> None:
-    if (m := _metrics(server)) is not None:
-        m.on_registration(event)
-
-
-@hookimpl
-def meshscale_node_event(event: NodeEvent, server: ServerContext) -> None:
-    if (m := _metrics(server)) is not None:
-        m.on_node_event(event)
-
-
-@hookimpl
-def meshscale_user_event(event: UserEvent, server: ServerContext) -> None:
-    if (m := _metrics(server)) is not None:
-        m.on_user_event(event)
-
-
-@hookimpl
-def meshscale_policy_event(event: PolicyEvent, server: ServerContext) -> None:
-    if (m := _metrics(server)) is not None:
-        m.on_policy_event(event)
+    @hookimpl
+    def meshscale_policy_event(self, event: PolicyEvent) -> None:
+        if (m := self._metrics) is not None:
+            m.on_policy_event(event)

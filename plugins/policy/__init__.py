@@ -1,7 +1,8 @@
 """meshscale plugin: the Tailscale policy engine (HuJSON acls, grants, ssh, nodeAttrs, tests).
 
-Registers the ``tailscale`` engine for ``policy.engine``. Importing this module does nothing
-else; the engine modules are imported when an engine is created.
+Registers the ``tailscale`` engine for ``policy.engine`` (entry point ``policy`` names
+:class:`PolicyPlugin`). Importing this module does nothing else; the engine modules are imported
+when an engine is created.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from meshscale.contributions import PolicyEngineSpec
 
 if TYPE_CHECKING:
     from meshscale.config import Config
+    from meshscale.context import ServerContext
     from meshscale.policy import PolicyEngine
 
 
@@ -23,6 +25,10 @@ def _create(config: Config) -> PolicyEngine:
     return TailscalePolicyEngine(control_url=str(config.server_url))
 
 
-@hookimpl
-def meshscale_policy_engines() -> list[PolicyEngineSpec]:
-    return [PolicyEngineSpec(name="tailscale", create=_create)]
+class PolicyPlugin:
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+
+    @hookimpl
+    def meshscale_policy_engines(self) -> list[PolicyEngineSpec]:
+        return [PolicyEngineSpec(name="tailscale", create=_create)]

@@ -12,6 +12,7 @@ from typing import Any
 
 from meshscale import hookimpl
 from meshscale.config import Config, PostgresConfig
+from meshscale.context import ServerContext
 from meshscale.contributions import StorageBackend
 from meshscale.errors import StorageError
 from meshscale.storage.base import Storage
@@ -66,6 +67,12 @@ def open_postgres(config: Config) -> Storage:
     )
 
 
-@hookimpl
-def meshscale_storage_backends() -> Sequence[StorageBackend]:
-    return [StorageBackend("postgres", open_postgres)]
+class PostgresPlugin:
+    """The entry point ``postgres`` names this class; it holds nothing (core opens the backend)."""
+
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+
+    @hookimpl
+    def meshscale_storage_backends(self) -> Sequence[StorageBackend]:
+        return [StorageBackend("postgres", open_postgres)]

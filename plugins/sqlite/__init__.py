@@ -1,6 +1,7 @@
 """meshscale plugin: SQLite storage (peewee, WAL). The default backend.
 
-Loaded like any third-party plugin: entry point ``sqlite`` in the ``meshscale`` group.
+Loaded like any third-party plugin: entry point ``sqlite`` in the ``meshscale`` group, naming
+:class:`SqlitePlugin` (it holds nothing: the backend it offers is opened by core).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 
 from meshscale import hookimpl
 from meshscale.config import Config
+from meshscale.context import ServerContext
 from meshscale.contributions import StorageBackend
 from meshscale.storage.base import Storage
 
@@ -34,6 +36,10 @@ def open_sqlite(config: Config) -> Storage:
     return PeeweeStorage(db)
 
 
-@hookimpl
-def meshscale_storage_backends() -> Sequence[StorageBackend]:
-    return [StorageBackend("sqlite", open_sqlite), StorageBackend("sqlite3", open_sqlite)]
+class SqlitePlugin:
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+
+    @hookimpl
+    def meshscale_storage_backends(self) -> Sequence[StorageBackend]:
+        return [StorageBackend("sqlite", open_sqlite), StorageBackend("sqlite3", open_sqlite)]

@@ -1,6 +1,7 @@
 """The embedded DERP server end to end on 127.0.0.1: real TLS, our own DERP clients.
 
-The plugin is driven through its hooks with a small stand-in for core's ServerContext.
+The plugins (DERP and STUN objects) are driven through their hooks with a small stand-in for
+core's ServerContext.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class FakeServer:
         self.data_dir = data_dir
         self.known: set[bytes] = set()
         self.refreshes = 0
+        self.stun = stun.StunPlugin(self)  # type: ignore[arg-type]
+        self.derp = derp.DerpPlugin(self)  # type: ignore[arg-type]
+
+    def plugin(self, name: str) -> object | None:
+        return {"stun": self.stun, "derp": self.derp}.get(name)
 
     def node_key_known(self, node_key: bytes) -> bool:
         return node_key in self.known
@@ -66,29 +72,30 @@ def make_config(tmp_path: Path, **server: Any) -> Config:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Config, tmp_path: Path, settings: ConnectionSettings | None = None
+    config: Config, tmp_path: Path, settings: ConnectionSettings | None = None,
+    server: FakeServer | None = None,
 ) -> AsyncIterator[FakeServer]:
-    server = FakeServer(config, tmp_path)
+    server = server or FakeServer(config, tmp_path)
     if settings is not None:
-        derp.service_for(config).settings = settings
-    await stun.meshscale_startup(server)
-    await derp.meshscale_startup(server)
+        server.derp.service().settings = settings
+    await server.stun.meshscale_startup()
+    await server.derp.meshscale_startup()
     try:
         yield server
     finally:
-        await derp.meshscale_shutdown(server)
-        stun.meshscale_shutdown(server)
+        await server.derp.meshscale_shutdown()
+        server.stun.meshscale_shutdown()
 
 
-def region_of(config: Config) -> dict[str, Any]:
-    (region,) = derp.meshscale_derp_regions(config)
+def region_of(server: FakeServer) -> dict[str, Any]:
+    (region,) = server.derp.meshscale_derp_regions(server.config)
     return dict(region)
 
 
 async def dial(
     config: Config, server: FakeServer, *, known: bool = True, **kw: Any
 ) -> DerpClient:
-    node = region_of(config)["Nodes"][0]
+    node = region_of(server)["Nodes"][0]
     key = PrivateKey.generate()
     if known:
         server.known.add(bytes(key.public_key))
@@ -118,17 +125,17 @@ async def assert_closed(client: DerpClient, wait: float = 5.0) -> None:
 
 async def test_region_advertises_tls_port_pinned_cert_and_stun(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    assert derp.meshscale_derp_regions(config) == []  # not started yet
+    assert FakeServer(config, tmp_path).derp.meshscale_derp_regions(config) == []  # not started
     async with running(config, tmp_path) as server:
-        region = region_of(config)
+        region = region_of(server)
         node = region["Nodes"][0]
-        svc = derp.service_for(config)
+        svc = server.derp.service()
         assert region["RegionID"] == 999 and region["RegionCode"] == "meshscale"
         assert node["Name"] == "999a"
         assert node["HostName"] == node["IPv4"] == LOOPBACK
         assert node["IPv6"] == "none"
         assert node["DERPPort"] == svc.tls_port
-        assert node["STUNPort"] == stun.bound_port(config)
+        assert node["STUNPort"] == server.stun.bound_port
         assert node["CertName"].startswith("sha256-raw:")
         assert server.refreshes == 2  # once by STUN, once by DERP
         # The pin is the sha256 of the leaf the TLS port actually serves.
@@ -157,13 +164,13 @@ async def test_region_advertises_tls_port_pinned_cert_and_stun(tmp_path: Path) -
 
 async def test_key_cert_and_port_survive_a_restart(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    async with running(config, tmp_path):
-        first = region_of(config)["Nodes"][0]
+    async with running(config, tmp_path) as server:
+        first = region_of(server)["Nodes"][0]
     config2 = make_config(tmp_path)
-    async with running(config2, tmp_path):
-        second = region_of(config2)["Nodes"][0]
-        client = await dial(config2, derp.service_for(config2).server)  # type: ignore[arg-type]
-        assert client.server_key == derp.service_for(config2).relay.server_public  # type: ignore[union-attr]
+    async with running(config2, tmp_path) as server2:
+        second = region_of(server2)["Nodes"][0]
+        client = await dial(config2, server2)
+        assert client.server_key == server2.derp.service().relay.server_public  # type: ignore[union-attr]
         await client.close()
     assert second["CertName"] == first["CertName"]
     assert second["DERPPort"] == first["DERPPort"]
@@ -172,8 +179,8 @@ async def test_key_cert_and_port_survive_a_restart(tmp_path: Path) -> None:
 
 async def test_no_region_when_not_added_automatically(tmp_path: Path) -> None:
     config = make_config(tmp_path, automatically_add_embedded_derp_region=False)
-    async with running(config, tmp_path):
-        assert derp.meshscale_derp_regions(config) == []
+    async with running(config, tmp_path) as server:
+        assert server.derp.meshscale_derp_regions(config) == []
 
 
 async def test_https_main_listener_is_advertised_instead(tmp_path: Path) -> None:
@@ -181,9 +188,9 @@ async def test_https_main_listener_is_advertised_instead(tmp_path: Path) -> None
         make_config(tmp_path),
         server_url=Url("https://derp.example.com"), tls_cert_path="c", tls_key_path="k",
     )
-    async with running(config, tmp_path):
-        node = region_of(config)["Nodes"][0]
-        assert derp.service_for(config).tls_port is None
+    async with running(config, tmp_path) as server:
+        node = region_of(server)["Nodes"][0]
+        assert server.derp.service().tls_port is None
         assert node["HostName"] == "derp.example.com" and node["DERPPort"] == 443
         assert "CertName" not in node and "IPv4" not in node
 
@@ -216,7 +223,7 @@ async def test_two_clients_relay_over_tls(tmp_path: Path) -> None:
         gone = await recv_type(b, FrameType.PEER_GONE)
         assert gone.payload == a.public_key + b"\x00"
         await b.close()
-        relay = derp.service_for(config).relay
+        relay = server.derp.service().relay
         assert relay is not None and relay.stats.packets_sent >= 202
 
 
@@ -225,7 +232,7 @@ async def test_unknown_node_is_refused_by_verify_clients(tmp_path: Path) -> None
     async with running(config, tmp_path) as server:
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError, ssl.SSLError)):
             await dial(config, server, known=False)
-        relay = derp.service_for(config).relay
+        relay = server.derp.service().relay
         assert relay is not None and relay.stats.refused == 1
         assert relay.connection_count() == 0
 
@@ -276,7 +283,7 @@ async def test_bad_frame_closes_only_that_connection(tmp_path: Path, bad: bytes)
         await assert_closed(c)
         await a.send(b.public_key, b"still relaying")
         assert await asyncio.wait_for(b.recv_packet(), 5) == (a.public_key, b"still relaying")
-        relay = derp.service_for(config).relay
+        relay = server.derp.service().relay
         assert relay is not None and relay.stats.protocol_errors == 1
         await a.close()
         await b.close()
@@ -288,7 +295,7 @@ async def test_stalled_receiver_drops_oldest_and_never_blocks_senders(tmp_path: 
         a, b, c = [await dial(config, server) for _ in range(3)]
         packet = bytes(16 << 10)
         # b never reads. 32 MB towards it fill the kernel buffers, then the bounded queue.
-        relay = derp.service_for(config).relay
+        relay = server.derp.service().relay
         assert relay is not None
         async with asyncio.timeout(20):
             for _ in range(2048):
@@ -326,7 +333,7 @@ async def test_silent_client_gets_keepalives_and_login_timeout(tmp_path: Path) -
         assert (await recv_type(a, FrameType.KEEP_ALIVE, wait=3)).payload == b""
         await a.close()
         # A client that never sends ClientInfo is dropped after the login timeout.
-        node = region_of(config)["Nodes"][0]
+        node = region_of(server)["Nodes"][0]
         reader, writer = await asyncio.open_connection(
             LOOPBACK, node["DERPPort"], ssl=insecure_client_context()
         )
@@ -353,8 +360,8 @@ async def _https(port: int, request: bytes) -> bytes:
 
 async def test_probes_and_generate_204_on_the_tls_port(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    async with running(config, tmp_path):
-        port = derp.service_for(config).tls_port
+    async with running(config, tmp_path) as server:
+        port = server.derp.service().tls_port
         assert port is not None
         probe = await _https(port, b"GET /derp/probe HTTP/1.1\r\nHost: x\r\n\r\n")
         assert probe.startswith(b"HTTP/1.1 200") and b"Access-Control-Allow-Origin: *" in probe
@@ -391,9 +398,10 @@ async def _front_door(route: UpgradeRoute) -> asyncio.Server:
 
 async def test_main_listener_upgrade_hook_relays(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    (route,) = derp.meshscale_http_upgrades(config)
+    server = FakeServer(config, tmp_path)
+    (route,) = server.derp.meshscale_http_upgrades(config)
     assert route.path == "/derp" and route.protocols == {"derp", "websocket"}
-    async with running(config, tmp_path) as server:
+    async with running(config, tmp_path, server=server):
         door = await _front_door(route)
         port = door.sockets[0].getsockname()[1]
         keys = [PrivateKey.generate() for _ in range(2)]
@@ -415,7 +423,7 @@ async def test_websocket_variant_relays(tmp_path: Path) -> None:
 
     config = make_config(tmp_path)
     async with running(config, tmp_path) as server:
-        port = derp.service_for(config).tls_port
+        port = server.derp.service().tls_port
         assert port is not None
         reader, writer = await asyncio.open_connection(
             LOOPBACK, port, ssl=insecure_client_context()
@@ -460,7 +468,8 @@ async def test_http_routes(tmp_path: Path) -> None:
     from quart import Quart
 
     config = make_config(tmp_path)
-    routes: list[HttpRoute] = list(derp.meshscale_http_routes(config))
+    server = FakeServer(config, tmp_path)
+    routes: list[HttpRoute] = list(server.derp.meshscale_http_routes(config))
     assert {r.path for r in routes} == {
         "/verify", "/derp", "/derp/probe", "/derp/latency-check", "/generate_204"
     }
@@ -473,7 +482,7 @@ async def test_http_routes(tmp_path: Path) -> None:
     # Before start-up nothing is known.
     resp = await client.post("/verify", data=json.dumps({"NodePublic": node_key}))
     assert resp.status_code == 200 and await resp.get_json() == {"Allow": False}
-    async with running(config, tmp_path) as server:
+    async with running(config, tmp_path, server=server):
         server.known.add(bytes(known.public_key))
         resp = await client.post(
             "/verify", data=json.dumps({"NodePublic": node_key, "Source": "192.0.2.1"})

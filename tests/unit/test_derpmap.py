@@ -43,12 +43,14 @@ def derp_map(*regions: dict[str, Any], **extra: Any) -> bytes:
 
 
 class FakeHost:
+    """Stands for ``host.hooks.derp_regions``: the plugins' regions, or a plugin's failure."""
+
     def __init__(self, regions: list[dict[str, Any]]) -> None:
         self.regions = regions
         self.fail: Exception | None = None
 
-    def collect_sync(self, hook: str, **kwargs: Any) -> list[Any]:
-        assert hook == "meshscale_derp_regions" and "config" in kwargs
+    def __call__(self, config: Config) -> list[Any]:
+        assert isinstance(config, Config)
         if self.fail is not None:
             raise self.fail
         return list(self.regions)

@@ -6,6 +6,7 @@ tests/unit/test_pluginhost.py's job; docs/hooks.md is tests/unit/test_hooks_doc.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
@@ -13,12 +14,13 @@ import re
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from meshscale import hookspecs
 from meshscale.cli.main import main
-from meshscale.pluginhost import PluginHost, module_hooks
+from meshscale.pluginhost import PluginHost, plugin_hooks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,16 +101,60 @@ def test_builtin_plugins_are_entry_points() -> None:
     eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
     declared = eps["meshscale"]
     assert set(declared) == set(builtin_plugin_modules())
-    assert all(v == f"meshscale.plugins.{k}" for k, v in declared.items())
+    # Each names its plugin class, in the plugin's own module: meshscale.plugins.<name>:<Class>.
+    for k, v in declared.items():
+        module, _, attr = v.partition(":")
+        assert module == f"meshscale.plugins.{k}" and attr, v
+        assert inspect.isclass(getattr(importlib.import_module(module), attr)), v
 
 
 @pytest.mark.parametrize("name", builtin_plugin_modules())
 def test_builtin_plugin_passes_check_pending(name: str) -> None:
-    module = importlib.import_module(f"meshscale.plugins.{name}")
     host = PluginHost()
-    host.register(module, name)  # runs check_pending(): no unknown or unprefixed hooks
-    assert module_hooks(module), f"{name} implements no hooks"
-    assert host.hooks_of(name) == module_hooks(module)
+    host.load([name])  # makes the object, runs check_pending(): no unknown or unprefixed hooks
+    plugin = host.plugin(name)
+    assert plugin is not None and not isinstance(plugin, ModuleType), f"{name}: not an object"
+    assert plugin_hooks(plugin), f"{name} implements no hooks"
+    assert host.hooks_of(name) == plugin_hooks(plugin)
+
+
+MUTABLE_FACTORIES = {"dict", "list", "set", "defaultdict", "deque", "OrderedDict", "Counter",
+                     "WeakValueDictionary", "WeakKeyDictionary", "WeakSet"}
+
+
+def plugin_sources() -> list[Path]:
+    return sorted([*(ROOT / "plugins").rglob("*.py"),
+                   *(ROOT / "contrib_plugins").glob("*/src/**/*.py")])
+
+
+def test_no_plugin_keeps_module_global_state() -> None:
+    """Per-server state lives on the plugin object: no module-level mutable container (except
+    UPPER_CASE constants), no ``global``, no registry keyed by ``id(server)``/``id(config)``."""
+    offenders = []
+    for path in plugin_sources():
+        text = path.read_text()
+        where = path.relative_to(ROOT)
+        tree = ast.parse(text)
+        offenders += [f"{where}:{n.lineno}: global" for n in ast.walk(tree)
+                      if isinstance(n, ast.Global)]
+        for node in tree.body:
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            value = node.value
+            func = value.func if isinstance(value, ast.Call) else None
+            called = getattr(func, "id", None) or getattr(func, "attr", None)
+            mutable = isinstance(value, (ast.Dict, ast.List, ast.Set, ast.DictComp,
+                                         ast.ListComp, ast.SetComp)) or called in MUTABLE_FACTORIES
+            for t in targets:
+                name = t.id if isinstance(t, ast.Name) else ast.unparse(t)
+                constant = name.isupper() or (name.startswith("__") and name.endswith("__"))
+                if mutable and not constant:
+                    offenders.append(f"{where}:{node.lineno}: module-level {name}")
+        for n, line in enumerate(text.splitlines(), 1):
+            if "id(server" in line or "id(config" in line:
+                offenders.append(f"{where}:{n}: keyed by id(): {line.strip()}")
+    assert offenders == []
 
 
 @pytest.mark.parametrize("folder", CONTRIB, ids=lambda p: p.name)
@@ -124,6 +170,7 @@ def test_contrib_plugin_is_installed_and_passes_check_pending(folder: Path) -> N
         host = PluginHost()
         host.load([name])  # loads through the entry point, then check_pending()
         assert host.hooks_of(name)
+        assert not isinstance(host.plugin(name), ModuleType), f"{name}: not a per-server object"
 
 
 def test_plugins_list_reports_our_plugins(

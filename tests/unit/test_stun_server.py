@@ -65,22 +65,24 @@ async def test_plugin_publishes_the_bound_port(tmp_path: Path) -> None:
         derp=DerpConfig(server=DerpServerConfig(stun_listen_addr=HostPort("127.0.0.1:0"))),
     )
     ctx = _Ctx(config, tmp_path)
-    assert stun.bound_port(config) is None
-    await stun.meshscale_startup(ctx)
+    plugin = stun.StunPlugin(ctx)  # type: ignore[arg-type]
+    assert plugin.bound_port is None
+    await plugin.meshscale_startup()
     try:
-        port = stun.bound_port(config)
+        port = plugin.bound_port
         assert port and ctx.refreshes == 1
         assert await _ask(port, codec.binding_request(TXID)) is not None
     finally:
-        stun.meshscale_shutdown(ctx)
-    assert stun.bound_port(config) is None
+        plugin.meshscale_shutdown()
+    assert plugin.bound_port is None
 
 
 async def test_plugin_disabled_when_address_empty(tmp_path: Path) -> None:
     config = Config(derp=DerpConfig(server=DerpServerConfig(stun_listen_addr=HostPort(""))))
-    ctx = _Ctx(config, tmp_path)
-    await stun.meshscale_startup(ctx)
-    assert stun.bound_port(config) is None
+    plugin = stun.StunPlugin(_Ctx(config, tmp_path))  # type: ignore[arg-type]
+    await plugin.meshscale_startup()
+    assert plugin.bound_port is None
     off = dataclasses.replace(config, derp=DerpConfig(server=DerpServerConfig(enabled=False)))
-    await stun.meshscale_startup(_Ctx(off, tmp_path))
-    assert stun.bound_port(off) is None
+    off_plugin = stun.StunPlugin(_Ctx(off, tmp_path))  # type: ignore[arg-type]
+    await off_plugin.meshscale_startup()
+    assert off_plugin.bound_port is None

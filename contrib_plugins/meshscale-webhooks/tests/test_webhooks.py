@@ -67,7 +67,7 @@ async def join(server: Any, name: str, key: str) -> tuple[SimNode, Any, float]:
 
 def test_installed_as_a_meshscale_plugin() -> None:
     (ep,) = [e for e in metadata.entry_points(group="meshscale") if e.name == "webhooks"]
-    assert ep.value == "meshscale_webhooks"
+    assert ep.value == "meshscale_webhooks:WebhooksPlugin"
     assert ep.dist is not None and ep.dist.name == "meshscale-webhooks"
 
 

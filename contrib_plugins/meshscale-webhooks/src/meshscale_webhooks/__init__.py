@@ -11,8 +11,8 @@ The hooks only build a small envelope and enqueue it (``Deliverer.offer`` never 
 per URL delivers, so a slow or dead receiver never slows the server. See delivery.py for order
 and the drop policy, payload.py for the body and signature.
 
-This module is a plugin *module*, and one process may run several servers (tests do), so its
-state lives per server in ``_running``, keyed by the ``server`` every hook is given.
+The entry point names :class:`WebhooksPlugin`. meshscale makes one object per server (one
+process may run several: tests do), so its state lives on the object, never in a module global.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from meshscale.events import NodeEvent, PolicyEvent, UserEvent
 from meshscale_webhooks import payload, settings
 from meshscale_webhooks.delivery import Deliverer
 
-__all__ = ["Webhooks", "running_for"]
+__all__ = ["Webhooks", "WebhooksPlugin"]
 
 
 @dataclass
@@ -48,65 +48,58 @@ class Webhooks:
             d.offer(envelope)
 
 
-_running: dict[int, Webhooks] = {}
+class WebhooksPlugin:
+    """The plugin object: meshscale makes one per server (the entry point names this class) and
+    hands it the server's context, so everything per server lives on ``self``."""
 
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+        self.running: Webhooks | None = None  # set while the server runs with URLs configured
 
-def running_for(server: ServerContext) -> Webhooks | None:
-    return _running.get(id(server))
+    @hookimpl
+    def meshscale_config_sections(self) -> Sequence[ConfigSection]:
+        return [ConfigSection(settings.SECTION, settings.parse)]
 
+    @hookimpl
+    def meshscale_startup(self) -> None:
+        cfg = self.server.config.section(settings.SECTION)
+        if not isinstance(cfg, settings.WebhookSettings) or not cfg.urls:
+            return  # enabled but not configured: nothing to do
+        hooks = Webhooks([Deliverer(url, cfg) for url in cfg.urls])
+        for d in hooks.deliverers:
+            # Owned by the server: cancelled at shutdown, a crash is logged with the task name.
+            self.server.spawn(d.run(), f"webhooks {d.url}")
+        self.running = hooks
 
-@hookimpl
-def meshscale_config_sections() -> Sequence[ConfigSection]:
-    return [ConfigSection(settings.SECTION, settings.parse)]
+    @hookimpl
+    def meshscale_shutdown(self) -> None:
+        self.running = None
 
+    # -- events: enqueue only --------------------------------------------------------------
 
-@hookimpl
-def meshscale_startup(server: ServerContext) -> None:
-    cfg = server.config.section(settings.SECTION)
-    if not isinstance(cfg, settings.WebhookSettings) or not cfg.urls:
-        return  # enabled but not configured: nothing to do
-    hooks = Webhooks([Deliverer(url, cfg) for url in cfg.urls])
-    for d in hooks.deliverers:
-        # Owned by the server: cancelled at shutdown, a crash is logged with the task name.
-        server.spawn(d.run(), f"webhooks {d.url}")
-    _running[id(server)] = hooks
+    @hookimpl
+    def meshscale_node_event(self, event: NodeEvent) -> None:
+        if self.running is not None:
+            self.running.emit(payload.from_node(event))
 
+    @hookimpl
+    def meshscale_user_event(self, event: UserEvent) -> None:
+        if self.running is not None:
+            self.running.emit(payload.from_user(event))
 
-@hookimpl
-def meshscale_shutdown(server: ServerContext) -> None:
-    _running.pop(id(server), None)
+    @hookimpl
+    def meshscale_policy_event(self, event: PolicyEvent) -> None:
+        if self.running is not None:
+            self.running.emit(payload.from_policy(event))
 
-
-# -- events: enqueue only ----------------------------------------------------------------------
-
-
-@hookimpl
-def meshscale_node_event(event: NodeEvent, server: ServerContext) -> None:
-    if (hooks := running_for(server)) is not None:
-        hooks.emit(payload.from_node(event))
-
-
-@hookimpl
-def meshscale_user_event(event: UserEvent, server: ServerContext) -> None:
-    if (hooks := running_for(server)) is not None:
-        hooks.emit(payload.from_user(event))
-
-
-@hookimpl
-def meshscale_policy_event(event: PolicyEvent, server: ServerContext) -> None:
-    if (hooks := running_for(server)) is not None:
-        hooks.emit(payload.from_policy(event))
-
-
-@hookimpl
-def meshscale_stats(server: ServerContext) -> Mapping[str, float]:
-    hooks = running_for(server)
-    if hooks is None:
-        return {}
-    ds = hooks.deliverers
-    return {
-        "webhooks_queued": float(sum(d.queue.qsize() for d in ds)),
-        "webhooks_delivered_total": float(sum(d.delivered for d in ds)),
-        "webhooks_failed_total": float(sum(d.failed for d in ds)),
-        "webhooks_dropped_total": float(sum(d.dropped for d in ds)),
-    }
+    @hookimpl
+    def meshscale_stats(self) -> Mapping[str, float]:
+        if self.running is None:
+            return {}
+        ds = self.running.deliverers
+        return {
+            "webhooks_queued": float(sum(d.queue.qsize() for d in ds)),
+            "webhooks_delivered_total": float(sum(d.delivered for d in ds)),
+            "webhooks_failed_total": float(sum(d.failed for d in ds)),
+            "webhooks_dropped_total": float(sum(d.dropped for d in ds)),
+        }
