@@ -55,10 +55,8 @@ def handle_register(plane: ControlPlane, machine_key: bytes, req: dict[str, Any]
     except StorageError as exc:
         # Not stored, so not registered: the client is told and retries later.
         log.error("registration not stored: %s", exc)
-        plane.host.notify(
-            "meshscale_registration",
-            event=Registration(method, "error", time.monotonic() - started, str(exc)),
-        )
+        plane.host.hooks.registration(
+            Registration(method, "error", time.monotonic() - started, str(exc)))
         return {"Error": f"the server cannot store the registration right now: {exc}"}
 
 
