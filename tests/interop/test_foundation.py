@@ -2,7 +2,8 @@
 
 Two nodes register with a pre-auth key and reach each other by their tailnet addresses; the
 second node's arrival reaches the first as a delta on its open stream; a server restart loses
-nothing and both come back online by themselves; deleting a node removes it from the other's map.
+nothing (on SQLite and on PostgreSQL) and both come back online by themselves; deleting a node
+removes it from the other's map.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Backend
 from tests.interop.realclients import (
     CaddyNodes,
     MeshscaleProcess,
@@ -31,8 +33,10 @@ def caddyfile(url: str, state: Path, proxy: int) -> str:
             + site_proxy(proxy, "100.64.0.1", "probe"))
 
 
-def test_two_real_nodes_join_see_each_other_survive_restart_and_delete(tmp_path: Path) -> None:
-    server = MeshscaleProcess(tmp_path, ["sqlite", "derp", "stun"])
+def test_two_real_nodes_join_see_each_other_survive_restart_and_delete(
+    tmp_path: Path, backend: Backend
+) -> None:
+    server = MeshscaleProcess(tmp_path, [backend.name, "derp", "stun"], backend.yaml())
     server.start()
     caddy: CaddyNodes | None = None
     try:

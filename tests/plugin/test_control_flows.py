@@ -12,6 +12,7 @@ import pytest
 
 from meshscale.server import Server
 from meshscale.simclient import MapStream, SimNode
+from tests.conftest import Backend
 from tests.plugin.simnodes import join, next_with
 
 pytestmark = pytest.mark.asyncio
@@ -34,9 +35,10 @@ async def patch_with(stream: MapStream, field: str, node_id: int | None = None,
 
 
 @pytest.fixture
-async def server(meshscale_server_factory: Callable[..., Any]) -> Server:
+async def server(meshscale_server_factory: Callable[..., Any], backend: Backend) -> Server:
     srv: Server = await meshscale_server_factory(
-        plugins=["sqlite"], node={"ephemeral": {"inactivity_timeout": "1s"}},
+        plugins=[backend.name], database=backend.database,
+        node={"ephemeral": {"inactivity_timeout": "1s"}},
     )
     return srv
 

@@ -29,6 +29,7 @@ from meshscale.state.store import PolicyHooks, State
 from meshscale.storage.base import PutPolicy, Snapshot
 from meshscale.testing import make_config
 from tests.conformance.corpus import CONTROL_URL, case_files, load, topology_with_ids
+from tests.conftest import Backend
 from tests.plugin.simnodes import join, next_with
 
 ALICE_ONLY = json.dumps({
@@ -83,8 +84,9 @@ def users_and_keys(server: Server, *names: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def dbserver(meshscale_server_factory: Callable[..., Any]) -> Server:
-    srv: Server = await meshscale_server_factory(plugins=["sqlite", "policy"],
+async def dbserver(meshscale_server_factory: Callable[..., Any], backend: Backend) -> Server:
+    srv: Server = await meshscale_server_factory(plugins=[backend.name, "policy"],
+                                                 database=backend.database,
                                                  policy={"mode": "database"})
     return srv
 
@@ -406,21 +408,21 @@ def test_mapper_matches_policytool_on_the_corpus(tmp_path: Path) -> None:
 
 
 async def test_recovery_from_an_invalid_stored_policy(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: Backend
 ) -> None:
     data = tmp_path / "data"
     cfg_file = tmp_path / "config.yaml"
-    cfg_file.write_text(f"data_dir: {data}\nplugins: [sqlite, policy]\n"
-                        "policy:\n  mode: database\n")
+    cfg_file.write_text(f"data_dir: {data}\nplugins: [{backend.name}, policy]\n"
+                        "policy:\n  mode: database\n" + backend.yaml())
     bad, good = tmp_path / "bad.hujson", tmp_path / "good.hujson"
     bad.write_text('{"acls": [{"action": "accept", "src": ["group:nope"], "dst": ["*:*"]}]}')
     good.write_text(ALICE_ONLY)
 
     def server() -> Server:
         host = PluginHost()
-        host.load(["sqlite", "policy"])
-        return Server(make_config(data, host, plugins=["sqlite", "policy"],
-                                  policy={"mode": "database"}), host)
+        host.load([backend.name, "policy"])
+        return Server(make_config(data, host, plugins=[backend.name, "policy"],
+                                  database=backend.database, policy={"mode": "database"}), host)
 
     # A stored policy this version refuses (say, written by another tool) blocks start-up.
     first = server()
