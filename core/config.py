@@ -241,6 +241,16 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class ClientLimitsConfig:
+    """Bounds on what one client may send (docs/security.md, "Client input")."""
+
+    hostinfo_max_bytes: int = 64 * 1024  # a node's Hostinfo, serialized
+    endpoints_max: int = 256  # MapRequest.Endpoints
+    updates_per_second: float = 1.0  # Hostinfo/endpoint updates a node may push ...
+    update_burst: int = 10  # ... after a burst of this many; later ones are coalesced
+
+
+@dataclass(frozen=True)
 class Config:
     server_url: Url = Url("http://127.0.0.1:8080")
     listen_addr: HostPort = HostPort("127.0.0.1:8080")
@@ -258,6 +268,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    client_limits: ClientLimitsConfig = field(default_factory=ClientLimitsConfig)
     randomize_client_port: bool = False
     plugins: tuple[str, ...] = ("sqlite", "postgres", "derp", "stun", "policy")
     # Sections owned by plugins (``meshscale_config_sections``), parsed by them.
@@ -552,6 +563,13 @@ def _check_semantics(cfg: Config) -> None:
     for i, rec in enumerate(cfg.dns.extra_records):
         if rec.type not in ("A", "AAAA"):
             raise ConfigError(f"dns.extra_records[{i}].type", "must be A or AAAA")
+    limits = cfg.client_limits
+    if limits.hostinfo_max_bytes < 1024:
+        raise ConfigError("client_limits.hostinfo_max_bytes", "must be at least 1024")
+    if limits.endpoints_max < 1 or limits.update_burst < 1:
+        raise ConfigError("client_limits", "endpoints_max and update_burst must be at least 1")
+    if limits.updates_per_second <= 0:
+        raise ConfigError("client_limits.updates_per_second", "must be more than 0")
 
 
 def load_raw(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> tuple[

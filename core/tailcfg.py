@@ -80,9 +80,22 @@ def fqdn(node: Node, config: Config) -> str:
     return node.given_name
 
 
+# What a peer's netmap carries of a node's Hostinfo: the fields Tailscale clients read from
+# their peers (names, OS and version for status and Taildrop, peerapi ports in Services, SSH
+# host keys, location and app-connector role for exit-node and app choices). Never the node's
+# own network measurements (NetInfo, which also changes often), its log IDs, push token,
+# requested tags, TPM or MACs: less to send on every change, nothing private relayed.
+PEER_HOSTINFO_FIELDS = frozenset({
+    "IPNVersion", "OS", "OSVersion", "Container", "Env", "Distro", "DistroVersion",
+    "DistroCodeName", "App", "Desktop", "Package", "DeviceModel", "Hostname", "ShieldsUp",
+    "ShareeNode", "WireIngress", "IngressEnabled", "AllowsUpdate", "Machine", "GoArch",
+    "GoArchVar", "GoVersion", "RoutableIPs", "Services", "sshHostKeys", "Cloud", "Userspace",
+    "UserspaceRouter", "AppConnector", "Location",
+})
+
+
 def peer_hostinfo(hostinfo: Mapping[str, Any]) -> dict[str, Any]:
-    # NetInfo is the node's own measurement; peers never need it and it changes often.
-    return {k: v for k, v in hostinfo.items() if k != "NetInfo"}
+    return {k: v for k, v in hostinfo.items() if k in PEER_HOSTINFO_FIELDS}
 
 
 def node_json(

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from meshscale import tailcfg
+from meshscale.clientinput import BadRequest, Limits, parse_map, parse_register
 from meshscale.config import Config
 from meshscale.control.h2conn import ControlRequest, ResponseWriter
 from meshscale.control.register import handle_register, node_event
@@ -56,6 +57,10 @@ class ControlPlane:
         self._expiry_wakeup = asyncio.Event()
         self.keepalive_base = KEEPALIVE_BASE
         self._full_map_gate = asyncio.Semaphore(FULL_MAPS_AT_ONCE)
+        self.limits = Limits(
+            hostinfo_max_bytes=config.client_limits.hostinfo_max_bytes,
+            endpoints_max=config.client_limits.endpoints_max,
+        )
 
     # -- dispatch --------------------------------------------------------------------------------
 
@@ -89,11 +94,15 @@ class ControlPlane:
         if isinstance(body, str):
             await resp.send(400, body.encode() + b"\n", "text/plain")
             return
-        out = fn(req, body)
+        try:
+            out = fn(req, body)
+        except BadRequest as exc:
+            await resp.send(400, f"{exc}\n".encode(), "text/plain")
+            return
         await resp.send(200, Message.of(out).body, JSON)
 
     def _register(self, req: ControlRequest, body: dict[str, Any]) -> dict[str, Any]:
-        return handle_register(self, req.machine_key, body)
+        return handle_register(self, req.machine_key, parse_register(body, self.limits))
 
     # -- node lifecycle helpers (used by register and the admin API) -----------------------------
 
@@ -125,8 +134,13 @@ class ControlPlane:
         if isinstance(body, str):
             await resp.send(400, body.encode() + b"\n", "text/plain")
             return
-        version = body.get("Version")
-        if not isinstance(version, int) or version < tailcfg.CAPVER_MIN:
+        try:
+            mreq = parse_map(body, self.limits)
+        except BadRequest as exc:
+            await resp.send(400, f"{exc}\n".encode(), "text/plain")
+            return
+        version = mreq.version
+        if version < tailcfg.CAPVER_MIN:
             await resp.send(
                 400,
                 f"client capability version {version} is too old; meshscale needs Tailscale "
@@ -134,30 +148,27 @@ class ControlPlane:
                 "text/plain",
             )
             return
-        node_key = tailcfg.parse_key(body.get("NodeKey"), "nodekey:")
+        node_key = mreq.node_key
         node = self.state.by_node_key(node_key) if node_key else None
         if node is None or node.machine_key != req.machine_key:
             await resp.send(401, b"node key not registered for this machine\n", "text/plain")
             return
-        stream = bool(body.get("Stream"))
+        stream = mreq.stream
         # Streaming requests may carry stale values (tailcfg: treat them as read-only), but the
         # disco key changes with every client restart and must reach peers: take non-empty ones.
-        endpoints = body.get("Endpoints")
-        eps = [e for e in endpoints if isinstance(e, str)] if isinstance(endpoints, list) else None
-        hostinfo = body.get("Hostinfo") if isinstance(body.get("Hostinfo"), dict) else None
-        disco = tailcfg.parse_key(body.get("DiscoKey"), "discokey:")
+        eps = mreq.endpoints
         if stream:
-            self.state.client_update(node, eps or None, disco, None)
+            self.state.client_update(node, eps or None, mreq.disco_key, None)
         else:
-            self.state.client_update(node, eps, disco, hostinfo)
-        if not stream and body.get("OmitPeers"):
+            self.state.client_update(node, eps, mreq.disco_key, mreq.hostinfo)
+        if not stream and mreq.omit_peers:
             await resp.send(200)  # lite update: the body is discarded by the client
             return
-        compress = body.get("Compress") == "zstd"
+        compress = mreq.compress == "zstd"
         if not stream:
             await resp.send(200, self._full_frame(MapSession(node.id, compress)))
             return
-        await self._stream(node, compress, resp, keepalive=bool(body.get("KeepAlive", True)))
+        await self._stream(node, compress, resp, keepalive=mreq.keepalive)
 
     async def _stream(
         self, node: Node, compress: bool, resp: ResponseWriter, keepalive: bool

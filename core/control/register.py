@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from meshscale import tailcfg
+from meshscale.clientinput import RegisterRequest
 from meshscale.errors import AuthError, MeshscaleError, StorageError
 from meshscale.events import NodeEvent, NodeEventKind, Registration
 from meshscale.state.models import Node, User, utcnow
@@ -41,7 +42,9 @@ def _response(user: User | None, node: Node | None, **extra: Any) -> dict[str, A
     return out
 
 
-def handle_register(plane: ControlPlane, machine_key: bytes, req: dict[str, Any]) -> dict[str, Any]:
+def handle_register(
+    plane: ControlPlane, machine_key: bytes, req: RegisterRequest
+) -> dict[str, Any]:
     started = time.monotonic()
     method = _claimed_method(req)
     try:
@@ -60,38 +63,34 @@ def handle_register(plane: ControlPlane, machine_key: bytes, req: dict[str, Any]
         return {"Error": f"the server cannot store the registration right now: {exc}"}
 
 
-def _claimed_method(req: dict[str, Any]) -> str:
+def _claimed_method(req: RegisterRequest) -> str:
     """What the request asks for, so even an early refusal is counted under its method."""
-    expiry = tailcfg.parse_gotime(req.get("Expiry"))
-    if expiry is not None:
-        return "logout" if expiry < LOGOUT_BEFORE or expiry <= utcnow() else "expiry"
-    auth = req.get("Auth")
-    if isinstance(auth, dict) and auth.get("AuthKey"):
+    if req.expiry is not None:
+        return "logout" if req.expiry < LOGOUT_BEFORE or req.expiry <= utcnow() else "expiry"
+    if req.auth_key:
         return "authkey"
-    if tailcfg.parse_key(req.get("OldNodeKey"), "nodekey:") is not None:
+    if req.old_node_key is not None:
         return "rotate"
     return "refresh"
 
 
 def _register(
-    plane: ControlPlane, machine_key: bytes, req: dict[str, Any]
+    plane: ControlPlane, machine_key: bytes, req: RegisterRequest
 ) -> tuple[str, dict[str, Any]]:
     state = plane.state
-    version = req.get("Version")
-    if not isinstance(version, int) or version < tailcfg.CAPVER_MIN:
+    version = req.version
+    if version < tailcfg.CAPVER_MIN:
         raise RegisterRefused(
             f"this Tailscale client is too old (capability version {version}); meshscale needs "
             f"Tailscale v1.80 or newer (capability version {tailcfg.CAPVER_MIN})"
         )
-    node_key = tailcfg.parse_key(req.get("NodeKey"), "nodekey:")
+    node_key = req.node_key
     if node_key is None:
         raise RegisterRefused("missing or malformed NodeKey")
-    old_key = tailcfg.parse_key(req.get("OldNodeKey"), "nodekey:")
-    hostinfo = req.get("Hostinfo") if isinstance(req.get("Hostinfo"), dict) else {}
-    assert isinstance(hostinfo, dict)
-    expiry = tailcfg.parse_gotime(req.get("Expiry"))
-    auth = req.get("Auth") if isinstance(req.get("Auth"), dict) else None
-    auth_key = str(auth.get("AuthKey") or "") if auth else ""
+    old_key = req.old_node_key
+    hostinfo = req.hostinfo
+    expiry = req.expiry
+    auth_key = req.auth_key
 
     by_key = state.by_node_key(node_key)
     if by_key is not None and by_key.machine_key != machine_key:
@@ -152,7 +151,7 @@ def _with_auth_key(
     node_key: bytes,
     hostinfo: dict[str, Any],
     auth_key: str,
-    req: dict[str, Any],
+    req: RegisterRequest,
 ) -> dict[str, Any]:
     state = plane.state
     key = state.check_auth_key(auth_key)
@@ -163,8 +162,7 @@ def _with_auth_key(
                                        "authkey")
     if veto:
         raise RegisterRefused(f"registration refused: {veto}")
-    capver = req.get("Version") if isinstance(req.get("Version"), int) else 0
-    assert isinstance(capver, int)
+    capver = req.version
     existed = state.by_machine_key(machine_key) is not None
     node = state.register_with_key(key, machine_key, node_key, hostinfo, tags, capver)
     plane.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)

@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from meshscale import auth
+from meshscale.clientinput import repair_stored
+from meshscale.clientinput.schema import valid_text
 from meshscale.config import Config
 from meshscale.errors import AuthError, MeshscaleError, NotFoundError
 from meshscale.policy import Affected, PolicyNode, PolicyUser
@@ -42,6 +44,7 @@ from meshscale.storage.base import (
     Snapshot,
     Storage,
 )
+from meshscale.tailcfg import peer_hostinfo
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +82,30 @@ class State:
             self.users[u.id] = u
         for k in snap.keys:
             self.keys[k.id] = k
-        for n in snap.nodes:
+        repaired: list[Node] = []
+        for stored in snap.nodes:
+            n = self._repair(stored)
+            if n is not stored:
+                repaired.append(n)
             self._index(n)
             if n.routable_ips:
                 self.routes.update(self.policy_node(n))
+        if repaired:
+            self._write([PutNode(n) for n in repaired])
+
+    def _repair(self, n: Node) -> Node:
+        """A stored node whose client-reported values do not fit tailcfg (stored before they
+        were checked where they enter) would break every map it is in: drop what does not fit,
+        once, and say so. Returns ``n`` itself when nothing had to change."""
+        limits = self.config.client_limits
+        hostinfo, endpoints, dropped = repair_stored(
+            n.hostinfo, n.endpoints, limits.hostinfo_max_bytes, limits.endpoints_max)
+        hostname = n.hostname if valid_text(n.hostname) else n.given_name
+        if not dropped and hostname == n.hostname:
+            return n
+        log.warning("node %s (%s): dropped stored client values that do not fit tailcfg: %s",
+                    n.id, n.given_name, "; ".join(dropped or ["hostname"]))
+        return replace(n, hostinfo=hostinfo, endpoints=endpoints, hostname=hostname)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -434,7 +457,7 @@ class State:
             if isinstance(derp, int) and derp and derp != node.home_derp:
                 node.home_derp = derp
                 fields |= Patch.DERP
-            if _without_netinfo(hostinfo) != _without_netinfo(node.hostinfo):
+            if peer_hostinfo(hostinfo) != peer_hostinfo(node.hostinfo):
                 routes_before = node.routable_ips
                 node.hostinfo = dict(hostinfo)
                 if hostinfo.get("Hostname") and hostinfo["Hostname"] != node.hostname:
@@ -444,8 +467,9 @@ class State:
                 if node.routable_ips != routes_before:
                     others = self._sync_node(node)
             elif hostinfo != node.hostinfo:
-                # Only NetInfo moved: keep it for the self view; peers never see it. An
-                # unchanged Hostinfo keeps its object, so the cached PolicyNode stays valid.
+                # Only fields peers never see moved (NetInfo, mostly): keep them for the self
+                # view. An unchanged Hostinfo keeps its object, so the cached PolicyNode stays
+                # valid.
                 node.hostinfo = dict(hostinfo)
         if whole:
             self._emit(NodeChanged(node.id))
@@ -585,6 +609,3 @@ class PolicyHooks:
         self.user_removed = user_removed
         self.auto_routes = auto_routes  # autoApprovers: which advertised routes are approved
 
-
-def _without_netinfo(hostinfo: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in hostinfo.items() if k != "NetInfo"}
