@@ -20,6 +20,7 @@ from meshscale import tailcfg
 from meshscale.clientinput import BadRequest, Limits, parse_map, parse_register
 from meshscale.config import Config
 from meshscale.control.h2conn import ControlRequest, ResponseWriter
+from meshscale.control.ratelimit import UpdateLimiter
 from meshscale.control.register import handle_register, node_event
 from meshscale.events import MapKind, MapSent, MapStreamEvent, NodeEventKind
 from meshscale.mapper.frames import KEEPALIVE, Message
@@ -61,6 +62,11 @@ class ControlPlane:
             hostinfo_max_bytes=config.client_limits.hostinfo_max_bytes,
             endpoints_max=config.client_limits.endpoints_max,
         )
+        self._limiter = UpdateLimiter(config.client_limits.updates_per_second,
+                                      config.client_limits.update_burst)
+        # node id -> the latest update held back by the limiter (endpoints, disco, hostinfo).
+        self._pending: dict[int, tuple[tuple[str, ...] | None, bytes | None,
+                                       dict[str, Any] | None]] = {}
 
     # -- dispatch --------------------------------------------------------------------------------
 
@@ -113,6 +119,8 @@ class ControlPlane:
 
     def delete_node(self, node_id: int) -> Node:
         node = self.state.delete_node(node_id)
+        self._pending.pop(node_id, None)
+        self._limiter.forget(node_id)
         timer = self._ephemeral_timers.pop(node_id, None)
         if timer is not None:
             timer.cancel()
@@ -160,7 +168,7 @@ class ControlPlane:
         if stream:
             self.state.client_update(node, eps or None, mreq.disco_key, None)
         else:
-            self.state.client_update(node, eps, mreq.disco_key, mreq.hostinfo)
+            self._client_update(node, eps, mreq.disco_key, mreq.hostinfo)
         if not stream and mreq.omit_peers:
             await resp.send(200)  # lite update: the body is discarded by the client
             return
@@ -169,6 +177,38 @@ class ControlPlane:
             await resp.send(200, self._full_frame(MapSession(node.id, compress)))
             return
         await self._stream(node, compress, resp, keepalive=mreq.keepalive)
+
+    def _client_update(self, node: Node, endpoints: tuple[str, ...] | None,
+                       disco: bytes | None, hostinfo: dict[str, Any] | None) -> None:
+        """Apply a lite update now, or (over the node's rate) hold the latest one back and
+        apply it when the limiter allows: each update fans out to every peer."""
+        if endpoints is None and disco is None and hostinfo is None:
+            return
+        held = node.id in self._pending
+        delay = 0.0 if held else self._limiter.take(node.id, time.monotonic())
+        if delay == 0.0 and not held:
+            self.state.client_update(node, endpoints, disco, hostinfo)
+            return
+        old = self._pending.get(node.id)
+        if old is not None:  # coalesce: newer values win, fields not sent keep the older ones
+            endpoints = endpoints if endpoints is not None else old[0]
+            disco = disco or old[1]
+            hostinfo = hostinfo if hostinfo is not None else old[2]
+        self._pending[node.id] = (endpoints, disco, hostinfo)
+        if not held:
+            asyncio.get_running_loop().call_later(delay, self._apply_pending, node.id)
+
+    def _apply_pending(self, node_id: int) -> None:
+        update = self._pending.pop(node_id, None)
+        node = self.state.nodes.get(node_id)
+        if update is None or node is None:
+            return
+        delay = self._limiter.take(node_id, time.monotonic())
+        if delay > 0.0:  # a timer fired early: wait for the token
+            self._pending[node_id] = update
+            asyncio.get_running_loop().call_later(delay, self._apply_pending, node_id)
+            return
+        self.state.client_update(node, *update)
 
     async def _stream(
         self, node: Node, compress: bool, resp: ResponseWriter, keepalive: bool

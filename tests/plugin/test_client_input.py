@@ -5,6 +5,7 @@ netmaps and a healthy newcomer are untouched."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
@@ -239,3 +240,25 @@ async def test_peers_see_only_the_hostinfo_fields_they_use(server: Server) -> No
     assert peer["Hostinfo"] == {"Hostname": "attacker", "OS": "linux",
                                 "Services": [{"Proto": "peerapi4", "Port": 1234}],
                                 "sshHostKeys": ["ssh-ed25519 A"]}
+
+
+async def test_updates_over_the_rate_are_coalesced_not_lost(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """A node changing its Hostinfo 30 times as fast as it can: its peers get a burst, then
+    about one change per 1/rate seconds, and always the latest value in the end."""
+    server = await meshscale_server_factory(
+        plugins=["sqlite"], client_limits={"updates_per_second": 4, "update_burst": 3})
+    attacker, victim, stream = await pair(server)
+    await quiet(stream)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(30):
+        status, _ = await lite(attacker, Hostinfo={**attacker.hostinfo, "OSVersion": str(i)})
+        assert status == 200
+    sent = loop.time() - started
+    got = await quiet(stream, wait=1.0)
+    elapsed = loop.time() - started
+    versions = [p["Hostinfo"]["OSVersion"] for m in got for p in m.get("PeersChanged", [])]
+    assert versions[-1] == "29", versions  # the latest value arrives
+    assert len(versions) <= 3 + 4 * elapsed + 1, (versions, sent, elapsed)
+    assert (await victim_still_fine(server, victim))["Hostinfo"]["OSVersion"] == "29"
