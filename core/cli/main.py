@@ -281,6 +281,12 @@ def cmd_bench(args: argparse.Namespace) -> Any:
     return result, [(k, k) for k in result if k != "curve"]
 
 
+def cmd_db(args: argparse.Namespace) -> Any:
+    from meshscale.cli.db import cmd_db_copy  # noqa: PLC0415
+
+    return cmd_db_copy(args, load), []
+
+
 def cmd_version(args: argparse.Namespace) -> Any:
     return {"version": __version__}, [("Version", "version")]
 
@@ -386,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--time-limit", type=float, default=1800.0, help="seconds, then stop")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(fn=cmd_bench)
+
+    db = sub.add_parser("db", parents=[common], help="database tools (server stopped)")
+    dbs = db.add_subparsers(dest="action", required=True)
+    x = dbs.add_parser("copy", parents=[common],
+                       help="copy every row into another, empty database and check each one")
+    x.add_argument("--to", required=True, metavar="URL",
+                   help="postgres://USER:PASS@HOST:PORT/NAME (?host=/socket/dir, ?sslmode=) "
+                   "or sqlite:///PATH")
+    db.set_defaults(fn=cmd_db)
 
     plg = sub.add_parser("plugins", parents=[common], help="installed plugins")
     plg.add_subparsers(dest="action", required=True).add_parser("list", parents=[common])
