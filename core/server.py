@@ -369,6 +369,7 @@ class Server:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self._started_plugins:
+            self._started_plugins = False  # shutdown runs once, however often stop is called
             try:
                 await self.host.hooks.shutdown()
             except PluginError:

@@ -1,5 +1,6 @@
 """Plugin hooks end to end on in-process servers: a veto, a config section with its own HTTP
-route, and a plugin whose hooks raise (named in the log; the server keeps serving)."""
+route, a plugin whose hooks raise (named in the log; the server keeps serving), and the
+registries (storage backend, policy engine) and DERP regions a plugin contributes."""
 
 from __future__ import annotations
 
@@ -13,11 +14,19 @@ from quart import Response
 
 from meshscale import hookimpl
 from meshscale.config import Config
-from meshscale.contributions import ConfigSection, HttpRoute
+from meshscale.context import ServerContext
+from meshscale.contributions import (
+    ConfigSection,
+    HttpRoute,
+    PolicyEngineSpec,
+    StorageBackend,
+)
 from meshscale.errors import ConfigError
 from meshscale.events import NodeEvent, Registration
+from meshscale.policy import AllowAllEngine, PolicyEngine
 from meshscale.server import Server
 from meshscale.simclient import SimNode
+from meshscale.storage.base import Storage
 
 pytestmark = pytest.mark.asyncio
 
@@ -132,3 +141,128 @@ async def test_a_raising_hook_is_named_and_the_server_keeps_serving(
                if "meshscale_stats" in r.getMessage())
     for node in nodes:
         await node.conn.close()
+
+
+class RecordingStorage:
+    """Offers the ``sqlite`` backend in place of the built-in plugin and counts its writes."""
+
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+        self.opened: list[tuple[Config, Storage]] = []
+        self.writes = 0
+
+    @hookimpl
+    def meshscale_storage_backends(self) -> Sequence[StorageBackend]:
+        return [StorageBackend("sqlite", self.open)]
+
+    def open(self, config: Config) -> Storage:
+        from meshscale.plugins.sqlite import open_sqlite
+
+        storage = open_sqlite(config)
+        apply = storage.apply
+
+        def counted(changes: Any) -> Any:
+            self.writes += 1
+            return apply(changes)
+
+        storage.apply = counted  # type: ignore[method-assign]
+        self.opened.append((config, storage))
+        return storage
+
+
+async def test_storage_backend_is_picked_by_database_type(
+    meshscale_server_factory: Factory,
+) -> None:
+    server: Server = await meshscale_server_factory(plugins=[("mine", RecordingStorage)])
+    plugin = server.host.plugin("mine")
+    assert isinstance(plugin, RecordingStorage)
+    ((config, storage),) = plugin.opened  # opened once, with this server's config
+    assert config is server.config and server.storage is storage
+    node, resp = await register(server, "stored")
+    assert resp["MachineAuthorized"] is True
+    assert plugin.writes >= 2  # the user, the key, the node: all through the plugin's backend
+    await node.conn.close()
+    # No plugin offers the configured backend: refused at start-up, naming what is there.
+    with pytest.raises(ConfigError, match=r"database\.type: unknown storage backend 'sqlite'; "
+                                          r"available: none"):
+        await meshscale_server_factory(plugins=["policy"])
+
+
+class Isolating:
+    """A policy engine under the name ``tailscale`` that lets no node see another."""
+
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+        self.created: list[tuple[Config, PolicyEngine]] = []
+
+    @hookimpl
+    def meshscale_policy_engines(self) -> Sequence[PolicyEngineSpec]:
+        return [PolicyEngineSpec("tailscale", self.create)]
+
+    def create(self, config: Config) -> PolicyEngine:
+        class Engine(AllowAllEngine):
+            def visible_peers(self, node_id: int) -> list[int]:
+                return []
+
+        engine = Engine()
+        self.created.append((config, engine))
+        return engine
+
+
+async def test_policy_engine_is_picked_by_name_and_used(meshscale_server_factory: Factory) -> None:
+    server: Server = await meshscale_server_factory(plugins=["sqlite", ("iso", Isolating)])
+    plugin = server.host.plugin("iso")
+    assert isinstance(plugin, Isolating)
+    ((config, engine),) = plugin.created
+    assert config is server.config and server.engine is engine
+    nodes = []
+    for name in ("one", "two"):
+        node, resp = await register(server, name)
+        assert resp["MachineAuthorized"] is True
+        full = await node.open_stream().next()
+        assert full is not None and not full.get("Peers"), full.get("Peers")
+        nodes.append(node)
+    for node in nodes:
+        await node.conn.close()
+
+
+class ExtraRegion:
+    """Adds one DERP region; ``move`` changes its host name and asks core to rebuild the map."""
+
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+        self.host = "derp1.plugin.example"
+        self.asked: list[Config] = []
+
+    @hookimpl
+    def meshscale_derp_regions(self, config: Config) -> Sequence[Mapping[str, Any]]:
+        self.asked.append(config)
+        return [{"RegionID": 901, "RegionCode": "plug", "RegionName": "Plugin",
+                 "Nodes": [{"Name": "901a", "RegionID": 901, "HostName": self.host}]}]
+
+    def move(self, host: str) -> None:
+        self.host = host
+        self.server.refresh_derp_map()
+
+
+async def test_derp_regions_reach_the_clients_map(meshscale_server_factory: Factory) -> None:
+    server: Server = await meshscale_server_factory(plugins=["sqlite", ("extra", ExtraRegion)])
+    plugin = server.host.plugin("extra")
+    assert isinstance(plugin, ExtraRegion) and plugin.asked[-1] is server.config
+    node, _ = await register(server, "mapped")
+    stream = node.open_stream()
+    full = await stream.next()
+    assert full is not None
+    (derp_node,) = full["DERPMap"]["Regions"]["901"]["Nodes"]
+    assert derp_node["HostName"] == "derp1.plugin.example"
+    # The plugin's region changes: core asks it again and the open stream gets the new map.
+    plugin.move("derp2.plugin.example")
+    async with asyncio.timeout(5):
+        while True:
+            update = await stream.next()
+            assert update is not None
+            if "DERPMap" in update:
+                break
+    (derp_node,) = update["DERPMap"]["Regions"]["901"]["Nodes"]
+    assert derp_node["HostName"] == "derp2.plugin.example"
+    await node.conn.close()
