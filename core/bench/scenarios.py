@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshscale.bench.fleet import Fleet, Member, percentiles
+from meshscale.bench.pgserver import PgServer
 from meshscale.bench.serverproc import ServerProcess, cpu_seconds
 
 log = logging.getLogger(__name__)
@@ -30,21 +31,52 @@ def _own_cpu() -> float:
 
 
 class Bench:
-    """Server + fleet with the common set-up and the common figures."""
+    """Server + fleet with the common set-up and the common figures.
 
-    def __init__(self, plugins: list[str], extra: dict[str, Any] | None = None) -> None:
-        self.server = ServerProcess(plugins, extra)
+    ``database="postgres"`` stores in a throw-away PostgreSQL (fsync on, as deployed) started
+    for the run instead of SQLite.
+    """
+
+    def __init__(self, plugins: list[str], extra: dict[str, Any] | None = None,
+                 database: str = "sqlite") -> None:
+        self.plugins = [database if p == "sqlite" else p for p in plugins]
+        self.extra = dict(extra or {})
+        self.database = database
+        self.pg: PgServer | None = None
+        self._server: ServerProcess | None = None
         self.fleet: Fleet | None = None
+        self.first_start_s = 0.0
+
+    @property
+    def server(self) -> ServerProcess:
+        assert self._server is not None, "use the bench inside 'async with'"
+        return self._server
 
     async def __aenter__(self) -> Bench:
+        if self.database == "postgres":
+            self.pg = PgServer(durable=True)
+            self.pg.start()
+            self.pg.create_database("meshscale_bench")
+            params = self.pg.params()
+            self.extra["database"] = {"type": "postgres", "postgres": {
+                "host": params["host"], "port": params["port"], "user": params["user"],
+                "name": "meshscale_bench"}}
+        elif self.database != "sqlite":
+            raise ValueError(f"unknown database {self.database!r} (sqlite or postgres)")
+        self._server = ServerProcess(self.plugins, self.extra)
+        t0 = time.perf_counter()
         self.server.start()
+        self.first_start_s = time.perf_counter() - t0
         self.fleet = Fleet("127.0.0.1", self.server.port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.fleet is not None:
             await self.fleet.close()
-        self.server.stop()
+        if self._server is not None:
+            self._server.stop()
+        if self.pg is not None:
+            self.pg.close()
 
     def key(self, user: str, **opts: Any) -> str:
         admin = self.server.admin
@@ -88,15 +120,15 @@ async def settle(fleet: Fleet, quiet: float = 0.5, limit: float = 60.0) -> None:
 # -- storm ----------------------------------------------------------------------------------
 
 
-async def storm(nodes: int, events: int, policy: bool = False, timeout: float = 600) -> dict[
-    str, Any]:
+async def storm(nodes: int, events: int, policy: bool = False, timeout: float = 600,
+                database: str = "sqlite") -> dict[str, Any]:
     """N pre-registered nodes open their map streams at once; time until all have full maps."""
     extra: dict[str, Any] = {}
     plugins = ["sqlite"]
     if policy:
         plugins.append("policy")
         extra["policy"] = {"mode": "database"}
-    async with Bench(plugins, extra) as b:
+    async with Bench(plugins, extra, database) as b:
         assert b.fleet is not None
         if policy:
             b.server.admin.call("PUT", "/v1/policy", {"policy": json.dumps(SELF_POLICY)})
@@ -120,9 +152,10 @@ async def storm(nodes: int, events: int, policy: bool = False, timeout: float = 
 # -- fanout ---------------------------------------------------------------------------------
 
 
-async def fanout(nodes: int, events: int, timeout: float = 120) -> dict[str, Any]:
+async def fanout(nodes: int, events: int, timeout: float = 120,
+                 database: str = "sqlite") -> dict[str, Any]:
     """One node's new endpoint; latency until all N-1 streaming peers received it."""
-    async with Bench(["sqlite"]) as b:
+    async with Bench(["sqlite"], database=database) as b:
         assert b.fleet is not None
         await b.fleet.add(nodes, b.key("fanout"))
         await b.fleet.open_streams(b.fleet.members, timeout=600)
@@ -158,13 +191,13 @@ def _grew(latencies: list[float]) -> bool:
 # -- memory ----------------------------------------------------------------------------------
 
 
-async def memory(nodes: int, events: int) -> dict[str, Any]:
+async def memory(nodes: int, events: int, database: str = "sqlite") -> dict[str, Any]:
     """RSS of the server with N idle connected nodes (streams open, keep-alives only).
 
     All nodes register first; their streams then open in four steps, with the server's RSS
     read after each step has settled: the curve of RSS against connected nodes.
     """
-    async with Bench(["sqlite"]) as b:
+    async with Bench(["sqlite"], database=database) as b:
         assert b.fleet is not None
         rss0 = b.server.rss()
         await b.fleet.add(nodes, b.key("idle"))
@@ -187,13 +220,14 @@ async def memory(nodes: int, events: int) -> dict[str, Any]:
 
 
 async def churn(nodes: int, events: int, rate: float = 10.0,
-                timeout: float = 30.0) -> dict[str, Any]:
+                timeout: float = 30.0, database: str = "sqlite") -> dict[str, Any]:
     """K events/s: 70 % endpoint changes, 20 % reconnects, 10 % ephemeral join/leave.
 
     Latency of an event: until every streaming peer saw it (endpoint change, join, leave), or
     until the reconnecting node has its full map.
     """
-    async with Bench(["sqlite"], {"node": {"ephemeral": {"inactivity_timeout": "1s"}}}) as b:
+    async with Bench(["sqlite"], {"node": {"ephemeral": {"inactivity_timeout": "1s"}}},
+                     database) as b:
         fleet = b.fleet
         assert fleet is not None
         await fleet.add(nodes, b.key("churn"))
@@ -323,9 +357,9 @@ def tag_policy(groups: int, cut: bool) -> dict[str, Any]:
 
 
 async def policy(nodes: int, events: int, groups: int = 10,
-                 timeout: float = 600) -> dict[str, Any]:
+                 timeout: float = 600, database: str = "sqlite") -> dict[str, Any]:
     """N nodes in 10 tag groups; g0 loses access to g1; until every affected node knows."""
-    async with Bench(["sqlite", "policy"], {"policy": {"mode": "database"}}) as b:
+    async with Bench(["sqlite", "policy"], {"policy": {"mode": "database"}}, database) as b:
         fleet = b.fleet
         assert fleet is not None
         admin = b.server.admin
@@ -370,7 +404,39 @@ async def policy(nodes: int, events: int, groups: int = 10,
         return out
 
 
+# -- register: storage-bound figures ------------------------------------------------------------
+
+
+async def register(nodes: int, events: int, database: str = "sqlite") -> dict[str, Any]:
+    """N nodes register with one reusable key, 64 at a time (each registration is one storage
+    transaction): registrations per second. Then the server is stopped and started again over
+    the N stored nodes: cold-start seconds, from process start until it answers its socket."""
+    async with Bench(["sqlite"], database=database) as b:
+        assert b.fleet is not None
+        key = b.key("reg")
+        cpu0, gen0 = b.server.cpu(), _own_cpu()
+        t0 = time.perf_counter()
+        await b.fleet.add(nodes, key)
+        seconds = time.perf_counter() - t0
+        cpu = b.server.cpu() - cpu0
+        gen = _own_cpu() - gen0
+        b.server.stop()
+        t1 = time.perf_counter()
+        b.server.start(timeout=600)
+        cold = time.perf_counter() - t1
+        assert len(b.server.admin.call("GET", "/v1/nodes")) == nodes
+        return {"scenario": "register", "database": database, "nodes": nodes,
+                "register_all_s": round(seconds, 2),
+                "registrations_per_s": round(nodes / seconds, 1),
+                "server_cpu_ms_per_registration": round(cpu * 1000 / nodes, 2),
+                "generator_cpu_s": round(gen, 1),
+                "empty_start_s": round(b.first_start_s, 2),
+                "cold_start_s": round(cold, 2),
+                "cold_start_rss_mb": round(b.server.rss() / 2**20, 1)}
+
+
 SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+    "register": register,
     "storm": storm,
     "fanout": fanout,
     "policy": policy,

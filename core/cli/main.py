@@ -269,7 +269,8 @@ def cmd_bench(args: argparse.Namespace) -> Any:
     import gc  # noqa: PLC0415
 
     gc.set_threshold(50_000, 20, 50)  # the generator holds thousands of connections too
-    kwargs: dict[str, Any] = {"nodes": args.nodes, "events": args.events}
+    kwargs: dict[str, Any] = {"nodes": args.nodes, "events": args.events,
+                              "database": args.database}
     if args.scenario == "storm" and args.self_policy:
         kwargs["policy"] = True
     if args.scenario == "churn":
@@ -383,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", parents=[common],
                            help="load generator: simulated nodes against a local server")
-    bench.add_argument("scenario", choices=["storm", "fanout", "policy", "churn", "memory"])
+    bench.add_argument("scenario",
+                       choices=["storm", "fanout", "policy", "churn", "memory", "register"])
+    bench.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
+                       help="storage: SQLite, or a throw-away PostgreSQL started for the run")
     bench.add_argument("--nodes", type=int, default=100)
     bench.add_argument("--events", type=int, default=20)
     bench.add_argument("--rate", type=float, default=10.0, help="churn: events per second")

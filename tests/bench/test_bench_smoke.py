@@ -45,3 +45,15 @@ async def test_memory_small() -> None:
     out = await scenarios.memory(nodes=8, events=0)
     assert [p["nodes"] for p in out["curve"]] == [2, 4, 6, 8]
     assert out["server_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+async def test_register_small(database: str) -> None:
+    out = await scenarios.register(nodes=20, events=0, database=database)
+    assert out["database"] == database and out["nodes"] == 20
+    assert out["registrations_per_s"] > 0 and out["cold_start_s"] > 0
+
+
+async def test_storm_on_postgres() -> None:
+    out = await scenarios.storm(nodes=12, events=0, database="postgres")
+    assert out["nodes"] == 12 and out["all_full_maps_s"] > 0
