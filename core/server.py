@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import stat
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -19,9 +21,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshscale import checks
 from meshscale.config import Config, split_host_port
 from meshscale.contributions import pick
 from meshscale.control.plane import ControlPlane
+from meshscale.datadir import DataDirLock, ensure_data_dir
 from meshscale.derpmap import DerpMapManager
 from meshscale.errors import ConfigError, MeshscaleError, PluginError, PolicyError
 from meshscale.events import PolicyEvent
@@ -75,6 +79,8 @@ class Server:
         self.policy_text: str | None = None
         self._stopped = asyncio.Event()
         self._started_plugins = False
+        self._lock: DataDirLock | None = None
+        self._admin_inode: tuple[int, int] | None = None  # the socket file this server made
         host.bind(self)  # the plugins' ServerContext is this server from now on
 
     # -- ServerContext ---------------------------------------------------------------------------
@@ -191,7 +197,22 @@ class Server:
     async def start(self) -> None:
         cfg = self._config
         data = cfg.data_path
-        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Refusals come before anything is written: one server per data directory (the lock),
+        # then the TLS files and the port; only then keys, database and plugins.
+        ensure_data_dir(data)
+        self._lock = DataDirLock(data)
+        self._lock.acquire()
+        ssl_ctx = checks.tls_context(cfg)
+        host, port = split_host_port(cfg.listen_addr)
+        try:
+            # Bound now, accepting only once everything behind it is ready.
+            main = await asyncio.start_server(self._accept, host, port, ssl=ssl_ctx,
+                                              backlog=4096, limit=2**20, start_serving=False)
+        except OSError as exc:
+            raise MeshscaleError(listen_refusal(cfg.listen_addr, exc)) from None
+        self.listeners.append(main)
+        self.main_port = main.sockets[0].getsockname()[1]
+        self._admin_socket_is_stale()  # refused here, before keys, database and plugins
         noise_key = load_private_key(cfg.resolve(cfg.noise.private_key_path))
 
         self.storage = self._open_storage()
@@ -218,18 +239,8 @@ class Server:
         upgrades = self.host.hooks.http_upgrades(cfg)
         app = create_app(public_bytes(noise_key), routes)
         self.front = FrontDoor(noise_key, self.plane.handle, app, upgrades)
-        host, port = split_host_port(cfg.listen_addr)
-        ssl_ctx = None
-        if cfg.tls_cert_path:
-            import ssl  # noqa: PLC0415
-
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_ctx.load_cert_chain(cfg.resolve(cfg.tls_cert_path), cfg.resolve(cfg.tls_key_path))
-        main = await asyncio.start_server(self.front, host, port, ssl=ssl_ctx, backlog=4096,
-                                          limit=2**20)
-        self.listeners.append(main)
-        self.main_port = main.sockets[0].getsockname()[1]
         await self._start_admin()
+        await main.start_serving()
 
         # Everything loaded so far lives as long as the server: keep it out of the cyclic
         # collector's scans, and collect young objects less often. At thousands of streams
@@ -282,6 +293,10 @@ class Server:
         state.refresh_auto_approvals()  # the policy is in force now: autoApprovers apply
         return state, engine, text
 
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self.front is not None  # accepting starts after the front door is built
+        await self.front(reader, writer)
+
     def _make_derp_manager(self) -> DerpMapManager:
         return DerpMapManager(self._config, self.host.hooks.derp_regions)
 
@@ -290,14 +305,32 @@ class Server:
 
         path = self.admin_socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(path.stat().st_mode):
-                path.unlink()
+        if self._admin_socket_is_stale():
+            path.unlink()  # left behind by a server that died: nobody answers on it
         app = create_admin_app(self)
         front = FrontDoor(X25519PrivateKey.generate(), _no_control, app)
         admin = await asyncio.start_unix_server(front, str(path))
+        st = path.stat()
+        self._admin_inode = (st.st_dev, st.st_ino)
         os.chmod(path, int(self._config.unix_socket_permission, 8))
         self.listeners.append(admin)
+
+    def _admin_socket_is_stale(self) -> bool:
+        """False if there is no socket file; refuses a file that is no socket, or a socket
+        another server answers on (its path may lie outside our data directory)."""
+        path = self.admin_socket_path
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISSOCK(mode):
+            raise MeshscaleError(f"refusing to start: unix_socket {path} exists and is not "
+                                 "a socket; remove it or set unix_socket to another path")
+        if _socket_answers(path):
+            raise MeshscaleError(
+                f"refusing to start: the admin socket {path} belongs to another running "
+                "server; stop it, or set unix_socket to another path")
+        return True
 
     @property
     def admin_socket_path(self) -> Path:
@@ -376,8 +409,44 @@ class Server:
                 log.exception("a plugin failed to shut down cleanly")
         if self.storage is not None:
             self.storage.close()
+        self._remove_admin_socket()
+        if self._lock is not None:
+            self._lock.release()
+
+    def _remove_admin_socket(self) -> None:
+        """Unlink the admin socket only if it is still the one this server made: never the
+        socket of another server (one started later on the same path, or a refused start)."""
+        if self._admin_inode is None:
+            return
+        path = self.admin_socket_path
         with contextlib.suppress(FileNotFoundError):
-            self.admin_socket_path.unlink()
+            st = path.stat()
+            if (st.st_dev, st.st_ino) == self._admin_inode:
+                path.unlink()
+        self._admin_inode = None
+
+
+def listen_refusal(addr: str, exc: OSError) -> str:
+    """One line for a listener that cannot bind."""
+    if exc.errno == errno.EADDRINUSE:
+        return (f"refusing to start: listen_addr {addr} is already in use by another program; "
+                "stop it or choose another port with listen_addr")
+    if exc.errno == errno.EACCES:
+        return (f"refusing to start: listen_addr {addr}: permission denied (ports below 1024 "
+                "need privileges; see docs/production.md)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"refusing to start: listen_addr {addr} is not an address of this machine"
+    return f"refusing to start: cannot listen on {addr}: {exc.strerror or exc}"
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+        return True
 
 
 async def _no_control(req: Any, resp: Any) -> None:

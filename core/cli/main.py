@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from meshscale import __version__
+from meshscale.checks import explain
+from meshscale.cli import serve
 from meshscale.cli.client import AdminClient
 from meshscale.cli.output import emit
 from meshscale.config import Config, load_config, load_raw, parse_duration
 from meshscale.contributions import pick
 from meshscale.errors import ConfigError, MeshscaleError
+from meshscale.logs import configure_logging
 from meshscale.pluginhost import PluginHost, available_plugins
 
 USER_COLUMNS = [("ID", "id"), ("Name", "name"), ("Display name", "displayName"),
@@ -29,16 +32,6 @@ ROUTE_COLUMNS = [("ID", "id"), ("Name", "givenName"), ("Approved", "approvedRout
 KEY_COLUMNS = [("ID", "id"), ("Key", "key"), ("User", "user"), ("Reusable", "reusable"),
                ("Ephemeral", "ephemeral"), ("Used", "used"), ("Expiration", "expiration"),
                ("Tags", "aclTags")]
-
-
-def configure_logging(config: Config | None, level: str | None = None) -> None:
-    name = (level or (config.log.level if config else "info")).upper()
-    name = {"WARN": "WARNING", "TRACE": "DEBUG"}.get(name, name)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if config is not None and config.log.format == "json":
-        fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-               '"message":%(message)r}')
-    logging.basicConfig(level=getattr(logging, name, logging.INFO), format=fmt, force=True)
 
 
 def load(args: argparse.Namespace) -> tuple[Config, PluginHost]:
@@ -61,28 +54,12 @@ def client(args: argparse.Namespace) -> AdminClient:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from meshscale.server import Server  # noqa: PLC0415
-
     config, host = load(args)
-    configure_logging(config)
-
-    async def main() -> None:
-        server = Server(config, host)
-        try:
-            await server.start()
-            await server.serve_forever()
-        finally:
-            await server.stop()
-
-    asyncio.run(main())
-    return 0
+    return serve.serve(config, host, args.config)
 
 
 def cmd_configtest(args: argparse.Namespace) -> int:
-    config, host = load(args)
-    print(f"config OK ({config.source or 'built-in defaults'}); "
-          f"plugins: {', '.join(host.names()) or 'none'}")
-    return 0
+    return serve.configtest(args.config)
 
 
 def _user_arg(value: str) -> str:
@@ -420,21 +397,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.action = "list"
     try:
         result = args.fn(args)
+        if isinstance(result, int):
+            return result
+        data, columns = result
+        if isinstance(data, str) and args.output == "table":
+            print(data)
+        else:
+            print(emit(data, args.output, columns))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
     except ConfigError as exc:
         print(f"meshscale: invalid config: {exc}", file=sys.stderr)
         return 2
     except MeshscaleError as exc:
-        print(f"meshscale: {exc}", file=sys.stderr)
+        print(f"meshscale: {explain(exc)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (``| head -1``): say so once, and keep the interpreter's final
+        # flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("meshscale: output closed before it was all written (broken pipe)",
+              file=sys.stderr)
+        return 141  # 128 + SIGPIPE, as a shell reports a command a closed pipe ended
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"meshscale: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    if isinstance(result, int):
-        return result
-    data, columns = result
-    if isinstance(data, str) and args.output == "table":
-        print(data)
-    else:
-        print(emit(data, args.output, columns))
     return 0
 
 

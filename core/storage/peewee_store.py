@@ -13,7 +13,7 @@ import peewee as pw
 
 from meshscale.errors import StorageError
 from meshscale.state.models import Node, PreAuthKey, User
-from meshscale.storage import schema
+from meshscale.storage import schema, versioning
 from meshscale.storage.base import (
     DeleteKey,
     DeleteNode,
@@ -95,12 +95,16 @@ def _record_of(cls: type[T], row: Any) -> T:
 
 
 class PeeweeStorage:
-    def __init__(self, db: pw.Database) -> None:
+    def __init__(self, db: pw.Database, where: str = "the database") -> None:
         self.db = db
         schema.database_proxy.initialize(db)
         db.connect(reuse_if_open=True)
-        with db.atomic():
-            db.create_tables(schema.MODELS, safe=True)
+        try:
+            # A database meshscale does not own is refused before anything is written to it.
+            versioning.prepare(db, lambda: db.create_tables(schema.MODELS), where)
+        except BaseException:
+            db.close()
+            raise
 
     def close(self) -> None:
         if not self.db.is_closed():

@@ -12,6 +12,7 @@ from meshscale import hookimpl
 from meshscale.config import Config
 from meshscale.context import ServerContext
 from meshscale.contributions import StorageBackend
+from meshscale.errors import StorageError
 from meshscale.storage.base import Storage
 
 
@@ -19,9 +20,15 @@ def open_sqlite(config: Config) -> Storage:
     # Imported here so loading the plugin module stays free of side effects.
     import peewee as pw  # noqa: PLC0415
 
+    from meshscale.storage import versioning  # noqa: PLC0415
     from meshscale.storage.peewee_store import PeeweeStorage  # noqa: PLC0415
 
     path = config.resolve(config.database.sqlite.path)
+    # Looked at before peewee connects: its pragmas (journal_mode=wal) would already rewrite
+    # the header of a database that is not ours.
+    refused = versioning.refusal(versioning.inspect_sqlite_file(path), f"database {path}")
+    if refused is not None:
+        raise StorageError(refused)
     path.parent.mkdir(parents=True, exist_ok=True)
     pragmas: dict[str, object] = {"foreign_keys": 1, "busy_timeout": 5000}
     if config.database.sqlite.write_ahead_log:
@@ -33,7 +40,7 @@ def open_sqlite(config: Config) -> Storage:
             wal_autocheckpoint=config.database.sqlite.wal_autocheckpoint,
         )
     db = pw.SqliteDatabase(str(path), pragmas=pragmas)
-    return PeeweeStorage(db)
+    return PeeweeStorage(db, f"database {path}")
 
 
 class SqlitePlugin:

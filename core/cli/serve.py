@@ -1,0 +1,92 @@
+"""``meshscale serve`` and ``meshscale configtest``: start-up, its banner, and its checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from meshscale import __version__
+from meshscale.checks import check_plugin_extras, explain, run_checks
+from meshscale.config import Config, load_config
+from meshscale.errors import ConfigError, MeshscaleError
+from meshscale.logs import configure_logging
+from meshscale.pluginhost import PluginHost
+
+log = logging.getLogger(__name__)
+
+
+def banner(config: Config, port: int, admin_socket: str, plugins: Sequence[str],
+           config_arg: str | None) -> str:
+    """What a person needs once the server runs: where it is, where its data is, how to stop
+    it, what to do next."""
+    host = config.listen_addr.rpartition(":")[0] or "0.0.0.0"  # noqa: S104 - what it means
+    cli = "meshscale" + (f" -c {config_arg}" if config_arg else "")
+    return "\n".join([
+        f"meshscale {__version__} is running",
+        f"  control URL:   {config.server_url}   (clients: tailscale up --login-server "
+        f"{config.server_url})",
+        f"  listening on:  {host}:{port}",
+        f"  data dir:      {config.data_path}",
+        f"  admin socket:  {admin_socket}",
+        f"  plugins:       {', '.join(plugins) or 'none'}",
+        f"Stop it with Ctrl-C (or SIGTERM). Next, in another terminal: {cli} users create NAME",
+    ])
+
+
+def serve(config: Config, host: PluginHost, config_arg: str | None) -> int:
+    from meshscale.server import Server  # noqa: PLC0415 - the server stack loads on demand
+
+    configure_logging(config)
+    check_plugin_extras(config, host)  # the server checks the rest itself, in order
+
+    async def main() -> None:
+        server = Server(config, host)
+        try:
+            await server.start()
+            print(banner(config, server.main_port, str(server.admin_socket_path),
+                         config.plugins, config_arg), flush=True)
+            await server.serve_forever()
+            log.info("stopping")
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def configtest(config_arg: str | None) -> int:
+    """Load the config and run every check ``serve`` makes before listening; report all."""
+    problems: list[str] = []
+    host = PluginHost()
+
+    def sections(names: list[str]) -> Sequence[Any]:
+        for name in names:  # one by one: a broken plugin must not hide the others' problems
+            try:
+                host.load([name])
+            except MeshscaleError as exc:
+                problems.append(explain(exc))
+        try:
+            return host.hooks.config_sections()
+        except MeshscaleError as exc:
+            problems.append(explain(exc))
+            return []
+
+    config = None
+    try:
+        config = load_config(config_arg, sections_for=sections)
+    except ConfigError as exc:
+        problems.append(f"invalid config: {exc}")
+    if config is not None:
+        problems += run_checks(config, host)
+    source = config.source if config is not None and config.source else (
+        config_arg or "built-in defaults")
+    if problems:
+        for problem in problems:
+            print(f"meshscale: {problem}", file=sys.stderr)
+        print(f"configtest: {len(problems)} problem(s) with {source}", file=sys.stderr)
+        return 1
+    print(f"config OK ({source}); plugins: {', '.join(host.names()) or 'none'}")
+    return 0

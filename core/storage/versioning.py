@@ -1,0 +1,184 @@
+"""Schema versions: meshscale changes only databases it owns, and upgrades them in one step.
+
+A meshscale database carries its schema version in the one-row table ``meshscale_schema``.
+Databases written before the marker existed (the four tables ``users``, ``pre_auth_keys``,
+``nodes``, ``policies`` with meshscale's columns) are version 1. Before anything is written,
+the tables found are classified:
+
+- none: a new database; the current schema is created;
+- meshscale, older: the migrations from its version to ``CURRENT`` run in one transaction;
+- meshscale, current: used as is;
+- meshscale, newer; headscale's; anything else: refused with what was found and what to do,
+  and left exactly as it was.
+
+``classify`` is pure (tables and columns in, verdict out) so every case is unit-tested without a
+database; the peewee side (``prepare``) and the read-only SQLite look (``inspect_sqlite_file``)
+only gather its input and act on its verdict.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+
+from meshscale.errors import StorageError
+
+MARKER_TABLE = "meshscale_schema"
+CURRENT = 2
+
+#: The tables (and a few telling columns) of schema version 1, the first release's schema.
+V1_TABLES = {
+    "users": {"id", "name", "display_name", "provider_id"},
+    "pre_auth_keys": {"id", "prefix", "secret_hash", "tags"},
+    "nodes": {"id", "machine_key", "node_key", "hostinfo", "home_derp", "approved_routes"},
+    "policies": {"id", "data", "created_at"},
+}
+#: Tables and columns only headscale's schema has (hscontrol/db/schema.sql and its migrations).
+HEADSCALE_TABLES = {"migrations", "database_versions", "api_keys", "routes", "kvs",
+                    "machines", "namespaces"}
+HEADSCALE_COLUMNS = {("nodes", "host_info"), ("users", "provider_identifier"),
+                     ("pre_auth_keys", "hash"), ("pre_auth_keys", "key")}
+
+Tables = Mapping[str, Set[str]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # "new" | "current" | "upgrade" | "newer" | "headscale" | "unknown"
+    version: int | None = None
+    found: tuple[str, ...] = ()
+
+
+def classify(tables: Tables, version: int | None) -> Verdict:
+    """What a database holding ``tables`` (name -> column names) is; ``version`` is the value
+    of the marker row, None when there is no marker table or no row."""
+    names = tuple(sorted(tables))
+    if not tables:
+        return Verdict("new", found=names)
+    if MARKER_TABLE in tables:
+        if version is None:
+            return Verdict("unknown", found=names)
+        if version > CURRENT:
+            return Verdict("newer", version, names)
+        return Verdict("current" if version == CURRENT else "upgrade", version, names)
+    if HEADSCALE_TABLES & set(tables) or any(
+        column in tables.get(table, set()) for table, column in HEADSCALE_COLUMNS
+    ):
+        return Verdict("headscale", found=names)
+    if set(tables) == set(V1_TABLES) and all(
+        V1_TABLES[t] <= set(tables[t]) for t in V1_TABLES
+    ):
+        return Verdict("upgrade", 1, names)
+    return Verdict("unknown", found=names)
+
+
+def refusal(verdict: Verdict, where: str) -> str | None:
+    """The one-line refusal for a database meshscale must not touch, or None if it may."""
+    found = ", ".join(verdict.found)
+    if verdict.kind == "headscale":
+        return (f"{where} is a headscale database (tables: {found}); meshscale does not "
+                "read or change headscale databases. Point database.sqlite.path at a new file "
+                "(meshscale creates it); the headscale database was left unchanged")
+    if verdict.kind == "newer":
+        return (f"{where} was written by a newer meshscale (schema version {verdict.version}; "
+                f"this meshscale knows versions up to {CURRENT}). Upgrade meshscale, or restore "
+                "the backup taken before the upgrade; the database was left unchanged")
+    if verdict.kind == "unknown":
+        return (f"{where} holds tables meshscale did not create (tables: {found}); refusing "
+                "to change it. Point the database setting at a new file or an empty database; "
+                "the database was left unchanged")
+    return None
+
+
+# -- migrations -------------------------------------------------------------------------------
+
+
+def _v1_to_v2(db: pw.Database) -> None:
+    """Version 2 adds the version marker; the four tables of version 1 are unchanged."""
+
+
+#: MIGRATIONS[n] turns a version-n database into version n + 1.
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2}
+
+
+# -- acting on a live database ----------------------------------------------------------------
+
+
+def _sql(db: pw.Database, sql: str, params: tuple[object, ...] = ()) -> Any:
+    return db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
+
+
+def _tables(db: pw.Database) -> dict[str, set[str]]:
+    return {t: {c.name for c in db.get_columns(t)} for t in db.get_tables()}
+
+
+def _marker_version(db: pw.Database, tables: Tables) -> int | None:
+    if MARKER_TABLE not in tables:
+        return None
+    row = _sql(db, f'SELECT version FROM "{MARKER_TABLE}" LIMIT 1').fetchone()  # noqa: S608
+    return int(row[0]) if row is not None and row[0] is not None else None
+
+
+def _write_marker(db: pw.Database, version: int) -> None:
+    _sql(db, f'CREATE TABLE IF NOT EXISTS "{MARKER_TABLE}" '
+             "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)")
+    _sql(db, f'DELETE FROM "{MARKER_TABLE}"')  # noqa: S608
+    p = db.param
+    _sql(db, f'INSERT INTO "{MARKER_TABLE}" (version, updated_at) VALUES ({p}, {p})',  # noqa: S608
+             (version, datetime.now(UTC).isoformat()))
+
+
+def prepare(db: pw.Database, create: Callable[[], None], where: str) -> Verdict:
+    """Bring ``db`` to the current schema in one transaction, or refuse leaving it untouched.
+    ``create`` makes the current tables (on a new database)."""
+    with db.atomic():
+        tables = _tables(db)
+        verdict = classify(tables, _marker_version(db, tables))
+        message = refusal(verdict, where)
+        if message is not None:
+            raise StorageError(message)
+        if verdict.kind == "new":
+            create()
+            _write_marker(db, CURRENT)
+        elif verdict.kind == "upgrade":
+            assert verdict.version is not None
+            for version in range(verdict.version, CURRENT):
+                MIGRATIONS[version](db)
+            _write_marker(db, CURRENT)
+    return verdict
+
+
+def inspect_sqlite_file(path: Path) -> Verdict:
+    """Classify a SQLite file without changing it (no pragmas, no journal-mode switch: those
+    rewrite the header of a foreign database). A missing or empty file is a new database."""
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return Verdict("new")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the database {path}: {exc}") from None
+    try:
+        conn.execute("PRAGMA query_only = 1")
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        tables = {name: {c[1] for c in conn.execute(f'PRAGMA table_info("{name}")')}
+                  for (name,) in rows}
+        version = None
+        if MARKER_TABLE in tables:
+            row = conn.execute(f'SELECT version FROM "{MARKER_TABLE}" LIMIT 1').fetchone()  # noqa: S608
+            version = int(row[0]) if row is not None and row[0] is not None else None
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(
+            f"{path} is not a SQLite database ({exc}); point database.sqlite.path at a new "
+            "file or a meshscale database; the file was left unchanged"
+        ) from None
+    finally:
+        conn.close()
+    return classify(tables, version)
