@@ -61,7 +61,7 @@ def check_data_dir(config: Config, host: PluginHost) -> None:
         with tempfile.TemporaryFile(dir=existing, prefix=".meshscale-check-"):
             pass
     except OSError as exc:
-        what = "the data directory" if existing == path else f"{existing} (to create {path})"
+        what = f"{path}" if existing == path else f"{existing} (to create {path})"
         raise MeshscaleError(
             f"data_dir: {what} is not writable ({exc.strerror or exc}); fix its permissions "
             "or set data_dir to a writable directory"

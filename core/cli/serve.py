@@ -88,5 +88,6 @@ def configtest(config_arg: str | None) -> int:
             print(f"meshscale: {problem}", file=sys.stderr)
         print(f"configtest: {len(problems)} problem(s) with {source}", file=sys.stderr)
         return 1
-    print(f"config OK ({source}); plugins: {', '.join(host.names()) or 'none'}")
+    assert config is not None
+    print(f"config OK ({source}); plugins: {', '.join(config.plugins) or 'none'}")
     return 0

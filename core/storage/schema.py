@@ -1,6 +1,8 @@
 """The one database schema, shared by every peewee-backed storage plugin.
 
 Models bind to a DatabaseProxy so SQLite and PostgreSQL backends only supply the Database.
+Changing a model changes the schema: add a migration and raise ``CURRENT`` in
+``meshscale.storage.versioning`` (tests/unit/test_schema_versions.py fails until you do).
 """
 
 from __future__ import annotations

@@ -1,0 +1,12 @@
+-- A headscale-shaped SQLite database: the tables and telling columns of headscale's schema
+-- (hscontrol/db/schema.sql, v0.26), abridged. Used to prove meshscale refuses it unchanged.
+CREATE TABLE migrations(id text,PRIMARY KEY(id));
+CREATE TABLE users(id integer PRIMARY KEY AUTOINCREMENT, name text, display_name text, email text, provider_identifier text, provider text, profile_pic_url text, created_at datetime, updated_at datetime, deleted_at datetime);
+CREATE TABLE pre_auth_keys(id integer PRIMARY KEY AUTOINCREMENT, key text, prefix text, hash blob, user_id integer, reusable numeric, ephemeral numeric DEFAULT false, used numeric DEFAULT false, tags text, expiration datetime, created_at datetime);
+CREATE TABLE api_keys(id integer PRIMARY KEY AUTOINCREMENT, prefix text, hash blob, expiration datetime, last_seen datetime, created_at datetime);
+CREATE TABLE nodes(id integer PRIMARY KEY AUTOINCREMENT, machine_key text, node_key text, disco_key text, endpoints text, host_info text, ipv4 text, ipv6 text, hostname text, given_name varchar(63), user_id integer, register_method text, ephemeral numeric DEFAULT false, tags text, auth_key_id integer, last_seen datetime, expiry datetime, approved_routes text, created_at datetime, updated_at datetime, deleted_at datetime);
+CREATE TABLE policies(id integer PRIMARY KEY AUTOINCREMENT, data text, created_at datetime, updated_at datetime, deleted_at datetime);
+CREATE TABLE database_versions(id integer PRIMARY KEY, version text NOT NULL, updated_at datetime);
+INSERT INTO migrations VALUES ('202312101416');
+INSERT INTO users (name, created_at) VALUES ('alice', '2025-01-01 00:00:00');
+INSERT INTO nodes (machine_key, node_key, hostname, given_name, user_id, ipv4) VALUES ('mkey:01', 'nodekey:01', 'laptop', 'laptop', 1, '100.64.0.1');

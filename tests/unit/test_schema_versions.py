@@ -1,0 +1,208 @@
+"""The database carries its schema version; meshscale changes only databases it owns.
+
+Real SQLite files throughout: a headscale-shaped database, a newer meshscale one and an unknown
+one are refused byte for byte unchanged; a version-1 database (the schema before the version
+marker, written here with that schema's own DDL) is upgraded in one transaction, losing nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from meshscale.config import Config, DatabaseConfig, SqliteConfig
+from meshscale.errors import StorageError
+from meshscale.plugins.sqlite import open_sqlite
+from meshscale.state.models import Node, PreAuthKey, User
+from meshscale.storage import versioning
+from meshscale.storage.base import PutKey, PutNode, PutPolicy, PutUser
+from meshscale.storage.versioning import CURRENT, Verdict, classify
+
+DATA = Path(__file__).parent / "data"
+
+
+def config_for(path: Path) -> Config:
+    return Config(data_dir=str(path.parent),
+                  database=DatabaseConfig(sqlite=SqliteConfig(path=str(path))))
+
+
+def files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def tables_of(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(path) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        out = {n: conn.execute(f'SELECT * FROM "{n}" ORDER BY 1').fetchall() for n in names}
+    conn.close()
+    return out
+
+
+# -- classification (pure) -----------------------------------------------------------------
+
+
+def test_classify_every_kind() -> None:
+    v1 = {t: set(c) for t, c in versioning.V1_TABLES.items()}
+    assert classify({}, None) == Verdict("new")
+    assert classify({**v1, "meshscale_schema": {"version"}}, CURRENT).kind == "current"
+    assert classify(v1, None) == Verdict("upgrade", 1, tuple(sorted(v1)))
+    assert classify({**v1, "meshscale_schema": {"version"}}, CURRENT + 1).kind == "newer"
+    assert classify({"meshscale_schema": {"version"}}, None).kind == "unknown"
+    assert classify({**v1, "migrations": {"id"}}, None).kind == "headscale"
+    assert classify({"nodes": {"id", "host_info"}}, None).kind == "headscale"
+    assert classify({"users": {"id", "name"}}, None).kind == "unknown"
+    assert classify({**v1, "extra": {"x"}}, None).kind == "unknown"
+
+
+# -- refusals: the file is left exactly as it was --------------------------------------------
+
+
+def test_a_headscale_database_is_refused_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "headscale.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.executescript((DATA / "headscale_schema.sql").read_text())
+    conn.close()
+    before = files(tmp_path)
+    with pytest.raises(StorageError) as err:
+        open_sqlite(config_for(db))
+    assert str(err.value) == (
+        f"database {db} is a headscale database (tables: api_keys, database_versions, "
+        "migrations, nodes, policies, pre_auth_keys, users); meshscale does not read or change "
+        "headscale databases. Point database.sqlite.path at a new file (meshscale creates it); "
+        "the headscale database was left unchanged")
+    assert files(tmp_path) == before  # no byte changed, no -wal/-shm left behind
+
+
+def test_a_database_of_a_newer_meshscale_is_refused_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    open_sqlite(config_for(db)).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meshscale_schema SET version = ?", (CURRENT + 1,))
+    conn.close()
+    before = files(tmp_path)
+    with pytest.raises(StorageError) as err:
+        open_sqlite(config_for(db))
+    assert str(err.value) == (
+        f"database {db} was written by a newer meshscale (schema version {CURRENT + 1}; this "
+        f"meshscale knows versions up to {CURRENT}). Upgrade meshscale, or restore the backup "
+        "taken before the upgrade; the database was left unchanged")
+    assert files(tmp_path) == before
+
+
+def test_an_unknown_database_is_refused_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "other.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    conn.close()
+    before = files(tmp_path)
+    with pytest.raises(StorageError) as err:
+        open_sqlite(config_for(db))
+    assert str(err.value) == (
+        f"database {db} holds tables meshscale did not create (tables: invoices); refusing to "
+        "change it. Point the database setting at a new file or an empty database; the "
+        "database was left unchanged")
+    assert files(tmp_path) == before
+
+
+def test_a_file_that_is_not_sqlite_is_refused_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "notes.txt"
+    db.write_text("not a database\n" * 100)
+    before = files(tmp_path)
+    with pytest.raises(StorageError) as err:
+        open_sqlite(config_for(db))
+    assert str(err.value) == (
+        f"{db} is not a SQLite database (file is not a database); point database.sqlite.path "
+        "at a new file or a meshscale database; the file was left unchanged")
+    assert files(tmp_path) == before
+
+
+# -- upgrades --------------------------------------------------------------------------------
+
+
+def write_version_1(db: Path) -> None:
+    """A database as the version-1 code left it: its DDL, and rows as it wrote them."""
+    with sqlite3.connect(db) as conn:
+        conn.executescript((DATA / "schema_v1.sql").read_text())
+        conn.execute("INSERT INTO users VALUES (1, 'alice', 'Alice', 'a@example.com', '', '', "
+                     "'2026-01-02 03:04:05.000006')")
+        conn.execute("INSERT INTO pre_auth_keys VALUES (1, 'mskey-auth-abc', ?, 1, 1, 0, 1, "
+                     "'2027-01-01 00:00:00', '2026-01-02 03:04:05', '[\"tag:ci\"]')",
+                     (b"\x01" * 32,))
+        conn.execute(
+            "INSERT INTO nodes VALUES (7, ?, ?, ?, 'laptop', 'laptop', 1, '[]', '100.64.0.1', "
+            "'fd7a:115c:a1e0::1', '{\"OS\": \"linux\"}', '[\"192.0.2.1:41641\"]', 999, "
+            "'2026-01-02 03:04:05', NULL, NULL, 1, 0, 'authkey', '[\"10.0.0.0/24\"]', 113)",
+            (b"\x02" * 32, b"\x03" * 32, b"\x04" * 32))
+        conn.execute("INSERT INTO policies VALUES (1, '{\"acls\": []}', '2026-01-02 03:04:05')")
+    conn.close()
+
+
+def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    write_version_1(db)
+    old = tables_of(db)
+    assert versioning.inspect_sqlite_file(db).version == 1
+
+    storage = open_sqlite(config_for(db))
+    snap = storage.load()
+    storage.close()
+
+    new = tables_of(db)
+    assert new.pop("meshscale_schema")[0][0] == CURRENT
+    assert new == old  # every row of every table, as it was
+    (user,) = snap.users
+    assert (user.id, user.name, user.email) == (1, "alice", "a@example.com")
+    (key,) = snap.keys
+    assert (key.prefix, key.used, key.tags) == ("mskey-auth-abc", True, ("tag:ci",))
+    (node,) = snap.nodes
+    assert (node.id, node.given_name, node.ipv4, node.hostinfo, node.approved_routes,
+            node.capver) == (7, "laptop", "100.64.0.1", {"OS": "linux"}, ("10.0.0.0/24",), 113)
+    assert snap.policy == '{"acls": []}'
+    assert versioning.inspect_sqlite_file(db) == Verdict("current", CURRENT,
+                                                         tuple(sorted([*old, "meshscale_schema"])))
+
+
+def test_a_failing_migration_changes_nothing(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "db.sqlite"
+    write_version_1(db)
+    old = tables_of(db)
+
+    def broken(database: object) -> None:
+        database.execute_sql("CREATE TABLE half_done (x INTEGER)")  # type: ignore[attr-defined]
+        raise RuntimeError("migration bug")
+
+    monkeypatch.setitem(versioning.MIGRATIONS, 1, broken)
+    with pytest.raises(RuntimeError, match="migration bug"):
+        open_sqlite(config_for(db))
+    assert tables_of(db) == old  # the transaction took the half-done step back
+
+
+def test_the_current_schema_is_version_1_plus_the_marker(tmp_path: Path) -> None:
+    """Changing the models changes the schema: that needs CURRENT + 1 and a migration in
+    meshscale.storage.versioning (and this test's expectation updated)."""
+    fresh, old = tmp_path / "fresh.sqlite", tmp_path / "old.sqlite"
+    storage = open_sqlite(config_for(fresh))
+    storage.apply([PutUser(User(1, "bob")), PutPolicy("{}"),
+                   PutKey(PreAuthKey(1, "p", b"h", 1, created_at=datetime.now(UTC))),
+                   PutNode(Node(1, b"m", b"n", "h", "h", 1, None, None))])
+    storage.close()
+    write_version_1(old)
+
+    def ddl(path: Path) -> set[str]:
+        with sqlite3.connect(path) as conn:
+            rows = {r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE sql NOT NULL")}
+        conn.close()
+        return rows
+
+    assert CURRENT == 2
+    assert ddl(fresh) - ddl(old) == {
+        'CREATE TABLE "meshscale_schema" '
+        "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)"}
+    assert ddl(old) <= ddl(fresh)
