@@ -83,16 +83,18 @@ def refusal(verdict: Verdict, where: str) -> str | None:
     found = ", ".join(verdict.found)
     if verdict.kind == "headscale":
         return (f"{where} is a headscale database (tables: {found}); meshscale does not "
-                "read or change headscale databases. Point database.sqlite.path at a new file "
-                "(meshscale creates it); the headscale database was left unchanged")
+                "read or change headscale databases. Give meshscale a database of its own (a "
+                "new file for database.sqlite.path, an empty database for "
+                "database.postgres.name); the headscale database was left unchanged")
     if verdict.kind == "newer":
         return (f"{where} was written by a newer meshscale (schema version {verdict.version}; "
                 f"this meshscale knows versions up to {CURRENT}). Upgrade meshscale, or restore "
                 "the backup taken before the upgrade; the database was left unchanged")
     if verdict.kind == "unknown":
         return (f"{where} holds tables meshscale did not create (tables: {found}); refusing "
-                "to change it. Point the database setting at a new file or an empty database; "
-                "the database was left unchanged")
+                "to change it. Give meshscale a database of its own (a new file for "
+                "database.sqlite.path, an empty database for database.postgres.name); the "
+                "database was left unchanged")
     return None
 
 

@@ -51,7 +51,7 @@ class PostgresStorage(PeeweeStorage):
         self._down_error = ""
         self._closing = threading.Event()
         self._prober: threading.Thread | None = None
-        super().__init__(db)
+        super().__init__(db, where)
 
     @classmethod
     def open(cls, name: str, params: dict[str, Any], where: str,

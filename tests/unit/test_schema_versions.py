@@ -73,8 +73,9 @@ def test_a_headscale_database_is_refused_unchanged(tmp_path: Path) -> None:
     assert str(err.value) == (
         f"database {db} is a headscale database (tables: api_keys, database_versions, "
         "migrations, nodes, policies, pre_auth_keys, users); meshscale does not read or change "
-        "headscale databases. Point database.sqlite.path at a new file (meshscale creates it); "
-        "the headscale database was left unchanged")
+        "headscale databases. Give meshscale a database of its own (a new file for "
+        "database.sqlite.path, an empty database for database.postgres.name); the headscale "
+        "database was left unchanged")
     assert files(tmp_path) == before  # no byte changed, no -wal/-shm left behind
 
 
@@ -105,8 +106,8 @@ def test_an_unknown_database_is_refused_unchanged(tmp_path: Path) -> None:
         open_sqlite(config_for(db))
     assert str(err.value) == (
         f"database {db} holds tables meshscale did not create (tables: invoices); refusing to "
-        "change it. Point the database setting at a new file or an empty database; the "
-        "database was left unchanged")
+        "change it. Give meshscale a database of its own (a new file for database.sqlite.path, "
+        "an empty database for database.postgres.name); the database was left unchanged")
     assert files(tmp_path) == before
 
 
