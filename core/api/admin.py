@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Quart, Response, request
 
-from meshscale import tailcfg
+from meshscale import audit, tailcfg
 from meshscale.errors import MeshscaleError, NotFoundError, PolicyError, StorageError
 from meshscale.events import NodeEventKind, UserEvent, UserEventKind
 from meshscale.state.models import Node, PreAuthKey, User
@@ -226,16 +226,19 @@ def create_admin_app(server: Server) -> Quart:
             raise MeshscaleError("'routes' must be a list of prefixes")
         n = state().set_approved_routes(node_id(ref), routes)
         plane().node_event(NodeEventKind.UPDATED, n)
+        audit.node_line(state(), n, f"approved routes set to {', '.join(routes) or 'none'}")
         return _json(view(n))
 
     @app.delete("/v1/nodes/<ref>")
     async def delete_node(ref: str) -> Response:
         n = plane().delete_node(node_id(ref))
+        audit.node_line(state(), n, "deleted by an admin")
         return _json(node_view(n, owner(n)))
 
     @app.post("/v1/nodes/<ref>/expire")
     async def expire_node(ref: str) -> Response:
         n = plane().expire_node(node_id(ref))
+        audit.node_line(state(), n, "expired by an admin")
         return _json(node_view(n, owner(n)))
 
     @app.post("/v1/nodes/<ref>/rename")

@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from meshscale import tailcfg
+from meshscale import audit, tailcfg
 from meshscale.clientinput import BadRequest, Limits, parse_map, parse_register
 from meshscale.config import Config
 from meshscale.control.h2conn import ControlRequest, ResponseWriter
@@ -307,9 +307,9 @@ class ControlPlane:
         self._ephemeral_timers.pop(node_id, None)
         node = self.state.nodes.get(node_id)
         if node is not None and node.ephemeral and not node.online:
-            log.info("deleting ephemeral node %s (%s): inactive", node.id, node.given_name)
             try:
                 self.delete_node(node_id)
+                audit.node_line(self.state, node, "deleted (ephemeral, inactive)")
             except Exception:
                 log.exception("could not delete ephemeral node %s", node_id)
 
@@ -340,6 +340,7 @@ class ControlPlane:
                 if due is not None and due.expiry == when:
                     self.state.expire_node(node_id, when)
                     self.node_event(NodeEventKind.EXPIRED, due)
+                    audit.node_line(self.state, due, "key expired")
             if self._expiry_heap:
                 delay = min(delay, (self._expiry_heap[0][0] - now).total_seconds())
             with contextlib.suppress(TimeoutError):

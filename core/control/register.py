@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from meshscale import tailcfg
+from meshscale import audit, tailcfg
 from meshscale.clientinput import RegisterRequest
 from meshscale.errors import AuthError, MeshscaleError, StorageError
 from meshscale.events import NodeEvent, NodeEventKind, Registration
@@ -106,8 +106,10 @@ def _register(
         if expiry < LOGOUT_BEFORE or expiry <= utcnow():
             if node.ephemeral:
                 plane.delete_node(node.id)
+                audit.node_line(state, node, "logged out (ephemeral: deleted)")
                 return "logout", _response(None, None, NodeKeyExpired=True)
             node = plane.expire_node(node.id)
+            audit.node_line(state, node, "logged out")
             return "logout", _response(_owner(plane, node), node)
         if node.expiry is not None and expiry > node.expiry:
             raise RegisterRefused("extending key is not allowed")
@@ -166,6 +168,7 @@ def _with_auth_key(
     existed = state.by_machine_key(machine_key) is not None
     node = state.register_with_key(key, machine_key, node_key, hostinfo, tags, capver)
     plane.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
+    audit.node_line(state, node, "logged in again" if existed else "registered")
     return _response(user, node)
 
 
