@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from meshscale import __version__
+from meshscale.config import Config
 from tests.cli.serverproc import Serve, free_port, meshscale, snapshot, write_config
 
 
@@ -62,7 +63,7 @@ def test_the_banner_says_where_it_runs_how_to_stop_and_what_next(tmp_path: Path)
         f"  listening on:  127.0.0.1:{port}",
         f"  data dir:      {data}",
         f"  admin socket:  {data / 'meshscale.sock'}",
-        "  plugins:       sqlite, derp, stun, policy",
+        f"  plugins:       {', '.join(Config().plugins)}",
         f"Stop it with Ctrl-C (or SIGTERM). Next, in another terminal: meshscale -c {config} "
         "users create NAME",
     ]
