@@ -260,6 +260,11 @@ def cmd_bench(args: argparse.Namespace) -> Any:
 
 
 def cmd_db(args: argparse.Namespace) -> Any:
+    if args.action == "backup":
+        from meshscale.cli.backup import backup  # noqa: PLC0415
+
+        config, _ = load(args)
+        return backup(config, Path(args.file)), []
     from meshscale.cli.db import cmd_db_copy  # noqa: PLC0415
 
     return cmd_db_copy(args, load), []
@@ -374,13 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(fn=cmd_bench)
 
-    db = sub.add_parser("db", parents=[common], help="database tools (server stopped)")
+    db = sub.add_parser("db", parents=[common], help="database tools")
     dbs = db.add_subparsers(dest="action", required=True)
     x = dbs.add_parser("copy", parents=[common],
                        help="copy every row into another, empty database and check each one")
     x.add_argument("--to", required=True, metavar="URL",
                    help="postgres://USER:PASS@HOST:PORT/NAME (?host=/socket/dir, ?sslmode=) "
                    "or sqlite:///PATH")
+    x = dbs.add_parser("backup", parents=[common],
+                       help="online copy of the SQLite database (safe while serving)")
+    x.add_argument("file", help="the backup file to write (must not exist)")
     db.set_defaults(fn=cmd_db)
 
     plg = sub.add_parser("plugins", parents=[common], help="installed plugins")
