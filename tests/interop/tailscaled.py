@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -24,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.interop.realclients import free_port, stop_process, wait_for
+from meshscale.ports import free_port
+from tests.interop.realclients import stop_process, wait_for
 
 VERSION = "v1.102.5"
 CACHE = Path(os.environ.get("MESHSCALE_INTEROP_WHEELHOUSE",
@@ -45,13 +45,6 @@ def binaries() -> tuple[Path, Path]:
     return daemon, cli
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Tailscaled:
     """One node: a tailscaled process plus its CLI.
 
@@ -70,7 +63,7 @@ class Tailscaled:
         # A unix socket path must fit in 108 bytes; pytest's tmp_path may not leave room.
         self.sockdir = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
         self.socket = self.sockdir / f"{name}.sock"
-        self.port = free_udp_port()
+        self.port = free_port(udp=True)
         self.proxy_port = free_port() if http_proxy else 0
         self.log = self.dir / "tailscaled.log"
         self.env = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from meshscale.cli.client import AdminClient
 from meshscale.errors import ConfigError
+from meshscale.ports import free_port
 from meshscale.simclient import SimNode
 from receiver import Receiver
 
@@ -42,10 +42,7 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def dead_url() -> str:
     """A URL nothing listens on: connections are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
+    return f"http://127.0.0.1:{free_port()}/hook"
 
 
 async def admin(server: Any, method: str, path: str, body: Any = None) -> Any:
