@@ -4,8 +4,10 @@
         server = await meshscale_server_factory(plugins=["sqlite", "my_plugin"])
         ...
 
-Each server has its own data directory, a free port, and exactly the plugins named (plugin
-objects may be passed too). Servers are stopped at the end of the test.
+Each server has its own data directory, a free port, and exactly the plugins named: entry-point
+names, or ``(name, PluginClass)`` / ``(name, obj)`` pairs for plugins defined in the test (a class
+is made once for that server). ``server.host.plugin(name)`` is a plugin's object on a server.
+Servers are stopped at the end of the test.
 """
 
 from __future__ import annotations

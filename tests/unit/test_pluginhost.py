@@ -98,3 +98,46 @@ def test_core_never_imports_plugins() -> None:
         if "meshscale.plugins" in p.read_text() and p.name != "testing.py"
     ]
     assert offenders == []
+
+
+class Counter:
+    """A plugin class: one object per host, made with the host's ServerContext."""
+
+    def __init__(self, server: object) -> None:
+        self.server = server
+        self.events: list[object] = []
+
+    @hookimpl
+    def meshscale_user_event(self, event: object) -> None:
+        self.events.append(event)
+
+    @hookimpl
+    def meshscale_stats(self) -> dict[str, float]:
+        return {"counter_events_total": float(len(self.events)),
+                "counter_nodes": float(self.server.stats()["nodes_total"])}  # type: ignore[attr-defined]
+
+
+def test_a_class_is_made_once_per_host_with_that_hosts_context() -> None:
+    one, two = PluginHost(), PluginHost()
+    one.register(Counter, "counter")
+    two.register(Counter, "counter")
+    a, b = one.plugin("counter"), two.plugin("counter")
+    assert isinstance(a, Counter) and isinstance(b, Counter) and a is not b
+    assert a.server is one.context and b.server is two.context
+    one.hooks.user_event("e")  # type: ignore[arg-type]
+    assert a.events == ["e"] and b.events == []
+    # The context forwards to the server once bound; before that it says what went wrong.
+    with pytest.raises(PluginError, match=r"plugin 'counter': .*used before the server exists"):
+        one.hooks.stats()
+    one.bind(SimpleNamespace(stats=lambda: {"nodes_total": 3.0}))  # type: ignore[arg-type]
+    assert one.hooks.stats() == [{"counter_events_total": 1.0, "counter_nodes": 3.0}]
+    assert one.plugin("nope") is None and one.context.plugin("counter") is a
+
+
+def test_a_factory_that_fails_is_named() -> None:
+    class Needy:
+        def __init__(self, server: object) -> None:
+            raise ValueError("no config yet")
+
+    with pytest.raises(PluginError, match=r"plugin 'needy': cannot be made: ValueError"):
+        PluginHost().register(Needy, "needy")
