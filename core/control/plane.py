@@ -22,6 +22,7 @@ from meshscale.config import Config
 from meshscale.control.h2conn import ControlRequest, ResponseWriter
 from meshscale.control.ratelimit import UpdateLimiter
 from meshscale.control.register import handle_register, node_event
+from meshscale.errors import StorageError
 from meshscale.events import MapKind, MapSent, MapStreamEvent, NodeEventKind
 from meshscale.mapper.frames import KEEPALIVE, Message
 from meshscale.mapper.mapper import Mapper
@@ -159,10 +160,15 @@ class ControlPlane:
         # Streaming requests may carry stale values (tailcfg: treat them as read-only), but the
         # disco key changes with every client restart and must reach peers: take non-empty ones.
         eps = mreq.endpoints
-        if stream:
-            self.state.client_update(node, eps or None, mreq.disco_key, None)
-        else:
-            self._client_update(node, eps, mreq.disco_key, mreq.hostinfo)
+        try:
+            if stream:
+                self.state.client_update(node, eps or None, mreq.disco_key, None)
+            else:
+                self._client_update(node, eps, mreq.disco_key, mreq.hostinfo)
+        except StorageError as exc:  # not stored, so not applied: the client sends it again
+            log.error("update from node %d not applied: %s", node.id, exc)
+            await resp.send(503, f"{exc}\n".encode(), "text/plain")
+            return
         if not stream and mreq.omit_peers:
             await resp.send(200)  # lite update: the body is discarded by the client
             return
@@ -202,7 +208,10 @@ class ControlPlane:
             self._pending[node_id] = update
             asyncio.get_running_loop().call_later(delay, self._apply_pending, node_id)
             return
-        self.state.client_update(node, *update)
+        try:
+            self.state.client_update(node, *update)
+        except StorageError as exc:  # the node's next update carries the same fields again
+            log.error("held-back update from node %d not applied: %s", node_id, exc)
 
     async def _stream(
         self, node: Node, compress: bool, resp: ResponseWriter, keepalive: bool

@@ -18,7 +18,7 @@ from meshscale import auth
 from meshscale.clientinput import repair_stored
 from meshscale.clientinput.schema import valid_text
 from meshscale.config import Config
-from meshscale.errors import AuthError, MeshscaleError, NotFoundError
+from meshscale.errors import AuthError, MeshscaleError, NotFoundError, StorageError
 from meshscale.policy import Affected, PolicyNode, PolicyUser
 from meshscale.routes import RouteTable, effective_approved
 from meshscale.state.changes import (
@@ -441,7 +441,9 @@ class State:
         disco_key: bytes | None,
         hostinfo: dict[str, object] | None,
     ) -> None:
-        """Apply a map request's Endpoints/DiscoKey/Hostinfo; emit the smallest change."""
+        """Apply a map request's Endpoints/DiscoKey/Hostinfo; emit the smallest change.
+        A refused write (StorageError) leaves the node as it was."""
+        before = (node.endpoints, node.disco_key, node.home_derp, node.hostinfo, node.hostname)
         fields = Patch.NONE
         whole = False
         others: set[int] = set()
@@ -462,7 +464,12 @@ class State:
                 node.hostinfo = dict(hostinfo)
                 if hostinfo.get("Hostname") and hostinfo["Hostname"] != node.hostname:
                     node.hostname = str(hostinfo["Hostname"])
-                self._write([PutNode(node)])
+                try:
+                    self._write([PutNode(node)])
+                except StorageError:
+                    (node.endpoints, node.disco_key, node.home_derp, node.hostinfo,
+                     node.hostname) = before
+                    raise
                 whole = True
                 if node.routable_ips != routes_before:
                     others = self._sync_node(node)
@@ -484,7 +491,12 @@ class State:
         node.last_seen = utcnow()
         if not online:
             # One write per disconnect keeps last-seen across restarts without write churn.
-            self._write([PutNode(node)])
+            # The node is gone either way: if the database refuses, only last-seen is lost.
+            try:
+                self._write([PutNode(node)])
+            except StorageError as exc:
+                log.warning("node %d went offline; its last-seen time was not stored: %s",
+                            node.id, exc)
         self._emit(NodePatched(node.id, Patch.ONLINE))
 
     # -- policy bridge -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from meshscale.plugins.postgres import connect_params, open_postgres
 from meshscale.server import Server
 from meshscale.simclient import SimNode
 from tests.conftest import new_pg_database
+from tests.plugin.simnodes import join
 
 
 def test_headscale_postgres_keys() -> None:
@@ -74,6 +75,7 @@ async def test_killing_postgres_mid_write(
     assert state is not None and storage is not None
     alice = state.create_user("alice")
     _, key = state.create_key(alice, reusable=True)
+    web, _, _ = await join(server, key, "web", stream=False)
 
     # A restart between two writes is invisible: the lost connection is replaced at once.
     own_pg.stop()
@@ -118,6 +120,12 @@ async def test_killing_postgres_mid_write(
     assert not any(n.hostname == "refused" for n in state.nodes.values())
     await node.conn.close()
 
+    # A node's new Hostinfo is refused too (503; the client sends it again) and not applied.
+    web.hostinfo["OS"] = "plan9"
+    status, _ = await web.conn.request("/machine/map", web.map_body(False))
+    assert status == 503
+    assert all(n.hostinfo.get("OS") != "plan9" for n in state.nodes.values())
+
     # The database comes back: writes resume by themselves.
     own_pg.start()
     deadline = time.monotonic() + 20
@@ -129,6 +137,13 @@ async def test_killing_postgres_mid_write(
     await node.conn.connect("127.0.0.1", server.main_port)
     assert (await node.register(key)).get("MachineAuthorized") is True
     await node.conn.close()
+    status, _ = await web.conn.request("/machine/map", web.map_body(False))
+    assert status == 200
+    deadline = time.monotonic() + 10  # the update rate limit may hold it back a moment
+    while not any(n.hostinfo.get("OS") == "plan9" for n in state.nodes.values()):
+        assert time.monotonic() < deadline, "the Hostinfo sent again was not applied"
+        await asyncio.sleep(0.05)
+    await web.conn.close()
 
     # Every acknowledged write is in the database (read by a new server on it).
     await server.stop()
@@ -139,4 +154,21 @@ async def test_killing_postgres_mid_write(
     # A refused write is not there, except perhaps the one whose commit raced the kill (its
     # reply was lost); later writes reuse its id, so it is overwritten, not duplicated.
     assert not stored & {name for name, _ in refused[1:]}
-    assert [n.hostname for n in again.state.nodes.values()] == ["late"]
+    assert sorted(n.hostname for n in again.state.nodes.values()) == ["late", "web"]
+
+
+def test_a_headscale_database_is_refused_and_left_alone(pg_server: PgServer) -> None:
+    import psycopg
+
+    database = new_pg_database(pg_server)
+    pg = database["postgres"]
+    conninfo = {"host": pg["host"], "port": pg["port"], "user": pg["user"], "dbname": pg["name"]}
+    with psycopg.connect(**conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE nodes (id integer PRIMARY KEY, host_info text)")
+        conn.execute("CREATE TABLE users (id integer PRIMARY KEY, name text)")
+    with pytest.raises(StorageError, match="is a headscale database"):
+        open_postgres(build_config({"database": database}))
+    with psycopg.connect(**conninfo) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                              "ORDER BY tablename").fetchall()
+    assert tables == [("nodes",), ("users",)]
