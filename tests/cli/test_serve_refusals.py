@@ -17,7 +17,8 @@ import yaml
 
 from meshscale import __version__
 from meshscale.config import Config
-from tests.cli.serverproc import Serve, free_port, meshscale, snapshot, write_config
+from meshscale.ports import free_port
+from tests.cli.serverproc import Serve, meshscale, snapshot, write_config
 
 
 @pytest.fixture(scope="module")
