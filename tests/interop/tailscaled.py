@@ -78,6 +78,8 @@ class Tailscaled:
     # -- process ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the daemon (again, after ``stop``: it keeps its state dir, so its node)."""
+        self.sockdir.mkdir(exist_ok=True)
         args = [
             str(self.daemon), "--tun=userspace-networking", "--no-logs-no-support",
             f"--statedir={self.dir / 'state'}", f"--socket={self.socket}", f"--port={self.port}",

@@ -98,6 +98,18 @@ def test_join_with_preauth_key_and_status_matches_meshscale(
     wait_for(lambda: a.peers()["beta"]["Online"] is False, 30, "beta offline in alpha's status")
     assert server.nodes()["alpha"]["online"] is True
 
+    # Restarted, it comes back by itself from its state (same node, no key), online for both.
+    b.start()
+    wait_for(lambda: b.status()["BackendState"] == "Running", 30, "beta running again")
+    wait_for(lambda: a.peers()["beta"]["Online"] is True, 30, "beta online in alpha's status")
+    again = server.nodes()
+    assert again["beta"]["id"] == listed["beta"]["id"] and again["beta"]["online"] is True
+    assert len(again) == 2
+
+    # Deleted in meshscale: alpha drops it from its netmap.
+    server.cli("nodes", "delete", "-i", str(listed["beta"]["id"]))
+    wait_for(lambda: "beta" not in a.peers(), 30, "beta gone from alpha's status")
+
 
 def test_ping_direct_and_through_meshscale_derp(server: MeshscaleProcess, tailscaled: Make) -> None:
     """alpha and beta find a direct UDP path (meshscale's STUN); gamma never leaves DERP
