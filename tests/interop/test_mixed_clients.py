@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from meshscale.ports import free_port
 from tests.interop.realclients import (
     CaddyNodes,
     ForwarderProcess,
@@ -21,7 +22,6 @@ from tests.interop.realclients import (
     caddy_globals,
     fetch,
     forwarder_binary,
-    free_port,
     site_respond,
     wait_for,
 )
