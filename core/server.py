@@ -225,7 +225,8 @@ class Server:
             cfg, state, self.engine, self.derp_map,
             notify=self.host.hooks.map_sent,
         )
-        self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host)
+        self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host,
+                                  policy_loaded=lambda: self.policy_text is not None)
 
         await self.host.hooks.startup()
         self._started_plugins = True

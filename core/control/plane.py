@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -48,8 +49,10 @@ class ControlPlane:
         mapper: Mapper,
         engine: PolicyEngine,
         host: PluginHost,
+        policy_loaded: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
+        self.policy_loaded = policy_loaded  # is a policy (tagOwners) in force?
         self.state = state
         self.mapper = mapper
         self.engine = engine

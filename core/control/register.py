@@ -7,6 +7,7 @@ only together with that machine key.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# tailcfg.CheckTag: "tag:", a letter, then letters, digits and dashes.
+_TAG = re.compile(r"tag:[A-Za-z][A-Za-z0-9-]*")
 # The Go client logs out by sending this far-past expiry (Unix 123).
 LOGOUT_BEFORE = datetime(1971, 1, 1, tzinfo=UTC)
 
@@ -184,9 +187,16 @@ def _permitted_tags(
     requested = [t for t in (hostinfo.get("RequestTags") or []) if isinstance(t, str)]
     if not requested:
         return []
-    bad = [t for t in requested if not t.startswith("tag:") or len(t) <= 4]
+    bad = [t for t in requested if not _TAG.fullmatch(t)]
     if bad:
         raise RegisterRefused(f"requested tags {sorted(bad)} are invalid: tags look like tag:name")
+    if not plane.policy_loaded():
+        # No policy, no tagOwners: nobody may claim a tag (as headscale). Accepting it would
+        # let the node shed its owner now and gain the tag's access once a policy arrives.
+        raise RegisterRefused(
+            f"requested tags {sorted(requested)} are refused: no policy is loaded, so no "
+            "tagOwners allow them; use a pre-auth key made with --tags, or load a policy"
+        )
     if not plane.engine.tags_permitted(owner, requested):
         who = f"user {user.name!r}" if user else "this key"
         raise RegisterRefused(
