@@ -160,11 +160,18 @@ class ControlPlane:
             await resp.send(401, b"node key not registered for this machine\n", "text/plain")
             return
         stream = mreq.stream
+        expired = node.expired()
+        if expired and not stream and mreq.omit_peers:
+            # An expired or logged-out node is cut off: nothing it reports reaches its peers.
+            await resp.send(403, b"node key expired: log in again\n", "text/plain")
+            return
         # Streaming requests may carry stale values (tailcfg: treat them as read-only), but the
         # disco key changes with every client restart and must reach peers: take non-empty ones.
         eps = mreq.endpoints
         try:
-            if stream:
+            if expired:
+                pass  # it gets a map saying so (no peers), and changes nothing
+            elif stream:
                 self.state.client_update(node, eps or None, mreq.disco_key, None)
             else:
                 self._client_update(node, eps, mreq.disco_key, mreq.hostinfo)
@@ -204,7 +211,7 @@ class ControlPlane:
     def _apply_pending(self, node_id: int) -> None:
         update = self._pending.pop(node_id, None)
         node = self.state.nodes.get(node_id)
-        if update is None or node is None:
+        if update is None or node is None or node.expired():
             return
         delay = self._limiter.take(node_id, time.monotonic())
         if delay > 0.0:  # a timer fired early: wait for the token
@@ -221,9 +228,10 @@ class ControlPlane:
     ) -> None:
         session = self.mapper.open(node.id, compress)
         self._cancel_ephemeral(node.id)
-        self.state.set_online(node, True)
+        if not node.expired():  # an expired node is not reachable: peers keep it offline
+            self.state.set_online(node, True)
+            self.host.hooks.node_event(node_event(self, NodeEventKind.ONLINE, node))
         self.host.hooks.map_stream(MapStreamEvent(node.id, True))
-        self.host.hooks.node_event(node_event(self, NodeEventKind.ONLINE, node))
         session.ticker = asyncio.get_running_loop().call_later(
             self._keepalive_delay(), self._keepalive_tick, session)
         try:
@@ -271,9 +279,11 @@ class ControlPlane:
             current = self.mapper.close(session)
             live = self.state.nodes.get(node.id)
             if current and live is not None:
+                was_online = live.online
                 self.state.set_online(live, False)
                 self.host.hooks.map_stream(MapStreamEvent(node.id, False))
-                self.host.hooks.node_event(node_event(self, NodeEventKind.OFFLINE, live))
+                if was_online:
+                    self.host.hooks.node_event(node_event(self, NodeEventKind.OFFLINE, live))
                 if live.ephemeral:
                     self._schedule_ephemeral(live.id)
             with contextlib.suppress(Exception):

@@ -224,15 +224,21 @@ class Mapper:
         if node is None:
             raise LookupError(f"node {s.node_id} is gone")
         visible = self.visible_ids(node.id)
-        if visible is None:
+        s.cut_off = node.expired()
+        if s.cut_off:
+            # An expired or logged-out node learns that its key expired (self node's KeyExpiry
+            # in the past, Expired) and nothing about the tailnet: no peers, no rules.
+            peers = []
+            s.known = set()
+        elif visible is None:
             peers = [n for i, n in sorted(self.state.nodes.items()) if i != node.id]
             s.known = None
         else:
             ids = sorted(set(visible) - {node.id})
             peers = [self.state.nodes[i] for i in ids if i in self.state.nodes]
             s.known = {p.id for p in peers}
-        pf = self.engine.packet_filter(node.id)
-        ssh = self.engine.ssh_policy(node.id) or {"rules": []}
+        pf = [] if s.cut_off else self.engine.packet_filter(node.id)
+        ssh = {"rules": []} if s.cut_off else self.engine.ssh_policy(node.id) or {"rules": []}
         s.filter_json = dumps(pf)
         s.ssh_json = dumps(ssh)
         view = self._views[s] = _StreamView(self_sig=self._self_sig(node))
@@ -321,7 +327,9 @@ class Mapper:
 
     def _send_self_node(self, node: Node) -> None:
         s = self.sessions.get(node.id)
-        if s is not None:
+        if s is not None and node.expired() != s.cut_off:
+            s.resync()  # expired or logged out (or back): a full map of the new kind
+        elif s is not None:
             self._view(s).self_sig = self._self_sig(node)
             self._send([s], Message.of({"Node": self.self_node(node)}))
 

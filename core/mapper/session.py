@@ -29,10 +29,13 @@ class MapSession:
         self.keepalive_due = False
         self.ticker: asyncio.TimerHandle | None = None
         self.sent_since_tick = False
+        # The node's key has expired (or it logged out): its full map has no peers and no
+        # deltas reach it until it logs in again (set by each full map).
+        self.cut_off = False
 
     def push(self, msg: Message) -> None:
-        if self.closed or self.needs_full:
-            return  # a pending full map will carry this change too
+        if self.closed or self.needs_full or self.cut_off:
+            return  # a pending full map will carry this change too; a cut-off node gets none
         if len(self.queue) >= MAX_BACKLOG:
             self.queue.clear()
             self.needs_full = True

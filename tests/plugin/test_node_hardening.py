@@ -40,3 +40,76 @@ async def test_request_tags_without_a_policy_are_refused(
     _, _, plain = await join(server, key, "plain")
     assert plain is not None and "Tags" not in plain["Node"]
     await still_serving(server)
+
+
+# -- item 7: logout and expiry cut a node off ------------------------------------------------
+
+
+async def quiet(stream: Any, wait: float = 0.3) -> list[dict[str, Any]]:
+    got = []
+    while True:
+        try:
+            msg = await stream.next(timeout=wait)
+        except TimeoutError:
+            return got
+        assert msg is not None
+        got.append(msg)
+
+
+@pytest.mark.parametrize("how", ["logout", "expiry"])
+async def test_expired_or_logged_out_node_is_cut_off(
+        meshscale_server_factory: Callable[..., Any], how: str) -> None:
+    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+    assert server.state is not None and server.plane is not None
+    user = server.state.create_user("alice")
+    _, key = server.state.create_key(user, reusable=True)
+    a, sa, _ = await join(server, key, "a")
+    b, sb, bfirst = await join(server, key, "b")
+    assert sa is not None and sb is not None and bfirst is not None
+    b_id = bfirst["Node"]["ID"]
+    assert [p["Name"] for p in bfirst["Peers"]]
+    await quiet(sa)
+    await quiet(sb)
+
+    if how == "logout":
+        resp = await b.register(None, Expiry="1970-01-01T00:02:03Z")
+        assert resp["NodeKeyExpired"] is True
+    else:
+        server.plane.expire_node(b_id)
+
+    # b's stream: a map saying its key expired, with no peers and no rules.
+    got = await quiet(sb)
+    full = [m for m in got if "DERPMap" in m]
+    assert len(full) == 1, got
+    assert full[0]["Node"]["Expired"] is True and full[0]["Node"]["KeyExpiry"] < "2100"
+    assert "Peers" not in full[0] and full[0]["PacketFilter"] == []
+    # Its reports are refused and never reach a.
+    await quiet(sa)
+    status, body = await b.conn.request("/machine/map", b.map_body(
+        False, Endpoints=["1.2.3.4:41641"],
+        Hostinfo={**b.hostinfo, "RoutableIPs": ["10.0.0.0/8"]}))
+    assert (status, body) == (403, b"node key expired: log in again\n")
+    assert await quiet(sa) == []
+    node = server.state.nodes[b_id]
+    assert node.endpoints != ("1.2.3.4:41641",) and not node.routable_ips
+    # a's changes do not reach b any more.
+    status, _ = await a.conn.request("/machine/map", a.map_body(
+        False, Endpoints=["5.6.7.8:41641"]))
+    assert status == 200
+    assert await quiet(sb) == []
+    # A new stream gets the same cut-off map, and b does not come online for its peers.
+    await b.conn.close()
+    b2 = SimNode("b")
+    b2.conn.machine, b2.node_key = b.conn.machine, b.node_key
+    await b2.conn.connect("127.0.0.1", server.main_port)
+    again = b2.open_stream()
+    first = await again.next()
+    assert first is not None and first["Node"]["Expired"] is True and "Peers" not in first
+    assert not server.state.nodes[b_id].online
+    # Logging in again with a key restores it.
+    resp = await b2.register(key)
+    assert resp["MachineAuthorized"] is True
+    back = b2.open_stream()
+    restored = await back.next()
+    assert restored is not None and "Expired" not in restored["Node"] and restored["Peers"]
+    await still_serving(server)
