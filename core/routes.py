@@ -1,13 +1,14 @@
 """Primary subnet-route election.
 
 Several nodes may serve the same subnet (high availability); clients route a prefix through
-exactly one of them, its primary. As headscale does, the primary is the lowest-ID node that
-advertises the prefix and has it approved. Exit routes (0.0.0.0/0, ::/0) are never primary
-routes: every approved exit node is offered as one.
+exactly one of them, its primary. As headscale does, the primary is elected among the nodes
+that advertise the prefix, have it approved, are online and unexpired (``RouteTable``). Exit
+routes (0.0.0.0/0, ::/0) are never primary routes: every approved exit node is offered as one.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -28,8 +29,8 @@ def exit_routes(node: PolicyNode) -> list[str]:
 
 
 def primary_routes(nodes: Iterable[PolicyNode]) -> dict[int, list[str]]:
-    """node id -> the subnet prefixes it is primary for (nodes that are primary for nothing are
-    left out)."""
+    """node id -> the subnet prefixes it is primary for, were every router online (the offline
+    policy tool's view: lowest ID wins; nodes primary for nothing are left out)."""
     winner: dict[str, int] = {}
     for node in sorted(nodes, key=lambda n: n.id):
         for route in served_routes(node):
@@ -61,8 +62,14 @@ class RouteEngine(Protocol):
 class RouteTable:
     """Who serves which subnet, and who is primary for it; kept up to date incrementally.
 
+    Only eligible routers (online, key not expired) are elected, as in headscale: the current
+    primary keeps its prefixes while it stays eligible (no flapping back when a lower-ID
+    router returns); when it goes offline or expires the lowest-ID eligible router takes
+    over; with none eligible the prefix has no primary and nobody offers it.
+
     A node's change only re-elects the prefixes it serves or served, so a route change costs
-    in proportion to the routers of those prefixes, never to the size of the tailnet.
+    in proportion to the routers of those prefixes and the routes of the nodes whose primary
+    lists change, never to the size of the tailnet (and never quadratic in a node's routes).
     """
 
     def __init__(self) -> None:
@@ -70,7 +77,20 @@ class RouteTable:
         self.exits: dict[int, tuple[str, ...]] = {}  # node -> served exit routes
         self.tags: dict[int, frozenset[str]] = {}  # tags of nodes serving subnets (for via)
         self.routers: dict[str, list[int]] = {}  # prefix -> ids serving it, lowest first
+        self.primary: dict[str, int] = {}  # prefix -> its elected router
         self.primaries: dict[int, list[str]] = {}  # node -> prefixes it is primary for
+        self.eligible: set[int] = set()  # online routers whose key has not expired
+
+    def set_eligible(self, node_id: int, eligible: bool) -> set[int]:
+        """The node came online or went offline (or expired); return the ids whose primary
+        lists changed."""
+        if eligible == (node_id in self.eligible):
+            return set()
+        if eligible:
+            self.eligible.add(node_id)
+        else:
+            self.eligible.discard(node_id)
+        return self._reelect(set(self.subnets.get(node_id, ())))
 
     def update(self, node: PolicyNode) -> set[int]:
         """Take the node's current routes; return the ids whose routes or primaries changed."""
@@ -92,13 +112,14 @@ class RouteTable:
             self.tags[node.id] = node.tags
         else:
             self.tags.pop(node.id, None)
-        touched = set(old_subnets) | set(subnets)
-        for route in touched:
-            ids = [i for i in self.routers.get(route, []) if i != node.id]
-            if route in subnets:
-                ids.append(node.id)
-                ids.sort()
-            _put(self.routers, route, ids)
+        now, before = set(subnets), set(old_subnets)
+        for route in before - now:
+            _put(self.routers, route, [i for i in self.routers.get(route, []) if i != node.id])
+        for route in now - before:
+            bisect.insort(self.routers.setdefault(route, []), node.id)
+        touched = before | now
+        if subnets != old_subnets and before == now:
+            self._relist({node.id})  # same prefixes, new order
         return changed | self._reelect(touched) | ({node.id} if tags_changed else set())
 
     def remove(self, node_id: int) -> set[int]:
@@ -106,43 +127,51 @@ class RouteTable:
         old = self.subnets.pop(node_id, ())
         self.exits.pop(node_id, None)
         self.tags.pop(node_id, None)
+        self.eligible.discard(node_id)
         for route in old:
             _put(self.routers, route, [i for i in self.routers.get(route, []) if i != node_id])
         return self._reelect(set(old)) - {node_id}
 
+    def _elect(self, route: str) -> int | None:
+        current = self.primary.get(route)
+        ids = self.routers.get(route, ())
+        if current is not None and current in self.eligible and current in ids:
+            return current  # a working primary is kept
+        return next((i for i in ids if i in self.eligible), None)
+
     def _reelect(self, routes: set[str]) -> set[int]:
-        """Recompute the primaries of ``routes``; return the nodes whose primary list changed."""
-        if not routes:
-            return set()
-        before = {i: list(p) for i, p in self.primaries.items() if routes.intersection(p)}
-        for i in before:
-            self.primaries[i] = [r for r in self.primaries[i] if r not in routes]
+        """Re-elect ``routes``; return the nodes whose primary list changed."""
+        moved: set[int] = set()
         for route in routes:
-            ids = self.routers.get(route)
-            if ids:
-                self.primaries.setdefault(ids[0], []).append(route)
+            old, new = self.primary.get(route), self._elect(route)
+            if old == new:
+                continue
+            _put(self.primary, route, new)
+            moved |= {i for i in (old, new) if i is not None}
+        return self._relist(moved)
+
+    def _relist(self, ids: set[int]) -> set[int]:
+        """Rebuild the primary lists of ``ids`` in the order each serves its routes (stable
+        output); return those whose list changed."""
         changed: set[int] = set()
-        for i in set(before) | {ids[0] for r in routes if (ids := self.routers.get(r))}:
-            now = self.primaries.get(i, [])
-            # Keep each node's list in the order it serves them (stable output).
-            order = self.subnets.get(i, ())
-            now.sort(key=lambda r: order.index(r) if r in order else len(order))
-            if not now:
-                self.primaries.pop(i, None)
-            if sorted(now) != sorted(before.get(i, [])):
+        for i in ids:
+            now = [r for r in self.subnets.get(i, ()) if self.primary.get(r) == i]
+            if now != self.primaries.get(i, []):
                 changed.add(i)
+            _put(self.primaries, i, now)
         return changed
 
     def routes_for(self, engine: RouteEngine, viewer_id: int, peer_id: int) -> list[str]:
         """The subnet routes ``viewer`` reaches through ``peer``: those the peer serves for it
-        (the primary, or the router a ``via`` grant steers it to) and it may use."""
+        (the primary, or the eligible router a ``via`` grant steers it to) and it may use."""
         out: list[str] = []
         for route in self.subnets.get(peer_id, ()):
-            ids = self.routers.get(route) or [peer_id]
-            winner = ids[0]
+            winner = self.primary.get(route)
             via = engine.route_via_tags(viewer_id, route)
             if via:
-                winner = next((i for i in ids if via & self.tags.get(i, frozenset())), winner)
+                winner = next((i for i in self.routers.get(route, ())
+                               if i in self.eligible and via & self.tags.get(i, frozenset())),
+                              winner)
             if winner == peer_id and engine.route_visible(viewer_id, route):
                 out.append(route)
         return out

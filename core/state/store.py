@@ -88,7 +88,9 @@ class State:
             if n is not stored:
                 repaired.append(n)
             self._index(n)
+        for n in self.nodes_sorted():  # by ID: a fresh election makes the lowest ID primary
             if n.routable_ips:
+                self.routes.set_eligible(n.id, n.online and not n.expired())
                 self.routes.update(self.policy_node(n))
         if repaired:
             self._write([PutNode(n) for n in repaired])
@@ -409,7 +411,9 @@ class State:
         n2 = replace(n, expiry=when or utcnow())
         self._write([PutNode(n2)])
         self._replace(n, n2)
+        takers = self.routes.set_eligible(n2.id, n2.online and not n2.expired())
         self._emit(NodePatched(n.id, Patch.EXPIRY))
+        self._emit_changed(takers)
         return n2
 
     def rename_node(self, node_id: int, new_name: str) -> Node:
@@ -497,7 +501,10 @@ class State:
             except StorageError as exc:
                 log.warning("node %d went offline; its last-seen time was not stored: %s",
                             node.id, exc)
+        # Subnet routes fail over to (or from) this router.
+        takers = self.routes.set_eligible(node.id, online and not node.expired())
         self._emit(NodePatched(node.id, Patch.ONLINE))
+        self._emit_changed(takers)
 
     # -- policy bridge -------------------------------------------------------------------------
 
@@ -556,7 +563,8 @@ class State:
         node = self.policy_node(n)
         if self.policy_engine_hooks:
             self.policy_engine_hooks.node_upserted(node)
-        return self.routes.update(node) - {n.id}
+        moved = self.routes.set_eligible(n.id, n.online and not n.expired())
+        return (moved | self.routes.update(node)) - {n.id}
 
     def refresh_auto_approvals(self) -> None:
         """After a policy change: re-decide autoApprovers for every node advertising routes;

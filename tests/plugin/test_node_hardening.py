@@ -113,3 +113,69 @@ async def test_expired_or_logged_out_node_is_cut_off(
     restored = await back.next()
     assert restored is not None and "Expired" not in restored["Node"] and restored["Peers"]
     await still_serving(server)
+
+
+# -- item 6: subnet-route primaries only on online, unexpired routers ------------------------
+
+
+ROUTE = "10.7.0.0/24"
+
+
+async def primary_seen(stream: Any, want: int | None, ids: set[int]) -> None:
+    """Read deltas until the viewer holds ``want`` as the only router offering ROUTE."""
+    holders: dict[int, bool] = {}
+    for _ in range(50):
+        msg = await stream.next(timeout=5)
+        assert msg is not None
+        for p in msg.get("PeersChanged", []):
+            if p["ID"] in ids:
+                holders[p["ID"]] = ROUTE in p.get("PrimaryRoutes", [])
+        offering = {i for i, yes in holders.items() if yes}
+        if (want is None and not offering and holders) or offering == {want}:
+            return
+    raise AssertionError(f"viewer never saw {want} as the only primary: {holders}")
+
+
+async def test_primary_is_elected_among_online_unexpired_routers(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+    assert server.state is not None and server.plane is not None
+    state = server.state
+    user = state.create_user("alice")
+    _, key = state.create_key(user, reusable=True)
+    # The oldest router (lowest ID) is registered but never connects: it must not win.
+    old, _, _ = await join(server, key, "old", stream=False, RoutableIPs=[ROUTE])
+    r1, s1, f1 = await join(server, key, "r1", RoutableIPs=[ROUTE])
+    r2, s2, f2 = await join(server, key, "r2", RoutableIPs=[ROUTE])
+    _, viewer, _ = await join(server, key, "viewer")
+    assert viewer is not None and f1 is not None and f2 is not None
+    old_id = next(n.id for n in state.nodes.values() if n.hostname == "old")
+    id1, id2 = f1["Node"]["ID"], f2["Node"]["ID"]
+    for i in (old_id, id1, id2):
+        state.set_approved_routes(i, [ROUTE])
+    assert state.routes.primaries == {id1: [ROUTE]}, "the offline oldest router took over"
+    await primary_seen(viewer, id1, {old_id, id1, id2})
+
+    # r1 disconnects: r2 takes over, and the viewer learns it by delta.
+    await r1.conn.close()
+    await primary_seen(viewer, id2, {old_id, id1, id2})
+    assert state.routes.primaries == {id2: [ROUTE]}
+
+    # r1 comes back: r2 keeps the route while it works (no flapping back).
+    back = SimNode("r1")
+    back.conn.machine, back.node_key = r1.conn.machine, r1.node_key
+    await back.conn.connect("127.0.0.1", server.main_port)
+    s1b = back.open_stream()
+    assert await s1b.next() is not None
+    assert state.routes.primaries == {id2: [ROUTE]}
+
+    # r2's key expires: r1 takes over again; an expired router is never elected.
+    server.plane.expire_node(id2)
+    await primary_seen(viewer, id1, {old_id, id1, id2})
+    assert state.routes.primaries == {id1: [ROUTE]}
+
+    # Nobody online: nobody offers the route.
+    await back.conn.close()
+    await primary_seen(viewer, None, {old_id, id1, id2})
+    assert state.routes.primaries == {}
+    del old, r2, s1, s2

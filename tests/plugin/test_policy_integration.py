@@ -342,6 +342,7 @@ def _live_views(text: str, topology: dict[str, Any], tmp: Path) -> dict[str, dic
             user_id=None if tags else by_name.get(spec.get("user", "")),
             ipv4=spec.get("ipv4"), ipv6=spec.get("ipv6"), tags=tags, hostinfo=hostinfo,
             approved_routes=tuple(spec.get("approved_routes") or ()),
+            online=True,  # the policy tool's view: every router is up (primaries by lowest ID)
         ))
     storage: Any = _NoStorage()
     state = State(config, storage)
