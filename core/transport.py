@@ -131,6 +131,10 @@ class FrontDoor:
         self.upgrades = list(upgrades)
         self.hconfig = HypercornConfig()
         self.hconfig.keep_alive_timeout = 75
+        # The front door routes a connection by its first request only. A reverse proxy that
+        # kept a connection alive after /key would send /ts2021 or /derp down it to the app,
+        # which answers 404: so one request per connection (the reply says "close").
+        self.hconfig.keep_alive_max_requests = 1
         self.worker = WorkerContext(None)
         self.connections: set[asyncio.Task[None]] = set()
 

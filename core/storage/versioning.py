@@ -176,6 +176,8 @@ def inspect_sqlite_file(path: Path) -> Verdict:
         if MARKER_TABLE in tables:
             row = conn.execute(f'SELECT version FROM "{MARKER_TABLE}" LIMIT 1').fetchone()  # noqa: S608
             version = int(row[0]) if row is not None and row[0] is not None else None
+    except sqlite3.OperationalError as exc:  # locked, unreadable, read-only WAL files, ...
+        raise StorageError(f"cannot read the database {path}: {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise StorageError(
             f"{path} is not a SQLite database ({exc}); point database.sqlite.path at a new "
