@@ -11,13 +11,17 @@ refuses to start otherwise), with log uploads off.
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from meshscale.ports import free_port
 from tests.interop.realclients import stop_process, wait_for
 
 VERSION = "v1.102.5"
+BASE_DOMAIN = "meshscale.net"  # meshscale's dns.base_domain default
 CACHE = Path(os.environ.get("MESHSCALE_INTEROP_WHEELHOUSE",
                             Path.home() / ".cache" / "meshscale-interop"))
 
@@ -163,3 +168,59 @@ def up_all(nodes: Iterable[Tailscaled], login_server: str, authkey: str, *flags:
     nodes = list(nodes)
     with ThreadPoolExecutor(len(nodes) or 1) as pool:
         list(pool.map(lambda n: n.up(login_server, authkey, *flags), nodes))
+
+
+# -- what the tests do through a node ------------------------------------------------------
+
+
+def dns_query(node: Tailscaled, name: str, qtype: str = "A") -> dict[str, Any]:
+    """``tailscale dns query --json``: asks the client's own resolver (100.100.100.100)."""
+    result: dict[str, Any] = node.json("dns", "query", "--json", name, qtype)
+    return result
+
+
+def answers(result: dict[str, Any]) -> list[str]:
+    return sorted(a["Body"] for a in result.get("Answers") or [])
+
+
+@contextmanager
+def http_service(host: str, body: bytes) -> Iterator[int]:
+    """An HTTP server on ``host`` (an address of this namespace) answering ``body``; its port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer((host, 0), Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def get_via_proxy(node: Tailscaled, url: str, timeout: float = 20) -> bytes:
+    """GET ``url`` through the node's outbound HTTP proxy: the connection is dialed by
+    tailscaled, which sends it wherever the node's routes say (subnet router, exit node)."""
+    conn = http.client.HTTPConnection("127.0.0.1", node.proxy_port, timeout=timeout)
+    try:
+        conn.request("GET", url)
+        resp = conn.getresponse()
+        data = resp.read()
+        assert resp.status == 200, (resp.status, data[:200])
+        return data
+    finally:
+        conn.close()
+
+
+def received_from(node: Tailscaled) -> dict[str, int]:
+    """Bytes the node received over WireGuard from each peer (status --json's RxBytes)."""
+    return {name: int(p["RxBytes"]) for name, p in node.peers().items()}

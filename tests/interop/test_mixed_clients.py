@@ -25,8 +25,7 @@ from tests.interop.realclients import (
     site_respond,
     wait_for,
 )
-from tests.interop.tailscaled import Tailscaled
-from tests.interop.test_tailscaled import BASE_DOMAIN, answers, dns_query, http_service
+from tests.interop.tailscaled import BASE_DOMAIN, Tailscaled, answers, dns_query, http_service
 
 pytestmark = [pytest.mark.interop, pytest.mark.tailscaled]
 
@@ -73,16 +72,25 @@ def test_three_client_versions_reach_each_other(tmp_path: Path,
                 lambda: "hello from laptop" in fetch(f"http://127.0.0.1:{fwd.local_port}/")
                 if fwd else False, 60, "tsnet v1.86 -> tailscaled") is True
 
-        # And back: tailscaled sees both tsnet versions as peers, pings them, resolves them.
-        listed = server.nodes()
-        peers = laptop.peers()
-        assert {"web", "probe", "fwd"} <= set(peers), sorted(peers)
-        for name in ("web", "fwd"):
-            assert peers[name]["TailscaleIPs"] == listed[name]["ipAddresses"]
-            assert f"pong from {name} " in laptop.cli("ping", "--until-direct=false", "-c", "2",
-                                                      name).stdout
-        assert answers(dns_query(laptop, f"web.{BASE_DOMAIN}")) == [listed["web"]["ipAddresses"][0]]
-        assert '"IPNVersion":"1.86.' in fwd.log_text()
+            # And back: tailscaled sees both tsnet versions as peers, pings them, resolves them.
+            listed = server.nodes()
+            peers = laptop.peers()
+            assert {"web", "probe", "fwd"} <= set(peers), sorted(peers)
+            for name in ("web", "fwd"):
+                assert peers[name]["TailscaleIPs"] == listed[name]["ipAddresses"]
+                assert f"pong from {name} " in laptop.cli("ping", "--until-direct=false", "-c", "2",
+                                                          name).stdout
+            web_ip = listed["web"]["ipAddresses"][0]
+            assert answers(dns_query(laptop, f"web.{BASE_DOMAIN}")) == [web_ip]
+            assert '"IPNVersion":"1.86.' in fwd.log_text()
+
+            # The admin expires the v1.86 node: its peers drop it, so it reaches nothing.
+            server.cli("nodes", "expire", "-i", str(listed["fwd"]["id"]))
+            wait_for(lambda: "fwd" not in (p := laptop.peers()) or p["fwd"].get("Expired"), 30,
+                     "fwd expired in laptop's status")
+            cut = f"http://127.0.0.1:{fwd.local_port}/"
+            wait_for(lambda: fetch(cut, 2).startswith("failed"), 30,
+                     "the expired v1.86 node cut off")
     finally:
         if fwd is not None:
             fwd.stop()

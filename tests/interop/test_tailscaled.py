@@ -7,12 +7,9 @@ namespace). Everything is checked through the client's own CLI and meshscale's o
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import os
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,11 +20,19 @@ from typing import Any
 import pytest
 
 from tests.interop.realclients import MeshscaleProcess, wait_for
-from tests.interop.tailscaled import Tailscaled, start_all, up_all
+from tests.interop.tailscaled import (
+    BASE_DOMAIN,
+    Tailscaled,
+    answers,
+    dns_query,
+    get_via_proxy,
+    http_service,
+    received_from,
+    start_all,
+    up_all,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.tailscaled]
-
-BASE_DOMAIN = "meshscale.net"  # dns.base_domain's default
 
 Make = Callable[..., Tailscaled]
 
@@ -144,16 +149,6 @@ def test_ping_direct_and_through_meshscale_derp(server: MeshscaleProcess, tailsc
                      log), "no relaying gamma -> alpha in the server log"
 
 
-def dns_query(node: Tailscaled, name: str, qtype: str = "A") -> dict[str, Any]:
-    """``tailscale dns query --json``: asks the client's own resolver (100.100.100.100)."""
-    result: dict[str, Any] = node.json("dns", "query", "--json", name, qtype)
-    return result
-
-
-def answers(result: dict[str, Any]) -> list[str]:
-    return sorted(a["Body"] for a in result.get("Answers") or [])
-
-
 def test_magicdns_names_through_the_clients_resolver(server: MeshscaleProcess,
                                                      tailscaled: Make) -> None:
     a, b = join(server, tailscaled, "alpha", "beta")
@@ -175,49 +170,6 @@ def test_magicdns_names_through_the_clients_resolver(server: MeshscaleProcess,
     assert dns_query(a, f"beta.{BASE_DOMAIN}")["ResponseCode"] == "RCodeNameError"
     # And `tailscale ping db` (the CLI finds short names in the netmap) reaches the node.
     assert f"pong from db ({v4}" in a.cli("ping", "--until-direct=false", "-c", "2", "db").stdout
-
-
-@contextmanager
-def http_service(host: str, body: bytes) -> Iterator[int]:
-    """An HTTP server on ``host`` (an address of this namespace) answering ``body``; its port."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer((host, 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
-def get_via_proxy(node: Tailscaled, url: str) -> bytes:
-    """GET ``url`` through the node's outbound HTTP proxy: the connection is dialed by
-    tailscaled, which sends it wherever the node's routes say (subnet router, exit node)."""
-    conn = http.client.HTTPConnection("127.0.0.1", node.proxy_port, timeout=20)
-    try:
-        conn.request("GET", url)
-        resp = conn.getresponse()
-        data = resp.read()
-        assert resp.status == 200, (resp.status, data[:200])
-        return data
-    finally:
-        conn.close()
-
-
-def received_from(node: Tailscaled) -> dict[str, int]:
-    """Bytes the node received over WireGuard from each peer (status --json's RxBytes)."""
-    return {name: int(p["RxBytes"]) for name, p in node.peers().items()}
 
 
 @contextmanager
