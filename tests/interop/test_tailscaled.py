@@ -304,7 +304,7 @@ def test_expired_node_gets_no_peers_and_its_updates_are_refused(
         server: MeshscaleProcess, tailscaled: Make) -> None:
     _, _, c = cut_off(server, tailscaled)
     # What Tailscale's control plane gives an expired node: a map that says so, no peers.
-    wait_for(lambda: not c.status().get("Peer"), 15, "gamma's peers to go")
+    wait_for(lambda: not c.status().get("Peer"), 10, "gamma's peers to go")
     # And its updates are refused: gamma's new route never reaches meshscale.
     c.cli("set", "--advertise-routes=10.99.0.0/24")
     deadline = time.monotonic() + 5  # a live node's update arrives well within this
