@@ -104,6 +104,10 @@ class ServerHandle:
         return self._host.plugin(name)
 
 
+def _is_a_server_context(handle: ServerHandle) -> ServerContext:
+    return handle  # mypy checks here that the handle implements the whole ServerContext
+
+
 class PluginHost:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(PROJECT)

@@ -141,3 +141,11 @@ def test_a_factory_that_fails_is_named() -> None:
 
     with pytest.raises(PluginError, match=r"plugin 'needy': cannot be made: ValueError"):
         PluginHost().register(Needy, "needy")
+
+
+def test_the_handle_forwards_every_server_context_member() -> None:
+    from meshscale.context import ServerContext
+    from meshscale.pluginhost import ServerHandle
+
+    members = {n for n in vars(ServerContext) if not n.startswith("_")}
+    assert members and members <= set(vars(ServerHandle))
