@@ -149,3 +149,21 @@ def test_the_handle_forwards_every_server_context_member() -> None:
 
     members = {n for n in vars(ServerContext) if not n.startswith("_")}
     assert members and members <= set(vars(ServerHandle))
+
+
+def test_a_module_of_plain_functions_still_loads_and_gets_the_context() -> None:
+    from types import ModuleType
+
+    seen: list[object] = []
+    module = ModuleType("plain_plugin")
+
+    @hookimpl
+    def meshscale_user_event(event: object, server: object) -> None:
+        seen.append((event, server))
+
+    module.meshscale_user_event = meshscale_user_event  # type: ignore[attr-defined]
+    host = PluginHost()
+    host.register(module, "plain")
+    assert host.plugin("plain") is module  # registered as it is, not called
+    host.hooks.user_event("e")  # type: ignore[arg-type]
+    assert seen == [("e", host.context)]
