@@ -326,7 +326,7 @@ class _NoStorage:
 def _live_views(text: str, topology: dict[str, Any], tmp: Path) -> dict[str, dict[str, Any]]:
     """Every node's full map from a State + Mapper wired as the server wires them."""
     host = PluginHost()
-    config = build_config({"data_dir": str(tmp)}, host.collect_sync("meshscale_config_sections"))
+    config = build_config({"data_dir": str(tmp)}, host.hooks.config_sections())
     users = [User(id=int(u["id"]), name=u["name"], email=u.get("email", ""))
              for u in topology.get("users", [])]
     by_name = {u.name: u.id for u in users}
