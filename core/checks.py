@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import ssl
 import tempfile
 from collections.abc import Callable
 from importlib import metadata
@@ -20,32 +19,17 @@ from meshscale.errors import MeshscaleError, PluginError, PolicyError
 from meshscale.pluginhost import PluginHost
 
 
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """The main listener's TLS context (None: plain HTTP); a MeshscaleError names the file."""
-    if not config.tls_cert_path:
-        return None
-    cert = config.resolve(config.tls_cert_path)
-    key = config.resolve(config.tls_key_path)
-    for setting, path in (("tls_cert_path", cert), ("tls_key_path", key)):
-        try:
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise MeshscaleError(f"{setting}: cannot read {path}: {exc.strerror or exc}") \
-                from None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(cert, key)
-    except ssl.SSLError as exc:
-        raise MeshscaleError(
-            f"tls_cert_path/tls_key_path: {cert} and {key} are not a matching PEM certificate "
-            f"and key ({exc.reason or exc})"
-        ) from None
-    return ctx
-
-
 def check_tls(config: Config, host: PluginHost) -> None:
-    tls_context(config)
+    """The own certificate and key are readable, matching and in date; ACME has its plugin."""
+    if config.tls_cert_path:
+        from meshscale.tls import certs  # noqa: PLC0415
+
+        certs.from_files(config.resolve(config.tls_cert_path),
+                         config.resolve(config.tls_key_path))
+    if config.tls_letsencrypt_hostname and "acme" not in host.names():
+        raise MeshscaleError(
+            "tls_letsencrypt_hostname: ACME needs the acme plugin: add acme to plugins and "
+            f"pip install '{PROJECT}[acme]'")
 
 
 def check_data_dir(config: Config, host: PluginHost) -> None:

@@ -260,6 +260,17 @@ class Config:
     unix_socket_permission: str = "0770"
     tls_cert_path: str = ""
     tls_key_path: str = ""
+    # A plain-HTTP port that redirects to HTTPS (meshscale's key; empty: none). With ACME
+    # HTTP-01 the plain port is tls_letsencrypt_listen and answers the challenges too.
+    tls_redirect_listen_addr: HostPort = HostPort("")
+    # ACME (Let's Encrypt), headscale's keys; tls_letsencrypt_hostname set turns it on (the
+    # acme plugin does the work; docs/tls.md).
+    acme_url: Url = Url("https://acme-v02.api.letsencrypt.org/directory")
+    acme_email: str = ""
+    tls_letsencrypt_hostname: str = ""
+    tls_letsencrypt_cache_dir: str = "acme"  # relative: under data_dir
+    tls_letsencrypt_challenge_type: str = "HTTP-01"  # or TLS-ALPN-01
+    tls_letsencrypt_listen: str = ":http"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     prefixes: PrefixesConfig = field(default_factory=PrefixesConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -293,6 +304,20 @@ class Config:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.data_path / p
 
+    @property
+    def tls_enabled(self) -> bool:
+        """The main listener speaks HTTPS: an own certificate, or one from ACME."""
+        return bool(self.tls_cert_path or self.tls_letsencrypt_hostname)
+
+    @property
+    def plain_http_addr(self) -> str:
+        """The plain-HTTP port (redirects, ACME HTTP-01), or "" for none."""
+        if self.tls_redirect_listen_addr:
+            return str(self.tls_redirect_listen_addr)
+        if self.tls_letsencrypt_hostname and self.tls_letsencrypt_challenge_type == "HTTP-01":
+            return letsencrypt_listen_addr(self.tls_letsencrypt_listen)
+        return ""
+
     def section(self, name: str) -> object:
         return self.plugin_sections.get(name)
 
@@ -305,12 +330,6 @@ IGNORED_HEADSCALE_KEYS = frozenset(
         "grpc_allow_insecure",
         "disable_check_updates",
         "ephemeral_node_inactivity_timeout",
-        "acme_url",
-        "acme_email",
-        "tls_letsencrypt_hostname",
-        "tls_letsencrypt_cache_dir",
-        "tls_letsencrypt_challenge_type",
-        "tls_letsencrypt_listen",
         "logtail",
         "taildrop",
         "oidc",
@@ -533,6 +552,35 @@ def _check_postgres(db: DatabaseConfig) -> None:
             raise ConfigError(f"database.postgres.{key}", "cannot be negative")
 
 
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NAMED_PORTS = {"http": "80", "https": "443"}
+
+
+def letsencrypt_listen_addr(value: str) -> str:
+    """headscale's ``tls_letsencrypt_listen`` (``:http``, ``0.0.0.0:80``) as ``host:port``."""
+    host, _, port = value.rpartition(":")
+    return f"{host}:{_NAMED_PORTS.get(port, port)}"
+
+
+def _check_acme(cfg: Config) -> None:
+    if not cfg.tls_letsencrypt_hostname:
+        return
+    if cfg.tls_cert_path:
+        raise ConfigError("tls_letsencrypt_hostname", "use either tls_cert_path/tls_key_path "
+                          "(own certificate) or tls_letsencrypt_hostname (ACME), not both")
+    if not _HOSTNAME.fullmatch(cfg.tls_letsencrypt_hostname):
+        raise ConfigError("tls_letsencrypt_hostname",
+                          f"not a DNS name: {cfg.tls_letsencrypt_hostname!r}")
+    if cfg.tls_letsencrypt_challenge_type not in ("HTTP-01", "TLS-ALPN-01"):
+        raise ConfigError("tls_letsencrypt_challenge_type", "must be HTTP-01 or TLS-ALPN-01")
+    if not cfg.acme_url.startswith("https://"):
+        raise ConfigError("acme_url", "an ACME directory is served over https://")
+    parse_host_port(letsencrypt_listen_addr(cfg.tls_letsencrypt_listen),
+                    "tls_letsencrypt_listen")
+
+
 def _check_semantics(cfg: Config) -> None:
     if cfg.prefixes.allocation not in ("sequential", "random"):
         raise ConfigError("prefixes.allocation", "must be sequential or random")
@@ -553,6 +601,7 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("listen_addr", "must not be empty")
     if bool(cfg.tls_cert_path) != bool(cfg.tls_key_path):
         raise ConfigError("tls_cert_path", "tls_cert_path and tls_key_path go together")
+    _check_acme(cfg)
     if cfg.dns.magic_dns and not cfg.dns.base_domain:
         raise ConfigError("dns.base_domain", "required when dns.magic_dns is true")
     if cfg.dns.base_domain and not re.fullmatch(

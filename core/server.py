@@ -36,6 +36,9 @@ from meshscale.policy import Affected, AllowAllEngine, PolicyEngine
 from meshscale.state.changes import DerpMapChanged, PolicyChanged
 from meshscale.state.store import PolicyHooks, State
 from meshscale.storage.base import PutPolicy, Snapshot, Storage
+from meshscale.tls import MainTls
+from meshscale.tls.listener import TlsListener
+from meshscale.tls.redirect import RedirectPort
 from meshscale.transport import FrontDoor
 from meshscale.web import create_app
 
@@ -73,7 +76,9 @@ class Server:
         self.plane: ControlPlane | None = None
         self.derp: DerpMapManager | None = None
         self.front: FrontDoor | None = None
-        self.listeners: list[asyncio.base_events.Server] = []
+        self.listeners: list[asyncio.base_events.Server | TlsListener] = []
+        self.main_tls: MainTls | None = None
+        self.plain_port = 0  # the plain-HTTP redirect/ACME port, when there is one
         self.tasks: set[asyncio.Task[None]] = set()
         self.main_port = 0
         self.policy_text: str | None = None
@@ -92,6 +97,9 @@ class Server:
     @property
     def data_dir(self) -> Path:
         return self._config.data_path
+
+    def tls(self) -> MainTls | None:
+        return self.main_tls
 
     def node_key_known(self, node_key: bytes) -> bool:
         node = self.state.by_node_key(node_key) if self.state else None
@@ -129,6 +137,8 @@ class Server:
             parts = []
         for part in parts:
             out.update(part)
+        if self.main_tls is not None:
+            out.update(self.main_tls.stats())
         return out
 
     def nodes(self) -> Sequence[Mapping[str, Any]]:
@@ -202,16 +212,19 @@ class Server:
         ensure_data_dir(data)
         self._lock = DataDirLock(data)
         self._lock.acquire()
-        ssl_ctx = checks.tls_context(cfg)
-        host, port = split_host_port(cfg.listen_addr)
-        try:
-            # Bound now, accepting only once everything behind it is ready.
-            main = await asyncio.start_server(self._accept, host, port, ssl=ssl_ctx,
-                                              backlog=4096, limit=2**20, start_serving=False)
-        except OSError as exc:
-            raise MeshscaleError(listen_refusal(cfg.listen_addr, exc)) from None
+        checks.check_tls(cfg, self.host)
+        if cfg.tls_enabled:
+            self.main_tls = MainTls(cfg)
+            if self.main_tls.files is not None:
+                self.main_tls.load_files()
+        # Bound now, accepting only once everything behind it is ready.
+        main = await self._bind_main()
+        bound: list[asyncio.base_events.Server | TlsListener] = [main]
         self.listeners.append(main)
         self.main_port = main.sockets[0].getsockname()[1]
+        if cfg.tls_enabled and cfg.plain_http_addr:
+            bound.append(await self._bind_plain(cfg.plain_http_addr))
+            self.listeners.append(bound[-1])
         self._admin_socket_is_stale()  # refused here, before keys, database and plugins
         noise_key = load_private_key(cfg.resolve(cfg.noise.private_key_path))
 
@@ -241,7 +254,10 @@ class Server:
         app = create_app(public_bytes(noise_key), routes)
         self.front = FrontDoor(noise_key, self.plane.handle, app, upgrades)
         await self._start_admin()
-        await main.start_serving()
+        for listener in bound:
+            await listener.start_serving()
+        if self.main_tls is not None and self.main_tls.files is not None:
+            self.spawn(self.main_tls.watch(), "tls-certificate-watch")
 
         # Everything loaded so far lives as long as the server: keep it out of the cyclic
         # collector's scans, and collect young objects less often. At thousands of streams
@@ -293,6 +309,33 @@ class Server:
         )
         state.refresh_auto_approvals()  # the policy is in force now: autoApprovers apply
         return state, engine, text
+
+    async def _bind_main(self) -> asyncio.base_events.Server | TlsListener:
+        cfg = self._config
+        host, port = split_host_port(cfg.listen_addr)
+        try:
+            if self.main_tls is None:
+                return await asyncio.start_server(self._accept, host, port, backlog=4096,
+                                                  limit=2**20, start_serving=False)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family, backlog=4096)
+        except OSError as exc:
+            raise MeshscaleError(listen_refusal(cfg.listen_addr, exc)) from None
+        return TlsListener(sock, self._accept, self.main_tls.context_for, limit=2**20)
+
+    async def _bind_plain(self, addr: str) -> asyncio.base_events.Server:
+        assert self.main_tls is not None
+        key = ("tls_redirect_listen_addr" if self._config.tls_redirect_listen_addr
+               else "tls_letsencrypt_listen")
+        host, port = split_host_port(addr)
+        port_handler = RedirectPort(self._config.server_url, self.main_tls.http01)
+        try:
+            plain = await asyncio.start_server(port_handler, host, port, backlog=1024,
+                                               start_serving=False)
+        except OSError as exc:
+            raise MeshscaleError(listen_refusal(addr, exc, key)) from None
+        self.plain_port = plain.sockets[0].getsockname()[1]
+        return plain
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.front is not None  # accepting starts after the front door is built
@@ -366,6 +409,12 @@ class Server:
         self.state.refresh_auto_approvals()
         self._policy_affected(affected)
 
+    def reload(self) -> None:
+        """SIGHUP: the policy file and the TLS certificate files, each kept if the new is bad."""
+        self.reload_policy_file()
+        if self.main_tls is not None:
+            self.main_tls.reload()
+
     def reload_policy_file(self) -> None:
         cfg = self._config.policy
         if cfg.mode != "file" or not cfg.path:
@@ -387,7 +436,7 @@ class Server:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stopped.set)
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, self.reload_policy_file)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self._stopped.wait()
 
     def request_stop(self) -> None:
@@ -427,16 +476,16 @@ class Server:
         self._admin_inode = None
 
 
-def listen_refusal(addr: str, exc: OSError) -> str:
+def listen_refusal(addr: str, exc: OSError, key: str = "listen_addr") -> str:
     """One line for a listener that cannot bind."""
     if exc.errno == errno.EADDRINUSE:
-        return (f"refusing to start: listen_addr {addr} is already in use by another program; "
-                "stop it or choose another port with listen_addr")
+        return (f"refusing to start: {key} {addr} is already in use by another program; "
+                f"stop it or choose another port with {key}")
     if exc.errno == errno.EACCES:
-        return (f"refusing to start: listen_addr {addr}: permission denied (ports below 1024 "
+        return (f"refusing to start: {key} {addr}: permission denied (ports below 1024 "
                 "need privileges; see docs/production.md)")
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"refusing to start: listen_addr {addr} is not an address of this machine"
+        return f"refusing to start: {key} {addr} is not an address of this machine"
     return f"refusing to start: cannot listen on {addr}: {exc.strerror or exc}"
 
 

@@ -52,7 +52,7 @@ class DerpService:
 
     @property
     def main_listener_is_tls(self) -> bool:
-        return bool(self.config.tls_cert_path and self.config.tls_key_path)
+        return self.config.tls_enabled
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -83,11 +83,14 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
 class MeshscaleProcess:
     """``meshscale serve`` as users run it: a subprocess with a config file and a data dir."""
 
-    def __init__(self, workdir: Path, plugins: list[str], extra: str = "") -> None:
+    def __init__(self, workdir: Path, plugins: list[str], extra: str = "",
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.config = workdir / "config.yaml"
+        if tls is not None:  # HTTPS with this certificate and key
+            extra += f"tls_cert_path: {tls[0]}\ntls_key_path: {tls[1]}\n"
         self.config.write_text(
             f"data_dir: {workdir / 'data'}\n"
             f"listen_addr: 127.0.0.1:{self.port}\n"
