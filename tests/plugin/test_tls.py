@@ -32,7 +32,7 @@ def client_context(ca: Path, alpn: list[str] | None = None) -> ssl.SSLContext:
 
 
 class Conn:
-    """One HTTPS connection; ``get`` may be called again on it (keep-alive)."""
+    """One HTTPS connection."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -77,8 +77,9 @@ async def test_https_serves_and_a_new_pair_applies_to_new_handshakes_only(
     port = free_port()
     server = await meshscale_server_factory(plugins=["sqlite"], **tls_config(first, port))
     ctx = client_context(ca.pem)
+    # Established before the reload, used only after it (the front door serves one request per
+    # plain-HTTP connection; a long-lived /ts2021 or /derp connection is in the same position).
     old = await Conn.open(port, ctx)
-    assert await old.get() == "HTTP/1.1 200 "
     assert old.serial == first.serial
 
     # A renewal lands in the same files (as certbot does); SIGHUP's handler runs.
