@@ -38,6 +38,7 @@ from meshscale.storage.base import (
     DeleteNode,
     DeleteUser,
     Op,
+    PutCounter,
     PutKey,
     PutNode,
     PutUser,
@@ -65,6 +66,7 @@ class State:
         self.v4 = IPAllocator(config.prefixes.v4, config.prefixes.allocation)
         self.v6 = IPAllocator(config.prefixes.v6, config.prefixes.allocation)
         self._listeners: list[Listener] = []
+        self._hwm: dict[str, int] = {}  # highest ID ever given out, per kind
         self._policy_nodes: dict[int, tuple[Node, dict[str, Any], tuple[str, ...] | None,
                                             PolicyNode]] = {}
         self._policy_listeners: list[Callable[[Affected], None]] = []
@@ -78,6 +80,7 @@ class State:
     # -- start-up and listeners ----------------------------------------------------------------
 
     def load(self, snap: Snapshot) -> None:
+        self._hwm = dict(snap.counters)
         for u in snap.users:
             self.users[u.id] = u
         for k in snap.keys:
@@ -108,6 +111,12 @@ class State:
         log.warning("node %s (%s): dropped stored client values that do not fit tailcfg: %s",
                     n.id, n.given_name, "; ".join(dropped or ["hostname"]))
         return replace(n, hostinfo=hostinfo, endpoints=endpoints, hostname=hostname)
+
+    def _next_id(self, kind: str, live: dict[int, Any]) -> tuple[int, PutCounter]:
+        """A new ID of ``kind``, above every ID ever given out (tailcfg: never reused); the
+        caller writes the counter op with the record and then sets ``_hwm[kind]``."""
+        new = max(self._hwm.get(kind, 0), max(live, default=0)) + 1
+        return new, PutCounter(kind, new)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -162,9 +171,10 @@ class State:
         self._check_username(name)
         if any(u.name == name for u in self.users.values()):
             raise MeshscaleError(f"user {name!r} already exists")
-        u = User(id=max(self.users, default=0) + 1, name=name, display_name=display_name,
-                 email=email)
-        self._write([PutUser(u)])
+        uid, counter = self._next_id("user", self.users)
+        u = User(id=uid, name=name, display_name=display_name, email=email)
+        self._write([PutUser(u), counter])
+        self._hwm["user"] = uid
         self.users[u.id] = u
         self._notify_policy_user(u)
         return u
@@ -216,7 +226,7 @@ class State:
         full, prefix, secret_hash = auth.new_key()
         now = utcnow()
         key = PreAuthKey(
-            id=max(self.keys, default=0) + 1,
+            id=self._next_id("key", self.keys)[0],
             prefix=prefix,
             secret_hash=secret_hash,
             user_id=user.id if user else None,
@@ -226,7 +236,8 @@ class State:
             created_at=now,
             tags=tuple(sorted(set(tags))),
         )
-        self._write([PutKey(key)])
+        self._write([PutKey(key), PutCounter("key", key.id)])
+        self._hwm["key"] = key.id
         self.keys[key.id] = key
         return key, full
 
@@ -336,7 +347,7 @@ class State:
             self._emit_changed(others)
             return node
         node = Node(
-            id=max(self.nodes, default=0) + 1,
+            id=self._next_id("node", self.nodes)[0],
             machine_key=machine_key,
             node_key=node_key,
             hostname=hostname,
@@ -352,11 +363,12 @@ class State:
             capver=capver,
         )
         try:
-            self._write([*ops, PutNode(node)])
+            self._write([*ops, PutNode(node), PutCounter("node", node.id)])
         except Exception:
             self.v4.release(node.ipv4)
             self.v6.release(node.ipv6)
             raise
+        self._hwm["node"] = node.id
         self.keys[key.id] = consumed
         self._index(node)
         others = self._sync_node(node)

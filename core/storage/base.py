@@ -48,7 +48,15 @@ class PutPolicy:
     text: str
 
 
-Op = PutUser | DeleteUser | PutKey | DeleteKey | PutNode | DeleteNode | PutPolicy
+@dataclass(frozen=True, slots=True)
+class PutCounter:
+    """Raise the high-water mark of IDs of one kind ("user", "key", "node")."""
+
+    name: str
+    value: int
+
+
+Op = PutUser | DeleteUser | PutKey | DeleteKey | PutNode | DeleteNode | PutPolicy | PutCounter
 
 
 @dataclass(slots=True)
@@ -57,6 +65,7 @@ class Snapshot:
     keys: list[PreAuthKey] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     policy: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)  # highest ID ever used, per kind
 
 
 class Storage(Protocol):

@@ -19,6 +19,7 @@ from meshscale.storage.base import (
     DeleteNode,
     DeleteUser,
     Op,
+    PutCounter,
     PutKey,
     PutNode,
     PutPolicy,
@@ -122,6 +123,7 @@ class PeeweeStorage:
                       for r in schema.NodeRow.select().order_by(schema.NodeRow.id)]
         latest = schema.PolicyRow.select().order_by(schema.PolicyRow.id.desc()).first()
         snap.policy = latest.data if latest is not None else None
+        snap.counters = {r.name: int(r.value) for r in schema.IdCounterRow.select()}
         return snap
 
     # -- writing ----------------------------------------------------------------------------------
@@ -147,6 +149,8 @@ class PeeweeStorage:
             _upsert(schema.NodeRow, **_row_of(op.node))
         elif isinstance(op, DeleteNode):
             schema.NodeRow.delete().where(schema.NodeRow.id == op.node_id).execute()
+        elif isinstance(op, PutCounter):
+            _upsert(schema.IdCounterRow, name=op.name, value=op.value)
         elif isinstance(op, PutPolicy):
             schema.PolicyRow.create(data=op.text, created_at=_naive(datetime.now(UTC)))
         else:  # pragma: no cover - exhaustive

@@ -82,4 +82,16 @@ class PolicyRow(BaseModel):
         table_name = "policies"
 
 
-MODELS: list[type[BaseModel]] = [UserRow, PreAuthKeyRow, NodeRow, PolicyRow]
+class IdCounterRow(BaseModel):
+    """The highest ID ever given out per kind ("user", "key", "node"): a deleted row's ID is
+    never given to a new one (tailcfg: a NodeID, and the StableID clients keep, is never
+    reused)."""
+
+    name = pw.CharField(primary_key=True)
+    value = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "id_counters"
+
+
+MODELS: list[type[BaseModel]] = [UserRow, PreAuthKeyRow, NodeRow, PolicyRow, IdCounterRow]

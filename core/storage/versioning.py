@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 2
+CURRENT = 3
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -105,8 +105,21 @@ def _v1_to_v2(db: pw.Database) -> None:
     """Version 2 adds the version marker; the four tables of version 1 are unchanged."""
 
 
+def _v2_to_v3(db: pw.Database) -> None:
+    """Version 3 adds ``id_counters``, the highest ID given out per kind, so IDs are never
+    reused. Seeded with the highest IDs present: IDs freed before the upgrade cannot be known
+    (at worst the most recently deleted rows' IDs are given out once more)."""
+    from meshscale.storage import schema  # noqa: PLC0415 - the models bind to db now
+
+    db.create_tables([schema.IdCounterRow])
+    for name, table in (("user", "users"), ("key", "pre_auth_keys"), ("node", "nodes")):
+        row = _sql(db, f'SELECT MAX(id) FROM "{table}"').fetchone()  # noqa: S608 - ours
+        if row is not None and row[0] is not None:
+            schema.IdCounterRow.insert(name=name, value=int(row[0])).execute()
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 # -- acting on a live database ----------------------------------------------------------------

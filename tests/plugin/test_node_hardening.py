@@ -4,12 +4,15 @@ tags, route primaries on dead routers, expired nodes still talking, reused IDs).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from meshscale.pluginhost import PluginHost
 from meshscale.server import Server
 from meshscale.simclient import SimNode
+from meshscale.testing import make_config
 from tests.plugin.simnodes import join
 from tests.plugin.test_bad_input import still_serving, unchanged
 
@@ -179,3 +182,53 @@ async def test_primary_is_elected_among_online_unexpired_routers(
     await primary_seen(viewer, None, {old_id, id1, id2})
     assert state.routes.primaries == {}
     del old, r2, s1, s2
+
+
+# -- item 11: node and user IDs are never reused ---------------------------------------------
+
+
+async def test_ids_of_deleted_nodes_and_users_are_never_reused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    def make() -> Server:
+        host = PluginHost()
+        host.load(["sqlite"])
+        return Server(make_config(data, host, plugins=["sqlite"]), host)
+
+    first = make()
+    await first.start()
+    try:
+        assert first.state is not None and first.plane is not None
+        alice = first.state.create_user("alice")
+        _, key = first.state.create_key(alice, reusable=True)
+        ids = []
+        for name in ("a", "b", "c"):
+            _, _, _ = await join(first, key, name, stream=False)
+            ids.append(max(first.state.nodes))
+        first.plane.delete_node(ids[-1])  # the newest node goes...
+        _, _, again = await join(first, key, "d")
+        assert again is not None
+        assert again["Node"]["ID"] == ids[-1] + 1  # ...and its ID is not handed out again
+        assert again["Node"]["StableID"] != str(ids[-1])
+        bob = first.state.create_user("bob")
+        first.state.delete_user(bob.id)
+        carol = first.state.create_user("carol")
+        assert carol.id == bob.id + 1
+        newest_node = again["Node"]["ID"]
+        first.plane.delete_node(newest_node)
+        first.state.delete_user(carol.id)
+    finally:
+        await first.stop()
+
+    # After a restart too: the high-water mark is in the database.
+    second = make()
+    await second.start()
+    try:
+        assert second.state is not None
+        dave = second.state.create_user("dave")
+        assert dave.id == carol.id + 1
+        _, key2 = second.state.create_key(dave)
+        _, _, fresh = await join(second, key2, "e")
+        assert fresh is not None and fresh["Node"]["ID"] == newest_node + 1
+    finally:
+        await second.stop()

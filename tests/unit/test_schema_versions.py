@@ -156,6 +156,8 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
 
     new = tables_of(db)
     assert new.pop("meshscale_schema")[0][0] == CURRENT
+    # Version 3: the ID high-water marks, seeded with the highest IDs present.
+    assert new.pop("id_counters") == [("key", 1), ("node", 7), ("user", 1)]
     assert new == old  # every row of every table, as it was
     (user,) = snap.users
     assert (user.id, user.name, user.email) == (1, "alice", "a@example.com")
@@ -165,8 +167,8 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     assert (node.id, node.given_name, node.ipv4, node.hostinfo, node.approved_routes,
             node.capver) == (7, "laptop", "100.64.0.1", {"OS": "linux"}, ("10.0.0.0/24",), 113)
     assert snap.policy == '{"acls": []}'
-    assert versioning.inspect_sqlite_file(db) == Verdict("current", CURRENT,
-                                                         tuple(sorted([*old, "meshscale_schema"])))
+    assert versioning.inspect_sqlite_file(db) == Verdict(
+        "current", CURRENT, tuple(sorted([*old, "meshscale_schema", "id_counters"])))
 
 
 def test_a_failing_migration_changes_nothing(tmp_path: Path,
@@ -185,7 +187,8 @@ def test_a_failing_migration_changes_nothing(tmp_path: Path,
     assert tables_of(db) == old  # the transaction took the half-done step back
 
 
-def test_the_current_schema_is_version_1_plus_the_marker(tmp_path: Path) -> None:
+def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
+        tmp_path: Path) -> None:
     """Changing the models changes the schema: that needs CURRENT + 1 and a migration in
     meshscale.storage.versioning (and this test's expectation updated)."""
     fresh, old = tmp_path / "fresh.sqlite", tmp_path / "old.sqlite"
@@ -202,8 +205,10 @@ def test_the_current_schema_is_version_1_plus_the_marker(tmp_path: Path) -> None
         conn.close()
         return rows
 
-    assert CURRENT == 2
+    assert CURRENT == 3
     assert ddl(fresh) - ddl(old) == {
         'CREATE TABLE "meshscale_schema" '
-        "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)"}
+        "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)",
+        'CREATE TABLE "id_counters" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
+        '"value" INTEGER NOT NULL)'}
     assert ddl(old) <= ddl(fresh)
