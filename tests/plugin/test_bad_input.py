@@ -1,5 +1,5 @@
 """Bad input, one test each: a clear error for that request or connection, everyone else keeps
-being served, and the database (a real SQLite file) is unchanged."""
+being served, and the database (a real SQLite file, or a real PostgreSQL) is unchanged."""
 
 from __future__ import annotations
 
@@ -15,12 +15,25 @@ import pytest
 
 from meshscale.server import Server
 from meshscale.simclient import ControlConnection, SimNode, fetch_server_key
+from tests.conftest import Backend
 from tests.noiseclient import seal
 
 pytestmark = pytest.mark.asyncio
 
 
 def dump(server: Server) -> list[Any]:
+    """Every row of every table, read straight from the database (SQLite or PostgreSQL)."""
+    if server.config.database.type == "postgres":
+        import psycopg
+
+        from meshscale.plugins.postgres import connect_params
+
+        pg = server.config.database.postgres
+        with psycopg.connect(dbname=pg.name, **connect_params(pg)) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+            return [(t, conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall())
+                    for t in tables]
     path = server.config.resolve(server.config.database.sqlite.path)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -43,8 +56,9 @@ async def raw_http(port: int, request: bytes) -> bytes:
 
 
 @pytest.fixture
-async def server(meshscale_server_factory: Callable[..., Any]) -> Server:
-    srv: Server = await meshscale_server_factory(plugins=["sqlite"])
+async def server(meshscale_server_factory: Callable[..., Any], backend: Backend) -> Server:
+    srv: Server = await meshscale_server_factory(plugins=[backend.name],
+                                                 database=backend.database)
     return srv
 
 
