@@ -119,6 +119,12 @@ class Server:
         if self.derp is not None:
             await self.derp.refresh()
 
+    def _health_problem(self) -> str | None:
+        # A storage backend that can lose its database says so with ``available``.
+        if self.storage is not None and not getattr(self.storage, "available", True):
+            return "the database is unreachable: changes are refused until it is back"
+        return None
+
     def stats(self) -> Mapping[str, float]:
         state = self.state
         if state is None or self.mapper is None:
@@ -251,7 +257,7 @@ class Server:
 
         routes = self.host.hooks.http_routes(cfg)
         upgrades = self.host.hooks.http_upgrades(cfg)
-        app = create_app(public_bytes(noise_key), routes)
+        app = create_app(public_bytes(noise_key), routes, self._health_problem)
         self.front = FrontDoor(noise_key, self.plane.handle, app, upgrades)
         await self._start_admin()
         for listener in bound:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 
 from quart import Quart, Response, request
 
@@ -11,7 +12,9 @@ from meshscale.contributions import HttpRoute
 ZERO_MKEY = "mkey:" + "0" * 64
 
 
-def create_app(noise_public: bytes, routes: Sequence[HttpRoute] = ()) -> Quart:
+def create_app(noise_public: bytes, routes: Sequence[HttpRoute] = (),
+               problem: Callable[[], str | None] = lambda: None) -> Quart:
+    """``problem`` says why the server cannot do its job right now (None: it can)."""
     app = Quart("meshscale")
     public = "mkey:" + noise_public.hex()
 
@@ -27,6 +30,12 @@ def create_app(noise_public: bytes, routes: Sequence[HttpRoute] = ()) -> Quart:
 
     @app.get("/health")
     async def health() -> Response:
+        # Load balancers and orchestrators read this: a server that cannot store registrations
+        # answers 503 with the reason, as headscale's /health does when its database is away.
+        reason = problem()
+        if reason is not None:
+            return Response(json.dumps({"status": "fail", "reason": reason}), status=503,
+                            content_type="application/json")
         return Response('{"status":"pass"}', content_type="application/json")
 
     @app.get("/")

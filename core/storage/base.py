@@ -76,3 +76,6 @@ class Storage(Protocol):
         """Write ``ops`` in one transaction; raise StorageError and write nothing on failure."""
 
     def close(self) -> None: ...
+
+    # Optional: a backend whose database can go away (PostgreSQL) also has a bool property
+    # ``available``, False while it refuses writes; /health then answers 503.

@@ -57,6 +57,16 @@ def test_unreachable_database_is_one_clear_line(pg_server: PgServer) -> None:
     assert "\n" not in text and "hunter2" not in text
 
 
+async def http_get(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
 @pytest.fixture
 def own_pg() -> Iterator[PgServer]:
     """A PostgreSQL of this test's own: it is killed and restarted."""
@@ -107,7 +117,10 @@ async def test_killing_postgres_mid_write(
     in_memory = {u.name for u in state.users.values()}
     assert in_memory == {"alice", "after-restart", *acked}
 
-    # An admin sees the reason (HTTP 503 -> one line from the CLI's client)...
+    # The main listener's /health says so (load balancers, orchestrators)...
+    health = await http_get(server.main_port, "/health")
+    assert health.startswith(b"HTTP/1.1 503") and b"database is unreachable" in health
+    # ...an admin sees the reason (HTTP 503 -> one line from the CLI's client)...
     admin = AdminClient(str(server.admin_socket_path))
     with pytest.raises(MeshscaleError, match=r"cannot persist the change.*unreachable"):
         await asyncio.to_thread(admin.call, "POST", "/v1/users", {"name": "carol"})
@@ -133,6 +146,7 @@ async def test_killing_postgres_mid_write(
         assert time.monotonic() < deadline, "the server did not notice the database is back"
         await asyncio.sleep(0.05)
     await asyncio.to_thread(admin.call, "POST", "/v1/users", {"name": "carol"})
+    assert (await http_get(server.main_port, "/health")).startswith(b"HTTP/1.1 200")
     node = SimNode("late")
     await node.conn.connect("127.0.0.1", server.main_port)
     assert (await node.register(key)).get("MachineAuthorized") is True
