@@ -186,3 +186,38 @@ def test_a_headscale_database_is_refused_and_left_alone(pg_server: PgServer) -> 
         tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
                               "ORDER BY tablename").fetchall()
     assert tables == [("nodes",), ("users",)]
+
+
+def test_idle_connection_settings(pg_server: PgServer) -> None:
+    from datetime import UTC, datetime
+
+    from meshscale.state.models import User
+    from meshscale.storage.base import PutUser
+
+    def user(i: int) -> PutUser:
+        return PutUser(User(id=i, name=f"u{i}", created_at=datetime.now(UTC)))
+
+    database = new_pg_database(pg_server)
+    database["postgres"].update(max_idle_conns=0)
+    storage: Any = open_postgres(build_config({"database": database}))
+    try:
+        storage.apply([user(1)])
+        assert storage.db.is_closed()  # no idle connection kept
+        storage.apply([user(2)])  # reopened for the write
+        assert [u.name for u in storage.load().users] == ["u1", "u2"]
+    finally:
+        storage.close()
+
+    database["postgres"].update(max_idle_conns=10, conn_max_idle_time_secs=1)
+    storage = open_postgres(build_config({"database": database}))
+    try:
+        storage.apply([user(3)])
+        first = storage.db.connection()
+        storage.apply([user(4)])
+        assert storage.db.connection() is first  # used again while fresh
+        time.sleep(1.1)
+        storage.apply([user(5)])
+        assert storage.db.connection() is not first  # idle too long: replaced
+        assert len(storage.load().users) == 5
+    finally:
+        storage.close()
