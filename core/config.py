@@ -155,6 +155,11 @@ class PostgresConfig:
     max_idle_conns: int = 10
     conn_max_idle_time_secs: int = 3600
 
+    def describe(self) -> str:
+        """Where the database is, for messages: never the password."""
+        where = self.host if self.host.startswith("/") else f"{self.host}:{self.port or 5432}"
+        return f"PostgreSQL database {self.name!r} at {where} (user {self.user!r})"
+
 
 @dataclass(frozen=True)
 class DatabaseConfig:

@@ -17,12 +17,9 @@ Loader = Callable[[argparse.Namespace], tuple[Config, PluginHost]]
 
 
 def _describe(config: Config) -> str:
-    db = config.database
-    if db.type == "postgres":
-        pg = db.postgres
-        where = pg.host if pg.host.startswith("/") else f"{pg.host}:{pg.port or 5432}"
-        return f"PostgreSQL database {pg.name!r} at {where}"
-    return f"SQLite database {config.resolve(db.sqlite.path)}"
+    if config.database.type == "postgres":
+        return config.database.postgres.describe()
+    return f"SQLite database {config.resolve(config.database.sqlite.path)}"
 
 
 def _open(config: Config, host: PluginHost) -> Storage:

@@ -44,12 +44,6 @@ def connect_params(pg: PostgresConfig) -> dict[str, Any]:
     return params
 
 
-def describe(pg: PostgresConfig) -> str:
-    """Where the database is, for messages: never the password."""
-    where = pg.host if pg.host.startswith("/") else f"{pg.host}:{pg.port or 5432}"
-    return f"PostgreSQL database {pg.name!r} at {where} (user {pg.user!r})"
-
-
 def open_postgres(config: Config) -> Storage:
     try:
         import psycopg  # noqa: F401, PLC0415
@@ -62,7 +56,7 @@ def open_postgres(config: Config) -> Storage:
 
     pg = config.database.postgres
     return PostgresStorage.open(
-        pg.name, connect_params(pg), describe(pg),
+        pg.name, connect_params(pg), pg.describe(),
         keep_idle=pg.max_idle_conns > 0, max_idle_s=float(pg.conn_max_idle_time_secs),
     )
 
