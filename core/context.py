@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from meshscale.config import Config
+    from meshscale.tls import MainTls
 
 
 class ServerContext(Protocol):
@@ -22,6 +23,10 @@ class ServerContext(Protocol):
 
     @property
     def data_dir(self) -> Path: ...
+
+    def tls(self) -> MainTls | None:
+        """The main listener's TLS state (the certificate in force, ACME challenge tables), or
+        None when it speaks plain HTTP. The acme plugin installs certificates through it."""
 
     def node_key_known(self, node_key: bytes) -> bool:
         """Is this raw 32-byte node key registered and not expired? (DERP admission)"""

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from meshscale.config import Config
     from meshscale.context import ServerContext
+    from meshscale.tls import MainTls
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class ServerHandle:
     @property
     def data_dir(self) -> Path:
         return self._bound("data_dir").data_dir
+
+    def tls(self) -> MainTls | None:
+        return self._bound("tls").tls()
 
     def node_key_known(self, node_key: bytes) -> bool:
         return self._bound("node_key_known").node_key_known(node_key)
