@@ -224,6 +224,7 @@ class Mapper:
         if node is None:
             raise LookupError(f"node {s.node_id} is gone")
         visible = self.visible_ids(node.id)
+        held = s.known  # what the client holds from this stream's earlier maps (None: all)
         s.cut_off = node.expired()
         if s.cut_off:
             # An expired or logged-out node learns that its key expired (self node's KeyExpiry
@@ -265,6 +266,13 @@ class Mapper:
             "ControlTime": tailcfg.gotime(utcnow()),
             "Debug": {"DisableLogTail": True},
         }
+        if not peers and s.sent["full"]:
+            # A resync leaving the client no peers (cut off, or a policy that hides everyone)
+            # must name the ones it holds: the Go client reads an empty Peers as "unchanged"
+            # (tailcfg.MapResponse.Peers) and would keep them all.
+            gone = set(self.state.nodes) - {node.id} if held is None else held
+            if gone:
+                head["PeersRemoved"] = sorted(gone)
         body = dumps(head)
         if not peers:
             return Message(body)

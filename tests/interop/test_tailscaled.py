@@ -297,9 +297,6 @@ def test_logout_and_expiry_cut_the_node_off(server: MeshscaleProcess, tailscaled
                                           check=False).stdout, 30, "beta back after login")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 11 item 7 (branch harden-input): an expired node still streams the netmap with its "
-    "peers and its updates are applied; remove this marker when that lands"))
 def test_expired_node_gets_no_peers_and_its_updates_are_refused(
         server: MeshscaleProcess, tailscaled: Make) -> None:
     _, _, c = cut_off(server, tailscaled)
