@@ -71,8 +71,12 @@ class PolicyEngine(Protocol):
     ) -> None:
         """Raise PolicyError (with location) if ``text`` is invalid or its tests fail."""
 
-    def set_policy(self, text: str | None) -> Affected:
-        """Install a policy (None: allow everything). Atomic: on PolicyError nothing changes."""
+    def set_policy(self, text: str | None, tests: bool = True) -> Affected:
+        """Install a policy (None: allow everything). Atomic: on PolicyError nothing changes.
+
+        ``tests=False`` (start-up only) installs it without running the policy's ``tests``:
+        they were checked when the policy was set, and nodes coming and going since must not
+        stop the server from starting (the caller runs ``check`` and warns instead)."""
 
     def set_topology(self, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]) -> None:
         """Replace the whole tailnet the engine knows (start-up)."""
@@ -138,7 +142,7 @@ class AllowAllEngine:
     ) -> None:
         return None
 
-    def set_policy(self, text: str | None) -> Affected:
+    def set_policy(self, text: str | None, tests: bool = True) -> Affected:
         return Affected.none()
 
     def set_topology(self, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]) -> None:

@@ -293,14 +293,23 @@ class Server:
         engine.set_topology(users, nodes)
         text = self._initial_policy(snap.policy)
         if text is not None:
+            where = "policy.path" if cfg.policy.mode == "file" else "the stored policy"
             try:
-                engine.set_policy(text)
+                # The policy's tests were checked when it was set; since then nodes may have
+                # gone (the last tag:web node deleted, an ephemeral node left), so at start-up
+                # a failing test is a warning, never a refusal to start.
+                engine.set_policy(text, tests=False)
             except PolicyError as exc:
-                where = "policy.path" if cfg.policy.mode == "file" else "the stored policy"
                 raise MeshscaleError(
                     f"refusing to start: {where} is invalid: {exc}. See docs/policy.md "
                     "('Recovering from an invalid policy')"
                 ) from exc
+            try:
+                engine.check(text, users, nodes)
+            except PolicyError as exc:
+                log.warning("%s: its tests fail against the nodes now registered (%s); the "
+                            "policy is in force anyway. Fix the tests or the nodes; setting "
+                            "the policy again checks them", where, exc)
 
         def affected(a: Affected) -> None:
             if a.everyone or a.nodes:

@@ -3,12 +3,14 @@ tags, route primaries on dead routers, expired nodes still talking, reused IDs).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from meshscale.errors import PolicyError
 from meshscale.pluginhost import PluginHost
 from meshscale.server import Server
 from meshscale.simclient import SimNode
@@ -230,5 +232,53 @@ async def test_ids_of_deleted_nodes_and_users_are_never_reused(tmp_path: Path) -
         _, key2 = second.state.create_key(dave)
         _, _, fresh = await join(second, key2, "e")
         assert fresh is not None and fresh["Node"]["ID"] == newest_node + 1
+    finally:
+        await second.stop()
+
+
+# -- item 9: policy tests are checked when a policy is set; at start-up they only warn -------
+
+TESTED_POLICY = json.dumps({
+    "tagOwners": {"tag:web": ["alice@"]},
+    "acls": [{"action": "accept", "src": ["alice@"], "dst": ["tag:web:80"]}],
+    "tests": [{"src": "alice@", "accept": ["tag:web:80"]}],
+})
+
+
+async def test_failing_policy_tests_warn_at_start_but_refuse_a_new_policy(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+
+    def make() -> Server:
+        host = PluginHost()
+        host.load(["sqlite", "policy"])
+        return Server(make_config(data, host, plugins=["sqlite", "policy"],
+                                  policy={"mode": "database"}), host)
+
+    first = make()
+    await first.start()
+    try:
+        assert first.state is not None and first.plane is not None
+        alice = first.state.create_user("alice")
+        _, key = first.state.create_key(alice, reusable=True)
+        _, _, _ = await join(first, key, "laptop", stream=False)
+        with pytest.raises(PolicyError, match="no addresses"):  # nothing is tag:web yet
+            first.set_policy(TESTED_POLICY, "test", persist=True)
+        _, web_key = first.state.create_key(None, tags=["tag:web"])
+        await join(first, web_key, "web", stream=False)
+        first.set_policy(TESTED_POLICY, "test", persist=True)  # the tests pass now
+        first.plane.delete_node(max(first.state.nodes))  # the last tag:web node goes
+    finally:
+        await first.stop()
+
+    second = make()
+    await second.start()  # starts (it used to refuse), in force, with a warning
+    try:
+        assert second.policy_text == TESTED_POLICY
+        assert "its tests fail against the nodes now registered" in caplog.text
+        assert "no addresses" in caplog.text
+        with pytest.raises(PolicyError, match="no addresses"):  # setting it again checks
+            second.set_policy(TESTED_POLICY, "test", persist=True)
+        await still_serving(second)
     finally:
         await second.stop()
