@@ -45,8 +45,10 @@ def primary_routes(nodes: Iterable[PolicyNode]) -> dict[int, list[str]]:
 def effective_approved(node: PolicyNode, auto: Iterable[str]) -> tuple[str, ...]:
     """Admin-approved routes followed by the auto-approved ones not already listed."""
     out = list(node.approved_routes)
+    seen = set(out)  # a set, not ``in out``: routers may carry thousands of routes
     for route in auto:
-        if route not in out:
+        if route not in seen:
+            seen.add(route)
             out.append(route)
     return tuple(out)
 

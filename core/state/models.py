@@ -6,7 +6,6 @@ These are the authoritative in-memory objects; storage backends persist them. Ke
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -92,11 +91,8 @@ class Node:
 
     @property
     def routable_ips(self) -> tuple[str, ...]:
+        # Hostinfo is checked and normalised where it enters (meshscale.clientinput: masked
+        # prefixes in canonical form) and repaired at load, so no parsing here: routers may
+        # advertise thousands of routes and this is read on every route decision.
         value = self.hostinfo.get("RoutableIPs") or ()
-        out = []
-        for p in value:
-            try:
-                out.append(str(ipaddress.ip_network(p, strict=False)))
-            except (TypeError, ValueError):
-                continue
-        return tuple(out)
+        return tuple(p for p in value if isinstance(p, str))

@@ -7,6 +7,7 @@ CIDR, ``first-last`` ranges, ``*``) all map onto them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
@@ -94,20 +95,7 @@ class AddrSet:
     @staticmethod
     def parse(text: str) -> AddrSet:
         """An IP, CIDR (host bits are masked), ``a-b`` range or ``*``. Raises ValueError."""
-        text = text.strip()
-        if text == "*":
-            return ALL
-        if "-" in text and "/" not in text:
-            first, _, last = text.partition("-")
-            a = ipaddress.ip_address(first)
-            b = ipaddress.ip_address(last)
-            if a.version != b.version or int(a) > int(b):
-                raise ValueError(f"invalid range {text!r}")
-            return AddrSet.from_interval(int(a), int(b), a.version == 6)
-        net = ipaddress.ip_network(text, strict=False)
-        return AddrSet.from_interval(
-            int(net.network_address), int(net.broadcast_address), net.version == 6
-        )
+        return _parse(text)
 
     @staticmethod
     def from_interval(lo: int, hi: int, v6: bool) -> AddrSet:
@@ -196,6 +184,26 @@ class AddrSet:
         return out
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _parse(text: str) -> AddrSet:
+    # Cached (AddrSet is immutable): a router advertising thousands of routes has each one
+    # parsed on every approval and visibility decision otherwise.
+    text = text.strip()
+    if text == "*":
+        return ALL
+    if "-" in text and "/" not in text:
+        first, _, last = text.partition("-")
+        a = ipaddress.ip_address(first)
+        b = ipaddress.ip_address(last)
+        if a.version != b.version or int(a) > int(b):
+            raise ValueError(f"invalid range {text!r}")
+        return AddrSet.from_interval(int(a), int(b), a.version == 6)
+    net = ipaddress.ip_network(text, strict=False)
+    return AddrSet.from_interval(
+        int(net.network_address), int(net.broadcast_address), net.version == 6
+    )
+
+
 EMPTY = AddrSet()
 ALL = AddrSet(((0, V4_MAX),), ((0, V6_MAX),))
 CGNAT = AddrSet.parse("100.64.0.0/10")
@@ -216,3 +224,4 @@ def _internet() -> AddrSet:
 
 
 INTERNET = _internet()
+
