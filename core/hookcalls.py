@@ -12,7 +12,7 @@ The call mode of each hook (collect, first, notify; async allowed or not) is dec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from meshscale.config import Config
@@ -31,13 +31,22 @@ if TYPE_CHECKING:
         Registration,
         UserEvent,
     )
-    from meshscale.pluginhost import PluginHost
+
+
+class HookCaller(Protocol):
+    """The four calling modes PluginHost implements (a protocol, so this module does not import
+    the PluginHost that imports it)."""
+
+    def collect_sync(self, hook: str, **kwargs: Any) -> list[Any]: ...
+    async def collect(self, hook: str, **kwargs: Any) -> list[Any]: ...
+    def first(self, hook: str, **kwargs: Any) -> Any: ...
+    def notify(self, hook: str, **kwargs: Any) -> None: ...
 
 
 class HookCalls:
     """``host.hooks``: call a hook on every plugin of one PluginHost."""
 
-    def __init__(self, host: PluginHost) -> None:
+    def __init__(self, host: HookCaller) -> None:
         self._host = host
 
     # -- configuration and registries (collect, sync) ---------------------------------------

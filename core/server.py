@@ -34,6 +34,7 @@ from meshscale.noise.handshake import public_bytes
 from meshscale.pluginhost import PluginHost
 from meshscale.policy import Affected, AllowAllEngine, PolicyEngine
 from meshscale.state.changes import DerpMapChanged, PolicyChanged
+from meshscale.state.lifecycle import NodeLifecycle
 from meshscale.state.store import PolicyHooks, State
 from meshscale.storage.base import PutPolicy, Snapshot, Storage
 from meshscale.tls import MainTls
@@ -73,6 +74,7 @@ class Server:
         self.state: State | None = None
         self.engine: PolicyEngine = AllowAllEngine()
         self.mapper: Mapper | None = None
+        self.lifecycle: NodeLifecycle | None = None
         self.plane: ControlPlane | None = None
         self.derp: DerpMapManager | None = None
         self.front: FrontDoor | None = None
@@ -244,14 +246,15 @@ class Server:
             cfg, state, self.engine, self.derp_map,
             notify=self.host.hooks.map_sent,
         )
-        self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host,
+        self.lifecycle = lifecycle = NodeLifecycle(cfg, state, self.host.hooks)
+        self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host, lifecycle,
                                   policy_loaded=lambda: self.policy_text is not None)
 
         await self.host.hooks.startup()
         self._started_plugins = True
         if self.derp is not None:
             await self.derp.refresh()
-            self.derp.add_listener(lambda _m: state._emit(DerpMapChanged()))
+            self.derp.add_listener(lambda _m: state.publish(DerpMapChanged()))
             if cfg.derp.auto_update_enabled:
                 self.spawn(self.derp.run(), "derp-map-updates")
 
@@ -271,8 +274,8 @@ class Server:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 50)
-        self.plane.schedule_offline_ephemerals()
-        self.spawn(self.plane.run_expiry(), "key-expiry")
+        lifecycle.schedule_offline_ephemerals()
+        self.spawn(lifecycle.run_expiry(), "key-expiry")
         log.info(
             "meshscale listening on %s (port %d), data in %s, plugins: %s",
             cfg.listen_addr, self.main_port, data, ", ".join(self.host.names()) or "none",
@@ -313,7 +316,7 @@ class Server:
 
         def affected(a: Affected) -> None:
             if a.everyone or a.nodes:
-                state._emit(PolicyChanged(a))
+                state.publish(PolicyChanged(a))
 
         state.policy_engine_hooks = PolicyHooks(
             node_upserted=lambda n: affected(engine.upsert_node(n)),
@@ -399,7 +402,7 @@ class Server:
 
     def _policy_affected(self, affected: Affected) -> None:
         if (affected.everyone or affected.nodes) and self.state is not None:
-            self.state._emit(PolicyChanged(affected))
+            self.state.publish(PolicyChanged(affected))
 
     def set_policy(self, text: str, source: str, persist: bool) -> None:
         """Install a new policy atomically; PolicyError leaves everything as it was."""

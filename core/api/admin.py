@@ -8,18 +8,45 @@ camelCase keys.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quart import Quart, Response, request
 
-from meshscale import audit, tailcfg
+from meshscale import tailcfg
 from meshscale.errors import MeshscaleError, NotFoundError, PolicyError, StorageError
-from meshscale.events import NodeEventKind, UserEvent, UserEventKind
 from meshscale.state.models import Node, PreAuthKey, User
 
 if TYPE_CHECKING:
-    from meshscale.server import Server
+    from meshscale.config import Config
+    from meshscale.mapper.mapper import Mapper
+    from meshscale.pluginhost import PluginHost
+    from meshscale.policy import PolicyEngine
+    from meshscale.state.lifecycle import NodeLifecycle
+    from meshscale.state.store import State
+
+
+class AdminServer(Protocol):
+    """What the admin API uses of the running server (the Server implements it). A protocol,
+    so this module does not import the server that imports it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def host(self) -> PluginHost: ...
+    @property
+    def state(self) -> State | None: ...
+    @property
+    def lifecycle(self) -> NodeLifecycle | None: ...
+    @property
+    def engine(self) -> PolicyEngine: ...
+    @property
+    def mapper(self) -> Mapper | None: ...
+    @property
+    def policy_text(self) -> str | None: ...
+    def set_policy(self, text: str, source: str, persist: bool) -> None: ...
+    def stats(self) -> Mapping[str, float]: ...
 
 
 def _time(t: Any) -> str | None:
@@ -87,16 +114,16 @@ async def _body() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def create_admin_app(server: Server) -> Quart:
+def create_admin_app(server: AdminServer) -> Quart:
     app = Quart("meshscale-admin")
 
-    def state() -> Any:
+    def state() -> State:
         assert server.state is not None
         return server.state
 
-    def plane() -> Any:
-        assert server.plane is not None
-        return server.plane
+    def lifecycle() -> NodeLifecycle:
+        assert server.lifecycle is not None
+        return server.lifecycle
 
     @app.errorhandler(NotFoundError)
     async def not_found(exc: NotFoundError) -> Response:
@@ -123,25 +150,22 @@ def create_admin_app(server: Server) -> Quart:
     @app.post("/v1/users")
     async def create_user() -> Response:
         body = await _body()
-        u = state().create_user(
+        u = lifecycle().create_user(
             str(body.get("name", "")),
             display_name=str(body.get("displayName") or ""),
             email=str(body.get("email") or ""),
         )
-        server.host.hooks.user_event(UserEvent(UserEventKind.CREATED, u.id, u.name))
         return _json(user_view(u))
 
     @app.post("/v1/users/<ref>/rename")
     async def rename_user(ref: str) -> Response:
         body = await _body()
-        u = state().rename_user(ref, str(body.get("newName", "")))
-        server.host.hooks.user_event(UserEvent(UserEventKind.RENAMED, u.id, u.name))
+        u = lifecycle().rename_user(ref, str(body.get("newName", "")))
         return _json(user_view(u))
 
     @app.delete("/v1/users/<ref>")
     async def destroy_user(ref: str) -> Response:
-        u = state().delete_user(ref)
-        server.host.hooks.user_event(UserEvent(UserEventKind.DELETED, u.id, u.name))
+        u = lifecycle().delete_user(ref)
         return _json(user_view(u))
 
     # -- pre-auth keys ---------------------------------------------------------------------------
@@ -224,28 +248,23 @@ def create_admin_app(server: Server) -> Quart:
         routes = body.get("routes")
         if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
             raise MeshscaleError("'routes' must be a list of prefixes")
-        n = state().set_approved_routes(node_id(ref), routes)
-        plane().node_event(NodeEventKind.UPDATED, n)
-        audit.node_line(state(), n, f"approved routes set to {', '.join(routes) or 'none'}")
+        n = lifecycle().approve_routes(node_id(ref), routes)
         return _json(view(n))
 
     @app.delete("/v1/nodes/<ref>")
     async def delete_node(ref: str) -> Response:
-        n = plane().delete_node(node_id(ref))
-        audit.node_line(state(), n, "deleted by an admin")
+        n = lifecycle().delete(node_id(ref), "deleted by an admin")
         return _json(node_view(n, owner(n)))
 
     @app.post("/v1/nodes/<ref>/expire")
     async def expire_node(ref: str) -> Response:
-        n = plane().expire_node(node_id(ref))
-        audit.node_line(state(), n, "expired by an admin")
+        n = lifecycle().expire(node_id(ref), why="expired by an admin")
         return _json(node_view(n, owner(n)))
 
     @app.post("/v1/nodes/<ref>/rename")
     async def rename_node(ref: str) -> Response:
         body = await _body()
-        n = state().rename_node(node_id(ref), str(body.get("newName", "")))
-        plane().node_event(NodeEventKind.UPDATED, n)
+        n = lifecycle().rename(node_id(ref), str(body.get("newName", "")))
         return _json(node_view(n, owner(n)))
 
     # -- policy --------------------------------------------------------------------------------

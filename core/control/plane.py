@@ -1,4 +1,4 @@
-"""The control plane: routes ``/machine/*`` requests and owns node liveness.
+"""The control plane: routes ``/machine/*`` requests; map streams report to the lifecycle.
 
 One per server. Handlers receive the Noise session's machine key with every request and check
 that any node key in the body belongs to it.
@@ -8,29 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
-from meshscale import audit, tailcfg
+from meshscale import tailcfg
 from meshscale.clientinput import BadRequest, Limits, parse_map, parse_register
 from meshscale.config import Config
 from meshscale.control.h2conn import ControlRequest, ResponseWriter
 from meshscale.control.ratelimit import UpdateLimiter
-from meshscale.control.register import handle_register, node_event
+from meshscale.control.register import Registrar, handle_register
 from meshscale.errors import StorageError
-from meshscale.events import MapKind, MapSent, MapStreamEvent, NodeEventKind
+from meshscale.events import MapKind, MapSent
 from meshscale.mapper.frames import KEEPALIVE, Message
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
 from meshscale.pluginhost import PluginHost
 from meshscale.policy import PolicyEngine
-from meshscale.state.models import Node, utcnow
+from meshscale.state.lifecycle import NodeLifecycle
+from meshscale.state.models import Node
 from meshscale.state.store import State
 
 log = logging.getLogger(__name__)
@@ -49,17 +48,15 @@ class ControlPlane:
         mapper: Mapper,
         engine: PolicyEngine,
         host: PluginHost,
+        lifecycle: NodeLifecycle,
         policy_loaded: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
-        self.policy_loaded = policy_loaded  # is a policy (tagOwners) in force?
         self.state = state
         self.mapper = mapper
-        self.engine = engine
         self.host = host
-        self._ephemeral_timers: dict[int, asyncio.TimerHandle] = {}
-        self._expiry_heap: list[tuple[datetime, int]] = []
-        self._expiry_wakeup = asyncio.Event()
+        self.lifecycle = lifecycle
+        self.registrar = Registrar(state, lifecycle, engine, host.hooks, policy_loaded)
         self.keepalive_base = KEEPALIVE_BASE
         self._full_map_gate = asyncio.Semaphore(FULL_MAPS_AT_ONCE)
         self.limits = Limits(
@@ -71,6 +68,7 @@ class ControlPlane:
         # node id -> the latest update held back by the limiter (endpoints, disco, hostinfo).
         self._pending: dict[int, tuple[tuple[str, ...] | None, bytes | None,
                                        dict[str, Any] | None]] = {}
+        lifecycle.on_delete.append(self._forget)
 
     # -- dispatch --------------------------------------------------------------------------------
 
@@ -112,32 +110,13 @@ class ControlPlane:
         await resp.send(200, Message.of(out).body, JSON)
 
     def _register(self, req: ControlRequest, body: dict[str, Any]) -> dict[str, Any]:
-        return handle_register(self, req.machine_key, parse_register(body, self.limits))
+        return handle_register(self.registrar, req.machine_key,
+                               parse_register(body, self.limits))
 
-    # -- node lifecycle helpers (used by register and the admin API) -----------------------------
-
-    def node_event(self, kind: NodeEventKind, node: Node) -> None:
-        self.host.hooks.node_event(node_event(self, kind, node))
-        if node.expiry is not None:
-            self.watch_expiry(node)
-
-    def delete_node(self, node_id: int) -> Node:
-        node = self.state.delete_node(node_id)
+    def _forget(self, node_id: int) -> None:
+        """A deleted node's held-back update and rate state go with it."""
         self._pending.pop(node_id, None)
         self._limiter.forget(node_id)
-        timer = self._ephemeral_timers.pop(node_id, None)
-        if timer is not None:
-            timer.cancel()
-        self.node_event(NodeEventKind.DELETED, node)
-        return node
-
-    def expire_node(self, node_id: int, when: datetime | None = None) -> Node:
-        node = self.state.expire_node(node_id, when)
-        if node.expired():
-            self.node_event(NodeEventKind.EXPIRED, node)
-        else:
-            self.watch_expiry(node)
-        return node
 
     # -- /machine/map ----------------------------------------------------------------------------
 
@@ -227,11 +206,7 @@ class ControlPlane:
         self, node: Node, compress: bool, resp: ResponseWriter, keepalive: bool
     ) -> None:
         session = self.mapper.open(node.id, compress)
-        self._cancel_ephemeral(node.id)
-        if not node.expired():  # an expired node is not reachable: peers keep it offline
-            self.state.set_online(node, True)
-            self.host.hooks.node_event(node_event(self, NodeEventKind.ONLINE, node))
-        self.host.hooks.map_stream(MapStreamEvent(node.id, True))
+        self.lifecycle.opened(node)
         session.ticker = asyncio.get_running_loop().call_later(
             self._keepalive_delay(), self._keepalive_tick, session)
         try:
@@ -276,16 +251,8 @@ class ControlPlane:
         finally:
             if session.ticker is not None:
                 session.ticker.cancel()
-            current = self.mapper.close(session)
-            live = self.state.nodes.get(node.id)
-            if current and live is not None:
-                was_online = live.online
-                self.state.set_online(live, False)
-                self.host.hooks.map_stream(MapStreamEvent(node.id, False))
-                if was_online:
-                    self.host.hooks.node_event(node_event(self, NodeEventKind.OFFLINE, live))
-                if live.ephemeral:
-                    self._schedule_ephemeral(live.id)
+            if self.mapper.close(session):  # not replaced by a newer stream of the node
+                self.lifecycle.closed(node.id)
             with contextlib.suppress(Exception):
                 await resp.end()
 
@@ -305,59 +272,3 @@ class ControlPlane:
 
     def _keepalive_delay(self) -> float:
         return self.keepalive_base + random.random() * KEEPALIVE_JITTER
-
-    # -- ephemeral nodes -----------------------------------------------------------------------
-
-    def _schedule_ephemeral(self, node_id: int) -> None:
-        self._cancel_ephemeral(node_id)
-        loop = asyncio.get_running_loop()
-        delay = float(self.config.node.ephemeral.inactivity_timeout)
-        self._ephemeral_timers[node_id] = loop.call_later(delay, self._gc_ephemeral, node_id)
-
-    def _cancel_ephemeral(self, node_id: int) -> None:
-        timer = self._ephemeral_timers.pop(node_id, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _gc_ephemeral(self, node_id: int) -> None:
-        self._ephemeral_timers.pop(node_id, None)
-        node = self.state.nodes.get(node_id)
-        if node is not None and node.ephemeral and not node.online:
-            try:
-                self.delete_node(node_id)
-                audit.node_line(self.state, node, "deleted (ephemeral, inactive)")
-            except Exception:
-                log.exception("could not delete ephemeral node %s", node_id)
-
-    def schedule_offline_ephemerals(self) -> None:
-        """At start-up every node is offline: ephemeral ones get their inactivity timer."""
-        for node in list(self.state.nodes.values()):
-            if node.ephemeral:
-                self._schedule_ephemeral(node.id)
-
-    # -- key expiry ------------------------------------------------------------------------------
-
-    def watch_expiry(self, node: Node) -> None:
-        if node.expiry is not None and not node.expired():
-            heapq.heappush(self._expiry_heap, (node.expiry, node.id))
-            self._expiry_wakeup.set()
-
-    async def run_expiry(self) -> None:
-        """Tell peers (and the node) when a node key passes its expiry."""
-        for node in self.state.nodes.values():
-            self.watch_expiry(node)
-        while True:
-            self._expiry_wakeup.clear()
-            delay = 3600.0
-            now = utcnow()
-            while self._expiry_heap and self._expiry_heap[0][0] <= now:
-                when, node_id = heapq.heappop(self._expiry_heap)
-                due = self.state.nodes.get(node_id)
-                if due is not None and due.expiry == when:
-                    self.state.expire_node(node_id, when)
-                    self.node_event(NodeEventKind.EXPIRED, due)
-                    audit.node_line(self.state, due, "key expired")
-            if self._expiry_heap:
-                delay = min(delay, (self._expiry_heap[0][0] - now).total_seconds())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._expiry_wakeup.wait(), max(delay, 0.05))

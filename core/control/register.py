@@ -9,17 +9,22 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from meshscale import audit, tailcfg
+from meshscale import tailcfg
 from meshscale.clientinput import RegisterRequest
 from meshscale.errors import AuthError, MeshscaleError, StorageError
-from meshscale.events import NodeEvent, NodeEventKind, Registration
+from meshscale.events import Registration
 from meshscale.state.models import Node, User, utcnow
 
 if TYPE_CHECKING:
-    from meshscale.control.plane import ControlPlane
+    from meshscale.hookcalls import HookCalls
+    from meshscale.policy import PolicyEngine
+    from meshscale.state.lifecycle import NodeLifecycle
+    from meshscale.state.store import State
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,17 @@ LOGOUT_BEFORE = datetime(1971, 1, 1, tzinfo=UTC)
 
 class RegisterRefused(MeshscaleError):
     """Becomes RegisterResponse.Error: the client shows it to the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registrar:
+    """What registration needs: it reads state, and changes nodes only through the lifecycle."""
+
+    state: State
+    lifecycle: NodeLifecycle
+    engine: PolicyEngine
+    hooks: HookCalls
+    policy_loaded: Callable[[], bool]  # is a policy (tagOwners) in force?
 
 
 def _response(user: User | None, node: Node | None, **extra: Any) -> dict[str, Any]:
@@ -46,22 +62,22 @@ def _response(user: User | None, node: Node | None, **extra: Any) -> dict[str, A
 
 
 def handle_register(
-    plane: ControlPlane, machine_key: bytes, req: RegisterRequest
+    reg: Registrar, machine_key: bytes, req: RegisterRequest
 ) -> dict[str, Any]:
     started = time.monotonic()
     method = _claimed_method(req)
     try:
-        method, resp = _register(plane, machine_key, req)
-        plane.host.hooks.registration(Registration(method, "ok", time.monotonic() - started))
+        method, resp = _register(reg, machine_key, req)
+        reg.hooks.registration(Registration(method, "ok", time.monotonic() - started))
         return resp
     except (RegisterRefused, AuthError) as exc:
-        plane.host.hooks.registration(
+        reg.hooks.registration(
             Registration(method, "refused", time.monotonic() - started, str(exc)))
         return {"Error": str(exc)}
     except StorageError as exc:
         # Not stored, so not registered: the client is told and retries later.
         log.error("registration not stored: %s", exc)
-        plane.host.hooks.registration(
+        reg.hooks.registration(
             Registration(method, "error", time.monotonic() - started, str(exc)))
         return {"Error": f"the server cannot store the registration right now: {exc}"}
 
@@ -78,9 +94,9 @@ def _claimed_method(req: RegisterRequest) -> str:
 
 
 def _register(
-    plane: ControlPlane, machine_key: bytes, req: RegisterRequest
+    reg: Registrar, machine_key: bytes, req: RegisterRequest
 ) -> tuple[str, dict[str, Any]]:
-    state = plane.state
+    state = reg.state
     if (too_old := tailcfg.too_old(req.version)) is not None:
         raise RegisterRefused(too_old)
     node_key = req.node_key
@@ -103,82 +119,76 @@ def _register(
         if node is None:
             raise RegisterRefused("no node is registered for this machine")
         if expiry < LOGOUT_BEFORE or expiry <= utcnow():
-            if node.ephemeral:
-                plane.delete_node(node.id)
-                audit.node_line(state, node, "logged out (ephemeral: deleted)")
+            out = reg.lifecycle.logout(node)
+            if out is None:  # ephemeral: deleted
                 return "logout", _response(None, None, NodeKeyExpired=True)
-            node = plane.expire_node(node.id)
-            audit.node_line(state, node, "logged out")
-            return "logout", _response(_owner(plane, node), node)
+            return "logout", _response(_owner(reg, out), out)
         if node.expiry is not None and expiry > node.expiry:
             raise RegisterRefused("extending key is not allowed")
-        node = plane.expire_node(node.id, when=expiry)
-        return "expiry", _response(_owner(plane, node), node)
+        node = reg.lifecycle.expire(node.id, when=expiry)
+        return "expiry", _response(_owner(reg, node), node)
 
     # Key rotation: the old key must be this machine's.
     if old_key is not None and mine is not None and mine.node_key == old_key:
         if mine.expired() and not auth_key:
             raise RegisterRefused("node key expired: log in again with an auth key")
         if auth_key:
-            return "rotate", _with_auth_key(plane, machine_key, node_key, hostinfo, auth_key, req)
-        node = state.rotate_node_key(mine, node_key)
-        return "rotate", _response(_owner(plane, node), node)
+            return "rotate", _with_auth_key(reg, machine_key, node_key, hostinfo, auth_key, req)
+        node = reg.lifecycle.rotate_key(mine, node_key)
+        return "rotate", _response(_owner(reg, node), node)
 
     # Refresh: this machine already has this node key.
     if by_key is not None:
         if by_key.expired():
             if auth_key:
                 return "authkey", _with_auth_key(
-                    plane, machine_key, node_key, hostinfo, auth_key, req
+                    reg, machine_key, node_key, hostinfo, auth_key, req
                 )
-            return "refresh", _response(_owner(plane, by_key), by_key)
-        return "refresh", _response(_owner(plane, by_key), by_key)
+            return "refresh", _response(_owner(reg, by_key), by_key)
+        return "refresh", _response(_owner(reg, by_key), by_key)
 
     if auth_key:
-        return "authkey", _with_auth_key(plane, machine_key, node_key, hostinfo, auth_key, req)
+        return "authkey", _with_auth_key(reg, machine_key, node_key, hostinfo, auth_key, req)
     raise RegisterRefused(
         "this meshscale server needs a pre-auth key: tailscale up --login-server ... "
         "--authkey <key from 'meshscale preauthkeys create'>"
     )
 
 
-def _owner(plane: ControlPlane, node: Node) -> User | None:
-    return plane.state.users.get(node.user_id) if node.user_id is not None else None
+def _owner(reg: Registrar, node: Node) -> User | None:
+    return reg.state.users.get(node.user_id) if node.user_id is not None else None
 
 
 def _with_auth_key(
-    plane: ControlPlane,
+    reg: Registrar,
     machine_key: bytes,
     node_key: bytes,
     hostinfo: dict[str, Any],
     auth_key: str,
     req: RegisterRequest,
 ) -> dict[str, Any]:
-    state = plane.state
+    state = reg.state
     key = state.check_auth_key(auth_key)
     user = state.users.get(key.user_id) if key.user_id is not None else None
-    tags = _permitted_tags(plane, user, list(key.tags), hostinfo)
+    tags = _permitted_tags(reg, user, list(key.tags), hostinfo)
     hostname = str(hostinfo.get("Hostname") or "node")
-    veto = plane.host.hooks.admit_node(hostname, user.name if user else None, tuple(tags),
+    veto = reg.hooks.admit_node(hostname, user.name if user else None, tuple(tags),
                                        "authkey")
     if veto:
         raise RegisterRefused(f"registration refused: {veto}")
-    capver = req.version
-    existed = state.by_machine_key(machine_key) is not None
-    node = state.register_with_key(key, machine_key, node_key, hostinfo, tags, capver)
-    plane.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
-    audit.node_line(state, node, "logged in again" if existed else "registered")
+    node = reg.lifecycle.register_with_key(key, machine_key, node_key, hostinfo, tags,
+                                             req.version)
     return _response(user, node)
 
 
 def _permitted_tags(
-    plane: ControlPlane, user: User | None, key_tags: list[str], hostinfo: dict[str, Any]
+    reg: Registrar, user: User | None, key_tags: list[str], hostinfo: dict[str, Any]
 ) -> list[str]:
     """The tags the node gets: the key's, else Hostinfo.RequestTags; either way tagOwners of
     the policy in force must allow them (the policy may have changed since the key was made)."""
-    owner = plane.state.policy_user(user) if user else None
+    owner = reg.state.policy_user(user) if user else None
     if key_tags:
-        if not plane.engine.tags_permitted(owner, key_tags):
+        if not reg.engine.tags_permitted(owner, key_tags):
             raise RegisterRefused(
                 f"the pre-auth key's tags {sorted(key_tags)} are not permitted by the policy "
                 "(tagOwners)"
@@ -190,28 +200,17 @@ def _permitted_tags(
     bad = [t for t in requested if not _TAG.fullmatch(t)]
     if bad:
         raise RegisterRefused(f"requested tags {sorted(bad)} are invalid: tags look like tag:name")
-    if not plane.policy_loaded():
+    if not reg.policy_loaded():
         # No policy, no tagOwners: nobody may claim a tag (as headscale). Accepting it would
         # let the node shed its owner now and gain the tag's access once a policy arrives.
         raise RegisterRefused(
             f"requested tags {sorted(requested)} are refused: no policy is loaded, so no "
             "tagOwners allow them; use a pre-auth key made with --tags, or load a policy"
         )
-    if not plane.engine.tags_permitted(owner, requested):
+    if not reg.engine.tags_permitted(owner, requested):
         who = f"user {user.name!r}" if user else "this key"
         raise RegisterRefused(
             f"requested tags {sorted(requested)} are not permitted for {who} (tagOwners)"
         )
     return list(dict.fromkeys(requested))
 
-
-def node_event(plane: ControlPlane, kind: NodeEventKind, node: Node) -> NodeEvent:
-    return NodeEvent(
-        kind=kind,
-        node_id=node.id,
-        hostname=node.hostname,
-        given_name=node.given_name,
-        user=plane.state.owner_name(node),
-        tags=tuple(node.tags),
-        addresses=node.addresses,
-    )

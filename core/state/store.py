@@ -125,6 +125,11 @@ class State:
         for listener in self._listeners:
             listener(change)
 
+    def publish(self, change: Change) -> None:
+        """Send a change that starts outside state (the policy or DERP map changed) down the
+        same path as state's own: to every subscriber, the mapper first."""
+        self._emit(change)
+
     def _write(self, ops: Sequence[Op]) -> None:
         self.storage.apply(ops)
 

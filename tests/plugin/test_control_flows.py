@@ -84,8 +84,8 @@ async def test_full_map_then_deltas(server: Server, key: str) -> None:
     patch = await patch_with(sa, "Endpoints", peer["ID"])
     assert patch == {"NodeID": peer["ID"], "Endpoints": ["127.0.0.1:41641"], "DERPRegion": 999}
     # Deleting b removes it from a's map.
-    assert server.plane is not None
-    server.plane.delete_node(peer["ID"])
+    assert server.lifecycle is not None
+    server.lifecycle.delete(peer["ID"])
     assert (await next_with(sa, "PeersRemoved"))["PeersRemoved"] == [peer["ID"]]
     assert server.mapper is not None
     sent = server.mapper.sessions[me["ID"]].sent
@@ -184,8 +184,8 @@ async def test_reconnect_cancels_ephemeral_deletion(server: Server) -> None:
 async def test_expiry_reaches_peers_and_self(server: Server, key: str) -> None:
     _a, sa, _ = await join(server, key, "a")
     _b, sb, bfirst = await join(server, key, "b")
-    assert sa is not None and sb is not None and bfirst is not None and server.plane
-    server.plane.expire_node(bfirst["Node"]["ID"])
+    assert sa is not None and sb is not None and bfirst is not None and server.lifecycle
+    server.lifecycle.expire(bfirst["Node"]["ID"])
     patch = await patch_with(sa, "KeyExpiry", bfirst["Node"]["ID"])
     assert patch["NodeID"] == bfirst["Node"]["ID"]
     own = await next_with(sb, "Node")

@@ -65,7 +65,7 @@ async def quiet(stream: Any, wait: float = 0.3) -> list[dict[str, Any]]:
 async def test_expired_or_logged_out_node_is_cut_off(
         meshscale_server_factory: Callable[..., Any], how: str) -> None:
     server: Server = await meshscale_server_factory(plugins=["sqlite"])
-    assert server.state is not None and server.plane is not None
+    assert server.state is not None and server.lifecycle is not None
     user = server.state.create_user("alice")
     _, key = server.state.create_key(user, reusable=True)
     a, sa, _ = await join(server, key, "a")
@@ -80,7 +80,7 @@ async def test_expired_or_logged_out_node_is_cut_off(
         resp = await b.register(None, Expiry="1970-01-01T00:02:03Z")
         assert resp["NodeKeyExpired"] is True
     else:
-        server.plane.expire_node(b_id)
+        server.lifecycle.expire(b_id)
 
     # b's stream: a map saying its key expired, with no peers and no rules.
     got = await quiet(sb)
@@ -144,7 +144,7 @@ async def primary_seen(stream: Any, want: int | None, ids: set[int]) -> None:
 async def test_primary_is_elected_among_online_unexpired_routers(
         meshscale_server_factory: Callable[..., Any]) -> None:
     server: Server = await meshscale_server_factory(plugins=["sqlite"])
-    assert server.state is not None and server.plane is not None
+    assert server.state is not None and server.lifecycle is not None
     state = server.state
     user = state.create_user("alice")
     _, key = state.create_key(user, reusable=True)
@@ -175,7 +175,7 @@ async def test_primary_is_elected_among_online_unexpired_routers(
     assert state.routes.primaries == {id2: [ROUTE]}
 
     # r2's key expires: r1 takes over again; an expired router is never elected.
-    server.plane.expire_node(id2)
+    server.lifecycle.expire(id2)
     await primary_seen(viewer, id1, {old_id, id1, id2})
     assert state.routes.primaries == {id1: [ROUTE]}
 

@@ -155,7 +155,7 @@ async def test_admin_api_set_and_check_policy(dbserver: Server) -> None:
 
 
 async def test_routes_auto_approve_primary_and_failover(dbserver: Server) -> None:
-    assert dbserver.state is not None and dbserver.plane is not None
+    assert dbserver.state is not None and dbserver.lifecycle is not None
     keys = users_and_keys(dbserver, "alice")
     dbserver.set_policy(ROUTES_POLICY, "database", persist=True)
     _, sv, viewer = await join(dbserver, keys["alice"], "laptop")
@@ -178,7 +178,7 @@ async def test_routes_auto_approve_primary_and_failover(dbserver: Server) -> Non
 
     # Failover: deleting the primary makes the standby primary; peers learn it by delta.
     await drain(sv)
-    dbserver.plane.delete_node(id1)
+    dbserver.lifecycle.delete(id1)
     assert dbserver.state.routes.primaries == {id2: ["10.1.0.0/16"]}
     msg = await next_with(sv, "PeersChanged")
     (peer,) = msg["PeersChanged"]
