@@ -200,14 +200,14 @@ async def test_ids_of_deleted_nodes_and_users_are_never_reused(tmp_path: Path) -
     first = make()
     await first.start()
     try:
-        assert first.state is not None and first.plane is not None
+        assert first.state is not None and first.lifecycle is not None
         alice = first.state.create_user("alice")
         _, key = first.state.create_key(alice, reusable=True)
         ids = []
         for name in ("a", "b", "c"):
             _, _, _ = await join(first, key, name, stream=False)
             ids.append(max(first.state.nodes))
-        first.plane.delete_node(ids[-1])  # the newest node goes...
+        first.lifecycle.delete(ids[-1])  # the newest node goes...
         _, _, again = await join(first, key, "d")
         assert again is not None
         assert again["Node"]["ID"] == ids[-1] + 1  # ...and its ID is not handed out again
@@ -217,7 +217,7 @@ async def test_ids_of_deleted_nodes_and_users_are_never_reused(tmp_path: Path) -
         carol = first.state.create_user("carol")
         assert carol.id == bob.id + 1
         newest_node = again["Node"]["ID"]
-        first.plane.delete_node(newest_node)
+        first.lifecycle.delete(newest_node)
         first.state.delete_user(carol.id)
     finally:
         await first.stop()
