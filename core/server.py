@@ -221,6 +221,9 @@ class Server:
         self._lock = DataDirLock(data)
         self._lock.acquire()
         checks.check_tls(cfg, self.host)
+        if cfg.tls_enabled and not cfg.server_url.startswith("https://"):
+            log.warning("server_url %s is not https:// but listen_addr speaks HTTPS: clients "
+                        "given this URL cannot connect; make it https://", cfg.server_url)
         if cfg.tls_enabled:
             self.main_tls = MainTls(cfg)
             if self.main_tls.files is not None:

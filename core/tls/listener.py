@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 #: A client must have sent its ClientHello within this, and finished the handshake within that.
 HELLO_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 20.0
+#: Connections still before or in their TLS handshake; more are closed at once (a stranger
+#: opening sockets and sending nothing holds one of these for at most the two timeouts).
+MAX_PENDING = 1024
 
 Callback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
@@ -62,6 +65,11 @@ class TlsListener:
                 # Out of file descriptors and the like: wait a little rather than spin.
                 log.warning("https listener: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
+                continue
+            if len(self._pending) >= MAX_PENDING:
+                log.warning("https listener: %d handshakes pending; closing a new connection",
+                            MAX_PENDING)
+                conn.close()
                 continue
             conn.setblocking(False)
             task = loop.create_task(self._connection(conn))

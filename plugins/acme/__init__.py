@@ -12,14 +12,16 @@ why, the ``acme_*`` stats say so, and it retries with backoff. See docs/tls.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from meshscale import hookimpl
 from meshscale.config import Duration, parse_duration
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from meshscale.tls import Certificate, MainTls
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,34 @@ def parse_settings(raw: Mapping[str, Any], path: str) -> AcmeSettings:
     if settings.retry_min <= 0 or settings.retry_max < settings.retry_min:
         raise ConfigError(f"{path}.retry_min", "must be more than 0 and at most retry_max")
     return settings
+
+
+async def in_daemon_thread(work: Callable[[], T]) -> T:
+    """``work()`` in a daemon thread: an order blocked on a slow ACME server (requests waits up
+    to 45 s per call) never holds up the process's exit, as the default executor would."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return  # cancelled meanwhile (shutdown)
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(cast(T, result))
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="acme-order", daemon=True).start()
+    return await done
 
 
 def renewal_due(cert: Certificate, renew_before: float) -> datetime.datetime:
@@ -164,7 +195,7 @@ class AcmePlugin:
                 continue
             self.next_attempt = time.time()
             try:
-                issued = await asyncio.to_thread(issuer.obtain)
+                issued = await in_daemon_thread(issuer.obtain)
                 cert = certs.from_pem(issued.chain_pem, issued.key_pem,
                                       cert_what="ACME certificate", key_what="its key")
             except (AcmeFailure, TlsError) as exc:

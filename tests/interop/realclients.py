@@ -84,10 +84,11 @@ class MeshscaleProcess:
     """``meshscale serve`` as users run it: a subprocess with a config file and a data dir."""
 
     def __init__(self, workdir: Path, plugins: list[str], extra: str = "",
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, port: int | None = None,
+                 url: str | None = None) -> None:
         self.workdir = workdir
-        self.port = free_port()
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.port = port or free_port()
+        self.url = url or f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.config = workdir / "config.yaml"
         if tls is not None:  # HTTPS with this certificate and key
             extra += f"tls_cert_path: {tls[0]}\ntls_key_path: {tls[1]}\n"
