@@ -111,6 +111,16 @@ def test_join_with_preauth_key_and_status_matches_meshscale(
     assert again["beta"]["id"] == listed["beta"]["id"] and again["beta"]["online"] is True
     assert len(again) == 2
 
+    # A server restart loses nothing: both daemons reconnect by themselves, same nodes.
+    server.stop()
+    server.start()
+    wait_for(lambda: all(n["online"] for n in server.nodes().values()), 60,
+             "both nodes back online after a server restart")
+    assert {k: v["ipAddresses"] for k, v in server.nodes().items()} == {
+        k: v["ipAddresses"] for k, v in listed.items()}
+    wait_for(lambda: a.peers()["beta"]["Online"] is True, 30, "beta online for alpha again")
+    assert "pong from beta" in a.cli("ping", "--until-direct=false", "-c", "2", "beta").stdout
+
     # Deleted in meshscale: alpha drops it from its netmap.
     server.cli("nodes", "delete", "-i", str(listed["beta"]["id"]))
     wait_for(lambda: "beta" not in a.peers(), 30, "beta gone from alpha's status")
