@@ -116,11 +116,11 @@ def copy_database(source: Storage, target: Storage, say: Callable[[str], None] =
             for row in _rows(src, model):
                 batch.append(row)
                 if len(batch) >= BATCH:
-                    model.insert_many(batch).execute(dst)
+                    model.insert_many(batch).as_rowcount().execute(dst)
                     counts[table] += len(batch)
                     batch = []
             if batch:
-                model.insert_many(batch).execute(dst)
+                model.insert_many(batch).as_rowcount().execute(dst)
                 counts[table] += len(batch)
             say(f"copied {counts[table]} rows of {table}")
         _advance_sequences(dst)

@@ -40,12 +40,14 @@ def _aware(value: Any) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _upsert(model: type[schema.BaseModel], **row: Any) -> None:
+def _upsert(db: pw.Database, model: type[schema.BaseModel], **row: Any) -> None:
     """Insert or update by primary key only. (SQLite's INSERT OR REPLACE would silently delete
     a *different* row that clashes on a unique column; this lets the constraint refuse.)"""
     fields = [getattr(model, name) for name in row if name != "id"]
     key = model._meta.primary_key
-    model.insert(**row).on_conflict(conflict_target=[key], preserve=fields).execute()
+    # as_rowcount: no RETURNING, which peewee would otherwise decide by the models' binding.
+    model.insert(**row).on_conflict(conflict_target=[key], preserve=fields).as_rowcount() \
+        .execute(db)
 
 
 def _naive(value: datetime | None) -> datetime | None:
@@ -96,6 +98,9 @@ def _record_of(cls: type[T], row: Any) -> T:
 
 
 class PeeweeStorage:
+    """Every query names ``self.db``: the models' own binding (a proxy, for creating tables) is
+    shared by every storage in the process, and several servers may live in one (tests)."""
+
     def __init__(self, db: pw.Database, where: str = "the database") -> None:
         self.db = db
         schema.database_proxy.initialize(db)
@@ -114,16 +119,17 @@ class PeeweeStorage:
     # -- reading ----------------------------------------------------------------------------------
 
     def load(self) -> Snapshot:
+        db = self.db
         snap = Snapshot()
-        snap.users = [_record_of(User, r)
-                      for r in schema.UserRow.select().order_by(schema.UserRow.id)]
-        snap.keys = [_record_of(PreAuthKey, r)
-                     for r in schema.PreAuthKeyRow.select().order_by(schema.PreAuthKeyRow.id)]
-        snap.nodes = [_record_of(Node, r)
-                      for r in schema.NodeRow.select().order_by(schema.NodeRow.id)]
-        latest = schema.PolicyRow.select().order_by(schema.PolicyRow.id.desc()).first()
+        snap.users = [_record_of(User, r) for r in
+                      schema.UserRow.select().order_by(schema.UserRow.id).execute(db)]
+        snap.keys = [_record_of(PreAuthKey, r) for r in
+                     schema.PreAuthKeyRow.select().order_by(schema.PreAuthKeyRow.id).execute(db)]
+        snap.nodes = [_record_of(Node, r) for r in
+                      schema.NodeRow.select().order_by(schema.NodeRow.id).execute(db)]
+        latest = schema.PolicyRow.select().order_by(schema.PolicyRow.id.desc()).first(db)
         snap.policy = latest.data if latest is not None else None
-        snap.counters = {r.name: int(r.value) for r in schema.IdCounterRow.select()}
+        snap.counters = {r.name: int(r.value) for r in schema.IdCounterRow.select().execute(db)}
         return snap
 
     # -- writing ----------------------------------------------------------------------------------
@@ -137,21 +143,23 @@ class PeeweeStorage:
             raise StorageError(f"write failed, nothing was changed: {exc}") from exc
 
     def _apply_one(self, op: Op) -> None:
+        db = self.db
         if isinstance(op, PutUser):
-            _upsert(schema.UserRow, **_row_of(op.user))
+            _upsert(db, schema.UserRow, **_row_of(op.user))
         elif isinstance(op, DeleteUser):
-            schema.UserRow.delete().where(schema.UserRow.id == op.user_id).execute()
+            schema.UserRow.delete().where(schema.UserRow.id == op.user_id).execute(db)
         elif isinstance(op, PutKey):
-            _upsert(schema.PreAuthKeyRow, **_row_of(op.key))
+            _upsert(db, schema.PreAuthKeyRow, **_row_of(op.key))
         elif isinstance(op, DeleteKey):
-            schema.PreAuthKeyRow.delete().where(schema.PreAuthKeyRow.id == op.key_id).execute()
+            schema.PreAuthKeyRow.delete().where(schema.PreAuthKeyRow.id == op.key_id).execute(db)
         elif isinstance(op, PutNode):
-            _upsert(schema.NodeRow, **_row_of(op.node))
+            _upsert(db, schema.NodeRow, **_row_of(op.node))
         elif isinstance(op, DeleteNode):
-            schema.NodeRow.delete().where(schema.NodeRow.id == op.node_id).execute()
+            schema.NodeRow.delete().where(schema.NodeRow.id == op.node_id).execute(db)
         elif isinstance(op, PutCounter):
-            _upsert(schema.IdCounterRow, name=op.name, value=op.value)
+            _upsert(db, schema.IdCounterRow, name=op.name, value=op.value)
         elif isinstance(op, PutPolicy):
-            schema.PolicyRow.create(data=op.text, created_at=_naive(datetime.now(UTC)))
+            schema.PolicyRow.insert(data=op.text, created_at=_naive(datetime.now(UTC))) \
+                .as_rowcount().execute(db)
         else:  # pragma: no cover - exhaustive
             raise StorageError(f"unknown storage op {op!r}")

@@ -115,7 +115,7 @@ def _v2_to_v3(db: pw.Database) -> None:
     for name, table in (("user", "users"), ("key", "pre_auth_keys"), ("node", "nodes")):
         row = _sql(db, f'SELECT MAX(id) FROM "{table}"').fetchone()  # noqa: S608 - ours
         if row is not None and row[0] is not None:
-            schema.IdCounterRow.insert(name=name, value=int(row[0])).execute()
+            schema.IdCounterRow.insert(name=name, value=int(row[0])).as_rowcount().execute(db)
 
 
 #: MIGRATIONS[n] turns a version-n database into version n + 1.

@@ -90,3 +90,20 @@ def test_user_with_nodes_cannot_be_destroyed(tmp_path: Path, backend: Backend) -
         st.delete_user("alice")
     with pytest.raises(MeshscaleError, match="already exists"):
         st.create_user("alice")
+
+
+def test_two_storages_in_one_process_stay_apart(tmp_path: Path, backend: Backend) -> None:
+    """Several servers may share a process (tests do): each storage writes and reads only its
+    own database, whichever was opened last."""
+    first = Backend("sqlite", {"type": "sqlite"}).storage(tmp_path / "first")
+    second = backend.storage(tmp_path / "second")
+    try:
+        one = State(Backend("sqlite").config(tmp_path / "first"), first)
+        one.create_user("only-in-first")
+        two = State(backend.config(tmp_path / "second"), second)
+        two.create_user("only-in-second")
+        assert [u.name for u in first.load().users] == ["only-in-first"]
+        assert [u.name for u in second.load().users] == ["only-in-second"]
+    finally:
+        first.close()
+        second.close()
