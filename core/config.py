@@ -256,6 +256,31 @@ class ClientLimitsConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one stranger may hold on the main listener, and for how long (docs/security.md)."""
+
+    # Connections: a ceiling for all (further capped by the open-file limit) and one per source.
+    max_connections: int = 10000
+    max_connections_per_ip: int = 512
+    # Deadlines. header_timeout covers the whole first request head (not each read), and with it
+    # the ts2021 upgrade that carries the Noise initiation; handshake_timeout the HTTP/2 preface
+    # after it; idle_timeout a Noise session with no open request; body_timeout one request body.
+    header_timeout: Duration = Duration(10)
+    handshake_timeout: Duration = Duration(10)
+    idle_timeout: Duration = Duration(300)
+    body_timeout: Duration = Duration(30)
+    # HTTP/2 inside the Noise session.
+    max_body_bytes: int = 1 << 20  # one request body (what the Go client accepts as a reply)
+    max_connection_body_bytes: int = 2 << 20  # all unfinished bodies of one connection
+    max_streams: int = 64
+    max_frame_size: int = 16384  # SETTINGS_MAX_FRAME_SIZE we announce and enforce
+    reset_limit: int = 200  # streams a client may reset per reset_window (rapid reset)
+    reset_window: Duration = Duration(10)
+    # Refused connections and accept() failures are logged as one summary line per interval.
+    log_interval: Duration = Duration(60)
+
+
+@dataclass(frozen=True)
 class Config:
     server_url: Url = Url("http://127.0.0.1:8080")
     listen_addr: HostPort = HostPort("127.0.0.1:8080")
@@ -285,6 +310,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     client_limits: ClientLimitsConfig = field(default_factory=ClientLimitsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     randomize_client_port: bool = False
     plugins: tuple[str, ...] = ("sqlite", "postgres", "derp", "stun", "policy")
     # Sections owned by plugins (``meshscale_config_sections``), parsed by them.
@@ -614,6 +640,7 @@ def _check_semantics(cfg: Config) -> None:
         cfg.dns.base_domain,
     ):
         raise ConfigError("dns.base_domain", f"not a valid DNS name: {cfg.dns.base_domain!r}")
+    _check_limits(cfg.limits)
     for i, rec in enumerate(cfg.dns.extra_records):
         if rec.type not in ("A", "AAAA"):
             raise ConfigError(f"dns.extra_records[{i}].type", "must be A or AAAA")
@@ -624,6 +651,19 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("client_limits", "endpoints_max and update_burst must be at least 1")
     if limits.updates_per_second <= 0:
         raise ConfigError("client_limits.updates_per_second", "must be more than 0")
+
+
+def _check_limits(lim: LimitsConfig) -> None:
+    for name in ("max_connections", "max_connections_per_ip", "max_streams", "reset_limit",
+                 "max_body_bytes", "header_timeout", "handshake_timeout", "idle_timeout",
+                 "body_timeout", "reset_window", "log_interval"):
+        if getattr(lim, name) <= 0:
+            raise ConfigError(f"limits.{name}", "must be greater than zero")
+    if not 16384 <= lim.max_frame_size <= 16777215:
+        raise ConfigError("limits.max_frame_size", "must be between 16384 and 16777215")
+    if lim.max_connection_body_bytes < lim.max_body_bytes:
+        raise ConfigError("limits.max_connection_body_bytes",
+                          "must be at least limits.max_body_bytes")
 
 
 def load_raw(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> tuple[

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ from meshscale.datadir import DataDirLock, ensure_data_dir
 from meshscale.derpmap import DerpMapManager
 from meshscale.errors import ConfigError, MeshscaleError, PluginError, PolicyError
 from meshscale.events import PolicyEvent
+from meshscale.limits import connection_ceiling, raise_fd_limit
+from meshscale.listener import Listener
 from meshscale.mapper.mapper import Mapper
 from meshscale.noise.handshake import public_bytes
 from meshscale.pluginhost import PluginHost
@@ -38,7 +41,7 @@ from meshscale.state.lifecycle import NodeLifecycle
 from meshscale.state.store import PolicyHooks, State
 from meshscale.storage.base import PutPolicy, Snapshot, Storage
 from meshscale.tls import MainTls
-from meshscale.tls.listener import TlsListener
+from meshscale.tls.listener import peek_hello
 from meshscale.tls.redirect import RedirectPort
 from meshscale.transport import FrontDoor
 from meshscale.web import create_app
@@ -78,7 +81,7 @@ class Server:
         self.plane: ControlPlane | None = None
         self.derp: DerpMapManager | None = None
         self.front: FrontDoor | None = None
-        self.listeners: list[asyncio.base_events.Server | TlsListener] = []
+        self.listeners: list[asyncio.Server | Listener] = []
         self.main_tls: MainTls | None = None
         self.plain_port = 0  # the plain-HTTP redirect/ACME port, when there is one
         self.tasks: set[asyncio.Task[None]] = set()
@@ -230,9 +233,9 @@ class Server:
                 self.main_tls.load_files()
         # Bound now, accepting only once everything behind it is ready.
         main = await self._bind_main()
-        bound: list[asyncio.base_events.Server | TlsListener] = [main]
+        bound: list[asyncio.Server | Listener] = [main]
         self.listeners.append(main)
-        self.main_port = main.sockets[0].getsockname()[1]
+        self.main_port = main.port
         if cfg.tls_enabled and cfg.plain_http_addr:
             bound.append(await self._bind_plain(cfg.plain_http_addr))
             self.listeners.append(bound[-1])
@@ -264,10 +267,18 @@ class Server:
         routes = self.host.hooks.http_routes(cfg)
         upgrades = self.host.hooks.http_upgrades(cfg)
         app = create_app(public_bytes(noise_key), routes, self._health_problem)
-        self.front = FrontDoor(noise_key, self.plane.handle, app, upgrades)
+        ceiling = connection_ceiling(cfg.limits.max_connections, raise_fd_limit())
+        if ceiling < cfg.limits.max_connections:
+            log.info("limits.max_connections lowered to %d by the open-file limit", ceiling)
+        self.front = FrontDoor(noise_key, self.plane.handle, app, upgrades, cfg.limits,
+                               max_connections=ceiling,
+                               tls=None if self.main_tls is None else self._tls_context)
         await self._start_admin()
         for listener in bound:
-            await listener.start_serving()
+            if isinstance(listener, Listener):
+                listener.start()
+            else:
+                await listener.start_serving()
         if self.main_tls is not None and self.main_tls.files is not None:
             self.spawn(self.main_tls.watch(), "tls-certificate-watch")
 
@@ -331,19 +342,13 @@ class Server:
         state.refresh_auto_approvals()  # the policy is in force now: autoApprovers apply
         return state, engine, text
 
-    async def _bind_main(self) -> asyncio.base_events.Server | TlsListener:
+    async def _bind_main(self) -> Listener:
         cfg = self._config
         host, port = split_host_port(cfg.listen_addr)
         try:
-            if self.main_tls is None:
-                return await asyncio.start_server(self._accept, host, port, backlog=4096,
-                                                  limit=2**20, start_serving=False)
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.create_server((host, port), family=family, backlog=4096)
+            return Listener.bind(host, port, self._accepted, self._exhausted)
         except OSError as exc:
             raise MeshscaleError(listen_refusal(cfg.listen_addr, exc)) from None
-        return TlsListener(sock, self._accept, self.main_tls.context_for, limit=2**20)
-
     async def _bind_plain(self, addr: str) -> asyncio.base_events.Server:
         assert self.main_tls is not None
         key = ("tls_redirect_listen_addr" if self._config.tls_redirect_listen_addr
@@ -358,9 +363,18 @@ class Server:
         self.plain_port = plain.sockets[0].getsockname()[1]
         return plain
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accepted(self, conn: socket.socket, ip: str) -> None:
         assert self.front is not None  # accepting starts after the front door is built
-        await self.front(reader, writer)
+        self.front.accepted(conn, ip)
+
+    async def _tls_context(self, conn: socket.socket) -> ssl.SSLContext:
+        """The certificate in force for this connection, chosen from its ClientHello."""
+        assert self.main_tls is not None
+        return self.main_tls.context_for(await peek_hello(conn))
+
+    def _exhausted(self, exc: OSError) -> None:
+        if self.front is not None:
+            self.front.exhausted(exc)
 
     def _make_derp_manager(self) -> DerpMapManager:
         return DerpMapManager(self._config, self.host.hooks.derp_regions)

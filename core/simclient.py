@@ -183,6 +183,7 @@ class ControlConnection:
         elif isinstance(ev, h2.events.WindowUpdated):
             self.window.set()
         elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+            self.window.set()  # a sender waiting for credit on this stream must look again
             r = self.replies.get(ev.stream_id)
             if r is not None:
                 r.done.set()
@@ -204,14 +205,20 @@ class ControlConnection:
 
     async def _send_body(self, sid: int, body: bytes) -> None:
         view = memoryview(body)
+        reply = self.replies[sid]
         while True:
+            if reply.done.is_set():
+                return  # the server answered (413, 408) or reset the stream: stop sending
             size = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size,
                        len(view))
             if size <= 0 and view:
                 self.window.clear()
                 await asyncio.wait_for(self.window.wait(), 10)
                 continue
-            self.h2.send_data(sid, bytes(view[:size]), end_stream=size == len(view))
+            try:
+                self.h2.send_data(sid, bytes(view[:size]), end_stream=size == len(view))
+            except h2.exceptions.StreamClosedError:
+                return  # reset by the server while we were sending; the reply says why
             self._flush()
             view = view[size:]
             if not view:

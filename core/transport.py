@@ -4,6 +4,10 @@ Hypercorn cannot hand over the raw socket for a custom ``Upgrade:``, so this mod
 listener. It reads the request head (h11); ``/ts2021`` goes to Noise + HTTP/2, a plugin's upgrade
 path (``/derp``) goes to that plugin with the socket, and every other connection is handed to
 hypercorn, with the bytes already read, to be served by the Quart app.
+
+On the main listener every connection is admitted through a ConnectionTable (limits.py) and must
+deliver its whole first request head within ``limits.header_timeout``: a total deadline, so
+trickling a byte at a time does not keep it open.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections.abc import Sequence
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
 
 import h11
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -22,16 +28,19 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
+from meshscale.config import LimitsConfig
 from meshscale.contributions import UpgradeRequest, UpgradeRoute
 from meshscale.control.h2conn import Handler, NoiseH2Connection
 from meshscale.errors import ProtocolError
+from meshscale.limits import ConnectionTable, Refusal, Slot, SummaryLog
 from meshscale.noise import handshake
 from meshscale.noise.records import RecordDecoder, RecordEncoder
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
-HEAD_TIMEOUT = 30.0
+
+TlsChooser = Callable[[socket.socket], Awaitable[ssl.SSLContext]]
 TS2021_PATH = "/ts2021"
 TS2021_UPGRADE = "tailscale-control-protocol"
 
@@ -57,7 +66,9 @@ class Head:
 
 
 async def read_head(reader: asyncio.StreamReader) -> Head | None:
-    """Read one request head. None: the peer went away; ValueError: not HTTP/1.1."""
+    """Read one request head. None: the peer went away; ValueError: not HTTP/1.1.
+
+    The caller bounds the whole read with a deadline (not each read)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     raw = bytearray()
     while True:
@@ -66,7 +77,7 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
         except h11.RemoteProtocolError as exc:
             raise ValueError(f"malformed HTTP request: {exc}") from None
         if event is h11.NEED_DATA:
-            data = await asyncio.wait_for(reader.read(65536), HEAD_TIMEOUT)
+            data = await reader.read(65536)
             if not data:
                 return None
             raw += data
@@ -79,7 +90,7 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
         raise ValueError("unexpected HTTP event before a request")
 
 
-def _plain_response(status: int, reason: str, text: str) -> bytes:
+def plain_response(status: int, reason: str, text: str) -> bytes:
     body = text.encode() + b"\n"
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -124,26 +135,82 @@ class FrontDoor:
         control: Handler,
         asgi_app: object,
         upgrades: Sequence[UpgradeRoute] = (),
+        limits: LimitsConfig | None = None,
+        max_connections: int | None = None,
+        tls: TlsChooser | None = None,
     ) -> None:
         self.noise_key = noise_key
         self.control = control
         self.app = ASGIWrapper(asgi_app)  # type: ignore[arg-type]
         self.upgrades = list(upgrades)
+        self.limits = limits or LimitsConfig()
+        self.tls = tls  # the main listener's TLS: a context per connection (its ClientHello)
         self.hconfig = HypercornConfig()
         self.hconfig.keep_alive_timeout = 75
         # The front door routes a connection by its first request only. A reverse proxy that
         # kept a connection alive after /key would send /ts2021 or /derp down it to the app,
         # which answers 404: so one request per connection (the reply says "close").
         self.hconfig.keep_alive_max_requests = 1
+        # hypercorn's deadline is per read; the request head before it was bounded in total.
+        self.hconfig.read_timeout = int(max(1, self.limits.body_timeout))
         self.worker = WorkerContext(None)
         self.connections: set[asyncio.Task[None]] = set()
+        self.table = ConnectionTable(max_connections or self.limits.max_connections,
+                                     self.limits.max_connections_per_ip)
+        self.summary = SummaryLog(self.limits.log_interval)
 
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # -- admission (the main listener calls these) ------------------------------------------------
+
+    def accepted(self, conn: socket.socket, ip: str) -> None:
+        """A new connection from ``ip``: admit it and serve it, or refuse it in one line."""
+        admitted = self.table.admit(ip, _noop)
+        if isinstance(admitted, Refusal):
+            self.summary.note(f"connections refused ({admitted.reason} limit)", ip)
+            _refuse(conn, None if self.tls else admitted.text)
+            return
+        task = asyncio.get_running_loop().create_task(self._accepted(conn, admitted))
+        admitted.close = lambda: _cancel(task)
+
+    def exhausted(self, exc: OSError) -> None:
+        """accept() failed for want of descriptors: log a summary, close the longest-idle."""
+        self.summary.note(f"accept() failures ({exc.strerror})")
+        self.table.evict_one()
+
+    async def _accepted(self, conn: socket.socket, slot: Slot) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reader = asyncio.StreamReader(limit=2**20)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            timeout = self.limits.header_timeout
+            try:
+                ctx = None
+                if self.tls is not None:
+                    async with asyncio.timeout(timeout):
+                        ctx = await self.tls(conn)
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=ctx,
+                    ssl_handshake_timeout=timeout if ctx is not None else None)
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                log.debug("connection from %s failed before a request: %r", slot.ip, exc)
+                conn.close()
+                return
+            except asyncio.CancelledError:
+                conn.close()
+                return
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            await self(reader, writer, slot)
+        finally:
+            self.table.release(slot)
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       slot: Slot | None = None) -> None:
         task = asyncio.current_task()
         if task is not None:
             self.connections.add(task)
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, slot)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -158,22 +225,33 @@ class FrontDoor:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     slot: Slot | None) -> None:
+        timeout = self.limits.header_timeout
         try:
-            head = await read_head(reader)
+            async with asyncio.timeout(timeout):
+                head = await read_head(reader)
         except ValueError as exc:
-            writer.write(_plain_response(400, "Bad Request", str(exc)))
+            writer.write(plain_response(400, "Bad Request", str(exc)))
             await writer.drain()
+            return
+        except TimeoutError:
+            writer.write(plain_response(
+                408, "Request Timeout", f"request head not complete within {timeout:.0f} s"))
             return
         if head is None:
             return
         upgrade = head.header("upgrade").lower()
         if head.path == TS2021_PATH:
-            await self._ts2021(head, upgrade, reader, writer)
+            await self._ts2021(head, upgrade, reader, writer, slot)
             return
         if upgrade:
             for route in self.upgrades:
                 if route.path == head.path and upgrade in route.protocols:
+                    if slot is not None:
+                        # A relay connection is in use (the plugin applies its own login
+                        # deadline): never closed to make room.
+                        self.table.set_busy(slot, True)
                     peer = writer.get_extra_info("peername") or ("", 0)
                     await route.handler(
                         UpgradeRequest(
@@ -204,23 +282,24 @@ class FrontDoor:
         upgrade: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        slot: Slot | None,
     ) -> None:
         if head.method not in ("POST", "GET"):
-            writer.write(_plain_response(405, "Method Not Allowed", "use POST"))
+            writer.write(plain_response(405, "Method Not Allowed", "use POST"))
             return
         if upgrade != TS2021_UPGRADE:
-            writer.write(_plain_response(
+            writer.write(plain_response(
                 400, "Bad Request", f"/ts2021 needs Upgrade: {TS2021_UPGRADE}"))
             return
         try:
             init = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
             hs = handshake.respond(self.noise_key, init)
         except (binascii.Error, ValueError):
-            writer.write(_plain_response(
+            writer.write(plain_response(
                 400, "Bad Request", "missing or malformed X-Tailscale-Handshake"))
             return
         except ProtocolError as exc:
-            writer.write(_plain_response(400, "Bad Request", f"bad handshake: {exc}"))
+            writer.write(plain_response(400, "Bad Request", f"bad handshake: {exc}"))
             return
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\n"
@@ -236,5 +315,30 @@ class FrontDoor:
             hs.peer_static,
             hs.version,
             self.control,
+            self.limits,
+            on_busy=None if slot is None else (
+                lambda busy: self.table.set_busy(slot, busy)),
         )
         await conn.run(first=head.rest)
+
+
+def _noop() -> None:
+    pass
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+
+
+def _refuse(conn: socket.socket, text: str | None) -> None:
+    """One line for a connection we will not serve; a fresh socket's buffer always takes it.
+
+    Over TLS (``text`` None) a plain-text answer would be noise: the connection is just closed."""
+    try:
+        if text is not None:
+            conn.setblocking(False)
+            conn.send(plain_response(503, "Service Unavailable", text))
+    except OSError:
+        pass
+    finally:
+        conn.close()

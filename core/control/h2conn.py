@@ -2,7 +2,10 @@
 
 The I/O adapter between a socket, the sans-IO Noise records and the sans-IO ``h2`` state machine.
 Each request runs in its own task; responses honour HTTP/2 flow control, so a slow client slows
-only its own streams.
+only its own streams. What a client can hold is bounded (``limits`` in the config): streams,
+frame size, unfinished body bytes per stream and per connection (through the flow-control window
+we grant), resets per time window, and deadlines for the HTTP/2 preface, each request body, and
+a session with no open request.
 """
 
 from __future__ import annotations
@@ -15,18 +18,20 @@ from dataclasses import dataclass, field
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
 
+from meshscale.config import LimitsConfig
+from meshscale.control.h2guard import FrameGuard, FrameSizeError, InboundBudget, WindowCounter
 from meshscale.errors import ProtocolError
 from meshscale.noise.records import RecordDecoder, RecordEncoder
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20  # 1 MiB: what the Go client itself accepts for JSON replies
-MAX_STREAMS = 64
 READ_CHUNK = 65536
+WRITE_BUFFER_HIGH = 1 << 20  # stop reading while this much output waits for a slow reader
 
 
 @dataclass(slots=True)
@@ -42,12 +47,14 @@ class ControlRequest:
 
 @dataclass(slots=True)
 class _Stream:
+    opened: float  # loop time: the body must be complete by opened + body_timeout
     headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
     task: asyncio.Task[None] | None = None
     window: asyncio.Event = field(default_factory=asyncio.Event)
     too_large: bool = False
-    ended: bool = False
+    ended: bool = False  # the client sent END_STREAM (or we stopped reading the body)
+    credit: int = 0  # stream-level window to give back after this batch of frames
 
 
 class ResponseWriter:
@@ -98,6 +105,8 @@ class NoiseH2Connection:
         machine_key: bytes,
         capver: int,
         handler: Handler,
+        limits: LimitsConfig | None = None,
+        on_busy: Callable[[bool], None] | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -106,11 +115,24 @@ class NoiseH2Connection:
         self.machine_key = machine_key
         self.capver = capver
         self.handler = handler
+        self.limits = limits or LimitsConfig()
+        self.on_busy = on_busy  # told when the first request opens and the last one ends
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self.h2 = h2.connection.H2Connection(config=cfg)
         self.streams: dict[int, _Stream] = {}
         self.conn_window = asyncio.Event()
         self.closed = False
+        self.guard = FrameGuard(self.limits.max_frame_size)
+        self.budget = InboundBudget(self.limits.max_connection_body_bytes)
+        self.resets = WindowCounter(self.limits.reset_limit, self.limits.reset_window)
+        self._data_seen = 0
+        self._resets_seen = 0
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self._idle_since = self._started
+        self._incomplete = 0  # streams whose body is still arriving
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
 
     # -- output --------------------------------------------------------------------------------
 
@@ -164,53 +186,206 @@ class NoiseH2Connection:
     # -- input ----------------------------------------------------------------------------------
 
     async def run(self, first: bytes = b"") -> None:
+        lim = self.limits
         self.h2.initiate_connection()
-        self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
+        self.h2.update_settings({
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: lim.max_streams,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: lim.max_frame_size,
+        })
         self.flush()
         try:
             if first:
                 self._receive(self.decoder.feed(first))
+            self._rearm()
             while not self.closed:
                 data = await self.reader.read(READ_CHUNK)
                 if not data:
                     break
                 self._receive(self.decoder.feed(data))
+                self._rearm()
+                transport = self.writer.transport
+                if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                    # The client does not read what it asks for (PING or SETTINGS floods
+                    # produce replies): stop reading until it does, but not forever.
+                    async with asyncio.timeout(lim.idle_timeout):
+                        await self.writer.drain()
+        except FrameSizeError as exc:
+            log.info("control connection closed: %s", exc)
+            self._goaway(h2.errors.ErrorCodes.FRAME_SIZE_ERROR, str(exc))
         except ProtocolError as exc:
             log.info("control connection closed: %s", exc)
         except h2.exceptions.ProtocolError as exc:
             log.info("control connection closed: HTTP/2 error: %s", exc)
-            with contextlib.suppress(Exception):
-                self.h2.close_connection()
-                self.flush()
-        except (ConnectionError, asyncio.IncompleteReadError):
+            self._goaway(None, "")
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:
             await self.close()
 
+    def _goaway(self, code: h2.errors.ErrorCodes | None, why: str) -> None:
+        """Tell the client why before closing (``h2`` has queued its own GOAWAY if code is None)."""
+        with contextlib.suppress(Exception):
+            if code is not None:
+                self.h2.close_connection(error_code=code, additional_data=why.encode()[:256])
+            self.flush()
+
+    def _deadline(self) -> float | None:
+        lim = self.limits
+        if not self.guard.preface_done:
+            return self._started + lim.handshake_timeout
+        if self._incomplete:
+            return min(st.opened for st in self.streams.values() if not st.ended) + (
+                lim.body_timeout)
+        if not self.streams:
+            return self._idle_since + lim.idle_timeout
+        return None  # requests being answered (map streams): they keep the session
+
+    def _rearm(self) -> None:
+        """(Re)start the one timer that enforces the current deadline, if it changed."""
+        deadline = None if self.closed else self._deadline()
+        if deadline == self._armed_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = deadline
+        self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._armed_at = None, None
+        if self.closed:
+            return
+        if self._expire():
+            self.closed = True
+            self.reader.feed_eof()  # ends the read loop, which closes the connection
+        else:
+            self._give_credit()  # refused bodies no longer count: the client may send again
+            self.flush()
+            self._rearm()
+
+    def _expire(self) -> bool:
+        """A deadline passed. True: the whole connection is done."""
+        lim = self.limits
+        now = self._loop.time()
+        if not self.guard.preface_done:
+            log.info("control connection closed: no HTTP/2 preface within %.0f s",
+                     lim.handshake_timeout)
+            return True
+        if self._incomplete:
+            late = [sid for sid, st in self.streams.items()
+                    if not st.ended and now >= st.opened + lim.body_timeout]
+            for sid in late:
+                self._abandon_body(sid, 408, "request body not complete within "
+                                   f"{lim.body_timeout:.0f} s")
+            return False
+        if not self.streams and now >= self._idle_since + lim.idle_timeout:
+            self._goaway(h2.errors.ErrorCodes.NO_ERROR, "idle")
+            return True
+        return False
+
     def _receive(self, plain: bytes) -> None:
         if not plain:
             return
-        for event in self.h2.receive_data(plain):
+        self.guard.feed(plain)  # before h2 buffers anything: refuses oversized frames
+        events = self.h2.receive_data(plain)
+        self.budget.received(self.guard.data_bytes - self._data_seen)
+        self._data_seen = self.guard.data_bytes
+        for event in events:
             self._event(event)
+        if self.guard.resets != self._resets_seen:
+            now = self._loop.time()
+            over = False
+            for _ in range(self.guard.resets - self._resets_seen):
+                over = self.resets.add(now) or over
+            self._resets_seen = self.guard.resets
+            if over:
+                self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
+                raise ProtocolError(
+                    f"more than {self.limits.reset_limit} stream resets in "
+                    f"{self.limits.reset_window:.0f} s")
+        self._give_credit()
         self.flush()
+
+    def _give_credit(self) -> None:
+        for sid, st in self.streams.items():
+            if st.credit and not st.ended:
+                with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                    self.h2.increment_flow_control_window(st.credit, sid)
+            st.credit = 0
+        room = self.budget.grant()
+        if room and not self.closed:
+            self.h2.increment_flow_control_window(room)
+
+    def _open(self, stream_id: int, st: _Stream) -> None:
+        if not self.streams and self.on_busy is not None:
+            self.on_busy(True)
+        self.streams[stream_id] = st
+        self._incomplete += 1
+
+    def _body_done(self, st: _Stream) -> None:
+        """No more body bytes will be read for this stream: it no longer counts as held."""
+        if not st.ended:
+            st.ended = True
+            self._incomplete -= 1
+            self.budget.released(len(st.body))
+            st.body = bytearray()
+
+    def _drop(self, stream_id: int) -> _Stream | None:
+        st = self.streams.pop(stream_id, None)
+        if st is not None:
+            self._body_done(st)
+            if not self.streams:
+                self._idle_since = self._loop.time()
+                if self.on_busy is not None and not self.closed:
+                    self.on_busy(False)
+            self._rearm()
+        return st
+
+    def _abandon_body(self, stream_id: int, status: int, why: str) -> None:
+        """Answer a request whose body we will not read, and stop the client sending it."""
+        st = self.streams.get(stream_id)
+        if st is None:
+            return
+        self._body_done(st)
+        log.info("control request on stream %d refused: %s", stream_id, why)
+        if st.task is None:
+            st.task = asyncio.create_task(self._refuse(stream_id, status, why))
+
+    async def _refuse(self, stream_id: int, status: int, why: str) -> None:
+        try:
+            resp = ResponseWriter(self, stream_id)
+            await resp.send(status, why.encode() + b"\n", "text/plain")
+            # RFC 9113 §8.1: a complete response may come first; NO_ERROR asks the client to
+            # stop sending the rest of the request without treating it as a failure.
+            if stream_id in self.streams and not self.closed:
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                self.flush()
+        except ConnectionResetError:
+            pass
+        finally:
+            self._drop(stream_id)
 
     def _event(self, event: h2.events.Event) -> None:
         st: _Stream | None
         if isinstance(event, h2.events.RequestReceived):
-            st = _Stream(headers={str(k): str(v) for k, v in event.headers or []})
-            self.streams[event.stream_id] = st
+            st = _Stream(opened=self._loop.time(),
+                         headers={str(k): str(v) for k, v in event.headers or []})
+            self._open(event.stream_id, st)
             if event.stream_ended:
                 self._dispatch(event.stream_id, st)
         elif isinstance(event, h2.events.DataReceived):
             st = self.streams.get(event.stream_id)
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            if st is None:
-                return
-            if len(st.body) + len(event.data or b"") > MAX_BODY:
+            if st is None or st.ended:
+                return  # refused or answered already: its bytes are not kept
+            data = event.data or b""
+            if len(st.body) + len(data) > self.limits.max_body_bytes:
                 st.too_large = True
-                st.body.clear()
-            elif not st.too_large:
-                st.body += event.data or b""
+                self._abandon_body(event.stream_id, 413,
+                                   f"request body over {_size(self.limits.max_body_bytes)}")
+                return
+            st.body += data
+            self.budget.kept(len(data))
+            st.credit += event.flow_controlled_length
             if event.stream_ended:
                 self._dispatch(event.stream_id, st)
         elif isinstance(event, h2.events.StreamEnded):
@@ -218,7 +393,7 @@ class NoiseH2Connection:
             if st is not None and st.task is None:
                 self._dispatch(event.stream_id, st)
         elif isinstance(event, h2.events.StreamReset):
-            st = self.streams.pop(event.stream_id, None)
+            st = self._drop(event.stream_id)
             if st is not None and st.task is not None:
                 st.task.cancel()
         elif isinstance(event, h2.events.WindowUpdated):
@@ -236,19 +411,18 @@ class NoiseH2Connection:
     def _dispatch(self, stream_id: int, st: _Stream) -> None:
         if st.task is not None:
             return
-        st.task = asyncio.create_task(self._serve(stream_id, st))
+        body = bytes(st.body)
+        self._body_done(st)
+        st.task = asyncio.create_task(self._serve(stream_id, st, body))
 
-    async def _serve(self, stream_id: int, st: _Stream) -> None:
+    async def _serve(self, stream_id: int, st: _Stream, body: bytes) -> None:
         resp = ResponseWriter(self, stream_id)
         try:
-            if st.too_large:
-                await resp.send(413, b"request body over 1 MiB\n", "text/plain")
-                return
             req = ControlRequest(
                 method=st.headers.get(":method", ""),
                 path=st.headers.get(":path", ""),
                 headers=st.headers,
-                body=bytes(st.body),
+                body=body,
                 machine_key=self.machine_key,
                 capver=self.capver,
                 stream_id=stream_id,
@@ -259,16 +433,25 @@ class NoiseH2Connection:
             raise
         except ConnectionResetError:
             pass
+        except RecursionError:
+            # Client input nested deeper than Python recurses: the client's fault, not ours.
+            log.info("control request on stream %d refused: nested too deeply", stream_id)
+            if not resp.started and not self.closed:
+                with contextlib.suppress(Exception):
+                    await resp.send(400, b"request nested too deeply\n", "text/plain")
         except Exception:
             log.exception("control request on stream %d failed", stream_id)
             if not resp.started and not self.closed:
                 with contextlib.suppress(Exception):
                     await resp.send(500, b"internal error\n", "text/plain")
         finally:
-            self.streams.pop(stream_id, None)
+            self._drop(stream_id)
 
     async def close(self) -> None:
         self.closed = True
+        self._incomplete = 0
+        if self._timer is not None:
+            self._timer.cancel()
         tasks = [st.task for st in self.streams.values() if st.task is not None]
         self.streams.clear()
         for t in tasks:
@@ -278,3 +461,9 @@ class NoiseH2Connection:
                 await t
         with contextlib.suppress(Exception):
             self.writer.close()
+            # A client that reads nothing would keep the socket (and our unsent bytes) forever.
+            self._loop.call_later(5.0, self.writer.transport.abort)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"

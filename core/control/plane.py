@@ -78,12 +78,10 @@ class ControlPlane:
             await self._json_endpoint(req, resp, self._register)
         elif path == "/machine/map":
             await self._map(req, resp)
-        elif path.startswith("/machine/"):
-            # Endpoints we do not implement: a clean, immediate error (never a hang).
-            await resp.send(501, f"{path} is not implemented by meshscale\n".encode(),
-                            "text/plain")
         else:
-            await resp.send(404, b"not found\n", "text/plain")
+            # Endpoints we do not implement are, to a client, endpoints that do not exist: a
+            # clean, immediate 404 (never a hang), as headscale answers.
+            await resp.send(404, f"{path[:200]} not found\n".encode(), "text/plain")
 
     @staticmethod
     def _parse(req: ControlRequest) -> dict[str, Any] | str:
@@ -93,6 +91,8 @@ class ControlPlane:
             body = json.loads(req.body)
         except (ValueError, UnicodeDecodeError) as exc:
             return f"invalid JSON: {exc}"
+        except RecursionError:
+            return "invalid JSON: nested too deeply"
         if not isinstance(body, dict):
             return "invalid JSON: expected an object"
         return body
