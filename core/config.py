@@ -285,6 +285,9 @@ class Config:
     server_url: Url = Url("http://127.0.0.1:8080")
     listen_addr: HostPort = HostPort("127.0.0.1:8080")
     metrics_listen_addr: HostPort = HostPort("127.0.0.1:9090")
+    # The /debug/ pages on the metrics listener answer only with "Authorization: Bearer <this>";
+    # empty (the default) turns them off. Loopback is no protection from other local users.
+    metrics_debug_token: str = ""
     data_dir: str = ""  # default: $MESHSCALE_DATA_DIR, else ~/.local/share/meshscale
     unix_socket: str = "meshscale.sock"
     unix_socket_permission: str = "0770"

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from meshscale import redact
 from meshscale.errors import ConfigError, MeshscaleError
 
 if TYPE_CHECKING:
@@ -184,8 +185,10 @@ class _Source:
 
     def bad(self, name: str, reason: str) -> None:
         kept = f"keeping its last good {len(self.regions)} region(s)" if self.ok else "no regions"
+        shown = redact.url(name)  # a source URL may carry ?token=...
+        reason = reason.replace(name, shown)
         if reason != self.error:  # log a persisting failure once, not on every refresh
-            log.warning("DERP map source %s failed (%s): %s", name, kept, reason)
+            log.warning("DERP map source %s failed (%s): %s", shown, kept, reason)
         self.error = reason
 
 
@@ -224,7 +227,7 @@ class DerpMapManager:
     def errors(self) -> dict[str, str]:
         """The current failure of each failing source, by source name."""
         named = [*self._paths.items(), *self._urls.items(), ("plugins", self._plugins)]
-        return {name: src.error for name, src in named if src.error}
+        return {redact.url(name): src.error for name, src in named if src.error}
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Rebuild the map; True if it changed. URLs are re-fetched when ``force`` or stale."""

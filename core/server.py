@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshscale import checks
+from meshscale import checks, files
 from meshscale.config import Config, split_host_port
 from meshscale.contributions import pick
 from meshscale.control.plane import ControlPlane
@@ -60,7 +60,7 @@ def load_private_key(path: Path) -> X25519PrivateKey:
             raise ConfigError(str(path), f"not a private key: {exc}") from None
     key = X25519PrivateKey.generate()
     raw = key.private_bytes_raw()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("privkey:" + raw.hex() + "\n")
@@ -383,7 +383,7 @@ class Server:
         from meshscale.api.admin import create_admin_app  # noqa: PLC0415
 
         path = self.admin_socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        files.private_dir(path.parent)
         if self._admin_socket_is_stale():
             path.unlink()  # left behind by a server that died: nobody answers on it
         app = create_admin_app(self)

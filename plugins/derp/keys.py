@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nacl.public import PrivateKey
 
+from meshscale import files
 from meshscale.errors import ConfigError
 
 _PRIV = re.compile(r"^privkey:([0-9a-fA-F]{64})$")
@@ -25,7 +26,7 @@ def load_or_create_private_key(path: Path) -> PrivateKey:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         key = PrivateKey.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        files.private_dir(path.parent)
         # O_EXCL: two servers starting on one data dir must not overwrite each other's key.
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from nacl.public import PrivateKey
 
+from meshscale import files
 from meshscale.config import split_host_port
 from meshscale.contributions import UpgradeRequest
 from meshscale.plugins.derp import http, listener, region, tls
@@ -109,7 +110,7 @@ class DerpService:
         self._tls_server = server
         self.tls_port = int(server.sockets[0].getsockname()[1])
         if port == 0 and self.tls_port != remembered:
-            port_file.write_text(f"{self.tls_port}\n", encoding="ascii")
+            files.write_private(port_file, f"{self.tls_port}\n".encode("ascii"))
         log.info("derp: TLS listener on %s:%d (%s)", host, self.tls_port, self.cert.cert_name)
 
     # -- admission ----------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import ipaddress
 import logging
-import os
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshscale import files
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +126,13 @@ def _generate(cert_path: Path, key_path: Path, hosts: list[str], now: datetime.d
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_private(key_path, key_pem)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.write_private(key_path, key_pem)
+    files.write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)

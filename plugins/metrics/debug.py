@@ -1,7 +1,7 @@
 """``/debug/`` JSON pages: what the server holds, read through ServerContext only.
 
 The config page must be safe to paste into a bug report, so every value whose key names a secret
-is replaced, and URLs lose their user:password part.
+is replaced, and URLs lose what in them is secret (meshscale.redact).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from meshscale.context import ServerContext
-
-REDACTED = "<redacted>"
+from meshscale.redact import REDACTED
+from meshscale.redact import url as redact_url
 
 # "private_key_path" names a file, not a secret; "mesh_key", "secret", "api_key" are secrets.
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|(^|_)key)$", re.I)
@@ -27,35 +26,24 @@ def _is_secret(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
 
 
-def _strip_userinfo(text: str) -> str:
-    if "://" not in text or "@" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    if parts.username is None and parts.password is None:
-        return text
-    host = parts.hostname or ""
-    netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+def redact(value: Any, key: str = "", secret_paths: bool = False) -> Any:
+    """A JSON-ready copy of ``value`` with secrets replaced (dataclasses become mappings).
 
-
-def redact(value: Any, key: str = "") -> Any:
-    """A JSON-ready copy of ``value`` with secrets replaced (dataclasses become mappings)."""
+    Under ``nameservers`` URL paths are secrets too (DNS-over-HTTPS profile IDs)."""
     if key and _is_secret(key) and value not in ("", None, 0):
         return REDACTED
+    secret_paths = secret_paths or key == "nameservers"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: redact(getattr(value, f.name), f.name)
+        return {f.name: redact(getattr(value, f.name), f.name, secret_paths)
                 for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): redact(v, str(k)) for k, v in value.items()}
+        return {str(k): redact(v, str(k), secret_paths) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [redact(v, key) for v in value]
+        return [redact(v, key, secret_paths) for v in value]
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, str):
-        return _strip_userinfo(value)
+        return redact_url(value, secret_paths)
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     if isinstance(value, PurePath):

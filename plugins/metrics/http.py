@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -48,15 +50,34 @@ def make_app(server: ServerContext, registry: CollectorRegistry) -> Any:
             return
         body, status, ctype = b"not found\n", 404, b"text/plain"
         if path in ("/debug", "/debug/") or path.startswith("/debug/"):
-            page = debug.render(server, path.removeprefix("/debug").strip("/"))
-            if page is not None:
-                body, status, ctype = page, 200, b"application/json"
+            refusal = _debug_refusal(server.config.metrics_debug_token, scope)
+            if refusal is not None:
+                status, body = refusal
+            else:
+                page = debug.render(server, path.removeprefix("/debug").strip("/"))
+                if page is not None:
+                    body, status, ctype = page, 200, b"application/json"
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+def _debug_refusal(token: str, scope: Scope) -> tuple[int, bytes] | None:
+    """None if the request may see /debug/ pages, else (status, one-line reason)."""
+    if not token:
+        return 403, b"debug pages are off; set metrics_debug_token to turn them on\n"
+    given = b""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization" and value[:7].lower() == b"bearer ":
+            given = value[7:].strip()
+    # Compare digests, in constant time: neither the length nor a prefix of the token leaks.
+    want = hashlib.sha256(token.encode()).digest()
+    if not hmac.compare_digest(hashlib.sha256(given).digest(), want):
+        return 401, b"debug pages need the header: Authorization: Bearer <metrics_debug_token>\n"
+    return None
 
 
 class Listener:

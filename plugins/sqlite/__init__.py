@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from meshscale import hookimpl
+from meshscale import files, hookimpl
 from meshscale.config import Config
 from meshscale.context import ServerContext
 from meshscale.contributions import StorageBackend
@@ -29,7 +29,9 @@ def open_sqlite(config: Config) -> Storage:
     refused = versioning.refusal(versioning.inspect_sqlite_file(path), f"database {path}")
     if refused is not None:
         raise StorageError(refused)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.private_file(path)  # 0600 before SQLite creates it 0644; -wal and -shm follow it
+    for companion in ("-wal", "-shm"):
+        files.tighten(path.with_name(path.name + companion))
     pragmas: dict[str, object] = {"foreign_keys": 1, "busy_timeout": 5000}
     if config.database.sqlite.write_ahead_log:
         # WAL keeps readers (the CLI's "configtest", backups) off the writer's back; NORMAL

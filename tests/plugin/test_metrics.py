@@ -35,9 +35,15 @@ async def scrape(server: Server) -> dict[Any, float]:
     return await asyncio.to_thread(scrape_metrics, base_url(server) + "/metrics")
 
 
-async def debug_page(server: Server, page: str) -> Any:
+DEBUG_TOKEN = "debug-token-for-tests"
+
+
+async def debug_page(server: Server, page: str, token: str | None = DEBUG_TOKEN) -> Any:
     def get() -> Any:
-        with urllib.request.urlopen(base_url(server) + "/debug/" + page, timeout=5) as r:
+        req = urllib.request.Request(base_url(server) + "/debug/" + page)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)
 
     return await asyncio.to_thread(get)
@@ -132,7 +138,8 @@ async def test_debug_pages_show_state_and_hide_secrets(meshscale_server_factory:
         plugins=["sqlite", "metrics"], metrics_listen_addr="127.0.0.1:0",
         derp={"server": {"mesh_key": mesh_key, "stun_listen_addr": "127.0.0.1:0"},
               "auto_update_enabled": False},
-        database={"type": "sqlite", "postgres": {"password": "hunter2"}})
+        database={"type": "sqlite", "postgres": {"password": "hunter2"}},
+        metrics_debug_token=DEBUG_TOKEN)
     assert server.state is not None
     user = server.state.create_user("bob")
     _, key = server.state.create_key(user, reusable=True)
