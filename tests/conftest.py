@@ -13,10 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from meshscale.bench.pgserver import PgServer
 from meshscale.config import build_config
 from meshscale.storage.base import Storage
+
+# Property-based fuzzing (tests/unit/test_fuzz_*.py): a bounded budget in every run; a long run
+# with HYPOTHESIS_PROFILE=long (docs/security.md, "Fuzzing").
+settings.register_profile("ci", max_examples=150, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=50_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _databases = itertools.count(1)
 

@@ -40,6 +40,8 @@ class ClientInfo:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProtocolError(f"ClientInfo is not JSON: {exc}") from None
+        except RecursionError:  # 256 KiB of "[" from any stranger who can seal a box
+            raise ProtocolError("ClientInfo is nested too deeply") from None
         if not isinstance(raw, dict):
             raise ProtocolError("ClientInfo must be a JSON object")
         # Go's decoder matches field names case-insensitively; so do we.
