@@ -435,6 +435,12 @@ async def register(nodes: int, events: int, database: str = "sqlite") -> dict[st
                 "cold_start_rss_mb": round(b.server.rss() / 2**20, 1)}
 
 
+def _soak(**kwargs: Any) -> Awaitable[dict[str, Any]]:
+    from meshscale.bench.soak import soak  # noqa: PLC0415 - soak imports this module
+
+    return soak(**kwargs)
+
+
 SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "register": register,
     "storm": storm,
@@ -442,4 +448,5 @@ SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "policy": policy,
     "churn": churn,
     "memory": memory,
+    "soak": _soak,
 }

@@ -252,6 +252,8 @@ def cmd_bench(args: argparse.Namespace) -> Any:
         kwargs["policy"] = True
     if args.scenario == "churn":
         kwargs["rate"] = args.rate
+    if args.scenario == "soak":
+        kwargs.update(idle=args.idle, per_ip=args.per_ip, ceiling=args.ceiling)
     result = asyncio.run(asyncio.wait_for(SCENARIOS[args.scenario](**kwargs), args.time_limit))
     if args.json:
         print(json.dumps(result))
@@ -367,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common],
                            help="load generator: simulated nodes against a local server")
     bench.add_argument("scenario",
-                       choices=["storm", "fanout", "policy", "churn", "memory", "register"])
+                       choices=["storm", "fanout", "policy", "churn", "memory", "register",
+                                "soak"])
     bench.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
                        help="storage: SQLite, or a throw-away PostgreSQL started for the run")
     bench.add_argument("--nodes", type=int, default=100)
@@ -375,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rate", type=float, default=10.0, help="churn: events per second")
     bench.add_argument("--self-policy", action="store_true",
                        help="storm: autogroup:member -> autogroup:self:* policy")
+    bench.add_argument("--idle", type=int, default=2000,
+                       help="soak: idle attacker connections from 127.0.0.2")
+    bench.add_argument("--per-ip", type=int, default=None,
+                       help="soak: the server's limits.max_connections_per_ip")
+    bench.add_argument("--ceiling", type=int, default=None,
+                       help="soak: the server's limits.max_connections")
     bench.add_argument("--time-limit", type=float, default=1800.0, help="seconds, then stop")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(fn=cmd_bench)

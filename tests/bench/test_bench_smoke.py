@@ -57,3 +57,14 @@ async def test_register_small(database: str) -> None:
 async def test_storm_on_postgres() -> None:
     out = await scenarios.storm(nodes=12, events=0, database="postgres")
     assert out["nodes"] == 12 and out["all_full_maps_s"] > 0
+
+async def test_soak_small() -> None:
+    from meshscale.bench.soak import soak
+
+    out = await soak(nodes=10, idle=30, loris=5, resetters=1, hoarders=1, ramp=2.0)
+    assert out["legit_registered"] == 10 and out["legit_failed"] == {}
+    assert out["update_reached_peers"] == out["update_expected_peers"] == 9
+    assert out["server_log_tracebacks"] == 0
+    seen = out["seen_total"]
+    assert seen["reset_pairs_sent"] > 0 and seen.get("reset_goaway_ENHANCE_YOUR_CALM", 0) >= 1
+    assert seen["idle_connections"] >= 30

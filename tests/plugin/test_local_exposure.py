@@ -96,7 +96,7 @@ async def test_item13_debug_pages_need_the_token_and_show_no_secrets(
     await still_serving(server)
 
 
-def test_item13_redact_url() -> None:
+async def test_item13_redact_url() -> None:
     assert redact_url("https://u:p@h.example:8443/x?token=abc&v=1") == (
         "https://<redacted>@h.example:8443/x?token=<redacted>&v=<redacted>")
     assert redact_url("https://dns.nextdns.io/abc123", secret_path=True) == (
