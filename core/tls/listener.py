@@ -19,6 +19,7 @@ from meshscale.tls.clienthello import ClientHello
 
 log = logging.getLogger(__name__)
 
+
 async def peek_hello(conn: socket.socket) -> ClientHello | None:
     """The ClientHello, read without consuming it (MSG_PEEK), so TLS then starts from byte 0."""
     loop = asyncio.get_running_loop()
