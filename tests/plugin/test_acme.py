@@ -117,7 +117,10 @@ async def test_short_certificates_are_renewed_without_restart_and_a_failed_renew
     pebble = pebbles(http_port=plain, tls_port=main, validity_seconds=30)
     pebble.start()
     root = pebble.root_pem()
+    # The connection made before the renewal sends its request only after it (~20 s later):
+    # longer than the default deadline for a request head (limits.header_timeout, 10 s).
     server = await meshscale_server_factory(plugins=["sqlite", "acme"],
+                                            limits={"header_timeout": 60},
                                             **acme_config(pebble, main, plain, "HTTP-01"))
     await wait_until(lambda: server.main_tls.current is not None, 60, "the first certificate")
     first, before = await handshake(main, root)
