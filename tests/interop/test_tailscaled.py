@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Backend
 from tests.interop.realclients import MeshscaleProcess, wait_for
 from tests.interop.tailscaled import (
     BASE_DOMAIN,
@@ -38,9 +39,12 @@ Make = Callable[..., Tailscaled]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[MeshscaleProcess]:
-    """meshscale with SQLite, the embedded DERP relay and STUN, and a user alice."""
-    srv = MeshscaleProcess(tmp_path, ["sqlite", "derp", "stun"])
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MeshscaleProcess]:
+    """meshscale with SQLite (or, for a test that asks for ``backend``, each storage backend),
+    the embedded DERP relay and STUN, and a user alice."""
+    backend = (request.getfixturevalue("backend") if "backend" in request.fixturenames
+               else Backend("sqlite", {"type": "sqlite"}))
+    srv = MeshscaleProcess(tmp_path, [backend.name, "derp", "stun"], backend.yaml())
     srv.start()
     try:
         srv.cli("users", "create", "alice")
@@ -64,7 +68,8 @@ def join(server: MeshscaleProcess, tailscaled: Make, *names: str,
 
 
 def test_join_with_preauth_key_and_status_matches_meshscale(
-        server: MeshscaleProcess, tailscaled: Make) -> None:
+        backend: Backend, server: MeshscaleProcess, tailscaled: Make) -> None:
+    # On both storage backends: this test restarts the server (below).
     a, b = join(server, tailscaled, "alpha", "beta")
     listed = wait_for(lambda: (n := server.nodes()) and all(x["online"] for x in n.values())
                       and len(n) == 2 and n, 30, "both nodes online in meshscale")
