@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 
 from meshscale.bench.pgserver import PgServer
 from meshscale.config import build_config
+from meshscale.errors import MeshscaleError
 from meshscale.storage.base import Storage
 
 # Property-based fuzzing (tests/unit/test_fuzz_*.py): a bounded budget in every run; a long run
@@ -64,9 +65,9 @@ def pg_server() -> Iterator[PgServer]:
     """A real PostgreSQL for the whole session (fails, never skips, without binaries)."""
     try:
         server = PgServer()
-    except RuntimeError as exc:
+        server.start()
+    except MeshscaleError as exc:
         pytest.fail(str(exc), pytrace=False)
-    server.start()
     yield server
     server.close()
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from meshscale.errors import MeshscaleError
 from meshscale.ports import free_port
 
 SUPERUSER = "postgres"
@@ -38,8 +39,8 @@ def find_bindir() -> str:
         if c and os.access(Path(c) / "initdb", os.X_OK) and os.access(Path(c) / "postgres",
                                                                        os.X_OK):
             return c
-    raise RuntimeError("PostgreSQL server binaries not found: run scripts/ensure-postgres "
-                       "(or set MESHSCALE_PG_BIN to the directory holding initdb and postgres)")
+    raise MeshscaleError("PostgreSQL server binaries not found: run scripts/ensure-postgres "
+                         "(or set MESHSCALE_PG_BIN to the directory holding initdb and postgres)")
 
 
 def _unprivileged() -> list[str]:
@@ -106,9 +107,10 @@ class PgServer:
             except psycopg.OperationalError:
                 assert self.proc is not None
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("PostgreSQL did not start:\n"
-                                       + self.log_path.read_text(errors="replace")[-2000:]
-                                       ) from None
+                    last = self.log_path.read_text(errors="replace").strip().splitlines()
+                    raise MeshscaleError(
+                        f"PostgreSQL did not start ({last[-1] if last else 'no output'}); "
+                        f"its log: {self.log_path}") from None
                 time.sleep(0.05)
 
     def stop(self, immediate: bool = False) -> None:
