@@ -1,4 +1,4 @@
-"""The control plane: routes ``/machine/*`` requests; map streams report to the lifecycle.
+"""The control plane: routes ``/machine/*`` requests to register and poll (the map endpoint).
 
 One per server. Handlers receive the Noise session's machine key with every request and check
 that any node key in the body belongs to it.
@@ -6,38 +6,22 @@ that any node key in the body belongs to it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-import random
-import time
 from collections.abc import Callable
-from typing import Any
 
-from meshscale import tailcfg
-from meshscale.clientinput import BadRequest, Limits, parse_map, parse_register
+from meshscale.clientinput import BadRequest, Limits, parse_register
 from meshscale.config import Config
+from meshscale.control.body import json_body
 from meshscale.control.h2conn import ControlRequest, ResponseWriter
-from meshscale.control.ratelimit import UpdateLimiter
+from meshscale.control.poll import MapPoll
 from meshscale.control.register import Registrar, handle_register
-from meshscale.errors import StorageError
-from meshscale.events import MapKind, MapSent
-from meshscale.mapper.frames import KEEPALIVE, Message
+from meshscale.mapper.frames import Message
 from meshscale.mapper.mapper import Mapper
-from meshscale.mapper.session import MapSession
 from meshscale.pluginhost import PluginHost
 from meshscale.policy import PolicyEngine
 from meshscale.state.lifecycle import NodeLifecycle
-from meshscale.state.models import Node
 from meshscale.state.store import State
 
-log = logging.getLogger(__name__)
-
-KEEPALIVE_BASE = 50.0
-KEEPALIVE_JITTER = 9.0
 JSON = "application/json"
-FULL_MAPS_AT_ONCE = 16
 
 
 class ControlPlane:
@@ -51,224 +35,33 @@ class ControlPlane:
         lifecycle: NodeLifecycle,
         policy_loaded: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.config = config
-        self.state = state
-        self.mapper = mapper
-        self.host = host
-        self.lifecycle = lifecycle
-        self.registrar = Registrar(state, lifecycle, engine, host.hooks, policy_loaded)
-        self.keepalive_base = KEEPALIVE_BASE
-        self._full_map_gate = asyncio.Semaphore(FULL_MAPS_AT_ONCE)
         self.limits = Limits(
             hostinfo_max_bytes=config.client_limits.hostinfo_max_bytes,
             endpoints_max=config.client_limits.endpoints_max,
         )
-        self._limiter = UpdateLimiter(config.client_limits.updates_per_second,
-                                      config.client_limits.update_burst)
-        # node id -> the latest update held back by the limiter (endpoints, disco, hostinfo).
-        self._pending: dict[int, tuple[tuple[str, ...] | None, bytes | None,
-                                       dict[str, Any] | None]] = {}
-        lifecycle.on_delete.append(self._forget)
-
-    # -- dispatch --------------------------------------------------------------------------------
+        self.registrar = Registrar(state, lifecycle, engine, host.hooks, policy_loaded)
+        self.poll = MapPoll(config, state, mapper, host.hooks, lifecycle, self.limits)
 
     async def handle(self, req: ControlRequest, resp: ResponseWriter) -> None:
         path = req.path.split("?", 1)[0]
         if path == "/machine/register":
-            await self._json_endpoint(req, resp, self._register)
+            await self._register(req, resp)
         elif path == "/machine/map":
-            await self._map(req, resp)
+            await self.poll.handle(req, resp)
         else:
             # Endpoints we do not implement are, to a client, endpoints that do not exist: a
             # clean, immediate 404 (never a hang), as headscale answers.
             await resp.send(404, f"{path[:200]} not found\n".encode(), "text/plain")
 
-    @staticmethod
-    def _parse(req: ControlRequest) -> dict[str, Any] | str:
-        if req.method != "POST":
-            return f"{req.method} not allowed; use POST"
-        try:
-            body = json.loads(req.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return f"invalid JSON: {exc}"
-        except RecursionError:
-            return "invalid JSON: nested too deeply"
-        if not isinstance(body, dict):
-            return "invalid JSON: expected an object"
-        return body
-
-    async def _json_endpoint(self, req: ControlRequest, resp: ResponseWriter, fn: Any) -> None:
-        body = self._parse(req)
+    async def _register(self, req: ControlRequest, resp: ResponseWriter) -> None:
+        body = json_body(req)
         if isinstance(body, str):
             await resp.send(400, body.encode() + b"\n", "text/plain")
             return
         try:
-            out = fn(req, body)
+            out = handle_register(self.registrar, req.machine_key,
+                                  parse_register(body, self.limits))
         except BadRequest as exc:
             await resp.send(400, f"{exc}\n".encode(), "text/plain")
             return
         await resp.send(200, Message.of(out).body, JSON)
-
-    def _register(self, req: ControlRequest, body: dict[str, Any]) -> dict[str, Any]:
-        return handle_register(self.registrar, req.machine_key,
-                               parse_register(body, self.limits))
-
-    def _forget(self, node_id: int) -> None:
-        """A deleted node's held-back update and rate state go with it."""
-        self._pending.pop(node_id, None)
-        self._limiter.forget(node_id)
-
-    # -- /machine/map ----------------------------------------------------------------------------
-
-    async def _map(self, req: ControlRequest, resp: ResponseWriter) -> None:
-        body = self._parse(req)
-        if isinstance(body, str):
-            await resp.send(400, body.encode() + b"\n", "text/plain")
-            return
-        try:
-            mreq = parse_map(body, self.limits)
-        except BadRequest as exc:
-            await resp.send(400, f"{exc}\n".encode(), "text/plain")
-            return
-        if (too_old := tailcfg.too_old(mreq.version)) is not None:
-            await resp.send(400, f"{too_old}\n".encode(), "text/plain")
-            return
-        node_key = mreq.node_key
-        node = self.state.by_node_key(node_key) if node_key else None
-        if node is None or node.machine_key != req.machine_key:
-            await resp.send(401, b"node key not registered for this machine\n", "text/plain")
-            return
-        stream = mreq.stream
-        expired = node.expired()
-        if expired and not stream and mreq.omit_peers:
-            # An expired or logged-out node is cut off: nothing it reports reaches its peers.
-            await resp.send(403, b"node key expired: log in again\n", "text/plain")
-            return
-        # Streaming requests may carry stale values (tailcfg: treat them as read-only), but the
-        # disco key changes with every client restart and must reach peers: take non-empty ones.
-        eps = mreq.endpoints
-        try:
-            if expired:
-                pass  # it gets a map saying so (no peers), and changes nothing
-            elif stream:
-                self.state.client_update(node, eps or None, mreq.disco_key, None)
-            else:
-                self._client_update(node, eps, mreq.disco_key, mreq.hostinfo)
-        except StorageError as exc:  # not stored, so not applied: the client sends it again
-            log.error("update from node %d not applied: %s", node.id, exc)
-            await resp.send(503, f"{exc}\n".encode(), "text/plain")
-            return
-        if not stream and mreq.omit_peers:
-            await resp.send(200)  # lite update: the body is discarded by the client
-            return
-        compress = mreq.compress == "zstd"
-        if not stream:
-            await resp.send(200, self._full_frame(MapSession(node.id, compress)))
-            return
-        await self._stream(node, compress, resp, keepalive=mreq.keepalive)
-
-    def _client_update(self, node: Node, endpoints: tuple[str, ...] | None,
-                       disco: bytes | None, hostinfo: dict[str, Any] | None) -> None:
-        """Apply a lite update now, or (over the node's rate) hold the latest one back and
-        apply it when the limiter allows: each update fans out to every peer."""
-        if endpoints is None and disco is None and hostinfo is None:
-            return
-        held = node.id in self._pending
-        delay = 0.0 if held else self._limiter.take(node.id, time.monotonic())
-        if delay == 0.0 and not held:
-            self.state.client_update(node, endpoints, disco, hostinfo)
-            return
-        old = self._pending.get(node.id)
-        if old is not None:  # coalesce: newer values win, fields not sent keep the older ones
-            endpoints = endpoints if endpoints is not None else old[0]
-            disco = disco or old[1]
-            hostinfo = hostinfo if hostinfo is not None else old[2]
-        self._pending[node.id] = (endpoints, disco, hostinfo)
-        if not held:
-            asyncio.get_running_loop().call_later(delay, self._apply_pending, node.id)
-
-    def _apply_pending(self, node_id: int) -> None:
-        update = self._pending.pop(node_id, None)
-        node = self.state.nodes.get(node_id)
-        if update is None or node is None or node.expired():
-            return
-        delay = self._limiter.take(node_id, time.monotonic())
-        if delay > 0.0:  # a timer fired early: wait for the token
-            self._pending[node_id] = update
-            asyncio.get_running_loop().call_later(delay, self._apply_pending, node_id)
-            return
-        try:
-            self.state.client_update(node, *update)
-        except StorageError as exc:  # the node's next update carries the same fields again
-            log.error("held-back update from node %d not applied: %s", node_id, exc)
-
-    async def _stream(
-        self, node: Node, compress: bool, resp: ResponseWriter, keepalive: bool
-    ) -> None:
-        session = self.mapper.open(node.id, compress)
-        self.lifecycle.opened(node)
-        session.ticker = asyncio.get_running_loop().call_later(
-            self._keepalive_delay(), self._keepalive_tick, session)
-        try:
-            await resp.start(200)
-            while not session.closed:
-                if session.needs_full:
-                    # Full maps are the big messages (MBs at thousands of nodes): a storm of
-                    # new streams builds and sends only a few at a time, so memory stays
-                    # bounded however many clients arrive at once.
-                    async with self._full_map_gate:
-                        session.needs_full = False
-                        session.queue.clear()
-                        frame = self._full_frame(session)
-                        await resp.write(frame)
-                        del frame  # do not hold megabytes while the stream idles
-                    session.sent["full"] += 1
-                    continue
-                if session.queue:
-                    # Coalesce what is queued into one write: fewer Noise records and syscalls.
-                    frames = b"".join(m.frame(compress) for m in session.queue)
-                    session.sent["delta"] += len(session.queue)
-                    session.sent_since_tick = True
-                    session.queue.clear()
-                    await resp.write(frames)
-                    continue
-                if session.keepalive_due:
-                    session.keepalive_due = False
-                    if keepalive and not session.sent_since_tick:
-                        frame = KEEPALIVE.frame(compress)
-                        await resp.write(frame)
-                        session.sent["keepalive"] += 1
-                        self.host.hooks.map_sent(MapSent(MapKind.KEEPALIVE, 1, len(frame)))
-                    session.sent_since_tick = False
-                    continue
-                session.wakeup.clear()
-                # Waiting on the event itself (no wait_for) keeps a wake-up free of task and
-                # timer churn: at thousands of streams that is most of a fan-out's cost. The
-                # keep-alive comes from one periodic timer per session instead.
-                await session.wakeup.wait()
-        except (ConnectionResetError, LookupError):
-            pass
-        finally:
-            if session.ticker is not None:
-                session.ticker.cancel()
-            if self.mapper.close(session):  # not replaced by a newer stream of the node
-                self.lifecycle.closed(node.id)
-            with contextlib.suppress(Exception):
-                await resp.end()
-
-    def _full_frame(self, session: MapSession) -> bytes:
-        """A full map for ``session``, framed, with its build time reported to plugins."""
-        started = time.monotonic()
-        frame = self.mapper.full_map(session).frame(session.compress)
-        self.host.hooks.map_sent(MapSent(MapKind.FULL, 1, len(frame), time.monotonic() - started))
-        return frame
-
-    def _keepalive_tick(self, session: MapSession) -> None:
-        """Every ~50-59 s: ask the writer for a keep-alive (skipped if a delta went out)."""
-        session.keepalive_due = True
-        session.wakeup.set()
-        session.ticker = asyncio.get_running_loop().call_later(
-            self._keepalive_delay(), self._keepalive_tick, session)
-
-    def _keepalive_delay(self) -> float:
-        return self.keepalive_base + random.random() * KEEPALIVE_JITTER
