@@ -258,7 +258,7 @@ async def test_failing_policy_tests_warn_at_start_but_refuse_a_new_policy(
     first = make()
     await first.start()
     try:
-        assert first.state is not None and first.plane is not None
+        assert first.state is not None and first.lifecycle is not None
         alice = first.state.create_user("alice")
         _, key = first.state.create_key(alice, reusable=True)
         _, _, _ = await join(first, key, "laptop", stream=False)
@@ -267,7 +267,7 @@ async def test_failing_policy_tests_warn_at_start_but_refuse_a_new_policy(
         _, web_key = first.state.create_key(None, tags=["tag:web"])
         await join(first, web_key, "web", stream=False)
         first.set_policy(TESTED_POLICY, "test", persist=True)  # the tests pass now
-        first.plane.delete_node(max(first.state.nodes))  # the last tag:web node goes
+        first.lifecycle.delete(max(first.state.nodes))  # the last tag:web node goes
     finally:
         await first.stop()
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.asyncio
 async def test_expired_nodes_resync_removes_the_peers_it_holds(
         meshscale_server_factory: Callable[..., Any]) -> None:
     server: Server = await meshscale_server_factory(plugins=["sqlite"])
-    assert server.state is not None and server.plane is not None
+    assert server.state is not None and server.lifecycle is not None
     user = server.state.create_user("alice")
     _, key = server.state.create_key(user, reusable=True)
     _, _, afirst = await join(server, key, "a")
@@ -32,7 +32,7 @@ async def test_expired_nodes_resync_removes_the_peers_it_holds(
         [afirst["Node"]["ID"], cfirst["Node"]["ID"]])
     assert "PeersRemoved" not in bfirst  # a new stream's first map has nothing to remove
 
-    server.plane.expire_node(bfirst["Node"]["ID"])
+    server.lifecycle.expire(bfirst["Node"]["ID"])
     while True:
         msg = await sb.next(timeout=5)
         assert msg is not None, "stream ended"

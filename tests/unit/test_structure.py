@@ -118,7 +118,7 @@ def test_the_graph_sees_imports() -> None:
     """The checker itself: it finds the edges it must (else "no circle" proves nothing)."""
     graph = import_graph()
     assert "meshscale.pluginhost" in graph["meshscale.server"]
-    assert "meshscale.state.store" in graph["meshscale.control.plane"]
+    assert "meshscale.state.store" in graph["meshscale.control.poll"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
 
