@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from meshscale.bench.fleet import Fleet, Member, percentiles
@@ -434,19 +434,3 @@ async def register(nodes: int, events: int, database: str = "sqlite") -> dict[st
                 "cold_start_s": round(cold, 2),
                 "cold_start_rss_mb": round(b.server.rss() / 2**20, 1)}
 
-
-def _soak(**kwargs: Any) -> Awaitable[dict[str, Any]]:
-    from meshscale.bench.soak import soak  # noqa: PLC0415 - soak imports this module
-
-    return soak(**kwargs)
-
-
-SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
-    "register": register,
-    "storm": storm,
-    "fanout": fanout,
-    "policy": policy,
-    "churn": churn,
-    "memory": memory,
-    "soak": _soak,
-}

@@ -237,7 +237,7 @@ def cmd_plugins(args: argparse.Namespace) -> Any:
 def cmd_bench(args: argparse.Namespace) -> Any:
     import resource  # noqa: PLC0415
 
-    from meshscale.bench.scenarios import SCENARIOS  # noqa: PLC0415
+    from meshscale.bench.catalog import SCENARIOS  # noqa: PLC0415
 
     # Thousands of connections: one descriptor each here and in the server (which inherits).
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
