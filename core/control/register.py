@@ -49,8 +49,32 @@ class Registrar:
     policy_loaded: Callable[[], bool]  # is a policy (tagOwners) in force?
 
 
+def _register_user(user: User | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(User, Login) objects of a RegisterResponse."""
+    if user is None:
+        return (
+            {"ID": tailcfg.TAGGED_USER_ID, "DisplayName": tailcfg.TAGGED_USER["DisplayName"]},
+            {
+                "ID": tailcfg.TAGGED_USER_ID,
+                "Provider": "meshscale",
+                "LoginName": tailcfg.TAGGED_USER["LoginName"],
+                "DisplayName": tailcfg.TAGGED_USER["DisplayName"],
+            },
+        )
+    return (
+        {"ID": user.id, "DisplayName": user.display_name or user.name,
+         "Created": tailcfg.gotime(user.created_at)},
+        {
+            "ID": user.id,
+            "Provider": user.provider or "meshscale",
+            "LoginName": user.login_name,
+            "DisplayName": user.display_name or user.name,
+        },
+    )
+
+
 def _response(user: User | None, node: Node | None, **extra: Any) -> dict[str, Any]:
-    u, login = tailcfg.register_user(user)
+    u, login = _register_user(user)
     out: dict[str, Any] = {
         "User": u,
         "Login": login,

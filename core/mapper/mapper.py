@@ -21,6 +21,7 @@ from weakref import WeakKeyDictionary
 from meshscale import tailcfg
 from meshscale.config import Config
 from meshscale.events import MapKind, MapSent
+from meshscale.mapper import wire
 from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
 from meshscale.mapper.session import MapSession
 from meshscale.policy import Affected, PolicyEngine
@@ -77,7 +78,7 @@ class Mapper:
         # Policy CapMap per node as last seen: a change can change how peers see the node
         # (disable-ipv4), so policy changes compare against it.
         self._caps: dict[int, bytes] = {i: self._caps_json(i) for i in state.nodes}
-        self._dns = tailcfg.dns_config(config)
+        self._dns = wire.dns_config(config)
         self._chunks = ChunkCache()
         # Bumped whenever a node in the chunk's ID range changes (see _forget).
         self._chunk_versions: defaultdict[int, int] = defaultdict(int)
@@ -159,7 +160,7 @@ class Mapper:
         base = list(allowed) if allowed is not None else peer.prefixes
         # Exit routes go to every viewer: they are used only when the client picks the node.
         extra = [r for r in (*routes, *self.state.routes.exits.get(peer.id, ())) if r not in base]
-        return tailcfg.node_json(peer, self.config, allowed_ips=base + extra,
+        return wire.node_json(peer, self.config, allowed_ips=base + extra,
                                  primary_routes=list(routes))
 
     def _caps_json(self, node_id: int) -> bytes:
@@ -170,7 +171,7 @@ class Mapper:
         caps.update(self.engine.cap_map(node.id))
         primary = self.primary_routes.get(node.id, [])
         exits = list(self.state.routes.exits.get(node.id, ()))
-        return tailcfg.node_json(
+        return wire.node_json(
             node,
             self.config,
             allowed_ips=[*node.prefixes, *primary, *exits],
@@ -213,7 +214,7 @@ class Mapper:
             seen.add(n.user_id)
             u = self.state.users.get(n.user_id)
             if u is not None:
-                out.append(tailcfg.user_profile(u))
+                out.append(wire.user_profile(u))
         if tagged:
             out.append(dict(tailcfg.TAGGED_USER))
         return out
@@ -392,7 +393,7 @@ class Mapper:
                 for n in self.state.user_nodes(u.id):
                     self._forget(n.id)
                 self._send(self.sessions.values(),
-                           Message.of({"UserProfiles": [tailcfg.user_profile(u)]}))
+                           Message.of({"UserProfiles": [wire.user_profile(u)]}))
         elif isinstance(change, ch.PolicyChanged):
             self.policy_changed(change.affected)
         elif isinstance(change, ch.DerpMapChanged):
