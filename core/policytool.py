@@ -21,7 +21,7 @@ from typing import Any
 
 from meshscale.errors import PolicyError
 from meshscale.policy import PolicyEngine, PolicyNode, PolicyUser
-from meshscale.routes import EXIT_ROUTES, exit_routes, primary_routes, served_routes
+from meshscale.state.routes import EXIT_ROUTES, exit_routes, primary_routes, served_routes
 
 
 def _host(ip: str) -> str:

@@ -20,7 +20,6 @@ from meshscale.clientinput.schema import valid_text
 from meshscale.config import Config
 from meshscale.errors import AuthError, MeshscaleError, NotFoundError, StorageError
 from meshscale.policy import Affected, PolicyNode, PolicyUser
-from meshscale.routes import RouteTable, effective_approved
 from meshscale.state.changes import (
     Change,
     NodeAdded,
@@ -33,6 +32,7 @@ from meshscale.state.changes import (
 from meshscale.state.ipalloc import IPAllocator
 from meshscale.state.models import Node, PreAuthKey, User, utcnow
 from meshscale.state.names import sanitize, unique_name
+from meshscale.state.routes import RouteTable, effective_approved
 from meshscale.storage.base import (
     DeleteKey,
     DeleteNode,
