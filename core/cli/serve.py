@@ -28,7 +28,7 @@ def banner(config: Config, port: int, admin_socket: str, plugins: Sequence[str],
         f"meshscale {__version__} is running",
         f"  control URL:   {config.server_url}   (clients: tailscale up --login-server "
         f"{config.server_url})",
-        f"  listening on:  {host}:{port}",
+        f"  listening on:  {host}:{port}" + (" (HTTPS, docs/tls.md)" if config.tls_enabled else ""),
         f"  data dir:      {config.data_path}",
         f"  admin socket:  {admin_socket}",
         f"  plugins:       {', '.join(plugins) or 'none'}",

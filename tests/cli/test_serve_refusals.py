@@ -19,6 +19,7 @@ from meshscale import __version__
 from meshscale.config import Config
 from meshscale.ports import free_port
 from tests.cli.serverproc import Serve, meshscale, snapshot, write_config
+from tests.tlsca import TestCA
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +159,26 @@ def test_a_missing_tls_file_is_refused(data_copy: Path, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert only_line(result) == (
         f"meshscale: tls_cert_path: cannot read {cert}: No such file or directory")
+    assert snapshot(data_copy) == before
+
+
+@pytest.mark.parametrize("problem", ["mismatch", "expired"])
+def test_a_tls_pair_that_cannot_be_served_is_refused(data_copy: Path, tmp_path: Path,
+                                                     problem: str) -> None:
+    ca = TestCA(tmp_path / "ca")
+    if problem == "mismatch":
+        cert, key = ca.issue("a", "localhost").cert, ca.issue("b", "localhost", stem="b").key
+        want = (f"meshscale: tls_key_path {key} is not the key of the certificate in "
+                f"tls_cert_path {cert}; give the matching pair")
+    else:
+        old = ca.issue("old", "localhost", days=-1, start_days=-3)
+        cert, key = old.cert, old.key
+        want = f"meshscale: tls_cert_path {cert}: the certificate expired on "
+    config = write_config(tmp_path, tls_cert_path=str(cert), tls_key_path=str(key))
+    before = snapshot(data_copy)
+    result = meshscale("-c", str(config), "serve")
+    assert result.returncode == 1
+    assert only_line(result).startswith(want)
     assert snapshot(data_copy) == before
 
 
