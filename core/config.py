@@ -15,14 +15,15 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from meshscale.errors import ConfigError
+from meshscale import hsconfig
+from meshscale.errors import ConfigError, ConfigErrors
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class Switch:
+    """A headscale section holding only ``enabled`` (taildrop, logtail, auto_update)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     server_url: Url = Url("http://127.0.0.1:8080")
     listen_addr: HostPort = HostPort("127.0.0.1:8080")
@@ -315,11 +323,19 @@ class Config:
     client_limits: ClientLimitsConfig = field(default_factory=ClientLimitsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     randomize_client_port: bool = False
+    # As headscale: Taildrop file sharing is offered to nodes; clients send no logs to
+    # Tailscale's log service; clients are not told to update themselves by default.
+    taildrop: Switch = field(default_factory=lambda: Switch(enabled=True))
+    logtail: Switch = field(default_factory=Switch)
+    auto_update: Switch = field(default_factory=Switch)
     plugins: tuple[str, ...] = ("sqlite", "postgres", "derp", "stun", "policy")
     # Sections owned by plugins (``meshscale_config_sections``), parsed by them.
     plugin_sections: Mapping[str, object] = field(default_factory=dict)
     # Where the config came from, for messages ("" = built-in defaults).
     source: str = ""
+    # Warnings about the file (headscale keys meshscale ignores, old key names), shown once by
+    # ``serve`` and ``configtest``, not by every admin command.
+    notices: tuple[str, ...] = ()
 
     # -- derived paths -------------------------------------------------------------------------
 
@@ -356,23 +372,9 @@ class Config:
         return self.plugin_sections.get(name)
 
 
-# Headscale keys meshscale recognises but does not act on (yet): accepted with a warning, so a
-# headscale config file loads. Everything else unknown is refused.
-IGNORED_HEADSCALE_KEYS = frozenset(
-    {
-        "grpc_listen_addr",
-        "grpc_allow_insecure",
-        "disable_check_updates",
-        "ephemeral_node_inactivity_timeout",
-        "logtail",
-        "taildrop",
-        "oidc",
-        "database.gorm",
-        "database.sqlite.write_ahead_log",
-    }
-)
-
 _RENAMED = {"global": "global_", "pass": "password"}
+# Config fields that are not YAML keys.
+_INTERNAL = ("plugin_sections", "source", "notices")
 
 
 # -- generic conversion with paths ------------------------------------------------------------
@@ -382,7 +384,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, path: str) -> Any:
+def _convert(value: Any, tp: Any, path: str, errors: list[ConfigError]) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -390,7 +392,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(value, args[0], path)
+        return _convert(value, args[0], path, errors)
     if tp is Duration:
         return parse_duration(value, path)
     if tp is SslMode:
@@ -434,7 +436,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return ()
         if not isinstance(value, list):
             raise ConfigError(path, "expected a list")
-        return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(v, item, f"{path}[{i}]", errors) for i, v in enumerate(value))
     if origin in (Mapping, dict) or tp is dict:
         key_t, val_t = typing.get_args(tp) or (str, Any)
         if value is None:
@@ -442,14 +444,17 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(path, "expected a mapping")
         return {
-            _convert(k, key_t, path): _convert(v, val_t, f"{path}.{k}") for k, v in value.items()
+            _convert(k, key_t, path, errors): _convert(v, val_t, f"{path}.{k}", errors)
+            for k, v in value.items()
         }
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _build(tp, value, path)
+        return _build(tp, value, path, errors)
     raise ConfigError(path, f"unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
-def _build(cls: type[T], raw: Any, path: str) -> T:
+def _build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T:
+    """Build ``cls`` from ``raw``; a bad key is added to ``errors`` and keeps its default, so
+    one run reports every problem."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -460,13 +465,20 @@ def _build(cls: type[T], raw: Any, path: str) -> T:
     for key, value in raw.items():
         sub = f"{path}.{key}" if path else str(key)
         attr = _RENAMED.get(str(key), str(key))
-        if attr not in names or attr in ("plugin_sections", "source"):
-            if sub in IGNORED_HEADSCALE_KEYS:
-                log.warning("config %s: a headscale key meshscale does not support; ignored", sub)
-                continue
-            raise ConfigError(sub, "unknown key")
-        kwargs[attr] = _convert(value, hints[attr], sub)
-    return cls(**kwargs)
+        if attr not in names or attr in _INTERNAL:
+            errors.append(ConfigError(sub, "unknown key"))
+            continue
+        try:
+            kwargs[attr] = _convert(value, hints[attr], sub, errors)
+        except ConfigError as exc:
+            errors.append(exc)
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                   if f.name not in kwargs and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        raise ConfigError(path, f"missing {', '.join(missing)}") from None
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -481,13 +493,18 @@ def default_locations() -> list[Path]:
     ]
 
 
+def headscale_locations() -> list[Path]:
+    """Where headscale keeps its config: read when meshscale's own locations have none."""
+    return [Path("/etc/headscale/config.yaml"), Path.home() / ".headscale" / "config.yaml"]
+
+
 def find_config_file(explicit: str | None) -> Path | None:
     if explicit:
         return Path(explicit)
     env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env)
-    for candidate in default_locations():
+    for candidate in [*default_locations(), *headscale_locations()]:
         if candidate.is_file():
             return candidate
     return None
@@ -517,7 +534,7 @@ def _env_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, 
     out: dict[str, tuple[str, ...]] = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in ("plugin_sections", "source"):
+        if f.name in _INTERNAL:
             continue
         yaml_name = "global" if f.name == "global_" else f.name
         key = (*prefix, yaml_name)
@@ -561,29 +578,39 @@ def build_config(
     raw = dict(raw)
     owned = {s.name: s for s in sections}
     plugin_raw = {k: raw.pop(k) for k in list(raw) if k in owned}
-    cfg = _build(Config, raw, "")
-    _check_semantics(cfg)
+    # headscale's own keys first: old names read as the new ones, keys for features meshscale
+    # lacks taken out (a warning, or a problem when the feature is switched on).
+    raw, notices, errors = hsconfig.translate(raw)
+    cfg = _build(Config, raw, "", errors)
+    errors += _check_semantics(cfg)
     parsed: dict[str, object] = {}
     for name, section in owned.items():
         value = plugin_raw.get(name) or {}
         if not isinstance(value, dict):
-            raise ConfigError(name, "expected a mapping")
-        parsed[name] = section.parse(value, name)
-    return dataclasses.replace(cfg, plugin_sections=parsed, source=source)
+            errors.append(ConfigError(name, "expected a mapping"))
+            continue
+        try:
+            parsed[name] = section.parse(value, name)
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return dataclasses.replace(cfg, plugin_sections=parsed, source=source,
+                               notices=tuple(notices))
 
 
-def _check_postgres(db: DatabaseConfig) -> None:
+def _check_postgres(db: DatabaseConfig) -> Iterator[ConfigError]:
     pg = db.postgres
     if db.type != "postgres":
         return
     for key in ("host", "name", "user"):
         if not getattr(pg, key):
-            raise ConfigError(f"database.postgres.{key}", "must not be empty")
+            yield ConfigError(f"database.postgres.{key}", "must not be empty")
     if pg.port is not None and not 0 <= pg.port <= 65535:
-        raise ConfigError("database.postgres.port", "must be a port number (or empty)")
+        yield ConfigError("database.postgres.port", "must be a port number (or empty)")
     for key in ("max_open_conns", "max_idle_conns", "conn_max_idle_time_secs"):
         if getattr(pg, key) < 0:
-            raise ConfigError(f"database.postgres.{key}", "cannot be negative")
+            yield ConfigError(f"database.postgres.{key}", "cannot be negative")
 
 
 _HOSTNAME = re.compile(
@@ -598,74 +625,83 @@ def letsencrypt_listen_addr(value: str) -> str:
     return f"{host}:{_NAMED_PORTS.get(port, port)}"
 
 
-def _check_acme(cfg: Config) -> None:
+def _check_acme(cfg: Config) -> Iterator[ConfigError]:
     if not cfg.tls_letsencrypt_hostname:
         return
     if cfg.tls_cert_path:
-        raise ConfigError("tls_letsencrypt_hostname", "use either tls_cert_path/tls_key_path "
+        yield ConfigError("tls_letsencrypt_hostname", "use either tls_cert_path/tls_key_path "
                           "(own certificate) or tls_letsencrypt_hostname (ACME), not both")
     if not _HOSTNAME.fullmatch(cfg.tls_letsencrypt_hostname):
-        raise ConfigError("tls_letsencrypt_hostname",
+        yield ConfigError("tls_letsencrypt_hostname",
                           f"not a DNS name: {cfg.tls_letsencrypt_hostname!r}")
     if cfg.tls_letsencrypt_challenge_type not in ("HTTP-01", "TLS-ALPN-01"):
-        raise ConfigError("tls_letsencrypt_challenge_type", "must be HTTP-01 or TLS-ALPN-01")
+        yield ConfigError("tls_letsencrypt_challenge_type", "must be HTTP-01 or TLS-ALPN-01")
     if not cfg.acme_url.startswith("https://"):
-        raise ConfigError("acme_url", "an ACME directory is served over https://")
-    parse_host_port(letsencrypt_listen_addr(cfg.tls_letsencrypt_listen),
-                    "tls_letsencrypt_listen")
+        yield ConfigError("acme_url", "an ACME directory is served over https://")
+    try:
+        parse_host_port(letsencrypt_listen_addr(cfg.tls_letsencrypt_listen),
+                        "tls_letsencrypt_listen")
+    except ConfigError as exc:
+        yield exc
 
 
-def _check_semantics(cfg: Config) -> None:
+def _check_semantics(cfg: Config) -> Iterator[ConfigError]:
+    """Every problem the keys make together, not only the first."""
     if cfg.prefixes.allocation not in ("sequential", "random"):
-        raise ConfigError("prefixes.allocation", "must be sequential or random")
+        yield ConfigError("prefixes.allocation", "must be sequential or random")
     if ipaddress.ip_network(cfg.prefixes.v4).version != 4:
-        raise ConfigError("prefixes.v4", "must be an IPv4 prefix")
+        yield ConfigError("prefixes.v4", "must be an IPv4 prefix")
     if ipaddress.ip_network(cfg.prefixes.v6).version != 6:
-        raise ConfigError("prefixes.v6", "must be an IPv6 prefix")
+        yield ConfigError("prefixes.v6", "must be an IPv6 prefix")
     if cfg.database.type not in ("sqlite", "sqlite3", "postgres"):
-        raise ConfigError("database.type", "must be sqlite or postgres")
-    _check_postgres(cfg.database)
+        yield ConfigError("database.type", "must be sqlite or postgres")
+    yield from _check_postgres(cfg.database)
     if cfg.policy.mode not in ("file", "database"):
-        raise ConfigError("policy.mode", "must be file or database")
-    if cfg.log.level.lower() not in ("trace", "debug", "info", "warn", "warning", "error"):
-        raise ConfigError("log.level", "must be debug, info, warn or error")
+        yield ConfigError("policy.mode", "must be file or database")
+    if cfg.log.level.lower() not in ("trace", "debug", "info", "warn", "warning", "error",
+                                     "fatal"):
+        yield ConfigError("log.level", "must be debug, info, warn or error")
     if cfg.log.format not in ("text", "json"):
-        raise ConfigError("log.format", "must be text or json")
+        yield ConfigError("log.format", "must be text or json")
+    if not re.fullmatch(r"(0o?)?[0-7]{3,4}", cfg.unix_socket_permission):
+        yield ConfigError("unix_socket_permission",
+                          f"expected octal permissions such as 0770, got "
+                          f"{cfg.unix_socket_permission!r}")
     if not cfg.listen_addr:
-        raise ConfigError("listen_addr", "must not be empty")
+        yield ConfigError("listen_addr", "must not be empty")
     if bool(cfg.tls_cert_path) != bool(cfg.tls_key_path):
-        raise ConfigError("tls_cert_path", "tls_cert_path and tls_key_path go together")
-    _check_acme(cfg)
+        yield ConfigError("tls_cert_path", "tls_cert_path and tls_key_path go together")
+    yield from _check_acme(cfg)
     if cfg.dns.magic_dns and not cfg.dns.base_domain:
-        raise ConfigError("dns.base_domain", "required when dns.magic_dns is true")
+        yield ConfigError("dns.base_domain", "required when dns.magic_dns is true")
     if cfg.dns.base_domain and not re.fullmatch(
         r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
         cfg.dns.base_domain,
     ):
-        raise ConfigError("dns.base_domain", f"not a valid DNS name: {cfg.dns.base_domain!r}")
-    _check_limits(cfg.limits)
+        yield ConfigError("dns.base_domain", f"not a valid DNS name: {cfg.dns.base_domain!r}")
+    yield from _check_limits(cfg.limits)
     for i, rec in enumerate(cfg.dns.extra_records):
         if rec.type not in ("A", "AAAA"):
-            raise ConfigError(f"dns.extra_records[{i}].type", "must be A or AAAA")
+            yield ConfigError(f"dns.extra_records[{i}].type", "must be A or AAAA")
     limits = cfg.client_limits
     if limits.hostinfo_max_bytes < 1024:
-        raise ConfigError("client_limits.hostinfo_max_bytes", "must be at least 1024")
+        yield ConfigError("client_limits.hostinfo_max_bytes", "must be at least 1024")
     if limits.endpoints_max < 1 or limits.update_burst < 1:
-        raise ConfigError("client_limits", "endpoints_max and update_burst must be at least 1")
+        yield ConfigError("client_limits", "endpoints_max and update_burst must be at least 1")
     if limits.updates_per_second <= 0:
-        raise ConfigError("client_limits.updates_per_second", "must be more than 0")
+        yield ConfigError("client_limits.updates_per_second", "must be more than 0")
 
 
-def _check_limits(lim: LimitsConfig) -> None:
+def _check_limits(lim: LimitsConfig) -> Iterator[ConfigError]:
     for name in ("max_connections", "max_connections_per_ip", "max_streams", "reset_limit",
                  "max_body_bytes", "header_timeout", "handshake_timeout", "idle_timeout",
                  "body_timeout", "reset_window", "log_interval"):
         if getattr(lim, name) <= 0:
-            raise ConfigError(f"limits.{name}", "must be greater than zero")
+            yield ConfigError(f"limits.{name}", "must be greater than zero")
     if not 16384 <= lim.max_frame_size <= 16777215:
-        raise ConfigError("limits.max_frame_size", "must be between 16384 and 16777215")
+        yield ConfigError("limits.max_frame_size", "must be between 16384 and 16777215")
     if lim.max_connection_body_bytes < lim.max_body_bytes:
-        raise ConfigError("limits.max_connection_body_bytes",
+        yield ConfigError("limits.max_connection_body_bytes",
                           "must be at least limits.max_body_bytes")
 
 
@@ -699,4 +735,10 @@ def load_config(
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError("plugins", "expected a list of plugin names")
     sections = sections_for(plugins) if sections_for else ()
-    return build_config(raw, sections, source)
+    config = build_config(raw, sections, source)
+    if source and Path(source) in headscale_locations():
+        ours = ", ".join(str(p) for p in default_locations())
+        config = dataclasses.replace(config, notices=(
+            f"config: none of meshscale's files ({ours}) exists; read headscale's {source}",
+            *config.notices))
+    return config

@@ -16,6 +16,20 @@ class ConfigError(MeshscaleError):
         self.reason = reason
 
 
+class ConfigErrors(ConfigError):
+    """Several config problems found in one run; ``problems`` holds each one."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        super().__init__(problems[0].path, problems[0].reason)
+        self.args = ("\n".join(str(p) for p in problems),)
+        self.problems = list(problems)
+
+
+def config_problems(exc: ConfigError) -> list[ConfigError]:
+    """Each problem of a ConfigError, one or many."""
+    return exc.problems if isinstance(exc, ConfigErrors) else [exc]
+
+
 class PluginError(MeshscaleError):
     """A plugin failed to load, or one of its hooks raised."""
 

@@ -18,7 +18,7 @@ from meshscale.cli.client import AdminClient
 from meshscale.cli.output import emit
 from meshscale.config import Config, load_config, load_raw, parse_duration
 from meshscale.contributions import pick
-from meshscale.errors import ConfigError, MeshscaleError
+from meshscale.errors import ConfigError, MeshscaleError, config_problems
 from meshscale.logs import configure_logging
 from meshscale.pluginhost import PluginHost, available_plugins
 
@@ -423,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(emit(data, args.output, columns))
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
     except ConfigError as exc:
-        print(f"meshscale: invalid config: {exc}", file=sys.stderr)
+        for problem in config_problems(exc):
+            print(f"meshscale: invalid config: {problem}", file=sys.stderr)
         return 2
     except MeshscaleError as exc:
         print(f"meshscale: {explain(exc)}", file=sys.stderr)

@@ -11,7 +11,7 @@ from typing import Any
 from meshscale import __version__
 from meshscale.checks import check_plugin_extras, explain, run_checks
 from meshscale.config import Config, load_config
-from meshscale.errors import ConfigError, MeshscaleError
+from meshscale.errors import ConfigError, MeshscaleError, config_problems
 from meshscale.logs import configure_logging
 from meshscale.pluginhost import PluginHost
 
@@ -40,6 +40,8 @@ def serve(config: Config, host: PluginHost, config_arg: str | None) -> int:
     from meshscale.server import Server  # noqa: PLC0415 - the server stack loads on demand
 
     configure_logging(config)
+    for notice in config.notices:  # once, here: admin commands load the config silently
+        log.warning("%s", notice)
     check_plugin_extras(config, host)  # the server checks the rest itself, in order
 
     async def main() -> None:
@@ -78,8 +80,10 @@ def configtest(config_arg: str | None) -> int:
     try:
         config = load_config(config_arg, sections_for=sections)
     except ConfigError as exc:
-        problems.append(f"invalid config: {exc}")
+        problems += [f"invalid config: {p}" for p in config_problems(exc)]
     if config is not None:
+        for notice in config.notices:
+            print(f"meshscale: warning: {notice}", file=sys.stderr)
         problems += run_checks(config, host)
     source = config.source if config is not None and config.source else (
         config_arg or "built-in defaults")

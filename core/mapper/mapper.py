@@ -37,6 +37,19 @@ DEFAULT_CAPS: dict[str, Any] = {
     "debug-disable-upnp": None,
 }
 
+
+
+def config_caps(config: Config) -> dict[str, Any]:
+    """Self-node capabilities the config switches, as headscale's config does (taildrop,
+    auto_update, randomize_client_port)."""
+    caps: dict[str, Any] = {"default-auto-update": [config.auto_update.enabled]}
+    if config.taildrop.enabled:
+        caps["https://tailscale.com/cap/file-sharing"] = []
+    if config.randomize_client_port:
+        caps["randomize-client-port"] = None
+    return caps
+
+
 Notify = Callable[[MapSent], None]
 
 # How one viewer sees one peer, beyond what every viewer sees: AllowedIPs decided by policy
@@ -167,7 +180,7 @@ class Mapper:
         return dumps(dict(sorted(self.engine.cap_map(node_id).items())))
 
     def self_node(self, node: Node) -> dict[str, Any]:
-        caps: dict[str, Any] = dict(DEFAULT_CAPS)
+        caps: dict[str, Any] = {**DEFAULT_CAPS, **config_caps(self.config)}
         caps.update(self.engine.cap_map(node.id))
         primary = self.primary_routes.get(node.id, [])
         exits = list(self.state.routes.exits.get(node.id, ()))
@@ -265,7 +278,7 @@ class Mapper:
             "SSHPolicy": ssh,
             "UserProfiles": self._profiles([node, *peers]),
             "ControlTime": tailcfg.gotime(utcnow()),
-            "Debug": {"DisableLogTail": True},
+            "Debug": {"DisableLogTail": not self.config.logtail.enabled},
         }
         if not peers and s.sent["full"]:
             # A resync leaving the client no peers (cut off, or a policy that hides everyone)
