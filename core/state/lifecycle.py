@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from meshscale import audit
 from meshscale.events import (
     MapStreamEvent,
     NodeEvent,
@@ -36,6 +35,9 @@ if TYPE_CHECKING:
     from meshscale.state.store import State
 
 log = logging.getLogger(__name__)
+# One INFO line per lifecycle step an operator wants in the log: registered, logged out, expired,
+# deleted, routes approved. Each names the node and its user (or tags), never a key.
+audit_log = logging.getLogger("meshscale.audit")
 
 
 class NodeLifecycle:
@@ -68,6 +70,12 @@ class NodeLifecycle:
         if node.expiry is not None:
             self.watch_expiry(node)
 
+    def _audit(self, node: Node, what: str) -> None:
+        owner = self.state.owner_name(node)
+        who = f"user {owner}" if owner else f"tags {','.join(node.tags) or '-'}"
+        audit_log.info("node %d %s (%s, %s): %s", node.id, node.given_name, who,
+                       node.ipv4 or node.ipv6 or "no address", what)
+
     # -- nodes -----------------------------------------------------------------------------------
 
     def register_with_key(
@@ -83,7 +91,7 @@ class NodeLifecycle:
         existed = self.state.by_machine_key(machine_key) is not None
         node = self.state.register_with_key(key, machine_key, node_key, hostinfo, tags, capver)
         self.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
-        audit.node_line(self.state, node, "logged in again" if existed else "registered")
+        self._audit(node, "logged in again" if existed else "registered")
         return node
 
     def rotate_key(self, node: Node, new_key: bytes) -> Node:
@@ -104,7 +112,7 @@ class NodeLifecycle:
         else:
             self.watch_expiry(node)
         if why:
-            audit.node_line(self.state, node, why)
+            self._audit(node, why)
         return node
 
     def delete(self, node_id: int, why: str = "") -> Node:
@@ -114,7 +122,7 @@ class NodeLifecycle:
             forget(node_id)
         self.node_event(NodeEventKind.DELETED, node)
         if why:
-            audit.node_line(self.state, node, why)
+            self._audit(node, why)
         return node
 
     def rename(self, node_id: int, new_name: str) -> Node:
@@ -125,7 +133,7 @@ class NodeLifecycle:
     def approve_routes(self, node_id: int, routes: Sequence[str]) -> Node:
         node = self.state.set_approved_routes(node_id, routes)
         self.node_event(NodeEventKind.UPDATED, node)
-        audit.node_line(self.state, node, f"approved routes set to {', '.join(routes) or 'none'}")
+        self._audit(node, f"approved routes set to {', '.join(routes) or 'none'}")
         return node
 
     # -- map streams -----------------------------------------------------------------------------
@@ -217,7 +225,7 @@ class NodeLifecycle:
                 if due is not None and due.expiry == when:
                     self.state.expire_node(node_id, when)
                     self.node_event(NodeEventKind.EXPIRED, due)
-                    audit.node_line(self.state, due, "key expired")
+                    self._audit(due, "key expired")
             if self._expiry_heap:
                 delay = min(delay, (self._expiry_heap[0][0] - now).total_seconds())
             with contextlib.suppress(TimeoutError):

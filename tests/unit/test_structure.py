@@ -1,5 +1,6 @@
-"""The shape of the code, checked: no import circle in meshscale.*, and no module over the size
-where splitting pays, unless it is listed below with the reason it stays whole.
+"""The shape of the code, checked: no import circle in meshscale.*, the layers a request crosses
+only ever import downwards, and no module is over the size where splitting pays unless it is
+listed below with the reason it stays whole.
 
 The import graph is built from the installed package's source with ``ast``: every import
 statement counts, also those inside functions and under ``TYPE_CHECKING``, since a circle there
@@ -37,6 +38,28 @@ LONG_MODULES: dict[str, str] = {
     "meshscale.mapper.mapper": "not yet split: builder and event-loop batching (issue 12)",
     "meshscale.state.store": "not yet split by concept (issue 12)",
 }
+
+
+# The layers a MapRequest crosses, lowest first (docs/architecture.md): transport -> noise ->
+# control -> state/mapper. A module may import its own layer and lower ones, never a higher one,
+# so following a request never climbs back into a module it left. Modules outside these folders
+# are the shared vocabulary (config, errors, events, tailcfg, policy, clientinput, hookcalls).
+LAYERS: list[tuple[str, ...]] = [
+    ("meshscale.noise",),
+    ("meshscale.storage", "meshscale.state"),
+    ("meshscale.mapper",),
+    ("meshscale.control",),
+    ("meshscale.transport", "meshscale.web", "meshscale.api", "meshscale.tls"),
+    ("meshscale.server",),
+    ("meshscale.cli", "meshscale.bench"),
+]
+
+
+def layer(module: str) -> int | None:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
 
 
 def modules() -> dict[str, Path]:
@@ -128,6 +151,18 @@ def test_the_graph_sees_imports() -> None:
 def test_no_import_circle() -> None:
     found = cycles(import_graph())
     assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_layers_import_only_downwards() -> None:
+    upward = [
+        f"{a} -> {b}"
+        for a, deps in sorted(import_graph().items())
+        for b in sorted(deps)
+        if (rb := layer(b)) is not None and (ra := layer(a)) is not None and rb > ra
+    ]
+    assert not upward, f"imports climbing back up a layer: {upward}"
+    # The checker sees the layers it checks.
+    assert layer("meshscale.control.poll") == 3 and layer("meshscale.state.lifecycle") == 1
 
 
 def test_no_long_module_without_a_reason() -> None:
