@@ -14,6 +14,7 @@ import logging
 import shutil
 import ssl
 import stat
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 from cryptography import x509
 
 from meshscale.errors import ConfigError, MeshscaleError
+from meshscale.plugins.metrics import exporter_of
 from meshscale.ports import free_port
 from tests.pebble import Pebble
 
@@ -51,6 +53,14 @@ def acme_config(pebble: Pebble, main: int, plain: int, challenge: str) -> dict[s
         "tls_letsencrypt_listen": f"127.0.0.1:{plain}",
         "acme": {"ca_file": str(pebble.ca_pem), "retry_min": "1s", "retry_max": "2s"},
     }
+
+
+def scrape(exporter: Any) -> str:
+    assert exporter is not None
+    url = f"http://127.0.0.1:{exporter.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text: str = resp.read().decode()
+    return text
 
 
 async def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
@@ -119,7 +129,8 @@ async def test_short_certificates_are_renewed_without_restart_and_a_failed_renew
     root = pebble.root_pem()
     # The connection made before the renewal sends its request only after it (~20 s later):
     # longer than the default deadline for a request head (limits.header_timeout, 10 s).
-    server = await meshscale_server_factory(plugins=["sqlite", "acme"],
+    server = await meshscale_server_factory(plugins=["sqlite", "acme", "metrics"],
+                                            metrics_listen_addr=f"127.0.0.1:{free_port()}",
                                             limits={"header_timeout": 60},
                                             **acme_config(pebble, main, plain, "HTTP-01"))
     await wait_until(lambda: server.main_tls.current is not None, 60, "the first certificate")
@@ -142,6 +153,13 @@ async def test_short_certificates_are_renewed_without_restart_and_a_failed_renew
     assert third == second
     conn[1].close()
     assert server.stats()["acme_failures_total"] >= 1
+    # And the metrics say so.
+    metrics = await asyncio.to_thread(scrape, exporter_of(server))
+    assert "meshscale_acme_failing 1.0" in metrics
+    assert "meshscale_acme_certificates_issued_total 2.0" in metrics
+    expiry = next(float(line.split()[1]) for line in metrics.splitlines()
+                  if line.startswith("meshscale_tls_certificate_expiry_timestamp_seconds "))
+    assert expiry == server.main_tls.current.not_after.timestamp()
 
 
 async def test_an_acme_server_down_at_start_is_one_line_then_retried(
