@@ -10,6 +10,7 @@ ACME the acme plugin installs certificates through :meth:`install`.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import ssl
 from pathlib import Path
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 ACME_TLS_ALPN = "acme-tls/1"
 #: How often the certificate files are checked for changes (their size and mtime).
 WATCH_INTERVAL = 5.0
+#: An own certificate this close to expiry is logged as a warning when it is loaded.
+EXPIRY_WARNING = datetime.timedelta(days=14)
 
 
 class MainTls:
@@ -55,6 +58,11 @@ class MainTls:
         cert = certs.from_files(*files)
         self._stamp = stamp
         self.install(cert)
+        left = cert.remaining()
+        if left < EXPIRY_WARNING:
+            log.warning("TLS certificate %s expires in %d days (%s UTC); renew it (meshscale "
+                        "picks up the new files by itself)", cert.source, left.days,
+                        f"{cert.not_after:%Y-%m-%d %H:%M}")
         return cert
 
     def reload(self) -> bool:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from meshscale import hookimpl
 from meshscale.config import Duration, parse_duration
@@ -123,15 +124,26 @@ class AcmePlugin:
             return
         from meshscale.plugins.acme.issuer import Issuer  # noqa: PLC0415 - the acme extra
 
-        cache = cfg.resolve(cfg.tls_letsencrypt_cache_dir)
-        cache.mkdir(parents=True, exist_ok=True)
-        os.chmod(cache, 0o700)
         settings = self.settings()
+        ca_file = cfg.resolve(settings.ca_file) if settings.ca_file else None
+        if ca_file is not None and not os.access(ca_file, os.R_OK):
+            raise ConfigError("acme.ca_file", f"cannot read {ca_file}")
+        url_host = urlsplit(cfg.server_url).hostname or ""
+        if url_host.lower() != cfg.tls_letsencrypt_hostname.lower():
+            log.warning("acme: the certificate will name %s but server_url names %s: clients "
+                        "will refuse it; make them the same", cfg.tls_letsencrypt_hostname,
+                        url_host)
+        cache = cfg.resolve(cfg.tls_letsencrypt_cache_dir)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            os.chmod(cache, 0o700)
+        except OSError as exc:
+            raise ConfigError("tls_letsencrypt_cache_dir",
+                              f"cannot use {cache}: {exc.strerror or exc}") from None
         issuer = Issuer(directory=cfg.acme_url, email=cfg.acme_email,
                         hostname=cfg.tls_letsencrypt_hostname,
                         challenge=cfg.tls_letsencrypt_challenge_type, cache=cache,
-                        ca_file=str(cfg.resolve(settings.ca_file)) if settings.ca_file else "",
-                        tls=tls)
+                        ca_file=str(ca_file or ""), tls=tls)
         cached = self._load_cached(issuer)
         if cached is not None:
             tls.install(cached)

@@ -214,3 +214,7 @@ async def test_acme_settings_that_cannot_work_are_refused(
         await meshscale_server_factory(plugins=["sqlite", "acme"],
                                        tls_letsencrypt_hostname="localhost",
                                        tls_letsencrypt_challenge_type="DNS-01")
+    with pytest.raises(MeshscaleError, match=r"acme.ca_file: cannot read .*missing.pem"):
+        await meshscale_server_factory(plugins=["sqlite", "acme"],
+                                       tls_letsencrypt_hostname="localhost",
+                                       acme={"ca_file": "missing.pem"})

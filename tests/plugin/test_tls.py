@@ -139,6 +139,14 @@ async def test_a_bad_new_pair_is_refused_and_the_old_one_kept(
     assert server.stats()["tls_reload_failures_total"] == 1
 
 
+async def test_a_certificate_near_expiry_is_served_with_a_warning(
+        meshscale_server_factory: ServerFactory, ca: TestCA,
+        caplog: pytest.LogCaptureFixture) -> None:
+    soon = ca.issue("soon", "localhost", days=3)
+    await meshscale_server_factory(plugins=["sqlite"], **tls_config(soon, free_port()))
+    assert f"TLS certificate tls_cert_path {soon.cert} expires in 2 days" in caplog.text
+
+
 def test_refusals_are_one_line(ca: TestCA, tmp_path: Path) -> None:
     good = ca.issue("good", "localhost")
     other = ca.issue("other", "localhost", stem="other")
