@@ -36,7 +36,6 @@ LONG_MODULES: dict[str, str] = {
     "meshscale.control.h2conn": "the HTTP/2-over-Noise adapter: one connection's event loop "
     "with the per-connection limits and deadlines it enforces on every h2 event",
     "meshscale.mapper.mapper": "not yet split: builder and event-loop batching (issue 12)",
-    "meshscale.state.store": "not yet split by concept (issue 12)",
 }
 
 
