@@ -173,7 +173,8 @@ async def soak(nodes: int = 200, events: int = 0, idle: int = 2000, loris: int =
         limits["max_connections_per_ip"] = per_ip
     if ceiling is not None:
         limits["max_connections"] = ceiling
-    async with Bench(["sqlite"], {"limits": limits} if limits else None, database) as b:
+    async with Bench(["sqlite"], {"limits": limits} if limits else None, database,
+                     fleet=False) as b:
         fleet = b.fleet
         assert fleet is not None
         key = b.key("soak")
