@@ -65,6 +65,6 @@ async def test_soak_small() -> None:
     assert out["legit_registered"] == 10 and out["legit_failed"] == {}
     assert out["update_reached_peers"] == out["update_expected_peers"] == 9
     assert out["server_log_tracebacks"] == 0
-    seen = out["seen_total"]
+    seen = out["attacker_saw"]
     assert seen["reset_pairs_sent"] > 0 and seen.get("reset_goaway_ENHANCE_YOUR_CALM", 0) >= 1
     assert seen["idle_connections"] >= 30
