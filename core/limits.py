@@ -5,6 +5,8 @@ closing the connection that has been idle longest (no request open: still readin
 request head, or a Noise session between requests) before a new one is refused. Connections
 that are answering requests (map streams, DERP relays) are never closed to make room, so a flood
 of idle connections costs the existing clients nothing and leaves room for new registrations.
+Idle connections that have been answered a success (a registration, a map: a node or a key
+holder) are closed only after every idle connection that never was.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Slot:
     close: Callable[[], None]
     idle_since: float
     busy: bool = False
+    proven: bool = False  # was answered a success: closed for room only after strangers
     released: bool = False
 
 
@@ -45,7 +48,9 @@ class ConnectionTable:
         self.clock = clock
         self.total = 0
         self.per_ip: dict[str, int] = {}
-        self._idle: dict[Slot, None] = {}  # insertion order = idle since, oldest first
+        # Insertion order = idle since, oldest first; strangers first, then proven clients.
+        self._idle: dict[Slot, None] = {}
+        self._idle_proven: dict[Slot, None] = {}
         self.evicted = 0
 
     def admit(self, ip: str, close: Callable[[], None]) -> Slot | Refusal:
@@ -62,11 +67,12 @@ class ConnectionTable:
 
     def evict_one(self) -> bool:
         """Close the connection idle longest to make room. False: every connection is busy."""
-        for slot in self._idle:
-            self.release(slot)
-            self.evicted += 1
-            slot.close()
-            return True
+        for idle in (self._idle, self._idle_proven):
+            for slot in idle:
+                self.release(slot)
+                self.evicted += 1
+                slot.close()
+                return True
         return False
 
     def set_busy(self, slot: Slot, busy: bool) -> None:
@@ -75,15 +81,25 @@ class ConnectionTable:
         slot.busy = busy
         if busy:
             self._idle.pop(slot, None)
+            self._idle_proven.pop(slot, None)
         else:
             slot.idle_since = self.clock()
-            self._idle[slot] = None
+            (self._idle_proven if slot.proven else self._idle)[slot] = None
+
+    def set_proven(self, slot: Slot) -> None:
+        if slot.released or slot.proven:
+            return
+        slot.proven = True
+        if slot in self._idle:
+            del self._idle[slot]
+            self._idle_proven[slot] = None
 
     def release(self, slot: Slot) -> None:
         if slot.released:
             return
         slot.released = True
         self._idle.pop(slot, None)
+        self._idle_proven.pop(slot, None)
         self.total -= 1
         left = self.per_ip[slot.ip] - 1
         if left:

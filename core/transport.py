@@ -163,7 +163,10 @@ class FrontDoor:
 
     def accepted(self, conn: socket.socket, ip: str) -> None:
         """A new connection from ``ip``: admit it and serve it, or refuse it in one line."""
+        evicted = self.table.evicted
         admitted = self.table.admit(ip, _noop)
+        if self.table.evicted != evicted:
+            self.summary.note("idle connections closed to make room (connection ceiling)", ip)
         if isinstance(admitted, Refusal):
             self.summary.note(f"connections refused ({admitted.reason} limit)", ip)
             _refuse(conn, None if self.tls else admitted.text)
@@ -318,6 +321,7 @@ class FrontDoor:
             self.limits,
             on_busy=None if slot is None else (
                 lambda busy: self.table.set_busy(slot, busy)),
+            on_success=None if slot is None else (lambda: self.table.set_proven(slot)),
         )
         await conn.run(first=head.rest)
 

@@ -142,9 +142,9 @@ class Attack:
                             sent += room
                     conn._flush()
                     await conn.writer.drain()
+                    self.seen["hoard_max_bytes_one_connection"] = max(
+                        self.seen["hoard_max_bytes_one_connection"], sent)
                     await asyncio.sleep(0.05)
-            self.seen["hoard_max_bytes_one_connection"] = max(
-                self.seen["hoard_max_bytes_one_connection"], sent)
             for sid in sids:
                 self.seen[f"hoard_stream_{conn.replies[sid].status or 'open'}"] += 1
             await conn.close()

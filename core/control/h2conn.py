@@ -67,6 +67,8 @@ class ResponseWriter:
         self.finished = False
 
     async def start(self, status: int, content_type: str = "") -> None:
+        if 200 <= status < 300 and self._conn.on_success is not None:
+            self._conn.on_success()
         headers = [(":status", str(status))]
         if content_type:
             headers.append(("content-type", content_type))
@@ -107,6 +109,7 @@ class NoiseH2Connection:
         handler: Handler,
         limits: LimitsConfig | None = None,
         on_busy: Callable[[bool], None] | None = None,
+        on_success: Callable[[], None] | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -117,6 +120,7 @@ class NoiseH2Connection:
         self.handler = handler
         self.limits = limits or LimitsConfig()
         self.on_busy = on_busy  # told when the first request opens and the last one ends
+        self.on_success = on_success  # told when a request is answered 2xx
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self.h2 = h2.connection.H2Connection(config=cfg)
         self.streams: dict[int, _Stream] = {}

@@ -84,6 +84,23 @@ def test_connection_table_caps_and_sheds_the_longest_idle() -> None:
     assert table.total == 2 and table.per_ip == {"10.0.0.1": 1, "10.0.0.3": 1}
 
 
+def test_connection_table_sheds_strangers_before_proven_clients() -> None:
+    closed: list[str] = []
+    table = ConnectionTable(max_total=3, max_per_ip=10)
+    node = table.admit("10.0.0.1", lambda: closed.append("node"))  # the oldest idle one...
+    assert isinstance(node, Slot)
+    table.set_busy(node, True)
+    table.set_proven(node)  # ...registered (answered 200), now between requests
+    table.set_busy(node, False)
+    for name in ("s1", "s2"):
+        assert isinstance(table.admit("10.0.0.2", lambda n=name: closed.append(n)), Slot)
+    for name in ("s3", "s4"):
+        assert isinstance(table.admit("10.0.0.2", lambda n=name: closed.append(n)), Slot)
+    assert closed == ["s1", "s2"]  # strangers first, oldest first; the node stays
+    assert isinstance(table.admit("10.0.0.3", lambda: None), Slot)
+    assert closed == ["s1", "s2", "s3"]
+
+
 def test_summary_log_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     summary = SummaryLog(60, clock=lambda: now[0])
