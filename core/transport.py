@@ -30,7 +30,8 @@ from hypercorn.config import Config as HypercornConfig
 
 from meshscale.config import LimitsConfig
 from meshscale.contributions import UpgradeRequest, UpgradeRoute
-from meshscale.control.h2conn import Handler, NoiseH2Connection
+from meshscale.control.h2conn import NoiseH2Connection
+from meshscale.control.request import Handler
 from meshscale.errors import ProtocolError
 from meshscale.limits import ConnectionTable, Refusal, Slot, SummaryLog
 from meshscale.noise import handshake

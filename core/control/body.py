@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from meshscale.control.h2conn import ControlRequest
+from meshscale.control.request import ControlRequest
 
 
 def json_body(req: ControlRequest) -> dict[str, Any] | str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h2.config
@@ -25,6 +25,7 @@ import h2.settings
 
 from meshscale.config import LimitsConfig
 from meshscale.control.h2guard import FrameGuard, FrameSizeError, InboundBudget, WindowCounter
+from meshscale.control.request import ControlRequest, Handler, ResponseWriter
 from meshscale.errors import ProtocolError
 from meshscale.noise.records import RecordDecoder, RecordEncoder
 
@@ -32,17 +33,6 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 65536
 WRITE_BUFFER_HIGH = 1 << 20  # stop reading while this much output waits for a slow reader
-
-
-@dataclass(slots=True)
-class ControlRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    machine_key: bytes  # from the Noise handshake: the only identity we trust
-    capver: int  # from the Noise initiation header
-    stream_id: int = 0
 
 
 @dataclass(slots=True)
@@ -55,46 +45,6 @@ class _Stream:
     too_large: bool = False
     ended: bool = False  # the client sent END_STREAM (or we stopped reading the body)
     credit: int = 0  # stream-level window to give back after this batch of frames
-
-
-class ResponseWriter:
-    """What a handler uses to answer one request."""
-
-    def __init__(self, conn: NoiseH2Connection, stream_id: int) -> None:
-        self._conn = conn
-        self.stream_id = stream_id
-        self.started = False
-        self.finished = False
-
-    async def start(self, status: int, content_type: str = "") -> None:
-        if 200 <= status < 300 and self._conn.on_success is not None:
-            self._conn.on_success()
-        headers = [(":status", str(status))]
-        if content_type:
-            headers.append(("content-type", content_type))
-        self._conn.send_headers(self.stream_id, headers, end=False)
-        self.started = True
-
-    async def write(self, data: bytes) -> None:
-        await self._conn.send_data(self.stream_id, data)
-
-    async def end(self) -> None:
-        if not self.finished:
-            self._conn.end_stream(self.stream_id)
-            self.finished = True
-
-    async def send(self, status: int, body: bytes = b"", content_type: str = "") -> None:
-        await self.start(status, content_type)
-        if body:
-            await self.write(body)
-        await self.end()
-
-    @property
-    def closed(self) -> bool:
-        return self._conn.closed or self.stream_id not in self._conn.streams
-
-
-Handler = Callable[[ControlRequest, ResponseWriter], Awaitable[None]]
 
 
 class NoiseH2Connection:

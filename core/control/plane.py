@@ -11,9 +11,9 @@ from collections.abc import Callable
 from meshscale.clientinput import BadRequest, Limits, parse_register
 from meshscale.config import Config
 from meshscale.control.body import json_body
-from meshscale.control.h2conn import ControlRequest, ResponseWriter
 from meshscale.control.poll import MapPoll
 from meshscale.control.register import Registrar, handle_register
+from meshscale.control.request import ControlRequest, ResponseWriter
 from meshscale.mapper.frames import Message
 from meshscale.mapper.mapper import Mapper
 from meshscale.pluginhost import PluginHost

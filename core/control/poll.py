@@ -20,8 +20,8 @@ from meshscale import tailcfg
 from meshscale.clientinput import BadRequest, Limits, MapRequest, parse_map
 from meshscale.config import Config
 from meshscale.control.body import json_body
-from meshscale.control.h2conn import ControlRequest, ResponseWriter
 from meshscale.control.ratelimit import UpdateLimiter
+from meshscale.control.request import ControlRequest, ResponseWriter
 from meshscale.errors import StorageError
 from meshscale.events import MapKind, MapSent
 from meshscale.hookcalls import HookCalls
