@@ -95,6 +95,9 @@ class NoiseH2Connection:
         if data and not self.closed:
             self.writer.write(self.encoder.encode(data))
 
+    def stream_open(self, stream_id: int) -> bool:
+        return not self.closed and stream_id in self.streams
+
     def send_headers(self, stream_id: int, headers: list[tuple[str, str]], end: bool) -> None:
         if self.closed or stream_id not in self.streams:
             raise ConnectionResetError("stream closed")

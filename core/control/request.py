@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from meshscale.control.h2conn import NoiseH2Connection
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -22,10 +19,22 @@ class ControlRequest:
 
 
 
+class Connection(Protocol):
+    """What a ResponseWriter needs of its connection (control.h2conn.NoiseH2Connection)."""
+
+    on_success: Callable[[], None] | None
+
+    def send_headers(self, stream_id: int, headers: list[tuple[str, str]],
+                     end: bool) -> None: ...
+    async def send_data(self, stream_id: int, data: bytes) -> None: ...
+    def end_stream(self, stream_id: int) -> None: ...
+    def stream_open(self, stream_id: int) -> bool: ...
+
+
 class ResponseWriter:
     """What a handler uses to answer one request."""
 
-    def __init__(self, conn: NoiseH2Connection, stream_id: int) -> None:
+    def __init__(self, conn: Connection, stream_id: int) -> None:
         self._conn = conn
         self.stream_id = stream_id
         self.started = False
@@ -56,7 +65,7 @@ class ResponseWriter:
 
     @property
     def closed(self) -> bool:
-        return self._conn.closed or self.stream_id not in self._conn.streams
+        return not self._conn.stream_open(self.stream_id)
 
 
 Handler = Callable[[ControlRequest, ResponseWriter], Awaitable[None]]
