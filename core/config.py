@@ -244,6 +244,9 @@ class EphemeralConfig:
 class NodeConfig:
     expiry: Duration = Duration(0)  # 0: node keys never expire
     ephemeral: EphemeralConfig = field(default_factory=EphemeralConfig)
+    # How long an interactive login's auth id (the AuthURL) stays usable; headscale's
+    # tuning.register_cache_expiration, 15 minutes.
+    auth_id_expiry: Duration = Duration(900)
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,8 @@ class LimitsConfig:
     max_frame_size: int = 16384  # SETTINGS_MAX_FRAME_SIZE we announce and enforce
     reset_limit: int = 200  # streams a client may reset per reset_window (rapid reset)
     reset_window: Duration = Duration(10)
+    # Interactive logins waiting for an admin (or a login provider) at once.
+    max_pending_logins: int = 1000
     # Refused connections and accept() failures are logged as one summary line per interval.
     log_interval: Duration = Duration(60)
 

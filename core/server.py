@@ -264,7 +264,7 @@ class Server:
             if cfg.derp.auto_update_enabled:
                 self.spawn(self.derp.run(), "derp-map-updates")
 
-        routes = self.host.hooks.http_routes(cfg)
+        routes = [*self.host.hooks.http_routes(cfg), *self.plane.logins.routes()]
         upgrades = self.host.hooks.http_upgrades(cfg)
         app = create_app(public_bytes(noise_key), routes, self._health_problem)
         ceiling = connection_ceiling(cfg.limits.max_connections, raise_fd_limit())
@@ -480,6 +480,8 @@ class Server:
     async def stop(self) -> None:
         for listener in self.listeners:
             listener.close()
+        if self.plane is not None:
+            self.plane.logins.pending.close()  # waiting clients are told, timers cancelled
         if self.front is not None:
             for task in list(self.front.connections):
                 task.cancel()

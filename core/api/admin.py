@@ -20,6 +20,8 @@ from meshscale.state.models import Node, PreAuthKey, User
 
 if TYPE_CHECKING:
     from meshscale.config import Config
+    from meshscale.control.interactive import InteractiveLogins
+    from meshscale.control.plane import ControlPlane
     from meshscale.mapper.mapper import Mapper
     from meshscale.pluginhost import PluginHost
     from meshscale.policy import PolicyEngine
@@ -43,6 +45,8 @@ class AdminServer(Protocol):
     def engine(self) -> PolicyEngine: ...
     @property
     def mapper(self) -> Mapper | None: ...
+    @property
+    def plane(self) -> ControlPlane | None: ...
     @property
     def policy_text(self) -> str | None: ...
     def set_policy(self, text: str, source: str, persist: bool) -> None: ...
@@ -167,6 +171,26 @@ def create_admin_app(server: AdminServer) -> Quart:
     async def destroy_user(ref: str) -> Response:
         u = lifecycle().delete_user(ref)
         return _json(user_view(u))
+
+    # -- interactive logins ----------------------------------------------------------------------
+
+    def logins() -> InteractiveLogins:
+        assert server.plane is not None
+        return server.plane.logins
+
+    @app.post("/v1/auth/register")
+    async def auth_register() -> Response:
+        body = await _body()
+        user = state().user(str(body.get("user", "")))
+        n = logins().register(str(body.get("authId", "")), user)
+        return _json(node_view(n, user))
+
+    @app.post("/v1/auth/reject")
+    async def auth_reject() -> Response:
+        body = await _body()
+        pending = logins().reject(str(body.get("authId", "")))
+        return _json({"authId": pending.auth_id, "hostname": pending.hostname,
+                      "rejected": True})
 
     # -- pre-auth keys ---------------------------------------------------------------------------
 

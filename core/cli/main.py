@@ -101,8 +101,27 @@ def cmd_preauthkeys(args: argparse.Namespace) -> Any:
     raise MeshscaleError(f"unknown action {args.action}")
 
 
+def _auth_id(text: str) -> str:
+    """An auth id as given: bare, or the whole AuthURL the client printed."""
+    return text.strip().rstrip("/").rsplit("/", 1)[-1]
+
+
+def cmd_auth(args: argparse.Namespace) -> Any:
+    c = client(args)
+    if args.action == "register":
+        return c.call("POST", "/v1/auth/register",
+                      {"authId": _auth_id(args.auth_id), "user": args.user}), NODE_COLUMNS
+    if args.action == "reject":
+        return c.call("POST", "/v1/auth/reject", {"authId": _auth_id(args.auth_id)}), \
+            [("Auth id", "authId"), ("Hostname", "hostname"), ("Rejected", "rejected")]
+    raise MeshscaleError(f"unknown action {args.action}")
+
+
 def cmd_nodes(args: argparse.Namespace) -> Any:
     c = client(args)
+    if args.action == "register":  # headscale's older spelling of `auth register`
+        return c.call("POST", "/v1/auth/register",
+                      {"authId": _auth_id(args.key), "user": args.user}), NODE_COLUMNS
     if args.action == "list":
         path = "/v1/nodes" + (f"?user={args.user}" if args.user else "")
         return c.call("GET", path), NODE_COLUMNS
@@ -346,9 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="set the routes an admin approves (replaces the list; '' clears)")
     x.add_argument("-i", "--identifier", required=True)
     x.add_argument("-r", "--routes", required=True, help="comma-separated prefixes")
+    x = ns.add_parser("register", parents=[common],
+                      help="register a node waiting for an interactive login (auth register)")
+    x.add_argument("-u", "--user", required=True)
+    x.add_argument("-k", "--key", required=True, help="the auth id from the node's AuthURL")
     x = ns.add_parser("list-routes", parents=[common])
     x.add_argument("-i", "--identifier", default=None)
     nodes.set_defaults(fn=cmd_nodes)
+
+    au = sub.add_parser("auth", parents=[common],
+                        help="complete or refuse interactive logins (tailscale up without a key)")
+    aus = au.add_subparsers(dest="action", required=True)
+    x = aus.add_parser("register", parents=[common])
+    x.add_argument("--auth-id", required=True, help="from the AuthURL: .../register/<auth-id>")
+    x.add_argument("-u", "--user", required=True, help="user name or id")
+    x = aus.add_parser("reject", parents=[common])
+    x.add_argument("--auth-id", required=True)
+    au.set_defaults(fn=cmd_auth)
 
     pol = sub.add_parser("policy", parents=[common], help="policy get/set/check/compile")
     ps = pol.add_subparsers(dest="action", required=True)

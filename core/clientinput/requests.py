@@ -51,6 +51,7 @@ class RegisterRequest:
     auth_key: str
     hostinfo: dict[str, Any]
     has_auth: bool
+    followup: str = ""  # the AuthURL of an interactive login the client is waiting on
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,7 @@ def parse_register(body: dict[str, Any], limits: Limits) -> RegisterRequest:
         auth_key=auth_key,
         hostinfo=_hostinfo(body, limits) or {},
         has_auth=auth is not None,
+        followup=f.get("Followup", ""),
     )
 
 

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from meshscale.clientinput import BadRequest, Limits, parse_register
 from meshscale.config import Config
 from meshscale.control.body import json_body
+from meshscale.control.interactive import InteractiveLogins
 from meshscale.control.poll import MapPoll
-from meshscale.control.register import Registrar, handle_register
+from meshscale.control.register import NeedsLogin, Registrar, handle_register
 from meshscale.control.request import ControlRequest, ResponseWriter
 from meshscale.mapper.frames import Message
 from meshscale.mapper.mapper import Mapper
@@ -40,6 +41,9 @@ class ControlPlane:
             endpoints_max=config.client_limits.endpoints_max,
         )
         self.registrar = Registrar(state, lifecycle, engine, host.hooks, policy_loaded)
+        self.logins = InteractiveLogins(self.registrar, str(config.server_url),
+                                        float(config.node.auth_id_expiry),
+                                        config.limits.max_pending_logins)
         self.poll = MapPoll(config, state, mapper, host.hooks, lifecycle, self.limits)
 
     async def handle(self, req: ControlRequest, resp: ResponseWriter) -> None:
@@ -59,9 +63,12 @@ class ControlPlane:
             await resp.send(400, body.encode() + b"\n", "text/plain")
             return
         try:
-            out = handle_register(self.registrar, req.machine_key,
-                                  parse_register(body, self.limits))
+            parsed = parse_register(body, self.limits)
         except BadRequest as exc:
             await resp.send(400, f"{exc}\n".encode(), "text/plain")
             return
+        try:
+            out = handle_register(self.registrar, req.machine_key, parsed)
+        except NeedsLogin:
+            out = await self.logins.login(req.machine_key, parsed)
         await resp.send(200, Message.of(out).body, JSON)

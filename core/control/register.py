@@ -38,6 +38,10 @@ class RegisterRefused(MeshscaleError):
     """Becomes RegisterResponse.Error: the client shows it to the user."""
 
 
+class NeedsLogin(Exception):
+    """No key and no valid node: the client logs in interactively (control/interactive.py)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Registrar:
     """What registration needs: it reads state, and changes nodes only through the lifecycle."""
@@ -155,7 +159,7 @@ def _register(
     # Key rotation: the old key must be this machine's.
     if old_key is not None and mine is not None and mine.node_key == old_key:
         if mine.expired() and not auth_key:
-            raise RegisterRefused("node key expired: log in again with an auth key")
+            raise NeedsLogin
         if auth_key:
             return "rotate", _with_auth_key(reg, machine_key, node_key, hostinfo, auth_key, req)
         node = reg.lifecycle.rotate_key(mine, node_key)
@@ -173,10 +177,12 @@ def _register(
 
     if auth_key:
         return "authkey", _with_auth_key(reg, machine_key, node_key, hostinfo, auth_key, req)
-    raise RegisterRefused(
-        "this meshscale server needs a pre-auth key: tailscale up --login-server ... "
-        "--authkey <key from 'meshscale preauthkeys create'>"
-    )
+    raise NeedsLogin
+
+
+def response_for(reg: Registrar, node: Node) -> dict[str, Any]:
+    """The RegisterResponse of a node that just logged in."""
+    return _response(_owner(reg, node), node)
 
 
 def _owner(reg: Registrar, node: Node) -> User | None:
@@ -194,7 +200,7 @@ def _with_auth_key(
     state = reg.state
     key = state.check_auth_key(auth_key)
     user = state.users.get(key.user_id) if key.user_id is not None else None
-    tags = _permitted_tags(reg, user, list(key.tags), hostinfo)
+    tags = permitted_tags(reg, user, list(key.tags), hostinfo)
     hostname = str(hostinfo.get("Hostname") or "node")
     veto = reg.hooks.admit_node(hostname, user.name if user else None, tuple(tags),
                                        "authkey")
@@ -205,7 +211,7 @@ def _with_auth_key(
     return _response(user, node)
 
 
-def _permitted_tags(
+def permitted_tags(
     reg: Registrar, user: User | None, key_tags: list[str], hostinfo: dict[str, Any]
 ) -> list[str]:
     """The tags the node gets: the key's, else Hostinfo.RequestTags; either way tagOwners of

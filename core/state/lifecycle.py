@@ -94,6 +94,25 @@ class NodeLifecycle:
         self._audit(node, "logged in again" if existed else "registered")
         return node
 
+    def register_for_user(
+        self,
+        user: User | None,
+        machine_key: bytes,
+        node_key: bytes,
+        hostinfo: dict[str, Any],
+        tags: Sequence[str],
+        capver: int,
+        method: str,
+    ) -> Node:
+        """Create a node, or log this machine's node in again, for a login without a key
+        (``method``: "cli" for an admin's command, or a login provider's name)."""
+        existed = self.state.by_machine_key(machine_key) is not None
+        node = self.state.register_for_user(user.id if user else None, machine_key, node_key,
+                                            hostinfo, tags, capver, method)
+        self.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
+        self._audit(node, f"{'logged in again' if existed else 'registered'} ({method})")
+        return node
+
     def rotate_key(self, node: Node, new_key: bytes) -> Node:
         return self.state.rotate_node_key(node, new_key)
 

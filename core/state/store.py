@@ -97,13 +97,48 @@ class State(Accounts):
         capver: int,
     ) -> Node:
         """Create a node (or re-authenticate this machine's node) and consume ``key``."""
+        consumed = replace(key, used=True)
+        node = self._register(
+            machine_key, node_key, hostinfo, tags, capver,
+            user_id=None if tags else key.user_id, auth_key_id=key.id,
+            ephemeral=key.ephemeral, method="authkey",
+            ops=[] if key.used else [PutKey(consumed)],
+        )
+        self.keys[key.id] = consumed
+        return node
+
+    def register_for_user(
+        self,
+        user_id: int | None,
+        machine_key: bytes,
+        node_key: bytes,
+        hostinfo: dict[str, object],
+        tags: Sequence[str],
+        capver: int,
+        method: str,
+    ) -> Node:
+        """Create a node (or re-authenticate this machine's node) for a login without a key:
+        interactive (an admin's command) or a login provider such as OIDC."""
+        return self._register(machine_key, node_key, hostinfo, tags, capver,
+                              user_id=None if tags else user_id, auth_key_id=None,
+                              ephemeral=False, method=method, ops=[])
+
+    def _register(
+        self,
+        machine_key: bytes,
+        node_key: bytes,
+        hostinfo: dict[str, object],
+        tags: Sequence[str],
+        capver: int,
+        *,
+        user_id: int | None,
+        auth_key_id: int | None,
+        ephemeral: bool,
+        method: str,
+        ops: list[Op],
+    ) -> Node:
         hostname = str(hostinfo.get("Hostname") or "node")
         existing = self._by_machine_key.get(machine_key)
-        ops: list[Op] = []
-        consumed = replace(key, used=True)
-        if not key.used:
-            ops.append(PutKey(consumed))
-        user_id = None if tags else key.user_id
         if existing is not None:
             node = replace(
                 existing,
@@ -113,13 +148,12 @@ class State(Accounts):
                 tags=tuple(tags),
                 hostinfo=dict(hostinfo),
                 expiry=self._expiry_for(tags),
-                auth_key_id=key.id,
-                ephemeral=key.ephemeral,
-                register_method="authkey",
+                auth_key_id=auth_key_id,
+                ephemeral=ephemeral,
+                register_method=method,
                 capver=capver,
             )
             self._write([*ops, PutNode(node)])
-            self.keys[key.id] = consumed
             self._unindex(existing)
             self._index(node)
             others = self._sync_node(node)
@@ -138,8 +172,9 @@ class State(Accounts):
             tags=tuple(tags),
             hostinfo=dict(hostinfo),
             expiry=self._expiry_for(tags),
-            auth_key_id=key.id,
-            ephemeral=key.ephemeral,
+            auth_key_id=auth_key_id,
+            ephemeral=ephemeral,
+            register_method=method,
             capver=capver,
         )
         try:
@@ -149,7 +184,6 @@ class State(Accounts):
             self.v6.release(node.ipv6)
             raise
         self._hwm["node"] = node.id
-        self.keys[key.id] = consumed
         self._index(node)
         others = self._sync_node(node)
         self._emit(NodeAdded(node.id))

@@ -1,0 +1,210 @@
+"""Interactive login: a client without a key gets an AuthURL and waits until someone acts on it.
+
+The exchange (tailscale's control/controlclient/direct.go): the client's RegisterRequest has no
+key, so the answer is ``AuthURL = <server_url>/register/<auth-id>``; the client shows it and sends
+the same request again with ``Followup`` set to that URL, a long poll that this module holds open
+until the login is completed (``meshscale auth register``, or a login provider such as OIDC),
+refused (``meshscale auth reject``) or expires (``node.auth_id_expiry``). The answer then goes to
+the waiting client at once, so it proceeds by itself.
+
+Pending logins live in memory only: after a restart a waiting client simply gets a new AuthURL.
+They are what a stranger can hold without any key, so there is a ceiling on how many wait
+(``limits.max_pending_logins``), one per machine key, and each has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from quart import Response
+
+from meshscale.contributions import HttpRoute
+from meshscale.control.register import RegisterRefused, permitted_tags, response_for
+from meshscale.errors import MeshscaleError, NotFoundError
+from meshscale.events import Registration
+from meshscale.state.models import Node, User
+
+if TYPE_CHECKING:
+    from meshscale.clientinput import RegisterRequest
+    from meshscale.control.register import Registrar
+
+log = logging.getLogger(__name__)
+
+AUTH_ID = re.compile(r"[A-Za-z0-9_-]{24}")
+_FOLLOWUP = re.compile(r"/register/([A-Za-z0-9_-]{24})$")
+
+
+@dataclass(slots=True, eq=False)
+class PendingLogin:
+    auth_id: str
+    machine_key: bytes
+    node_key: bytes
+    hostinfo: dict[str, Any]
+    capver: int
+    deadline: float  # time.monotonic()
+    # The node once registered, or the message a refused or expired login gets.
+    outcome: asyncio.Future[Node | str]
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+    @property
+    def hostname(self) -> str:
+        return str(self.hostinfo.get("Hostname") or "node")
+
+
+class PendingLogins:
+    """Auth ids waiting for a login: bounded in number, each with a deadline."""
+
+    def __init__(self, ttl: float, limit: int) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._by_id: dict[str, PendingLogin] = {}
+        self._by_machine: dict[bytes, PendingLogin] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def start(self, machine_key: bytes, node_key: bytes, hostinfo: dict[str, Any],
+              capver: int) -> PendingLogin:
+        """The pending login of this machine (a new auth id if it has none)."""
+        live = self._by_machine.get(machine_key)
+        if live is not None and not live.outcome.done():
+            # The same machine asking again (a retry, a new node key): one auth id per machine.
+            live.node_key, live.hostinfo, live.capver = node_key, hostinfo, capver
+            return live
+        if len(self._by_id) >= self.limit:
+            raise RegisterRefused("too many logins are waiting on this server; try again later")
+        loop = asyncio.get_running_loop()
+        pending = PendingLogin(
+            auth_id=secrets.token_urlsafe(18), machine_key=machine_key, node_key=node_key,
+            hostinfo=hostinfo, capver=capver, deadline=time.monotonic() + self.ttl,
+            outcome=loop.create_future(),
+        )
+        pending.timer = loop.call_later(self.ttl, self._expire, pending)
+        self._by_id[pending.auth_id] = pending
+        self._by_machine[machine_key] = pending
+        return pending
+
+    def get(self, auth_id: str) -> PendingLogin | None:
+        return self._by_id.get(auth_id)
+
+    def find(self, auth_id: str) -> PendingLogin:
+        pending = self._by_id.get(auth_id) if AUTH_ID.fullmatch(auth_id) else None
+        if pending is None:
+            raise NotFoundError(
+                f"no login is waiting with auth id {auth_id[:40]!r}: it was used, refused or "
+                "expired; run `tailscale up` again for a new one")
+        return pending
+
+    def finish(self, pending: PendingLogin, outcome: Node | str) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if not pending.outcome.done():
+            pending.outcome.set_result(outcome)
+        self._by_id.pop(pending.auth_id, None)
+        if self._by_machine.get(pending.machine_key) is pending:
+            del self._by_machine[pending.machine_key]
+
+    def _expire(self, pending: PendingLogin) -> None:
+        log.info("login %s for %s expired unused", pending.auth_id[:6], pending.hostname)
+        self.finish(pending, "the login link expired before anyone used it: run `tailscale up` "
+                             "again for a new one")
+
+    def close(self) -> None:
+        for pending in list(self._by_id.values()):
+            self.finish(pending, "the server is shutting down: run `tailscale up` again")
+
+
+class InteractiveLogins:
+    """Hands out AuthURLs, holds the clients' follow-ups, and completes or refuses logins."""
+
+    def __init__(self, reg: Registrar, server_url: str, ttl: float, limit: int) -> None:
+        self.reg = reg
+        self.server_url = server_url.rstrip("/")
+        self.pending = PendingLogins(ttl, limit)
+
+    def url(self, auth_id: str) -> str:
+        return f"{self.server_url}/register/{auth_id}"
+
+    async def login(self, machine_key: bytes, req: RegisterRequest) -> dict[str, Any]:
+        """The RegisterResponse for a client that needs to log in (register.NeedsLogin)."""
+        started = time.monotonic()
+        followed = _FOLLOWUP.search(req.followup) if req.followup else None
+        if followed is not None:
+            pending = self.pending.get(followed.group(1))
+            if pending is not None and pending.machine_key == machine_key:
+                outcome = await asyncio.shield(pending.outcome)
+                if isinstance(outcome, str):
+                    self._report("refused", started, outcome)
+                    return {"Error": outcome}
+                self._report("ok", started)
+                return response_for(self.reg, outcome)
+        assert req.node_key is not None  # register.py refuses a request without one first
+        try:
+            pending = self.pending.start(machine_key, req.node_key, req.hostinfo, req.version)
+        except RegisterRefused as exc:
+            self._report("refused", started, str(exc))
+            return {"Error": str(exc)}
+        log.info("login for %s waits: %s", pending.hostname, self.url(pending.auth_id))
+        return {"AuthURL": self.url(pending.auth_id)}
+
+    def _report(self, outcome: str, started: float, why: str = "") -> None:
+        self.reg.hooks.registration(
+            Registration("interactive", outcome, time.monotonic() - started, why))
+
+    def register(self, auth_id: str, user: User, method: str = "cli") -> Node:
+        """Complete a waiting login: the node registers to ``user``; its client proceeds."""
+        pending = self.pending.find(auth_id)
+        reg = self.reg
+        try:
+            tags = permitted_tags(reg, user, [], pending.hostinfo)
+        except RegisterRefused as exc:
+            raise MeshscaleError(str(exc)) from None
+        veto = reg.hooks.admit_node(pending.hostname, user.name, tuple(tags), method)
+        if veto:
+            self.pending.finish(pending, f"registration refused: {veto}")
+            raise MeshscaleError(f"registration refused by a plugin: {veto}")
+        by_key = reg.state.by_node_key(pending.node_key)
+        if by_key is not None and by_key.machine_key != pending.machine_key:
+            self.pending.finish(pending, "node key is registered to a different machine")
+            raise MeshscaleError("that node key is registered to a different machine")
+        node = reg.lifecycle.register_for_user(user, pending.machine_key, pending.node_key,
+                                               pending.hostinfo, tags, pending.capver, method)
+        self.pending.finish(pending, node)
+        return node
+
+    def reject(self, auth_id: str) -> PendingLogin:
+        pending = self.pending.find(auth_id)
+        self.pending.finish(pending, "the administrator refused this login")
+        return pending
+
+    def routes(self) -> list[HttpRoute]:
+        return [HttpRoute("/register/<auth_id>", self._page, name="register_page")]
+
+    async def _page(self, auth_id: str) -> Response:
+        """What the person who opened the AuthURL sees: the command an admin runs."""
+        pending = self.pending.get(auth_id) if AUTH_ID.fullmatch(auth_id) else None
+        if pending is None:
+            body = ("<h1>This login link is not valid</h1><p>It was used, refused or has "
+                    "expired. Run <code>tailscale up</code> again for a new one.</p>")
+            return _html(body, 404)
+        aid, host = html.escape(pending.auth_id), html.escape(pending.hostname)
+        body = (f"<h1>Machine registration</h1><p>Device <b>{host}</b> asks to join this "
+                "tailnet. An administrator registers it with:</p>"
+                f"<pre>meshscale auth register --auth-id {aid} --user USERNAME</pre>"
+                f"<p>or refuses it with:</p><pre>meshscale auth reject --auth-id {aid}</pre>")
+        return _html(body)
+
+
+def _html(body: str, status: int = 200) -> Response:
+    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>meshscale</title>"
+            f"</head><body>{body}</body></html>")
+    return Response(page, status=status, content_type="text/html; charset=utf-8",
+                    headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                             "Content-Security-Policy": "default-src 'none'"})
