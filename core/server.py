@@ -36,6 +36,7 @@ from meshscale.mapper.mapper import Mapper
 from meshscale.noise.handshake import public_bytes
 from meshscale.pluginhost import PluginHost
 from meshscale.policy import Affected, AllowAllEngine, PolicyEngine
+from meshscale.state.apikeys import ApiKeys
 from meshscale.state.changes import DerpMapChanged, PolicyChanged
 from meshscale.state.lifecycle import NodeLifecycle
 from meshscale.state.store import PolicyHooks, State
@@ -78,6 +79,7 @@ class Server:
         self.engine: PolicyEngine = AllowAllEngine()
         self.mapper: Mapper | None = None
         self.lifecycle: NodeLifecycle | None = None
+        self.apikeys: ApiKeys | None = None
         self.plane: ControlPlane | None = None
         self.derp: DerpMapManager | None = None
         self.front: FrontDoor | None = None
@@ -246,6 +248,7 @@ class Server:
         snap = await asyncio.to_thread(self.storage.load)
         state, engine, text = self.build_core(snap)
         self.state, self.engine, self.policy_text = state, engine, text
+        self.apikeys = ApiKeys(self.storage, snap)
 
         self.derp = self._make_derp_manager()
         self.mapper = Mapper(

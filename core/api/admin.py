@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from quart import Quart, Response, request
 
 from meshscale import tailcfg
+from meshscale.api.apikeys import add_routes as add_apikey_routes
 from meshscale.errors import MeshscaleError, NotFoundError, PolicyError, StorageError
 from meshscale.state.models import Node, PreAuthKey, User
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from meshscale.mapper.mapper import Mapper
     from meshscale.pluginhost import PluginHost
     from meshscale.policy import PolicyEngine
+    from meshscale.state.apikeys import ApiKeys
     from meshscale.state.lifecycle import NodeLifecycle
     from meshscale.state.store import State
 
@@ -41,6 +43,8 @@ class AdminServer(Protocol):
     def state(self) -> State | None: ...
     @property
     def lifecycle(self) -> NodeLifecycle | None: ...
+    @property
+    def apikeys(self) -> ApiKeys | None: ...
     @property
     def engine(self) -> PolicyEngine: ...
     @property
@@ -144,6 +148,12 @@ def create_admin_app(server: AdminServer) -> Quart:
     @app.errorhandler(MeshscaleError)
     async def refused(exc: MeshscaleError) -> Response:
         return _error(str(exc), 400)
+
+    def apikeys() -> ApiKeys:
+        assert server.apikeys is not None
+        return server.apikeys
+
+    add_apikey_routes(app, apikeys)
 
     # -- users ---------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from meshscale import __version__
 from meshscale.checks import explain
-from meshscale.cli import serve
+from meshscale.cli import apikeys, serve
 from meshscale.cli.client import AdminClient
 from meshscale.cli.output import emit
 from meshscale.config import Config, load_config, load_raw, parse_duration
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-u", "--user", default=None)
     e.add_argument("key", help="the key, its prefix or its id")
     keys.set_defaults(fn=cmd_preauthkeys)
+
+    apikeys.register(sub, common, client)
 
     nodes = sub.add_parser("nodes", aliases=["node"], parents=[common], help="manage nodes")
     ns = nodes.add_subparsers(dest="action", required=True)

@@ -48,6 +48,21 @@ class PreAuthKey:
 
 
 @dataclass(slots=True)
+class ApiKey:
+    """A key for /api/v1 (and the remote CLI): ``mskey-api-<prefix>-<secret>``."""
+
+    id: int
+    prefix: str  # public: listed, and finds the key
+    secret_hash: bytes  # SHA-256 of the secret (see meshscale.auth); the secret is not stored
+    expiration: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    last_seen: datetime | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expiration is not None and self.expiration <= (now or utcnow())
+
+
+@dataclass(slots=True)
 class Node:
     id: int
     machine_key: bytes

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from meshscale.state.models import Node, PreAuthKey, User
+from meshscale.state.models import ApiKey, Node, PreAuthKey, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,18 @@ class PutCounter:
     value: int
 
 
-Op = PutUser | DeleteUser | PutKey | DeleteKey | PutNode | DeleteNode | PutPolicy | PutCounter
+@dataclass(frozen=True, slots=True)
+class PutApiKey:
+    key: ApiKey
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteApiKey:
+    key_id: int
+
+
+Op = (PutUser | DeleteUser | PutKey | DeleteKey | PutNode | DeleteNode | PutPolicy | PutCounter
+      | PutApiKey | DeleteApiKey)
 
 
 @dataclass(slots=True)
@@ -66,6 +77,7 @@ class Snapshot:
     nodes: list[Node] = field(default_factory=list)
     policy: str | None = None
     counters: dict[str, int] = field(default_factory=dict)  # highest ID ever used, per kind
+    api_keys: list[ApiKey] = field(default_factory=list)
 
 
 class Storage(Protocol):

@@ -12,13 +12,15 @@ from typing import Any, TypeVar
 import peewee as pw
 
 from meshscale.errors import StorageError
-from meshscale.state.models import Node, PreAuthKey, User
+from meshscale.state.models import ApiKey, Node, PreAuthKey, User
 from meshscale.storage import schema, versioning
 from meshscale.storage.base import (
+    DeleteApiKey,
     DeleteKey,
     DeleteNode,
     DeleteUser,
     Op,
+    PutApiKey,
     PutCounter,
     PutKey,
     PutNode,
@@ -129,6 +131,8 @@ class PeeweeStorage:
                       schema.NodeRow.select().order_by(schema.NodeRow.id).execute(db)]
         latest = schema.PolicyRow.select().order_by(schema.PolicyRow.id.desc()).first(db)
         snap.policy = latest.data if latest is not None else None
+        snap.api_keys = [_record_of(ApiKey, r) for r in
+                         schema.ApiKeyRow.select().order_by(schema.ApiKeyRow.id).execute(db)]
         snap.counters = {r.name: int(r.value) for r in schema.IdCounterRow.select().execute(db)}
         return snap
 
@@ -158,6 +162,10 @@ class PeeweeStorage:
             schema.NodeRow.delete().where(schema.NodeRow.id == op.node_id).execute(db)
         elif isinstance(op, PutCounter):
             _upsert(db, schema.IdCounterRow, name=op.name, value=op.value)
+        elif isinstance(op, PutApiKey):
+            _upsert(db, schema.ApiKeyRow, **_row_of(op.key))
+        elif isinstance(op, DeleteApiKey):
+            schema.ApiKeyRow.delete().where(schema.ApiKeyRow.id == op.key_id).execute(db)
         elif isinstance(op, PutPolicy):
             schema.PolicyRow.insert(data=op.text, created_at=_naive(datetime.now(UTC))) \
                 .as_rowcount().execute(db)

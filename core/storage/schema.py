@@ -82,6 +82,18 @@ class PolicyRow(BaseModel):
         table_name = "policies"
 
 
+class ApiKeyRow(BaseModel):
+    id = pw.IntegerField(primary_key=True)
+    prefix = pw.CharField(unique=True)
+    secret_hash = pw.BlobField()
+    expiration = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField()
+    last_seen = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "meshscale_api_keys"  # not headscale's "api_keys": see storage.versioning
+
+
 class IdCounterRow(BaseModel):
     """The highest ID ever given out per kind ("user", "key", "node"): a deleted row's ID is
     never given to a new one (tailcfg: a NodeID, and the StableID clients keep, is never
@@ -94,4 +106,5 @@ class IdCounterRow(BaseModel):
         table_name = "id_counters"
 
 
-MODELS: list[type[BaseModel]] = [UserRow, PreAuthKeyRow, NodeRow, PolicyRow, IdCounterRow]
+MODELS: list[type[BaseModel]] = [UserRow, PreAuthKeyRow, NodeRow, PolicyRow, IdCounterRow,
+                                 ApiKeyRow]

@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 3
+CURRENT = 4
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -118,8 +118,17 @@ def _v2_to_v3(db: pw.Database) -> None:
             schema.IdCounterRow.insert(name=name, value=int(row[0])).as_rowcount().execute(db)
 
 
+def _v3_to_v4(db: pw.Database) -> None:
+    """Version 4 adds ``meshscale_api_keys``, the keys of /api/v1 (named apart from headscale's
+    ``api_keys``, which marks a headscale database)."""
+    from meshscale.storage import schema  # noqa: PLC0415 - the models bind to db now
+
+    db.create_tables([schema.ApiKeyRow])
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3,
+                                                         3: _v3_to_v4}
 
 
 # -- acting on a live database ----------------------------------------------------------------

@@ -82,7 +82,8 @@ async def test_copy_to_postgres_and_back(
 
     assert main(["-c", str(config_file), "db", "copy", "--to", pg_url(database)]) == 0
     out = capsys.readouterr().out
-    assert ("2 users, 2 pre_auth_keys, 2 nodes, 2 policies, 3 id_counters; every row checked"
+    assert ("2 users, 2 pre_auth_keys, 2 nodes, 2 policies, 3 id_counters, 0 meshscale_api_keys; "
+            "every row checked"
             in out)
 
     # A server on PostgreSQL loads exactly what SQLite held, and keeps writing (the serial of

@@ -77,9 +77,11 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     storage = backend.storage(tmp_path)  # the current schema, with a user in it
     storage.apply([PutUser(User(1, "alice")), PutPolicy('{"acls": []}')])
     storage.close()
-    # Version 1 is the same tables without the marker and the ID counters (version 3).
+    # Version 1 is the same tables without the marker, the ID counters (version 3) and the
+    # API keys (version 4).
     run(pg_server, database, "DROP TABLE meshscale_schema")
     run(pg_server, database, "DROP TABLE id_counters")
+    run(pg_server, database, "DROP TABLE meshscale_api_keys")
     before = dump(pg_server, database)
 
     storage = backend.storage(tmp_path)
@@ -90,7 +92,9 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     assert marker_rows[0][0] == CURRENT
     _, counters = after.pop("id_counters")
     assert counters == [("user", 1)]  # seeded from the highest ID present
+    assert after.pop("meshscale_api_keys")[1] == []
     added = set(after.pop("indexes")) - set(before.pop("indexes"))
-    assert {name for (name,) in added} == {"id_counters_pkey"}
+    assert {name for (name,) in added} == {"id_counters_pkey", "meshscale_api_keys_pkey",
+                                          "apikeyrow_prefix"}
     assert after == before
     assert [u.name for u in snap.users] == ["alice"] and snap.policy == '{"acls": []}'

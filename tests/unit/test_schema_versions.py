@@ -158,6 +158,7 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     assert new.pop("meshscale_schema")[0][0] == CURRENT
     # Version 3: the ID high-water marks, seeded with the highest IDs present.
     assert new.pop("id_counters") == [("key", 1), ("node", 7), ("user", 1)]
+    assert new.pop("meshscale_api_keys") == []  # version 4
     assert new == old  # every row of every table, as it was
     (user,) = snap.users
     assert (user.id, user.name, user.email) == (1, "alice", "a@example.com")
@@ -168,7 +169,8 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
             node.capver) == (7, "laptop", "100.64.0.1", {"OS": "linux"}, ("10.0.0.0/24",), 113)
     assert snap.policy == '{"acls": []}'
     assert versioning.inspect_sqlite_file(db) == Verdict(
-        "current", CURRENT, tuple(sorted([*old, "meshscale_schema", "id_counters"])))
+        "current", CURRENT,
+        tuple(sorted([*old, "meshscale_schema", "id_counters", "meshscale_api_keys"])))
 
 
 def test_a_failing_migration_changes_nothing(tmp_path: Path,
@@ -205,8 +207,12 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         conn.close()
         return rows
 
-    assert CURRENT == 3
+    assert CURRENT == 4
     assert ddl(fresh) - ddl(old) == {
+        'CREATE TABLE "meshscale_api_keys" ("id" INTEGER NOT NULL PRIMARY KEY, "prefix" '
+        'VARCHAR(255) NOT NULL, "secret_hash" BLOB NOT NULL, "expiration" DATETIME, '
+        '"created_at" DATETIME NOT NULL, "last_seen" DATETIME)',
+        'CREATE UNIQUE INDEX "apikeyrow_prefix" ON "meshscale_api_keys" ("prefix")',
         'CREATE TABLE "meshscale_schema" '
         "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)",
         'CREATE TABLE "id_counters" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '

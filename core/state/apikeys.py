@@ -1,0 +1,84 @@
+"""API keys: made, listed, expired, deleted, and checked on every /api/v1 request.
+
+Apart from State (users, keys, nodes) because nothing a client does touches them and no change
+event follows from them; the same storage writes them, one transaction per change, memory after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from meshscale import auth
+from meshscale.errors import AuthError, MeshscaleError, NotFoundError
+from meshscale.state.models import ApiKey, utcnow
+from meshscale.storage.base import DeleteApiKey, PutApiKey, PutCounter, Snapshot, Storage
+
+_COUNTER = "apikey"
+_UNKNOWN = b"\x00" * 32  # compared against when the prefix is unknown: timing tells nothing
+
+
+class ApiKeys:
+    def __init__(self, storage: Storage, snap: Snapshot) -> None:
+        self.storage = storage
+        self.keys: dict[int, ApiKey] = {k.id: k for k in snap.api_keys}
+        self._by_prefix: dict[str, ApiKey] = {k.prefix: k for k in snap.api_keys}
+        self._hwm = max(snap.counters.get(_COUNTER, 0), max(self.keys, default=0))
+
+    def _put(self, key: ApiKey) -> None:
+        self.keys[key.id] = key
+        self._by_prefix[key.prefix] = key
+
+    def create(self, expiration: timedelta | None = timedelta(days=90)) -> tuple[ApiKey, str]:
+        """A new key; returns the record and the full key, which is shown once."""
+        if expiration is not None and expiration.total_seconds() <= 0:
+            raise MeshscaleError("an API key's expiration must be in the future")
+        full, prefix, secret_hash = auth.new_api_key()
+        now = utcnow()
+        key = ApiKey(id=self._hwm + 1, prefix=prefix, secret_hash=secret_hash,
+                     expiration=now + expiration if expiration else None, created_at=now)
+        self.storage.apply([PutApiKey(key), PutCounter(_COUNTER, key.id)])
+        self._hwm = key.id
+        self._put(key)
+        return key, full
+
+    def find(self, ref: str | int) -> ApiKey:
+        """A key by id or prefix (``mskey-api-<prefix>`` or the bare prefix)."""
+        text = str(ref).strip()
+        if text.isdigit() and int(text) in self.keys:
+            return self.keys[int(text)]
+        parts = auth.split_api_key(text)
+        prefix = parts[0] if parts else text.removeprefix(auth.API_KEY_PREFIX).split("-")[0]
+        key = self._by_prefix.get(prefix)
+        if key is None:
+            raise NotFoundError(f"API key {text[:24]!r} not found")
+        return key
+
+    def expire(self, ref: str | int) -> ApiKey:
+        key = self.find(ref)
+        if key.expired():
+            return key
+        updated = replace(key, expiration=utcnow())
+        self.storage.apply([PutApiKey(updated)])
+        self._put(updated)
+        return updated
+
+    def delete(self, ref: str | int) -> ApiKey:
+        key = self.find(ref)
+        self.storage.apply([DeleteApiKey(key.id)])
+        del self.keys[key.id]
+        del self._by_prefix[key.prefix]
+        return key
+
+    def check(self, presented: str) -> ApiKey:
+        """The key a request presents: known, secret matching, unexpired. Every refusal reads
+        the same, so a caller learns nothing about which part was wrong."""
+        parts = auth.split_api_key(presented)
+        if parts is None:
+            raise AuthError("invalid API key")
+        prefix, secret = parts
+        key = self._by_prefix.get(prefix)
+        matches = auth.secret_matches(secret, key.secret_hash if key else _UNKNOWN)
+        if key is None or not matches or key.expired():
+            raise AuthError("invalid API key")
+        return key

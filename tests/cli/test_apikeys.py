@@ -1,0 +1,55 @@
+"""``meshscale apikeys``: a key is printed once, listed by prefix only, expired, deleted, kept
+across a restart, and never written to the log. A real ``meshscale serve`` and its SQLite."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import yaml
+
+from tests.cli.serverproc import Serve, meshscale, write_config
+
+
+def test_apikeys_lifecycle(tmp_path: Path) -> None:
+    config = write_config(tmp_path, log={"level": "debug"})
+
+    def cli(*args: str) -> str:
+        result = meshscale("-c", str(config), *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    server = Serve(config)
+    try:
+        key = cli("apikeys", "create", "--expiration", "90d")
+        assert key.startswith("mskey-api-") and len(key) > 60
+        prefix = key.removeprefix("mskey-api-").split("-")[0]
+        second = json.loads(cli("apikeys", "create", "-e", "1h", "-o", "json"))
+        listed = json.loads(cli("apikeys", "list", "-o", "json"))
+        assert [k["prefix"] for k in listed] == [prefix, second["prefix"]]
+        assert key not in json.dumps(listed) and "key" not in listed[0]
+        expired = json.loads(cli("apikeys", "expire", "--prefix", prefix, "-o", "json"))
+        assert expired["expiration"] is not None
+        cli("apikeys", "delete", "--prefix", second["prefix"])
+        bad = meshscale("-c", str(config), "apikeys", "delete", "--prefix", "nosuchprefix")
+        assert bad.returncode != 0 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        rc, log = server.stop()
+    assert rc == 0, log
+    assert key.split("-")[-1] not in log and second["key"].split("-")[-1] not in log
+
+    db = Path(yaml.safe_load(config.read_text())["data_dir"]) / "db.sqlite"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT prefix, secret_hash FROM meshscale_api_keys").fetchall()
+    conn.close()
+    assert [r[0] for r in rows] == [prefix]  # the deleted one is gone; no secret stored
+    assert key.split("-")[-1].encode() not in rows[0][1]
+
+    server = Serve(config)
+    try:
+        (kept,) = json.loads(cli("apikeys", "list", "-o", "json"))
+        assert kept["prefix"] == prefix and kept["expiration"] == expired["expiration"]
+    finally:
+        rc, log = server.stop()
+    assert rc == 0, log
