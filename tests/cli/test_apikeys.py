@@ -37,14 +37,18 @@ def test_apikeys_lifecycle(tmp_path: Path) -> None:
     finally:
         rc, log = server.stop()
     assert rc == 0, log
-    assert key.split("-")[-1] not in log and second["key"].split("-")[-1] not in log
+    def secret(full: str) -> str:
+        return full.removeprefix("mskey-api-")[13:]  # after the 12-character prefix and "-"
+
+    assert len(secret(key)) == 64
+    assert secret(key) not in log and secret(second["key"]) not in log
 
     db = Path(yaml.safe_load(config.read_text())["data_dir"]) / "db.sqlite"
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT prefix, secret_hash FROM meshscale_api_keys").fetchall()
     conn.close()
     assert [r[0] for r in rows] == [prefix]  # the deleted one is gone; no secret stored
-    assert key.split("-")[-1].encode() not in rows[0][1]
+    assert secret(key).encode() not in rows[0][1]
 
     server = Serve(config)
     try:
