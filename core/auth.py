@@ -1,4 +1,16 @@
-"""Pre-auth keys and API keys: format, hashing at rest, constant-time checks.
+"""Ways to log in: pre-auth keys, API keys, and the contract of login providers.
+
+Login providers
+---------------
+A device without a key gets an AuthURL and waits (control/interactive.py). Which URL is the
+first answer of the providers plugins offer (``meshscale_auth_providers``), in order, falling back
+to the built-in interactive page ``/register/<auth-id>`` where an admin runs
+``meshscale auth register``. A provider then completes the waiting login through ``Logins``
+with the ``Identity`` it established (or refuses it); core finds or makes the user by
+(provider, subject), registers the node through the node lifecycle and answers the waiting client.
+
+Keys
+----
 
 A pre-auth key reads ``mskey-auth-<prefix>-<secret>``, an API key ``mskey-api-<prefix>-<secret>``
 (headscale's ``hskey-api-...`` shape). The prefix is public (it names the key in listings
@@ -12,6 +24,9 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 KEY_PREFIX = "mskey-auth-"
 _PREFIX_LEN = 12
@@ -54,3 +69,45 @@ def split_key(key: str) -> tuple[str, str] | None:
 
 def secret_matches(secret: str, stored_hash: bytes) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+# -- login providers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a provider says logged in. ``subject`` is unique and stable within ``provider`` (for
+    OIDC: the issuer and the ``sub`` claim); the user is found by the two together only."""
+
+    provider: str
+    subject: str
+    name: str  # preferred user name for a new user
+    display_name: str = ""
+    email: str = ""
+
+
+class Logins(Protocol):
+    """What a provider may do with waiting logins (the running server offers it)."""
+
+    def waiting(self, auth_id: str) -> Mapping[str, Any] | None:
+        """``{"authId", "hostname", "os"}`` of a waiting login, or None (used, refused, expired
+        or never issued)."""
+
+    def complete(self, auth_id: str, identity: Identity, method: str) -> Mapping[str, Any]:
+        """Register the waiting node to the identity's user; its client proceeds at once.
+        Returns the node as ``GET /v1/nodes`` shows it; raises MeshscaleError (one line for the
+        person) if the login is no longer waiting or the registration is refused."""
+
+    def reject(self, auth_id: str, why: str) -> None:
+        """Refuse the waiting login; the client shows ``why``."""
+
+
+class AuthProvider(Protocol):
+    """A way to log in, offered by a plugin's ``meshscale_auth_providers``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def auth_url(self, auth_id: str, hostinfo: Mapping[str, Any]) -> str | None:
+        """Where the device's user is sent to log in (the AuthURL), or None to leave this login
+        to the next provider (the last is the built-in admin page)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import asyncio
 
+    from meshscale.auth import Logins
     from meshscale.config import Config
     from meshscale.tls import MainTls
 
@@ -53,6 +54,10 @@ class ServerContext(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run a background task owned by the server: cancelled at shutdown, failures logged."""
+
+    def logins(self) -> Logins:
+        """Waiting interactive logins, for a login provider (meshscale_auth_providers) to
+        complete or refuse."""
 
     def plugin(self, name: str) -> object | None:
         """The plugin object loaded under ``name`` in this server, or None if it is not loaded

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from meshscale.auth import AuthProvider
     from meshscale.config import Config
     from meshscale.contributions import (
         ConfigSection,
@@ -70,6 +71,9 @@ class HookCalls:
 
     def derp_regions(self, config: Config) -> list[Mapping[str, Any]]:
         return self._host.collect_sync("meshscale_derp_regions", config=config)
+
+    def auth_providers(self, config: Config) -> list[AuthProvider]:
+        return self._host.collect_sync("meshscale_auth_providers", config=config)
 
     # -- lifecycle (async allowed; errors propagate) ----------------------------------------
 

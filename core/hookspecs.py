@@ -25,6 +25,7 @@ import pluggy
 from meshscale import PROJECT
 
 if TYPE_CHECKING:
+    from meshscale.auth import AuthProvider
     from meshscale.config import Config
     from meshscale.context import ServerContext
     from meshscale.contributions import (
@@ -113,6 +114,17 @@ def meshscale_startup(server: ServerContext) -> None:
 @hookspec
 def meshscale_shutdown(server: ServerContext) -> None:
     """The server is stopping (async allowed). Close what ``meshscale_startup`` opened."""
+
+
+@hookspec
+def meshscale_auth_providers(config: Config) -> Sequence[AuthProvider]:
+    """Ways to log in this plugin offers (collect, sync; see meshscale.auth).
+
+    A device without a key is sent to the AuthURL of the first provider that answers for it;
+    the built-in admin page (``meshscale auth register``) comes last. The provider completes or
+    refuses the login through ``server.logins()``.
+    """
+    raise NotImplementedError
 
 
 # -- admission (first, sync) ----------------------------------------------------------------

@@ -29,6 +29,7 @@ from meshscale.hookcalls import HookCalls
 if TYPE_CHECKING:
     import asyncio
 
+    from meshscale.auth import Logins
     from meshscale.config import Config
     from meshscale.context import ServerContext
     from meshscale.tls import MainTls
@@ -103,6 +104,9 @@ class ServerHandle:
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         return self._bound("spawn").spawn(coro, name)
+
+    def logins(self) -> Logins:
+        return self._bound("logins").logins()
 
     def plugin(self, name: str) -> object | None:
         return self._host.plugin(name)

@@ -23,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale import checks, files
+from meshscale.auth import Logins
 from meshscale.config import Config, split_host_port
 from meshscale.contributions import pick
 from meshscale.control.plane import ControlPlane
@@ -186,6 +187,11 @@ class Server:
 
     def plugin(self, name: str) -> object | None:
         return self.host.plugin(name)
+
+    def logins(self) -> Logins:
+        if self.plane is None:
+            raise MeshscaleError("the server is not running yet")
+        return self.plane.logins
 
     # -- setup -------------------------------------------------------------------------------------
 

@@ -198,8 +198,10 @@ def create_admin_app(server: AdminServer) -> Quart:
     @app.post("/v1/auth/reject")
     async def auth_reject() -> Response:
         body = await _body()
-        pending = logins().reject(str(body.get("authId", "")))
-        return _json({"authId": pending.auth_id, "hostname": pending.hostname,
+        auth_id = str(body.get("authId", ""))
+        waiting = logins().waiting(auth_id)
+        logins().reject(auth_id)
+        return _json({"authId": auth_id, "hostname": (waiting or {}).get("hostname", ""),
                       "rejected": True})
 
     # -- pre-auth keys ---------------------------------------------------------------------------

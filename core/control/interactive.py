@@ -20,6 +20,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +33,13 @@ from meshscale.events import Registration
 from meshscale.state.models import Node, User
 
 if TYPE_CHECKING:
+    from meshscale.auth import AuthProvider, Identity
     from meshscale.clientinput import RegisterRequest
     from meshscale.control.register import Registrar
 
 log = logging.getLogger(__name__)
 
 AUTH_ID = re.compile(r"[A-Za-z0-9_-]{24}")
-_FOLLOWUP = re.compile(r"/register/([A-Za-z0-9_-]{24})$")
 
 
 @dataclass(slots=True, eq=False)
@@ -49,6 +50,7 @@ class PendingLogin:
     hostinfo: dict[str, Any]
     capver: int
     deadline: float  # time.monotonic()
+    url: str  # the AuthURL: a follow-up must name exactly this
     # The node once registered, or the message a refused or expired login gets.
     outcome: asyncio.Future[Node | str]
     timer: asyncio.TimerHandle | None = field(default=None)
@@ -83,7 +85,7 @@ class PendingLogins:
         loop = asyncio.get_running_loop()
         pending = PendingLogin(
             auth_id=secrets.token_urlsafe(18), machine_key=machine_key, node_key=node_key,
-            hostinfo=hostinfo, capver=capver, deadline=time.monotonic() + self.ttl,
+            hostinfo=hostinfo, capver=capver, deadline=time.monotonic() + self.ttl, url="",
             outcome=loop.create_future(),
         )
         pending.timer = loop.call_later(self.ttl, self._expire, pending)
@@ -93,6 +95,9 @@ class PendingLogins:
 
     def get(self, auth_id: str) -> PendingLogin | None:
         return self._by_id.get(auth_id)
+
+    def of_machine(self, machine_key: bytes) -> PendingLogin | None:
+        return self._by_machine.get(machine_key)
 
     def find(self, auth_id: str) -> PendingLogin:
         pending = self._by_id.get(auth_id) if AUTH_ID.fullmatch(auth_id) else None
@@ -122,37 +127,45 @@ class PendingLogins:
 
 
 class InteractiveLogins:
-    """Hands out AuthURLs, holds the clients' follow-ups, and completes or refuses logins."""
+    """Hands out AuthURLs, holds the clients' follow-ups, and completes or refuses logins (the
+    ``meshscale.auth.Logins`` that login providers use)."""
 
-    def __init__(self, reg: Registrar, server_url: str, ttl: float, limit: int) -> None:
+    def __init__(self, reg: Registrar, server_url: str, ttl: float, limit: int,
+                 providers: Sequence[AuthProvider] = ()) -> None:
         self.reg = reg
         self.server_url = server_url.rstrip("/")
         self.pending = PendingLogins(ttl, limit)
+        self.providers = list(providers)
 
-    def url(self, auth_id: str) -> str:
+    def url(self, auth_id: str, hostinfo: Mapping[str, Any]) -> str:
+        """The first provider's AuthURL, else the built-in admin page."""
+        for provider in self.providers:
+            url = provider.auth_url(auth_id, hostinfo)
+            if url:
+                return url
         return f"{self.server_url}/register/{auth_id}"
 
     async def login(self, machine_key: bytes, req: RegisterRequest) -> dict[str, Any]:
         """The RegisterResponse for a client that needs to log in (register.NeedsLogin)."""
         started = time.monotonic()
-        followed = _FOLLOWUP.search(req.followup) if req.followup else None
-        if followed is not None:
-            pending = self.pending.get(followed.group(1))
-            if pending is not None and pending.machine_key == machine_key:
-                outcome = await asyncio.shield(pending.outcome)
-                if isinstance(outcome, str):
-                    self._report("refused", started, outcome)
-                    return {"Error": outcome}
-                self._report("ok", started)
-                return response_for(self.reg, outcome)
+        pending = self.pending.of_machine(machine_key)
+        if req.followup and pending is not None and req.followup == pending.url:
+            outcome = await asyncio.shield(pending.outcome)
+            if isinstance(outcome, str):
+                self._report("refused", started, outcome)
+                return {"Error": outcome}
+            self._report("ok", started)
+            return response_for(self.reg, outcome)
         assert req.node_key is not None  # register.py refuses a request without one first
         try:
             pending = self.pending.start(machine_key, req.node_key, req.hostinfo, req.version)
         except RegisterRefused as exc:
             self._report("refused", started, str(exc))
             return {"Error": str(exc)}
-        log.info("login for %s waits: %s", pending.hostname, self.url(pending.auth_id))
-        return {"AuthURL": self.url(pending.auth_id)}
+        if not pending.url:
+            pending.url = self.url(pending.auth_id, pending.hostinfo)
+        log.info("login for %s waits: %s", pending.hostname, pending.url)
+        return {"AuthURL": pending.url}
 
     def _report(self, outcome: str, started: float, why: str = "") -> None:
         self.reg.hooks.registration(
@@ -179,10 +192,24 @@ class InteractiveLogins:
         self.pending.finish(pending, node)
         return node
 
-    def reject(self, auth_id: str) -> PendingLogin:
-        pending = self.pending.find(auth_id)
-        self.pending.finish(pending, "the administrator refused this login")
-        return pending
+    def reject(self, auth_id: str, why: str = "the administrator refused this login") -> None:
+        self.pending.finish(self.pending.find(auth_id), why)
+
+    # -- meshscale.auth.Logins, for login providers -------------------------------------------
+
+    def waiting(self, auth_id: str) -> Mapping[str, Any] | None:
+        pending = self.pending.get(auth_id) if AUTH_ID.fullmatch(auth_id) else None
+        if pending is None:
+            return None
+        return {"authId": pending.auth_id, "hostname": pending.hostname,
+                "os": str(pending.hostinfo.get("OS") or "")}
+
+    def complete(self, auth_id: str, identity: Identity, method: str) -> Mapping[str, Any]:
+        self.pending.find(auth_id)  # before a user is made for a login that is not waiting
+        user = self.reg.lifecycle.user_for_identity(identity)
+        node = self.register(auth_id, user, method)
+        return {"id": node.id, "givenName": node.given_name, "user": user.name,
+                "ipAddresses": list(node.addresses)}
 
     def routes(self) -> list[HttpRoute]:
         return [HttpRoute("/register/<auth_id>", self._page, name="register_page")]

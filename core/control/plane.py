@@ -43,7 +43,8 @@ class ControlPlane:
         self.registrar = Registrar(state, lifecycle, engine, host.hooks, policy_loaded)
         self.logins = InteractiveLogins(self.registrar, str(config.server_url),
                                         float(config.node.auth_id_expiry),
-                                        config.limits.max_pending_logins)
+                                        config.limits.max_pending_logins,
+                                        host.hooks.auth_providers(config))
         self.poll = MapPoll(config, state, mapper, host.hooks, lifecycle, self.limits)
 
     async def handle(self, req: ControlRequest, resp: ResponseWriter) -> None:

@@ -38,6 +38,13 @@ class Accounts(PolicyBridge):
                 return u
         raise NotFoundError(f"user {ref!r} not found")
 
+    def by_identity(self, provider: str, provider_id: str) -> User | None:
+        """The user a login provider's identity belongs to (never matched by e-mail)."""
+        for u in self.users.values():
+            if u.provider == provider and u.provider_id == provider_id:
+                return u
+        return None
+
     @staticmethod
     def _check_username(name: str) -> None:
         if not name or len(name) > USERNAME_MAX or any(c.isspace() for c in name):
@@ -45,12 +52,14 @@ class Accounts(PolicyBridge):
                 f"invalid user name {name!r}: 1-{USERNAME_MAX} characters, no spaces"
             )
 
-    def create_user(self, name: str, display_name: str = "", email: str = "") -> User:
+    def create_user(self, name: str, display_name: str = "", email: str = "",
+                    provider: str = "", provider_id: str = "") -> User:
         self._check_username(name)
         if any(u.name == name for u in self.users.values()):
             raise MeshscaleError(f"user {name!r} already exists")
         uid, counter = self._next_id("user", self.users)
-        u = User(id=uid, name=name, display_name=display_name, email=email)
+        u = User(id=uid, name=name, display_name=display_name, email=email, provider=provider,
+                 provider_id=provider_id)
         self._write([PutUser(u), counter])
         self._hwm["user"] = uid
         self.users[u.id] = u

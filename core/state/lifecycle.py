@@ -30,6 +30,7 @@ from meshscale.events import (
 from meshscale.state.models import Node, PreAuthKey, User, utcnow
 
 if TYPE_CHECKING:
+    from meshscale.auth import Identity
     from meshscale.config import Config
     from meshscale.hookcalls import HookCalls
     from meshscale.state.store import State
@@ -182,6 +183,25 @@ class NodeLifecycle:
 
     def create_user(self, name: str, display_name: str = "", email: str = "") -> User:
         user = self.state.create_user(name, display_name=display_name, email=email)
+        self.hooks.user_event(UserEvent(UserEventKind.CREATED, user.id, user.name))
+        return user
+
+    def user_for_identity(self, identity: Identity) -> User:
+        """The user of a login provider's identity: found by (provider, subject) only, never by
+        name or e-mail, so an identity from another provider cannot take over a user; made on
+        first login, under its preferred name or, if that is taken, the name with a number."""
+        user = self.state.by_identity(identity.provider, identity.subject)
+        if user is not None:
+            return user
+        base = "".join(c for c in identity.name if not c.isspace())[:60] or "user"
+        taken = {u.name for u in self.state.users.values()}
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}"
+        user = self.state.create_user(name, display_name=identity.display_name,
+                                      email=identity.email, provider=identity.provider,
+                                      provider_id=identity.subject)
         self.hooks.user_event(UserEvent(UserEventKind.CREATED, user.id, user.name))
         return user
 

@@ -60,6 +60,8 @@ HOOK_TESTS: dict[str, str] = {
     "meshscale_map_stream":
         "tests/plugin/test_metrics.py::test_values_move_with_registrations_streams_and_policy",
     "meshscale_stats": "tests/plugin/test_metrics.py::test_derp_clients_and_relayed_bytes",
+    "meshscale_auth_providers":
+        "tests/plugin/test_auth_providers.py::test_a_plugin_login_provider_registers_the_node",
 }
 
 CONTRIB = sorted(p for p in (ROOT / "contrib_plugins").iterdir() if (p / "pyproject.toml").exists())
