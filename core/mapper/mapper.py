@@ -23,6 +23,7 @@ from meshscale.config import Config
 from meshscale.events import MapKind, MapSent
 from meshscale.mapper import wire
 from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
+from meshscale.mapper.invalidation import Output, stale
 from meshscale.mapper.session import MapSession
 from meshscale.policy import Affected, PolicyEngine
 from meshscale.state import changes as ch
@@ -99,6 +100,7 @@ class Mapper:
         # Changes of this event-loop turn, delivered together by flush().
         self._pending_patch: dict[int, ch.Patch] = {}
         self._pending_upsert: dict[int, bool] = {}  # node id -> newly added
+        self._pending_own: dict[int, Output] = {}  # node id -> what its own stream lacks
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = -1.0
         self._last_flush_size = 0
@@ -128,7 +130,7 @@ class Mapper:
     def idle(self) -> bool:
         """No change waits for delivery: nothing pending, every stream's queue written out."""
         return (self._flush_handle is None and not self._pending_patch
-                and not self._pending_upsert
+                and not self._pending_upsert and not self._pending_own
                 and all(not s.queue and not s.needs_full for s in self.sessions.values()))
 
     # -- building blocks ---------------------------------------------------------------------------
@@ -342,19 +344,6 @@ class Mapper:
             seconds = time.monotonic() - self._change_started if self._change_started else 0.0
             self.notify(MapSent(MapKind.DELTA, count, len(msg.frame(True)), seconds))
 
-    def _send_self(self, node_id: int, obj: dict[str, Any]) -> None:
-        s = self.sessions.get(node_id)
-        if s is not None:
-            self._send([s], Message.of(obj))
-
-    def _send_self_node(self, node: Node) -> None:
-        s = self.sessions.get(node.id)
-        if s is not None and node.expired() != s.cut_off:
-            s.resync()  # expired or logged out (or back): a full map of the new kind
-        elif s is not None:
-            self._view(s).self_sig = self._self_sig(node)
-            self._send([s], Message.of({"Node": self.self_node(node)}))
-
     def on_change(self, change: ch.Change) -> None:
         self._change_started = time.monotonic()
         try:
@@ -365,52 +354,59 @@ class Mapper:
                 s.resync()
 
     def _on_change(self, change: ch.Change) -> None:
-        # Patches and whole-node changes wait for the end of this event-loop turn: a storm of
-        # N nodes coming online then costs one message per stream per turn, not N (N² in all).
-        if isinstance(change, ch.NodePatched):
-            self._forget(change.node_id)
-            self._pending_patch[change.node_id] = (
-                self._pending_patch.get(change.node_id, ch.Patch.NONE) | change.fields)
-            self._schedule_flush()
-            return
-        if isinstance(change, (ch.NodeAdded, ch.NodeChanged)):
-            self._forget(change.node_id)
-            added = isinstance(change, ch.NodeAdded) or self._pending_upsert.get(
-                change.node_id, False)
-            self._pending_upsert[change.node_id] = added
+        # What is stale, and for whom, is the invalidation table's decision (invalidation.py).
+        rows = stale(change)
+        # Node changes wait for the end of this event-loop turn: a storm of N nodes coming
+        # online then costs one message per stream per turn, not N (N² in all).
+        if isinstance(change, (ch.NodePatched, ch.NodeAdded, ch.NodeChanged)):
+            node_id = change.node_id
+            if rows.viewers & (Output.PEER | Output.PATCH):
+                self._forget(node_id)  # its cached peer JSON is stale
+            if rows.viewers & Output.PEER:
+                added = isinstance(change, ch.NodeAdded) or self._pending_upsert.get(
+                    node_id, False)
+                self._pending_upsert[node_id] = added
+            if rows.viewers & Output.PATCH and isinstance(change, ch.NodePatched):
+                self._pending_patch[node_id] = (
+                    self._pending_patch.get(node_id, ch.Patch.NONE) | change.fields)
+            if rows.own:
+                self._pending_own[node_id] = self._pending_own.get(node_id, Output.NONE) | rows.own
             self._schedule_flush()
             return
         # Everything else is ordered after what is pending.
         self.flush()
         if isinstance(change, ch.NodeRemoved):
-            self._forget(change.node_id)
-            self._caps.pop(change.node_id, None)
-            msg = Message.of({"PeersRemoved": [change.node_id]})
-            targets = []
-            for s in self.sessions.values():
-                if s.node_id == change.node_id:
-                    continue
-                self._view(s).peers.pop(change.node_id, None)
-                if s.known is not None:
-                    if change.node_id not in s.known:
-                        continue
-                    s.known.discard(change.node_id)
-                targets.append(s)
-            self._send(targets, msg)
-            own = self.sessions.pop(change.node_id, None)
-            if own is not None:
-                own.close()
-        elif isinstance(change, ch.UserChanged):
+            self._remove(change.node_id)
+        if rows.everyone & Output.PROFILE and isinstance(change, ch.UserChanged):
             u = self.state.users.get(change.user_id)
             if u is not None:
                 for n in self.state.user_nodes(u.id):
                     self._forget(n.id)
                 self._send(self.sessions.values(),
                            Message.of({"UserProfiles": [wire.user_profile(u)]}))
-        elif isinstance(change, ch.PolicyChanged):
+        if rows.everyone & Output.POLICY and isinstance(change, ch.PolicyChanged):
             self.policy_changed(change.affected)
-        elif isinstance(change, ch.DerpMapChanged):
+        if rows.everyone & Output.DERP:
             self._send(self.sessions.values(), Message.of({"DERPMap": self.derp_map()}))
+
+    def _remove(self, node_id: int) -> None:
+        self._forget(node_id)
+        self._caps.pop(node_id, None)
+        msg = Message.of({"PeersRemoved": [node_id]})
+        targets = []
+        for s in self.sessions.values():
+            if s.node_id == node_id:
+                continue
+            self._view(s).peers.pop(node_id, None)
+            if s.known is not None:
+                if node_id not in s.known:
+                    continue
+                s.known.discard(node_id)
+            targets.append(s)
+        self._send(targets, msg)
+        own = self.sessions.pop(node_id, None)
+        if own is not None:
+            own.close()
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is not None:
@@ -437,12 +433,14 @@ class Mapper:
             self._last_flush = asyncio.get_running_loop().time()
         patches, self._pending_patch = self._pending_patch, {}
         upserts, self._pending_upsert = self._pending_upsert, {}
+        owns, self._pending_own = self._pending_own, {}
         self._last_flush_size = len(patches) + len(upserts)
-        if not patches and not upserts:
+        if not patches and not upserts and not owns:
             return
         try:
             self._flush_upserts(upserts)
             self._flush_patches(patches)
+            self._flush_own(owns)
         except Exception:  # a bug here must not leave clients silently stale
             log.exception("mapper flush failed; resyncing all streams")
             for s in self.sessions.values():
@@ -471,7 +469,6 @@ class Mapper:
     def _flush_patches(self, patches: dict[int, ch.Patch]) -> None:
         broadcast: list[bytes] = []  # patches of nodes every stream sees: one shared message
         specific: dict[int, list[bytes]] = {}  # per stream, for nodes policy restricts
-        selves: list[Node] = []
         for node_id in sorted(patches):
             node = self.state.nodes.get(node_id)
             if node is None:
@@ -487,11 +484,7 @@ class Mapper:
                 for i in visible:
                     if i != node_id and i in self.sessions:
                         specific.setdefault(i, []).append(body)
-            if ch.Patch.KEY in f or ch.Patch.EXPIRY in f:
-                selves.append(node)
         self._deliver("PeersChangedPatch", broadcast, specific)
-        for node in selves:
-            self._send_self_node(node)
 
     def _deliver(self, field: str, broadcast: list[bytes],
                  specific: dict[int, list[bytes]]) -> None:
@@ -537,10 +530,26 @@ class Mapper:
             group[1].append(target)
         for msg, sessions in groups.values():
             self._send(sessions, msg)
-        for node_id, added in upserts.items():
+
+    def _flush_own(self, owns: dict[int, Output]) -> None:
+        """What changed nodes' own streams lack: their policy outputs, self Node, profile."""
+        for node_id in sorted(owns):
             node = self.state.nodes.get(node_id)
-            if node is not None and not added:
-                self._send_self_node(node)
+            s = self.sessions.get(node_id)
+            if node is None or s is None:
+                continue
+            out = owns[node_id]
+            if out & Output.SELF and node.expired() != s.cut_off:
+                s.resync()  # expired or logged out (or back): a full map of the new kind
+                continue
+            if out & Output.POLICY:
+                self._refresh_stream(s, node, set())
+            if out & Output.SELF:
+                self._view(s).self_sig = self._self_sig(node)
+                msg: dict[str, Any] = {"Node": self.self_node(node)}
+                if out & Output.PROFILE:
+                    msg["UserProfiles"] = self._profiles([node])
+                self._send([s], Message.of(msg))
 
     def _refresh_caps(self, affected: Affected) -> set[int]:
         """Re-read the policy CapMap of affected nodes; return those whose CapMap changed."""

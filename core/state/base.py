@@ -19,6 +19,7 @@ from meshscale.errors import NotFoundError
 from meshscale.state.changes import (
     Change,
     NodeChanged,
+    Why,
 )
 from meshscale.state.ipalloc import IPAllocator
 from meshscale.state.models import Node, PreAuthKey, User
@@ -53,6 +54,10 @@ class StateBase:
         caller writes the counter op with the record and then sets ``_hwm[kind]``."""
         new = max(self._hwm.get(kind, 0), max(live, default=0)) + 1
         return new, PutCounter(kind, new)
+
+    def highest_node_id(self) -> int:
+        """The highest node ID ever given out (IDs are never reused)."""
+        return max(self._hwm.get("node", 0), max(self.nodes, default=0))
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -108,7 +113,7 @@ class StateBase:
     def _emit_changed(self, ids: Iterable[int]) -> None:
         for i in sorted(ids):
             if i in self.nodes:
-                self._emit(NodeChanged(i))
+                self._emit(NodeChanged(i, Why.PRIMARY_ROUTES))
 
     # -- queries -----------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ The mapper turns each into the smallest delta each affected peer needs (architec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Flag, auto
+from enum import Enum, Flag, auto
 
 from meshscale.policy import Affected
 
@@ -33,11 +33,24 @@ class NodeRemoved:
     node_id: int
 
 
+class Why(Enum):
+    """Why a whole node changed; core/mapper/invalidation.py says what each makes stale."""
+
+    REAUTH = "logged in again"  # owner, tags, key expiry may all be new
+    RENAMED = "renamed"
+    HOSTINFO = "hostinfo"
+    ROUTES_ADVERTISED = "routes advertised"
+    ROUTES_APPROVED = "routes approved"
+    PRIMARY_ROUTES = "primary routes moved"  # another router's change re-elected primaries
+    OTHER = "other"  # the conservative default: everything a whole node carries
+
+
 @dataclass(frozen=True, slots=True)
 class NodeChanged:
     """Something only a whole-node PeersChanged can express (name, hostinfo, tags, routes)."""
 
     node_id: int
+    why: Why = Why.OTHER
 
 
 @dataclass(frozen=True, slots=True)

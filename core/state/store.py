@@ -22,6 +22,7 @@ from meshscale.state.changes import (
     NodePatched,
     NodeRemoved,
     Patch,
+    Why,
 )
 from meshscale.state.models import Node, PreAuthKey, utcnow
 from meshscale.state.names import sanitize, unique_name
@@ -157,7 +158,7 @@ class State(Accounts):
             self._unindex(existing)
             self._index(node)
             others = self._sync_node(node)
-            self._emit(NodeChanged(node.id))
+            self._emit(NodeChanged(node.id, Why.REAUTH))
             self._emit_changed(others)
             return node
         node = Node(
@@ -228,7 +229,7 @@ class State(Accounts):
         self._write([PutNode(n2)])
         self._replace(n, n2)
         others = self._sync_node(n2)
-        self._emit(NodeChanged(n2.id))
+        self._emit(NodeChanged(n2.id, Why.ROUTES_APPROVED))
         self._emit_changed(others)
         return n2
 
@@ -254,7 +255,7 @@ class State(Accounts):
         n2 = replace(n, given_name=clean)
         self._write([PutNode(n2)])
         self._replace(n, n2)
-        self._emit(NodeChanged(n.id))
+        self._emit(NodeChanged(n.id, Why.RENAMED))
         return n2
 
     def _replace(self, old: Node, new: Node) -> None:
@@ -275,7 +276,7 @@ class State(Accounts):
         A refused write (StorageError) leaves the node as it was."""
         before = (node.endpoints, node.disco_key, node.home_derp, node.hostinfo, node.hostname)
         fields = Patch.NONE
-        whole = False
+        whole: Why | None = None
         others: set[int] = set()
         if endpoints is not None and tuple(endpoints) != node.endpoints:
             node.endpoints = tuple(endpoints)
@@ -300,16 +301,17 @@ class State(Accounts):
                     (node.endpoints, node.disco_key, node.home_derp, node.hostinfo,
                      node.hostname) = before
                     raise
-                whole = True
+                whole = Why.HOSTINFO
                 if node.routable_ips != routes_before:
+                    whole = Why.ROUTES_ADVERTISED
                     others = self._sync_node(node)
             elif hostinfo != node.hostinfo:
                 # Only fields peers never see moved (NetInfo, mostly): keep them for the self
                 # view. An unchanged Hostinfo keeps its object, so the cached PolicyNode stays
                 # valid.
                 node.hostinfo = dict(hostinfo)
-        if whole:
-            self._emit(NodeChanged(node.id))
+        if whole is not None:
+            self._emit(NodeChanged(node.id, whole))
             self._emit_changed(others)
         elif fields:
             self._emit(NodePatched(node.id, fields))

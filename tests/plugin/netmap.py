@@ -25,6 +25,10 @@ from meshscale.tailcfg import parse_gotime
 
 # Peer fields that are clocks, not state: a delta carries the moment it was sent.
 _VOLATILE = ("LastSeen",)
+# What the client itself reports about itself: its own copy in the self node is never read
+# (the client knows its endpoints, DERP home and disco key), and servers do not resend the self
+# node when only these change.
+_SELF_REPORTED = ("Endpoints", "HomeDERP", "DERP", "DiscoKey", "Online")
 
 
 class NetMap:
@@ -101,7 +105,7 @@ class NetMap:
         if self.node is not None:
             users.add(self.node["User"])
         return {
-            "Node": _peer_view(self.node, now) if self.node is not None else None,
+            "Node": _self_view(self.node, now) if self.node is not None else None,
             "Peers": peers,
             "PacketFilter": self.packet_filter,
             "SSHPolicy": self.ssh,
@@ -123,4 +127,13 @@ def _peer_view(p: dict[str, Any], now: datetime) -> dict[str, Any]:
     expiry = parse_gotime(out.get("KeyExpiry"))
     if expiry is not None and expiry <= now:
         out["Expired"] = True
+    return out
+
+
+def _self_view(n: dict[str, Any], now: datetime) -> dict[str, Any]:
+    out = _peer_view(n, now)
+    for field in _SELF_REPORTED:
+        out.pop(field, None)
+    if isinstance(out.get("Hostinfo"), dict):
+        out["Hostinfo"].pop("NetInfo", None)
     return out

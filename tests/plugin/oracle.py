@@ -17,6 +17,9 @@ import json
 from datetime import datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from meshscale.mapper.frames import Message
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
 from meshscale.server import Server
@@ -54,6 +57,7 @@ class Fleet:
         self.nodes: dict[int, SimNode] = {}
         self.streams: dict[int, MapStream] = {}
         self.maps: dict[int, NetMap] = {}
+        self._marker = 0
 
     async def join(self, key: str, hostname: str, **hostinfo: Any) -> int:
         node = SimNode(hostname)
@@ -81,38 +85,58 @@ class Fleet:
         self.maps[node_id] = NetMap()
         self.maps[node_id].apply(first)
 
-    async def reregister(self, node_id: int, key: str) -> None:
-        """The same machine logs in again with another key (new owner or tags)."""
+    async def reregister(self, node_id: int, key: str, rotate: bool = True) -> None:
+        """The same machine logs in again with another key (new owner or tags).
+
+        ``rotate``: as ``tailscale up --force-reauth --authkey`` does, a new node key
+        (OldNodeKey names the old one), then a new map poll. Otherwise the same node key is
+        presented again (the server re-authenticates an expired node that way) and the open
+        stream carries on."""
         node = self.nodes[node_id]
-        resp = await node.register(key)
+        extra: dict[str, Any] = {}
+        if rotate:
+            extra["OldNodeKey"] = node.node_key_text
+            node.node_key = X25519PrivateKey.generate()
+        resp = await node.register(key, **extra)
         assert resp.get("MachineAuthorized") is True, resp
+        if rotate:
+            await self.open(node_id)
 
     async def close(self) -> None:
         for node in self.nodes.values():
             await node.conn.close()
 
-    async def settle(self, quiet: float = 0.08) -> None:
-        """Wait until the server has delivered every change and each client has read it."""
+    async def settle(self) -> None:
+        """Wait until the server has delivered every change and each client has read it.
+
+        Once the mapper is idle, a marker goes to the back of every stream's queue; a client
+        that has read its marker has read everything sent before it."""
         mapper = self.server.mapper
         assert mapper is not None
-        for _ in range(500):
-            await asyncio.sleep(0.005)
+        for _ in range(1000):
             if mapper.idle():
                 break
+            await asyncio.sleep(0.005)
         else:
             raise AssertionError("the mapper never went idle")
-        await asyncio.gather(*(self._drain(i, quiet) for i in list(self.streams)))
+        self._marker += 1
+        marker = f"oracle-marker-{self._marker}"
+        msg = Message.of({"KeepAlive": True, "ControlTime": marker})
+        for node_id in self.streams:
+            session = mapper.sessions.get(node_id)
+            if session is not None:
+                session.push(msg)
+        await asyncio.gather(*(self._drain(i, marker) for i in list(self.streams)))
 
-    async def _drain(self, node_id: int, quiet: float) -> None:
+    async def _drain(self, node_id: int, marker: str) -> None:
         stream = self.streams[node_id]
         while True:
-            try:
-                msg = await stream.next(quiet)
-            except TimeoutError:
-                return
+            msg = await stream.next(10.0)
             if msg is None:  # the server ended the stream (node deleted)
                 del self.streams[node_id]
                 del self.maps[node_id]
+                return
+            if msg.get("ControlTime") == marker:
                 return
             self.maps[node_id].apply(msg)
 

@@ -67,3 +67,20 @@ async def test_issue_21_ssh_principals_follow_a_joining_node(dbserver: Server,
     await fleet.open(alpha)
     assert principals(fleet.maps[alpha].ssh) == [both]
     await fleet.assert_matches_fresh()
+
+
+async def test_retagged_node_gets_its_new_owner_profile(dbserver: Server, fleet: Fleet) -> None:
+    """Found by the oracle: an expired node logging in again (same node key, stream kept) with
+    a tagged key got a new self Node owned by "tagged-devices" but no UserProfile for that
+    owner (a fresh map has it)."""
+    assert dbserver.plane is not None
+    key = user_key(dbserver, "alice")
+    tagged = user_key(dbserver, "alice", tags=["tag:server"])
+    node = await fleet.join(key, "laptop")
+    dbserver.plane.expire_node(node)
+    await fleet.reregister(node, tagged, rotate=False)
+    await fleet.settle()
+    netmap = fleet.maps[node]
+    assert netmap.node is not None and netmap.node["Tags"] == ["tag:server"]
+    assert netmap.profiles[netmap.node["User"]]["LoginName"] == "tagged-devices"
+    await fleet.assert_matches_fresh()
