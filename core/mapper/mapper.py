@@ -240,7 +240,6 @@ class Mapper:
         if node is None:
             raise LookupError(f"node {s.node_id} is gone")
         visible = self.visible_ids(node.id)
-        held = s.known  # what the client holds from this stream's earlier maps (None: all)
         s.cut_off = node.expired()
         if s.cut_off:
             # An expired or logged-out node learns that its key expired (self node's KeyExpiry
@@ -285,10 +284,11 @@ class Mapper:
         if not peers and s.sent["full"]:
             # A resync leaving the client no peers (cut off, or a policy that hides everyone)
             # must name the ones it holds: the Go client reads an empty Peers as "unchanged"
-            # (tailcfg.MapResponse.Peers) and would keep them all.
-            gone = set(self.state.nodes) - {node.id} if held is None else held
-            if gone:
-                head["PeersRemoved"] = sorted(gone)
+            # (tailcfg.MapResponse.Peers) and would keep them all. What it holds is not
+            # exactly known (deltas are dropped while a stream is cut off or awaits a full
+            # map, deletions too), and IDs are never reused: every ID given out so far.
+            head["PeersRemoved"] = [i for i in range(1, self.state.highest_node_id() + 1)
+                                    if i != node.id]
         body = dumps(head)
         if not peers:
             return Message(body)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from meshscale.mapper.frames import Message
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
+from meshscale.routes import RouteTable
 from meshscale.server import Server
 from meshscale.simclient import MapStream, SimNode
 from meshscale.state.models import utcnow
@@ -33,20 +34,40 @@ def fresh_maps(server: Server) -> dict[int, dict[str, Any]]:
     assert server.storage is not None and server.state is not None
     live = server.state
     state, engine, _ = server.build_core(server.storage.load())
-    for node in state.nodes.values():
+    for node in state.nodes_sorted():
         now = live.nodes.get(node.id)
         if now is None:
             continue
-        node.online, node.last_seen = now.online, now.last_seen
         node.endpoints, node.disco_key, node.home_derp = now.endpoints, now.disco_key, now.home_derp
         if "NetInfo" in now.hostinfo:
             node.hostinfo = {**node.hostinfo, "NetInfo": now.hostinfo["NetInfo"]}
+        if now.online:
+            state.set_online(node, True)  # as when its client connects to a restarted server
+        node.last_seen = now.last_seen
+    _adopt_primaries(live.routes, state.routes)
     mapper = Mapper(server.config, state, engine, server.derp_map)
     out = {}
     for node_id in state.nodes:
         body = mapper.full_map(MapSession(node_id, False)).body
         out[node_id] = json.loads(body)
     return out
+
+
+def _adopt_primaries(live: RouteTable, fresh: RouteTable) -> None:
+    """Primaries are sticky (a working primary keeps its prefixes when a lower-ID router comes
+    back), so which of several eligible routers is primary depends on history, and a restarted
+    server may pick another. Check the live election is valid, then let the fresh table use
+    the same winners: everything derived from them must then be equal."""
+    for prefix, winner in live.primary.items():
+        assert winner in live.eligible and winner in live.routers.get(prefix, ()), (
+            f"{prefix}: primary {winner} is not an eligible router of it")
+    for prefix, ids in live.routers.items():
+        if any(i in live.eligible for i in ids):
+            assert prefix in live.primary, f"{prefix} has eligible routers {ids}, no primary"
+    for prefix, winner in live.primary.items():
+        if winner in fresh.eligible and winner in fresh.routers.get(prefix, ()):
+            fresh.primary[prefix] = winner
+    fresh._relist(set(fresh.subnets))
 
 
 class Fleet:
@@ -125,7 +146,9 @@ class Fleet:
         for node_id in self.streams:
             session = mapper.sessions.get(node_id)
             if session is not None:
-                session.push(msg)
+                # Straight into the queue: push() drops messages for cut-off (expired) nodes.
+                session.queue.append(msg)
+                session.wakeup.set()
         await asyncio.gather(*(self._drain(i, marker) for i in list(self.streams)))
 
     async def _drain(self, node_id: int, marker: str) -> None:
@@ -144,6 +167,7 @@ class Fleet:
         """Per open stream, the fields whose held value differs from a fresh server's."""
         now = now or utcnow()
         fresh = fresh_maps(self.server)
+        mapper = self.server.mapper
         out: dict[int, dict[str, Any]] = {}
         for node_id, held in self.maps.items():
             if node_id not in fresh:
@@ -152,6 +176,11 @@ class Fleet:
             want = NetMap()
             want.apply(fresh[node_id])
             a, b = held.view(now), want.view(now)
+            session = mapper.sessions.get(node_id) if mapper is not None else None
+            if session is not None and session.cut_off:
+                # An expired or logged-out node is cut off: it must hold that it expired and
+                # nothing about the tailnet; no delta reaches it (so not renames either).
+                a, b = _cut_off_view(a), _cut_off_view(b)
             diff = {k: {"held": a[k], "fresh": b[k]} for k in a if a[k] != b[k]}
             if diff:
                 out[node_id] = _narrow(diff)
@@ -161,6 +190,12 @@ class Fleet:
         await self.settle()
         bad = self.mismatches()
         assert not bad, json.dumps(bad, indent=1, default=str)[:6000]
+
+
+def _cut_off_view(view: dict[str, Any]) -> dict[str, Any]:
+    node = view["Node"] or {}
+    return {"Expired": node.get("Expired"), "Peers": view["Peers"],
+            "PacketFilter": view["PacketFilter"], "SSHPolicy": view["SSHPolicy"]}
 
 
 def _narrow(diff: dict[str, Any]) -> dict[str, Any]:

@@ -84,3 +84,21 @@ async def test_retagged_node_gets_its_new_owner_profile(dbserver: Server, fleet:
     assert netmap.node is not None and netmap.node["Tags"] == ["tag:server"]
     assert netmap.profiles[netmap.node["User"]]["LoginName"] == "tagged-devices"
     await fleet.assert_matches_fresh()
+
+
+async def test_full_map_mid_stream_without_peers_clears_held_peers(dbserver: Server,
+                                                                   fleet: Fleet) -> None:
+    """Found by the oracle: a node cut off by expiry gets a new full map on its open stream
+    with no peers. Clients take an empty ``Peers`` as "unchanged" (controlclient), so it kept
+    every peer it held; the map now removes them by ID."""
+    assert dbserver.plane is not None
+    key = user_key(dbserver, "alice")
+    a = await fleet.join(key, "a")
+    b = await fleet.join(key, "b")
+    await fleet.settle()
+    assert set(fleet.maps[a].peers) == {b}
+    dbserver.plane.expire_node(a)
+    await fleet.settle()
+    assert fleet.maps[a].peers == {}
+    assert fleet.maps[a].packet_filter == []
+    await fleet.assert_matches_fresh()

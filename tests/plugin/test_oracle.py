@@ -147,7 +147,9 @@ class Scenario:
         elif op == "advertise":
             node = self.fleet.nodes[node_id]
             node.hostinfo["RoutableIPs"] = list(ROUTE_SETS[b % 4])
-            assert await node.lite_update([f"127.0.0.1:{41000 + node_id}"]) == 200
+            status = await node.lite_update([f"127.0.0.1:{41000 + node_id}"])
+            # An expired (cut-off) node's updates are refused and reach nobody.
+            assert status == (403 if state.nodes[node_id].expired() else 200), status
         elif op == "approve":
             routes = ROUTE_SETS[b % 4]
             state.set_approved_routes(node_id, routes[: 1 + b % max(1, len(routes))])
