@@ -73,11 +73,11 @@ async def test_retagged_node_gets_its_new_owner_profile(dbserver: Server, fleet:
     """Found by the oracle: an expired node logging in again (same node key, stream kept) with
     a tagged key got a new self Node owned by "tagged-devices" but no UserProfile for that
     owner (a fresh map has it)."""
-    assert dbserver.plane is not None
+    assert dbserver.lifecycle is not None
     key = user_key(dbserver, "alice")
     tagged = user_key(dbserver, "alice", tags=["tag:server"])
     node = await fleet.join(key, "laptop")
-    dbserver.plane.expire_node(node)
+    dbserver.lifecycle.expire(node)
     await fleet.reregister(node, tagged, rotate=False)
     await fleet.settle()
     netmap = fleet.maps[node]
@@ -91,13 +91,13 @@ async def test_full_map_mid_stream_without_peers_clears_held_peers(dbserver: Ser
     """Found by the oracle: a node cut off by expiry gets a new full map on its open stream
     with no peers. Clients take an empty ``Peers`` as "unchanged" (controlclient), so it kept
     every peer it held; the map now removes them by ID."""
-    assert dbserver.plane is not None
+    assert dbserver.lifecycle is not None
     key = user_key(dbserver, "alice")
     a = await fleet.join(key, "a")
     b = await fleet.join(key, "b")
     await fleet.settle()
     assert set(fleet.maps[a].peers) == {b}
-    dbserver.plane.expire_node(a)
+    dbserver.lifecycle.expire(a)
     await fleet.settle()
     assert fleet.maps[a].peers == {}
     assert fleet.maps[a].packet_filter == []

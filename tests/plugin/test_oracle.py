@@ -113,8 +113,8 @@ class Scenario:
         return ids[a % len(ids)] if ids else None
 
     async def run(self, op: str, a: int, b: int) -> None:
-        state, plane = self.server.state, self.server.plane
-        assert state is not None and plane is not None
+        state, life = self.server.state, self.server.lifecycle
+        assert state is not None and life is not None
         node_id = self._node(a)
         self.log.append(f"{op}({a}, {b}) node={node_id}")
         if op == "join" or (node_id is None and op != "policy"):
@@ -130,7 +130,7 @@ class Scenario:
         elif node_id is None:
             return
         elif op == "leave":
-            plane.delete_node(node_id)
+            life.delete(node_id)
             await self.fleet.nodes.pop(node_id).conn.close()
         elif op in ("retag", "move"):
             key = self.keys[TAGS[b % 2]] if op == "retag" else self.keys[USERS[b % 3]]
@@ -141,9 +141,9 @@ class Scenario:
             key = self.keys[(*USERS, *TAGS)[b % 5]]
             await self.fleet.reregister(node_id, key, rotate=False)
         elif op == "expire":
-            plane.expire_node(node_id)
+            life.expire(node_id)
         elif op == "extend":
-            plane.expire_node(node_id, utcnow() + timedelta(hours=1 + b))
+            life.expire(node_id, utcnow() + timedelta(hours=1 + b))
         elif op == "advertise":
             node = self.fleet.nodes[node_id]
             node.hostinfo["RoutableIPs"] = list(ROUTE_SETS[b % 4])
@@ -152,10 +152,10 @@ class Scenario:
             assert status == (403 if state.nodes[node_id].expired() else 200), status
         elif op == "approve":
             routes = ROUTE_SETS[b % 4]
-            state.set_approved_routes(node_id, routes[: 1 + b % max(1, len(routes))])
+            life.approve_routes(node_id, routes[: 1 + b % max(1, len(routes))])
         elif op == "rename_user":
             self.renames += 1
-            state.rename_user(b % 3 + 1, f"{USERS[b % 3]}{self.renames}")
+            life.rename_user(b % 3 + 1, f"{USERS[b % 3]}{self.renames}")
         elif op == "reconnect" and node_id in self.fleet.streams:
             await self.fleet.open(node_id)
 
