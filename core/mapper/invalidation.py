@@ -27,6 +27,7 @@ changes every stream's netmap equals what a freshly started server sends.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, Flag, auto
@@ -143,8 +144,14 @@ def events_of(change: ch.Change) -> list[Event]:
 
 def stale(change: ch.Change) -> Stale:
     """What ``change`` makes stale: the union of its rows."""
+    return _union(tuple(events_of(change)))
+
+
+@functools.lru_cache(maxsize=64)
+def _union(events: tuple[Event, ...]) -> Stale:
+    # On the hot path (every endpoint patch): computed once per combination of rows.
     own = viewers = everyone = Output.NONE
-    for event in events_of(change):
+    for event in events:
         row = TABLE[event]
         own, viewers, everyone = own | row.own, viewers | row.viewers, everyone | row.everyone
     return Stale(own, viewers, everyone)

@@ -24,7 +24,7 @@ from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
 from meshscale.routes import RouteTable
 from meshscale.server import Server
-from meshscale.simclient import MapStream, SimNode
+from meshscale.simclient import ControlConnection, MapStream, SimNode
 from meshscale.state.models import utcnow
 from tests.plugin.netmap import NetMap
 
@@ -106,7 +106,20 @@ class Fleet:
         self.maps[node_id] = NetMap()
         self.maps[node_id].apply(first)
 
-    async def reregister(self, node_id: int, key: str, rotate: bool = True) -> None:
+    async def disconnect(self, node_id: int) -> None:
+        """The client goes away (its connection closes); the node stays, offline."""
+        await self.nodes[node_id].conn.close()
+        self.streams.pop(node_id, None)
+        self.maps.pop(node_id, None)
+
+    async def come_back(self, node_id: int) -> None:
+        """A disconnected client connects again with its machine key and opens a stream."""
+        node = self.nodes[node_id]
+        node.conn = ControlConnection(machine=node.conn.machine)
+        await node.conn.connect("127.0.0.1", self.server.main_port)
+        await self.open(node_id)
+
+    async def reregister(self, node_id: int, key: str | None, rotate: bool = True) -> None:
         """The same machine logs in again with another key (new owner or tags).
 
         ``rotate``: as ``tailscale up --force-reauth --authkey`` does, a new node key

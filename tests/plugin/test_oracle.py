@@ -87,10 +87,15 @@ POLICIES: tuple[dict[str, Any], ...] = (
     {"tagOwners": OWNERS},
 )
 
-# One step: (operation, a, b) with small integers the runner maps onto the current fleet.
 OPS = ("join", "join_tagged", "leave", "retag", "move", "expire", "extend", "advertise",
-       "approve", "policy", "rename_user", "reconnect", "relogin")
-step = st.tuples(st.sampled_from(OPS), st.integers(0, 7), st.integers(0, 7))
+       "approve", "policy", "rename_user", "reconnect", "relogin", "disconnect", "rotate",
+       "rename_node")
+NETWORK_OPS = ("retag", "move", "relogin", "advertise", "rotate", "reconnect")
+# One step: (operation, a, b, settle) with small integers the runner maps onto the current
+# fleet; without ``settle`` the next step follows at once (changes pile up in one batch).
+step = st.tuples(st.sampled_from(OPS), st.integers(0, 7), st.integers(0, 7),
+                 st.sampled_from([True, True, True, False]))
+Step = tuple[str, int, int, bool]
 
 
 class Scenario:
@@ -117,6 +122,10 @@ class Scenario:
         assert state is not None and life is not None
         node_id = self._node(a)
         self.log.append(f"{op}({a}, {b}) node={node_id}")
+        if node_id is not None and op in NETWORK_OPS and node_id not in self.fleet.streams:
+            await self.fleet.come_back(node_id)  # a disconnected client returns first
+            if op == "reconnect":
+                return
         if op == "join" or (node_id is None and op != "policy"):
             if len(self.fleet.nodes) < 8:
                 await self.fleet.join(self.keys[USERS[b % 3]], f"n{len(self.log)}")
@@ -129,6 +138,13 @@ class Scenario:
                                    persist=True)
         elif node_id is None:
             return
+        elif op == "disconnect":
+            await self.fleet.disconnect(node_id)
+        elif op == "rotate":
+            if not state.nodes[node_id].expired():  # an expired key must log in again
+                await self.fleet.reregister(node_id, None)
+        elif op == "rename_node":
+            life.rename(node_id, f"renamed-{len(self.log)}")
         elif op == "leave":
             life.delete(node_id)
             await self.fleet.nodes.pop(node_id).conn.close()
@@ -156,11 +172,11 @@ class Scenario:
         elif op == "rename_user":
             self.renames += 1
             life.rename_user(b % 3 + 1, f"{USERS[b % 3]}{self.renames}")
-        elif op == "reconnect" and node_id in self.fleet.streams:
+        elif op == "reconnect":
             await self.fleet.open(node_id)
 
 
-async def _scenario(policy: int, steps: list[tuple[str, int, int]], data_dir: Path) -> None:
+async def _scenario(policy: int, steps: list[Step], data_dir: Path) -> None:
     host = PluginHost()
     host.load(["sqlite", "policy"])
     cfg = make_config(data_dir, host, plugins=["sqlite", "policy"], policy={"mode": "database"})
@@ -170,9 +186,12 @@ async def _scenario(policy: int, steps: list[tuple[str, int, int]], data_dir: Pa
     try:
         scenario = Scenario(server, fleet)
         # Most examples start under a policy (the interesting outputs need one); -1: none.
-        first = [("policy", 0, policy)] if policy >= 0 else []
-        for op, a, b in [*first, *steps]:
+        first: list[Step] = [("policy", 0, policy, True)] if policy >= 0 else []
+        todo = [*first, *steps]
+        for i, (op, a, b, settle) in enumerate(todo):
             await scenario.run(op, a, b)
+            if not settle and i < len(todo) - 1:
+                continue
             await fleet.settle()
             bad = fleet.mismatches()
             assert not bad, ("after " + " ; ".join(scenario.log) + "\n"
@@ -186,7 +205,6 @@ async def _scenario(policy: int, steps: list[tuple[str, int, int]], data_dir: Pa
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(policy=st.integers(-1, len(POLICIES) - 1),
        steps=st.lists(step, min_size=1, max_size=MAX_STEPS))
-def test_incremental_maps_equal_a_fresh_server(policy: int,
-                                               steps: list[tuple[str, int, int]]) -> None:
+def test_incremental_maps_equal_a_fresh_server(policy: int, steps: list[Step]) -> None:
     with tempfile.TemporaryDirectory(prefix="meshscale-oracle-") as tmp:
         asyncio.run(_scenario(policy, steps, Path(tmp)))
