@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from meshscale.mapper.frames import Message
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
-from meshscale.routes import RouteTable
 from meshscale.server import Server
 from meshscale.simclient import ControlConnection, MapStream, SimNode
 from meshscale.state.models import utcnow
+from meshscale.state.routes import RouteTable
 from tests.plugin.netmap import NetMap
 
 
@@ -111,6 +111,14 @@ class Fleet:
         await self.nodes[node_id].conn.close()
         self.streams.pop(node_id, None)
         self.maps.pop(node_id, None)
+        state = self.server.state
+        assert state is not None
+        for _ in range(1000):  # the server notices the closed connection in its own time
+            node = state.nodes.get(node_id)
+            if node is None or not node.online:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"node {node_id} still online after its connection closed")
 
     async def come_back(self, node_id: int) -> None:
         """A disconnected client connects again with its machine key and opens a stream."""
