@@ -266,6 +266,9 @@ class LimitsConfig:
     # Connections: a ceiling for all (further capped by the open-file limit) and one per source.
     max_connections: int = 10000
     max_connections_per_ip: int = 512
+    # Sources the per-source cap does not apply to: a reverse proxy in front of meshscale makes
+    # every client connect from its address (the global ceiling still applies).
+    uncapped_sources: tuple[Prefix, ...] = (Prefix("127.0.0.1/32"), Prefix("::1/128"))
     # Deadlines. header_timeout covers the whole first request head (not each read), and with it
     # the ts2021 upgrade that carries the Noise initiation; handshake_timeout the HTTP/2 preface
     # after it; idle_timeout a Noise session with no open request; body_timeout one request body.

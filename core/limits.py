@@ -11,10 +11,11 @@ holder) are closed only after every idle connection that never was.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,12 @@ class Refusal:
 
 class ConnectionTable:
     def __init__(self, max_total: int, max_per_ip: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 uncapped: Sequence[str] = ()) -> None:
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        self.uncapped = [ipaddress.ip_network(p) for p in uncapped]
+        self._capped: dict[str, bool] = {}  # per address seen, whether the cap applies
         self.clock = clock
         self.total = 0
         self.per_ip: dict[str, int] = {}
@@ -53,8 +57,24 @@ class ConnectionTable:
         self._idle_proven: dict[Slot, None] = {}
         self.evicted = 0
 
+    def capped(self, ip: str) -> bool:
+        known = self._capped.get(ip)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                known = True
+            else:
+                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped  # a dual-stack listener sees v4 peers so
+                known = not any(addr in net for net in self.uncapped)
+            if len(self._capped) > 65536:
+                self._capped.clear()  # addresses come and go: a bounded memo, not a table
+            self._capped[ip] = known
+        return known
+
     def admit(self, ip: str, close: Callable[[], None]) -> Slot | Refusal:
-        if self.per_ip.get(ip, 0) >= self.max_per_ip:
+        if self.per_ip.get(ip, 0) >= self.max_per_ip and self.capped(ip):
             return Refusal("per-source", f"too many connections from {ip}; "
                            "close some and retry")
         if self.total >= self.max_total and not self.evict_one():

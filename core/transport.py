@@ -157,7 +157,8 @@ class FrontDoor:
         self.worker = WorkerContext(None)
         self.connections: set[asyncio.Task[None]] = set()
         self.table = ConnectionTable(max_connections or self.limits.max_connections,
-                                     self.limits.max_connections_per_ip)
+                                     self.limits.max_connections_per_ip,
+                                     uncapped=self.limits.uncapped_sources)
         self.summary = SummaryLog(self.limits.log_interval)
 
     # -- admission (the main listener calls these) ------------------------------------------------

@@ -214,6 +214,11 @@ async def test_item4_per_source_connection_cap(server_with: Callable[..., Any]) 
     await still_serving(server)  # another address is not affected
     for _, w in held:
         w.close()
+    # 127.0.0.1 is where a reverse proxy connects from (limits.uncapped_sources): not capped.
+    local = [await asyncio.open_connection("127.0.0.1", server.main_port) for _ in range(6)]
+    await still_serving(server)
+    for _, w in local:
+        w.close()
 
 
 async def test_item4_ceiling_sheds_idle_connections_keeps_busy_ones(

@@ -101,6 +101,17 @@ def test_connection_table_sheds_strangers_before_proven_clients() -> None:
     assert closed == ["s1", "s2", "s3"]
 
 
+def test_connection_table_uncapped_sources() -> None:
+    table = ConnectionTable(max_total=100, max_per_ip=1,
+                            uncapped=["127.0.0.1/32", "::1/128", "10.9.0.0/16"])
+    for ip in ("127.0.0.1", "127.0.0.1", "::ffff:127.0.0.1", "::1", "::1", "10.9.3.4",
+               "10.9.3.4"):
+        assert isinstance(table.admit(ip, lambda: None), Slot), ip  # a reverse proxy
+    for ip in ("127.0.0.2", "10.8.0.1", "::2"):
+        assert isinstance(table.admit(ip, lambda: None), Slot)
+        assert isinstance(table.admit(ip, lambda: None), Refusal), ip
+
+
 def test_summary_log_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     summary = SummaryLog(60, clock=lambda: now[0])
