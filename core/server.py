@@ -23,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale import checks, files
+from meshscale.api.rest import rest_routes
 from meshscale.auth import Logins
 from meshscale.config import Config, split_host_port
 from meshscale.contributions import pick
@@ -273,7 +274,8 @@ class Server:
             if cfg.derp.auto_update_enabled:
                 self.spawn(self.derp.run(), "derp-map-updates")
 
-        routes = [*self.host.hooks.http_routes(cfg), *self.plane.logins.routes()]
+        routes = [*self.host.hooks.http_routes(cfg), *self.plane.logins.routes(),
+                  *rest_routes(self)]
         upgrades = self.host.hooks.http_upgrades(cfg)
         app = create_app(public_bytes(noise_key), routes, self._health_problem)
         ceiling = connection_ceiling(cfg.limits.max_connections, raise_fd_limit())

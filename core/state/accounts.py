@@ -135,6 +135,12 @@ class Accounts(PolicyBridge):
         self.keys[key.id] = updated
         return updated
 
+    def delete_key(self, ref: str | int) -> PreAuthKey:
+        key = self.find_key(ref)
+        self._write([DeleteKey(key.id)])
+        del self.keys[key.id]
+        return key
+
     def find_key(self, ref: str | int) -> PreAuthKey:
         """A key by id, prefix, or the full key (whose secret must then match)."""
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):

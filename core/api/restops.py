@@ -1,0 +1,270 @@
+"""The operations of /api/v1 (see meshscale.api.rest for the table that routes to them).
+
+Each reads its input from a ``Call``, changes things only through the node lifecycle, state
+and the API keys (as the admin socket does) and answers headscale's response message."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from meshscale.api import restviews as v
+from meshscale.errors import MeshscaleError, NotFoundError
+from meshscale.state.models import Node, PreAuthKey, User
+
+if TYPE_CHECKING:
+    from meshscale.api.admin import AdminServer
+    from meshscale.api.rest import Call
+    from meshscale.control.plane import ControlPlane
+    from meshscale.state.lifecycle import NodeLifecycle
+    from meshscale.state.store import State
+
+    class RestServer(AdminServer, Protocol):
+        @property
+        def plane(self) -> ControlPlane | None: ...
+else:
+    RestServer = Any
+
+
+def _state(c: Call) -> State:
+    assert c.server.state is not None
+    return c.server.state
+
+
+def _lifecycle(c: Call) -> NodeLifecycle:
+    assert c.server.lifecycle is not None
+    return c.server.lifecycle
+
+
+def _owner(c: Call, user_id: int | None) -> User | None:
+    return _state(c).users.get(user_id) if user_id is not None else None
+
+
+def _node(c: Call, n: Node) -> dict[str, Any]:
+    st = _state(c)
+    return v.node(n, _owner(c, n.user_id), list(st.policy_node(n).approved_routes),
+                  list(st.routes.primaries.get(n.id, [])))
+
+
+def _node_id(c: Call) -> int:
+    node_id = v.uint64(c.path.get("node_id"), "node_id")
+    assert node_id is not None
+    return node_id
+
+
+def _key(c: Call, k: PreAuthKey, full: str | None = None) -> dict[str, Any]:
+    return v.preauthkey(k, _owner(c, k.user_id), full)
+
+
+async def unimplemented(c: Call) -> dict[str, Any]:
+    from meshscale.api.rest import Unimplemented  # noqa: PLC0415 - rest imports this module
+
+    raise Unimplemented("meshscale does not offer this operation (see docs/api.md)")
+
+
+# -- users --------------------------------------------------------------------------------------
+
+
+async def list_users(c: Call) -> dict[str, Any]:
+    uid = v.uint64(c.query.get("id"), "id", required=False)
+    name, email = c.query.get("name") or None, c.query.get("email") or None
+    users = [u for _, u in sorted(_state(c).users.items())
+             if (uid is None or u.id == uid) and (name is None or u.name == name)
+             and (email is None or u.email == email)]
+    return {"users": [v.user(u) for u in users]}
+
+
+async def create_user(c: Call) -> dict[str, Any]:
+    u = _lifecycle(c).create_user(str(c.body.get("name") or ""),
+                                  display_name=str(c.body.get("displayName") or ""),
+                                  email=str(c.body.get("email") or ""))
+    return {"user": v.user(u)}
+
+
+async def rename_user(c: Call) -> dict[str, Any]:
+    uid = v.uint64(c.path.get("old_id"), "old_id")
+    assert uid is not None
+    _state(c).user(uid)  # NotFound before anything else
+    return {"user": v.user(_lifecycle(c).rename_user(uid, c.path.get("new_name", "")))}
+
+
+async def delete_user(c: Call) -> dict[str, Any]:
+    uid = v.uint64(c.path.get("id"), "id")
+    assert uid is not None
+    _state(c).user(uid)
+    _lifecycle(c).delete_user(uid)
+    return {}
+
+
+# -- pre-auth keys ------------------------------------------------------------------------------
+
+
+async def list_preauthkeys(c: Call) -> dict[str, Any]:
+    uid = v.uint64(c.query.get("user"), "user", required=False)
+    keys = [k for _, k in sorted(_state(c).keys.items()) if uid is None or k.user_id == uid]
+    return {"preAuthKeys": [_key(c, k) for k in keys]}
+
+
+async def create_preauthkey(c: Call) -> dict[str, Any]:
+    st = _state(c)
+    uid = v.uint64(c.body.get("user"), "user", required=False)
+    user = st.user(uid) if uid else None
+    expiration = v.timestamp(c.body.get("expiration"), "expiration")
+    tags = v.string_list(c.body.get("aclTags"), "aclTags")
+    if tags and user is not None and not c.server.engine.tags_permitted(
+            st.policy_user(user), tags):
+        raise MeshscaleError(f"user {user.name!r} may not own tags {tags} (tagOwners)")
+    lifetime = None
+    if expiration is not None:
+        lifetime = expiration - datetime.now(UTC)
+        if lifetime.total_seconds() <= 0:
+            raise MeshscaleError("expiration must be in the future")
+    key, full = st.create_key(user, reusable=bool(c.body.get("reusable")),
+                              ephemeral=bool(c.body.get("ephemeral")),
+                              expiration=lifetime, tags=tags)
+    return {"preAuthKey": _key(c, key, full)}
+
+
+def _find_key(c: Call, where: Any) -> PreAuthKey:
+    kid = v.uint64(where.get("id"), "id", required=False)
+    if kid:
+        return _state(c).find_key(kid)
+    if where.get("key"):
+        return _state(c).find_key(str(where["key"]))
+    raise MeshscaleError("missing id")
+
+
+async def expire_preauthkey(c: Call) -> dict[str, Any]:
+    _state(c).expire_key(_find_key(c, c.body).id)
+    return {}
+
+
+async def delete_preauthkey(c: Call) -> dict[str, Any]:
+    _state(c).delete_key(_find_key(c, c.query).id)
+    return {}
+
+
+# -- nodes --------------------------------------------------------------------------------------
+
+
+async def list_nodes(c: Call) -> dict[str, Any]:
+    st = _state(c)
+    wanted = c.query.get("user")
+    uid = st.user(wanted).id if wanted else None
+    return {"nodes": [_node(c, n) for n in st.nodes_sorted() if uid is None or n.user_id == uid]}
+
+
+async def get_node(c: Call) -> dict[str, Any]:
+    return {"node": _node(c, _state(c).node(_node_id(c)))}
+
+
+async def delete_node(c: Call) -> dict[str, Any]:
+    _lifecycle(c).delete(_node_id(c), "deleted through the API")
+    return {}
+
+
+async def expire_node(c: Call) -> dict[str, Any]:
+    node_id = _node_id(c)
+    if str(c.query.get("disableExpiry", c.query.get("disable_expiry", ""))).lower() == "true":
+        raise MeshscaleError("disableExpiry is not offered by meshscale")
+    when = v.timestamp(c.query.get("expiry"), "expiry")
+    n = _lifecycle(c).expire(node_id, when, why="expired through the API")
+    return {"node": _node(c, n)}
+
+
+async def rename_node(c: Call) -> dict[str, Any]:
+    n = _lifecycle(c).rename(_node_id(c), c.path.get("new_name", ""))
+    return {"node": _node(c, n)}
+
+
+async def approve_routes(c: Call) -> dict[str, Any]:
+    routes = v.string_list(c.body.get("routes"), "routes")
+    return {"node": _node(c, _lifecycle(c).approve_routes(_node_id(c), routes))}
+
+
+def _register(c: Call, user_ref: str, auth_id: str) -> dict[str, Any]:
+    plane = c.server.plane
+    assert plane is not None
+    user = _state(c).user(user_ref)
+    return {"node": _node(c, plane.logins.register(auth_id, user))}
+
+
+async def register_node(c: Call) -> dict[str, Any]:
+    return _register(c, c.query.get("user", ""), c.query.get("key", ""))
+
+
+async def auth_register(c: Call) -> dict[str, Any]:
+    return _register(c, str(c.body.get("user") or ""), str(c.body.get("authId") or ""))
+
+
+async def auth_reject(c: Call) -> dict[str, Any]:
+    plane = c.server.plane
+    assert plane is not None
+    plane.logins.reject(str(c.body.get("authId") or ""))
+    return {}
+
+
+# -- API keys -----------------------------------------------------------------------------------
+
+
+def _apikeys(c: Call) -> Any:
+    assert c.server.apikeys is not None
+    return c.server.apikeys
+
+
+async def list_apikeys(c: Call) -> dict[str, Any]:
+    return {"apiKeys": [v.apikey(k) for _, k in sorted(_apikeys(c).keys.items())]}
+
+
+async def create_apikey(c: Call) -> dict[str, Any]:
+    when = v.timestamp(c.body.get("expiration"), "expiration")
+    # Without an expiration headscale's CLI asks for 90 days; the API default is the same.
+    lifetime = timedelta(days=90) if when is None else when - datetime.now(UTC)
+    _, full = _apikeys(c).create(lifetime)
+    return {"apiKey": full}
+
+
+def _apikey_ref(c: Call, where: Any) -> str:
+    kid = v.uint64(where.get("id"), "id", required=False)
+    return str(kid) if kid else str(where.get("prefix") or "")
+
+
+async def expire_apikey(c: Call) -> dict[str, Any]:
+    _apikeys(c).expire(_apikey_ref(c, c.body))
+    return {}
+
+
+async def delete_apikey(c: Call) -> dict[str, Any]:
+    ref = _apikey_ref(c, c.query) if c.query.get("id") else c.path.get("prefix", "")
+    _apikeys(c).delete(ref)
+    return {}
+
+
+# -- policy and health --------------------------------------------------------------------------
+
+
+async def get_policy(c: Call) -> dict[str, Any]:
+    if c.server.policy_text is None:
+        raise NotFoundError("no policy is set")
+    return {"policy": c.server.policy_text}
+
+
+async def set_policy(c: Call) -> dict[str, Any]:
+    if c.server.config.policy.mode != "database":
+        raise MeshscaleError("policy.mode is 'file': edit the policy file and send SIGHUP")
+    text = c.body.get("policy")
+    if not isinstance(text, str):
+        raise MeshscaleError("missing policy")
+    c.server.set_policy(text, "database", persist=True)
+    return {"policy": text, "updatedAt": v.ts(datetime.now(UTC))}
+
+
+async def check_policy(c: Call) -> dict[str, Any]:
+    users, nodes = _state(c).policy_topology()
+    c.server.engine.check(str(c.body.get("policy") or ""), users, nodes)
+    return {}
+
+
+async def health(c: Call) -> dict[str, Any]:
+    return {"databaseConnectivity": getattr(c.server.storage, "available", True)
+            if hasattr(c.server, "storage") else True}
