@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from quart import Response
+
 from meshscale import __version__
+from meshscale.api.rest import ROUTES
+from meshscale.contributions import HttpRoute
 
 _ERROR = {"type": "object", "properties": {
     "code": {"type": "integer"}, "message": {"type": "string"},
@@ -26,8 +30,6 @@ def _schema(kind: str) -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    from meshscale.api.rest import ROUTES  # noqa: PLC0415 - rest imports this lazily too
-
     paths: dict[str, dict[str, Any]] = {}
     for r in ROUTES:
         params: list[dict[str, Any]] = [
@@ -65,6 +67,17 @@ def document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
     }
+
+
+def openapi_routes() -> list[HttpRoute]:
+    """The document on the main listener (no key needed: it holds no data), at our path and
+    at headscale's."""
+
+    async def serve() -> Response:
+        return Response(json.dumps(document(), indent=2), content_type="application/json")
+
+    return [HttpRoute("/api/v1/openapi.json", serve, ("GET",), name="api:openapi"),
+            HttpRoute("/swagger/v1/openapiv2.json", serve, ("GET",), name="api:swagger")]
 
 
 def main() -> None:

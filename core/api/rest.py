@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from quart import Response, request
 
 from meshscale.api import restops
+from meshscale.api.resttypes import Call, RestServer, Unimplemented
 from meshscale.contributions import HttpRoute
 from meshscale.errors import (
     AuthError,
@@ -38,20 +39,6 @@ MAX_BODY = 256 << 10  # a policy is the largest thing sent here; 256 KiB is plen
 INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED, UNAVAILABLE, UNAUTHENTICATED = 3, 5, 12, 14, 16
 _STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, UNIMPLEMENTED: 501, UNAVAILABLE: 503,
            UNAUTHENTICATED: 401}
-
-
-class Unimplemented(MeshscaleError):
-    """An operation of headscale's API that meshscale does not offer."""
-
-
-@dataclass(frozen=True)
-class Call:
-    """What an operation gets: path parameters, query parameters, the JSON body."""
-
-    server: restops.RestServer
-    path: Mapping[str, str]
-    query: Mapping[str, str]
-    body: Mapping[str, Any]
 
 
 Op = Callable[[Call], Awaitable[dict[str, Any]]]
@@ -169,7 +156,7 @@ def _code_of(exc: MeshscaleError) -> int:
     return INVALID_ARGUMENT  # PolicyError, AuthError of an operation, bad input
 
 
-def authenticated(server: restops.RestServer) -> bool:
+def authenticated(server: RestServer) -> bool:
     """A valid, unexpired API key in ``Authorization: Bearer``."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
@@ -202,7 +189,7 @@ async def read_body() -> dict[str, Any] | Response:
     return data
 
 
-def _view(server: restops.RestServer, route: Route) -> Callable[..., Awaitable[Response]]:
+def _view(server: RestServer, route: Route) -> Callable[..., Awaitable[Response]]:
     async def view(**params: str) -> Response:
         if not authenticated(server):
             return error(UNAUTHENTICATED, "Unauthorized")
@@ -221,10 +208,8 @@ def _view(server: restops.RestServer, route: Route) -> Callable[..., Awaitable[R
     return view
 
 
-def rest_routes(server: restops.RestServer) -> list[HttpRoute]:
-    """The Quart routes of ``ROUTES`` plus the OpenAPI document, for the main listener."""
-    from meshscale.api.openapi import document  # noqa: PLC0415 - built on first request only
-
+def rest_routes(server: RestServer) -> list[HttpRoute]:
+    """The Quart routes of ``ROUTES``, for the main listener."""
     grouped: dict[str, list[Route]] = {}
     for r in ROUTES:
         grouped.setdefault(r.quart_path, []).append(r)
@@ -237,10 +222,4 @@ def rest_routes(server: restops.RestServer) -> list[HttpRoute]:
             return await _views[request.method](**params)
 
         out.append(HttpRoute(path, dispatch, tuple(views), name="api:" + path))
-
-    async def openapi() -> Response:
-        return Response(json.dumps(document(), indent=2), content_type="application/json")
-
-    out.append(HttpRoute("/api/v1/openapi.json", openapi, ("GET",), name="api:openapi"))
-    out.append(HttpRoute("/swagger/v1/openapiv2.json", openapi, ("GET",), name="api:swagger"))
     return out

@@ -6,24 +6,16 @@ and the API keys (as the admin socket does) and answers headscale's response mes
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from meshscale.api import restviews as v
+from meshscale.api.resttypes import Call, Unimplemented
 from meshscale.errors import MeshscaleError, NotFoundError
 from meshscale.state.models import Node, PreAuthKey, User
 
 if TYPE_CHECKING:
-    from meshscale.api.admin import AdminServer
-    from meshscale.api.rest import Call
-    from meshscale.control.plane import ControlPlane
     from meshscale.state.lifecycle import NodeLifecycle
     from meshscale.state.store import State
-
-    class RestServer(AdminServer, Protocol):
-        @property
-        def plane(self) -> ControlPlane | None: ...
-else:
-    RestServer = Any
 
 
 def _state(c: Call) -> State:
@@ -57,8 +49,6 @@ def _key(c: Call, k: PreAuthKey, full: str | None = None) -> dict[str, Any]:
 
 
 async def unimplemented(c: Call) -> dict[str, Any]:
-    from meshscale.api.rest import Unimplemented  # noqa: PLC0415 - rest imports this module
-
     raise Unimplemented("meshscale does not offer this operation (see docs/api.md)")
 
 
