@@ -26,6 +26,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 KEY_PREFIX = "mskey-auth-"
@@ -93,8 +94,10 @@ class Logins(Protocol):
         """``{"authId", "hostname", "os"}`` of a waiting login, or None (used, refused, expired
         or never issued)."""
 
-    def complete(self, auth_id: str, identity: Identity, method: str) -> Mapping[str, Any]:
-        """Register the waiting node to the identity's user; its client proceeds at once.
+    def complete(self, auth_id: str, identity: Identity, method: str,
+                 expiry: datetime | None = None) -> Mapping[str, Any]:
+        """Register the waiting node to the identity's user; its client proceeds at once;
+        ``expiry``: when its node key expires (None: the server's node.expiry).
         Returns the node as ``GET /v1/nodes`` shows it; raises MeshscaleError (one line for the
         person) if the login is no longer waiting or the registration is refused."""
 

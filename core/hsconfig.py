@@ -84,8 +84,10 @@ LACKING: tuple[Lacking, ...] = (
             on=_on_if_set, off="put the records under dns.extra_records"),
     Lacking(("dns.use_username_in_magic_dns", "dns_config.use_username_in_magic_dns"),
             "user names in MagicDNS names (headscale removed it too)", on=_on_if_set),
-    Lacking(("oidc",), "OIDC login (not in meshscale yet)", on=_oidc_on,
-            off="remove the oidc section or its issuer, and register nodes with pre-auth keys"),
+    # Only when the oidc plugin is not loaded: a loaded plugin owns its section.
+    Lacking(("oidc",), "OIDC login without the oidc plugin", on=_oidc_on,
+            off="add oidc to plugins (pip install 'meshscale[oidc]'), or remove the oidc "
+                "section's issuer"),
 )
 
 

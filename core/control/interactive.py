@@ -33,6 +33,8 @@ from meshscale.events import Registration
 from meshscale.state.models import Node, User
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from meshscale.auth import AuthProvider, Identity
     from meshscale.clientinput import RegisterRequest
     from meshscale.control.register import Registrar
@@ -204,10 +206,13 @@ class InteractiveLogins:
         return {"authId": pending.auth_id, "hostname": pending.hostname,
                 "os": str(pending.hostinfo.get("OS") or "")}
 
-    def complete(self, auth_id: str, identity: Identity, method: str) -> Mapping[str, Any]:
+    def complete(self, auth_id: str, identity: Identity, method: str,
+                 expiry: datetime | None = None) -> Mapping[str, Any]:
         self.pending.find(auth_id)  # before a user is made for a login that is not waiting
         user = self.reg.lifecycle.user_for_identity(identity)
         node = self.register(auth_id, user, method)
+        if expiry is not None and not node.tags:
+            node = self.reg.lifecycle.expire(node.id, when=expiry)
         return {"id": node.id, "givenName": node.given_name, "user": user.name,
                 "ipAddresses": list(node.addresses)}
 

@@ -93,8 +93,9 @@ def test_switched_on_features_are_refused_all_in_one_run(
         "(X-Forwarded-For) is not available in meshscale; leave trusted_proxies empty",
         "meshscale: invalid config: dns.extra_records_path: DNS records from a watched file is "
         "not available in meshscale; put the records under dns.extra_records",
-        "meshscale: invalid config: oidc: OIDC login (not in meshscale yet) is not available in "
-        "meshscale; remove the oidc section or its issuer, and register nodes with pre-auth keys",
+        "meshscale: invalid config: oidc: OIDC login without the oidc plugin is not available in "
+        "meshscale; add oidc to plugins (pip install 'meshscale[oidc]'), or remove the oidc "
+        "section's issuer",
         "meshscale: invalid config: listen_adr: unknown key",
         "meshscale: invalid config: prefixes.v4: invalid IP prefix '100.64.0.1/10': "
         "100.64.0.1/10 has host bits set",

@@ -6,6 +6,7 @@ The client prints the AuthURL and waits; the admin runs ``meshscale auth registe
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import time
@@ -14,10 +15,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from meshscale.ports import free_port
 from tests.interop.realclients import MeshscaleProcess, stop_process, wait_for
 from tests.interop.tailscaled import Tailscaled
+from tests.oidcprovider import browser_login, confirm_token, oidc_provider
 
 pytestmark = [pytest.mark.interop, pytest.mark.tailscaled]
 
@@ -159,3 +163,50 @@ def test_unused_auth_id_expires(tmp_path: Path, tailscaled: Make) -> None:
     finally:
         up.stop()
         srv.stop()
+
+
+def test_oidc_login_with_the_real_client(tmp_path: Path, tailscaled: Make) -> None:
+    """`tailscale up` without a key against a server with OIDC: its AuthURL leads to a real
+    OpenID provider; the test logs in over HTTP with a cookie jar and confirms; the client
+    proceeds by itself, reaches Running and pings a peer."""
+    port = free_port()
+    with oidc_provider([f"http://127.0.0.1:{port}/oidc/callback"]) as issuer:
+        srv = MeshscaleProcess(
+            tmp_path, ["sqlite", "derp", "stun", "oidc"],
+            f"oidc:\n  issuer: {issuer}\n  client_id: meshscale\n"
+            "  client_secret: meshscale-secret\n  scope: [openid, email, profile]\n",
+            port=port)
+        srv.start()
+        a, b = tailscaled("alpha"), tailscaled("beta")
+        up = None
+        try:
+            srv.cli("users", "create", "ops")
+            a.start()
+            b.start()
+            a.up(srv.url, srv.cli("preauthkeys", "create", "--user", "ops", "-o", "json")["key"])
+            up = InteractiveUp(b, srv.url)
+            url, _ = up.auth_url()
+            assert url.startswith(f"{srv.url}/oidc/register/")
+
+            async def browse() -> httpx.Response:
+                async with httpx.AsyncClient(timeout=10) as browser:
+                    callback = await browser_login(browser, url, "bob", f"{srv.url}/oidc/callback")
+                    page = await browser.get(callback)
+                    assert page.status_code == 200 and "beta" in page.text, page.text
+                    return await browser.post(f"{srv.url}/oidc/confirm",
+                                              data={"token": confirm_token(page.text)})
+
+            done = asyncio.run(browse())
+            assert done.status_code == 200, done.text
+            assert up.wait(10) == 0, up.text()
+            assert b.status()["BackendState"] == "Running"
+            node = srv.nodes()["beta"]
+            assert node["user"]["name"] == "bob" and node["user"]["email"] == "bob@example.com"
+            assert node["user"]["provider"] == "oidc"
+            wait_for(lambda: "alpha" in b.peers(), 20, "beta to see alpha")
+            assert "pong from alpha" in b.cli("ping", "--until-direct=false", "-c", "3",
+                                              "alpha").stdout
+        finally:
+            if up is not None:
+                up.stop()
+            srv.stop()

@@ -1,0 +1,234 @@
+"""OIDC login against a real OpenID provider (npm oidc-provider, tests/oidcprovider.py), on
+in-process servers with a simulated client: the whole browser flow over HTTP with a cookie jar,
+and each refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from meshscale.ports import free_port
+from meshscale.server import Server
+from meshscale.simclient import SimNode
+from tests.oidcprovider import browser_login, confirm_token, oidc_provider
+
+pytestmark = pytest.mark.asyncio
+
+Factory = Callable[..., Any]
+PORTS = [free_port() for _ in range(12)]
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[str]:
+    with oidc_provider([f"http://127.0.0.1:{p}/oidc/callback" for p in PORTS]) as url:
+        yield url
+
+
+_next = iter(PORTS)
+
+
+async def oidc_server(factory: Factory, issuer: str, **oidc: Any) -> Server:
+    server: Server = await factory(
+        plugins=["sqlite", "oidc"], port=next(_next),
+        oidc={"issuer": issuer, "client_id": "meshscale", "client_secret": "meshscale-secret",
+              "scope": ["openid", "email", "profile", "groups"], **oidc})
+    return server
+
+
+class Login:
+    """A keyless client waiting on its AuthURL, and a browser with a cookie jar."""
+
+    def __init__(self, server: Server, hostname: str = "laptop") -> None:
+        self.server = server
+        self.node = SimNode(hostname)
+        self.base = str(server.config.server_url).rstrip("/")
+        self.browser = httpx.AsyncClient(timeout=10)
+        self.url = ""
+        self.waiting: asyncio.Task[dict[str, Any]] | None = None
+
+    async def begin(self) -> str:
+        await self.node.conn.connect("127.0.0.1", self.server.main_port)
+        self.url = str((await self.node.register(None))["AuthURL"])
+        self.waiting = asyncio.create_task(self.node.register(None, Followup=self.url))
+        return self.url
+
+    async def to_callback(self, login: str) -> str:
+        return await browser_login(self.browser, self.url, login, f"{self.base}/oidc/callback")
+
+    async def confirm(self, page: str) -> httpx.Response:
+        return await self.browser.post(f"{self.base}/oidc/confirm",
+                                       data={"token": confirm_token(page)})
+
+    async def close(self) -> None:
+        if self.waiting is not None:
+            self.waiting.cancel()
+        await self.browser.aclose()
+        await self.node.conn.close()
+
+
+async def full_login(server: Server, login: str, hostname: str = "laptop"
+                     ) -> tuple[Login, httpx.Response]:
+    lg = Login(server, hostname)
+    await lg.begin()
+    page = await lg.browser.get(await lg.to_callback(login))
+    return lg, page
+
+
+async def test_login_registers_the_node_to_the_identity(meshscale_server_factory: Factory,
+                                                        issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer)
+    lg, page = await full_login(server, "alice")
+    try:
+        assert lg.url.startswith(f"{lg.base}/oidc/register/")
+        assert page.status_code == 200, page.text
+        # The confirmation names the device and the account; nothing is registered before it.
+        assert "laptop" in page.text and "Alice Admin" in page.text
+        assert "alice@example.com" in page.text
+        assert server.state is not None and not server.state.nodes
+        assert lg.waiting is not None and not lg.waiting.done()
+        done = await lg.confirm(page.text)
+        assert done.status_code == 200 and "Device registered" in done.text, done.text
+        resp = await asyncio.wait_for(lg.waiting, 2)
+        assert resp["MachineAuthorized"] is True
+        assert resp["Login"]["LoginName"] == "alice@example.com"
+        (user,) = server.state.users.values()
+        assert (user.name, user.display_name, user.email, user.provider, user.provider_id) == \
+            ("alice", "Alice Admin", "alice@example.com", "oidc", f"{issuer}/alice")
+        (node,) = server.state.nodes.values()
+        assert node.user_id == user.id and node.register_method == "oidc"
+        assert node.expiry is not None  # oidc.expiry, 180 days by default
+        # The confirmation is single use.
+        again = await lg.confirm(page.text)
+        assert again.status_code == 400
+    finally:
+        await lg.close()
+
+
+async def test_outside_allowed_domains(meshscale_server_factory: Factory, issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer, allowed_domains=["example.org"])
+    lg, page = await full_login(server, "alice")
+    assert page.status_code == 403 and "allowed_domains" in page.text
+    await lg.close()
+
+
+async def test_outside_allowed_users(meshscale_server_factory: Factory, issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer,
+                               allowed_users=["bob@example.com"])
+    lg, page = await full_login(server, "alice")
+    assert page.status_code == 403 and "allowed_users" in page.text
+    await lg.close()
+    lg, page = await full_login(server, "bob")
+    assert page.status_code == 200, page.text
+    await lg.close()
+
+
+async def test_outside_allowed_groups(meshscale_server_factory: Factory, issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer, allowed_groups=["admins"])
+    lg, page = await full_login(server, "bob")  # devs only
+    assert page.status_code == 403 and "allowed_groups" in page.text
+    await lg.close()
+
+
+async def test_unverified_email(meshscale_server_factory: Factory, issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer)
+    lg, page = await full_login(server, "carol")
+    assert page.status_code == 403 and "not verified" in page.text
+    await lg.close()
+
+
+async def test_replayed_state(meshscale_server_factory: Factory, issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer)
+    lg = Login(server)
+    await lg.begin()
+    callback = await lg.to_callback("alice")
+    assert (await lg.browser.get(callback)).status_code == 200
+    replay = await lg.browser.get(callback)
+    assert replay.status_code == 400 and "already used" in replay.text
+    await lg.close()
+
+
+async def test_state_from_another_browser(meshscale_server_factory: Factory,
+                                          issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer)
+    lg = Login(server)
+    await lg.begin()
+    callback = await lg.to_callback("alice")
+    async with httpx.AsyncClient(timeout=10) as other:  # no cookie: another browser
+        r = await other.get(callback)
+    assert r.status_code == 400 and "another browser" in r.text
+    await lg.close()
+
+
+async def test_wrong_nonce(meshscale_server_factory: Factory, issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer)
+    lg = Login(server)
+    await lg.begin()
+    callback = await lg.to_callback("alice")
+    plugin: Any = server.host.plugin("oidc")
+    (flow,) = plugin._flows.values()
+    flow.nonce = "not-the-nonce-sent"  # the provider's token carries the one it was sent
+    r = await lg.browser.get(callback)
+    assert r.status_code == 403 and "ID token is not valid" in r.text
+    assert server.state is not None and not server.state.nodes
+    await lg.close()
+
+
+async def test_tampered_id_token(meshscale_server_factory: Factory, issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer)
+    plugin: Any = server.host.plugin("oidc")
+    rp = plugin.rp()
+    real_exchange = rp.exchange
+
+    async def tampered(code: str, verifier: str) -> dict[str, Any]:
+        token = dict(await real_exchange(code, verifier))
+        head, body, sig = token["id_token"].split(".")
+        claims = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        claims = claims.replace(b'"alice"', b'"bob"')  # sub: alice -> bob
+        body = base64.urlsafe_b64encode(claims).rstrip(b"=").decode()
+        token["id_token"] = f"{head}.{body}.{sig}"
+        return token
+
+    rp.exchange = tampered
+    lg = Login(server)
+    await lg.begin()
+    r = await lg.browser.get(await lg.to_callback("alice"))
+    assert r.status_code == 403 and "ID token is not valid" in r.text
+    assert server.state is not None and not server.state.users
+    await lg.close()
+
+
+async def test_expired_auth_id(meshscale_server_factory: Factory, issuer: str) -> None:
+    server = await oidc_server(meshscale_server_factory, issuer)
+    server.plane.logins.pending.ttl = 0.3  # type: ignore[union-attr]
+    lg = Login(server)
+    await lg.begin()
+    assert lg.waiting is not None
+    resp = await asyncio.wait_for(lg.waiting, 3)
+    assert "expired" in resp["Error"]
+    r = await lg.browser.get(lg.url)
+    assert r.status_code == 404 and "not valid" in r.text
+    await lg.close()
+
+
+async def test_same_email_from_another_issuer_does_not_take_over(
+        meshscale_server_factory: Factory, issuer: str) -> None:
+    """A user alice@example.com made by another issuer: this issuer's alice gets her own user."""
+    server = await oidc_server(meshscale_server_factory, issuer)
+    assert server.state is not None
+    victim = server.state.create_user("alice", email="alice@example.com", provider="oidc",
+                                      provider_id="https://other-issuer.example/alice")
+    lg, page = await full_login(server, "alice")
+    assert (await lg.confirm(page.text)).status_code == 200
+    assert lg.waiting is not None
+    assert (await asyncio.wait_for(lg.waiting, 2))["MachineAuthorized"] is True
+    (node,) = server.state.nodes.values()
+    owner = server.state.users[node.user_id]  # type: ignore[index]
+    assert owner.id != victim.id and owner.name == "alice-2"
+    assert owner.provider_id == f"{issuer}/alice"
+    assert not list(server.state.user_nodes(victim.id))
+    await lg.close()
