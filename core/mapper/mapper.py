@@ -32,10 +32,17 @@ from meshscale.state.store import State
 
 log = logging.getLogger(__name__)
 
-# Node attributes every node gets: no captive-portal probes towards tailscale.com, no UPnP.
+# Node attributes every node gets: no captive-portal probes towards tailscale.com, no UPnP; and
+# Tailscale SSH switched on as Tailscale's control plane does for every node of every tailnet
+# (all 7771 nodes of the policy conformance captures hold these three; headscale sends cap/ssh
+# too). Whether anyone may connect is the SSHPolicy's business; without cap/ssh the client
+# refuses `tailscale up --ssh`, and without ssh-env-vars it ignores a rule's acceptEnv.
 DEFAULT_CAPS: dict[str, Any] = {
     "disable-captive-portal-detection": None,
     "debug-disable-upnp": None,
+    "https://tailscale.com/cap/ssh": None,
+    "ssh-behavior-v1": None,
+    "ssh-env-vars": None,
 }
 
 
