@@ -172,8 +172,8 @@ def test_magicdns_names_through_the_clients_resolver(server: MeshscaleProcess,
 
     # The client's resolver answers MagicDNS names from the netmap meshscale sent.
     assert answers(dns_query(a, f"beta.{BASE_DOMAIN}")) == [v4]
-    # (AAAA answers for peers need the node attribute "magicdns-aaaa", which meshscale does
-    # not send yet: the client then answers AAAA queries with no records.)
+    # (AAAA answers for peers need the node attribute "magicdns-aaaa", which, as in Tailscale's
+    # control plane, only a policy's nodeAttrs gives: test_tailscaled_nodeattrs.py.)
     assert answers(dns_query(b, f"alpha.{BASE_DOMAIN}")) == [listed["alpha"]["ipAddresses"][0]]
     missing = dns_query(a, f"nosuchnode.{BASE_DOMAIN}")
     assert missing["ResponseCode"] == "RCodeNameError" and not missing.get("Answers"), missing

@@ -57,12 +57,18 @@ def test_taildrop_between_nodes_of_one_user(tmp_path: Path, tailscaled: Make) ->
     try:
         a1, a2, b1 = tailscaled("aone"), tailscaled("atwo"), tailscaled("bone")
         up_users(server, {a1: "alice", a2: "alice", b1: "bob"})
-        wait_for(lambda: set(a1.peers()) == {"atwo", "bone"}, 30, "aone sees both peers")
+        tagged = tailscaled("tsrv")
+        tagged.start()
+        tagged.up(server.url, server.cli("preauthkeys", "create", "--tags", "tag:server",
+                                         "-o", "json")["key"])
+        wait_for(lambda: set(a1.peers()) == {"atwo", "bone", "tsrv"}, 30, "aone sees 3 peers")
         assert FILE_SHARING in self_caps(a1)
 
-        # Targets are the same user's nodes only: bob's node is a peer, not a target.
+        # Targets are the same user's nodes only: bob's node and the tagged node are peers, not
+        # targets.
         assert wait_for(lambda: targets(a1) == {"atwo"}, 30, "aone's file targets")
         assert targets(b1) == set()
+        assert targets(a2) == {"aone"}
 
         payload = bytes(range(256)) * 4096 + b"the end\n"  # 1 MiB and a bit, every byte value
         src = tmp_path / "report.bin"
