@@ -85,6 +85,8 @@ class Identity:
     name: str  # preferred user name for a new user
     display_name: str = ""
     email: str = ""
+    picture: str = ""
+    groups: tuple[str, ...] = ()  # refreshed on each login; policy group:<name> includes them
 
 
 class Logins(Protocol):

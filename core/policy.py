@@ -19,6 +19,7 @@ class PolicyUser:
     id: int
     name: str  # login name, e.g. "alice"
     email: str = ""  # "alice@example.com"; policies may name users either way
+    groups: frozenset[str] = frozenset()  # from the login provider: "devs" joins group:devs
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,8 @@ def user_view(u: User) -> dict[str, Any]:
         "name": u.name,
         "displayName": u.display_name,
         "email": u.email,
+        "profilePicUrl": u.picture,
+        "groups": list(u.groups),
         "provider": u.provider,
         "createdAt": _time(u.created_at),
     }

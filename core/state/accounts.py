@@ -38,6 +38,19 @@ class Accounts(PolicyBridge):
                 return u
         raise NotFoundError(f"user {ref!r} not found")
 
+    def refresh_profile(self, u: User, display_name: str, email: str, picture: str,
+                        groups: tuple[str, ...]) -> User:
+        """A login provider's fresh view of the user (each login); policy sees new groups."""
+        updated = replace(u, display_name=display_name or u.display_name,
+                          email=email or u.email, picture=picture, groups=groups)
+        if updated == u:
+            return u
+        self._write([PutUser(updated)])
+        self.users[u.id] = updated
+        self._notify_policy_user(updated)
+        self._emit(UserChanged(u.id))
+        return updated
+
     def by_identity(self, provider: str, provider_id: str) -> User | None:
         """The user a login provider's identity belongs to (never matched by e-mail)."""
         for u in self.users.values():
@@ -53,13 +66,14 @@ class Accounts(PolicyBridge):
             )
 
     def create_user(self, name: str, display_name: str = "", email: str = "",
-                    provider: str = "", provider_id: str = "") -> User:
+                    provider: str = "", provider_id: str = "", picture: str = "",
+                    groups: tuple[str, ...] = ()) -> User:
         self._check_username(name)
         if any(u.name == name for u in self.users.values()):
             raise MeshscaleError(f"user {name!r} already exists")
         uid, counter = self._next_id("user", self.users)
         u = User(id=uid, name=name, display_name=display_name, email=email, provider=provider,
-                 provider_id=provider_id)
+                 provider_id=provider_id, picture=picture, groups=groups)
         self._write([PutUser(u), counter])
         self._hwm["user"] = uid
         self.users[u.id] = u

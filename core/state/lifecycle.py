@@ -192,7 +192,8 @@ class NodeLifecycle:
         first login, under its preferred name or, if that is taken, the name with a number."""
         user = self.state.by_identity(identity.provider, identity.subject)
         if user is not None:
-            return user
+            return self.state.refresh_profile(user, identity.display_name, identity.email,
+                                              identity.picture, identity.groups)
         base = "".join(c for c in identity.name if not c.isspace())[:60] or "user"
         taken = {u.name for u in self.state.users.values()}
         name, n = base, 1
@@ -201,7 +202,8 @@ class NodeLifecycle:
             name = f"{base}-{n}"
         user = self.state.create_user(name, display_name=identity.display_name,
                                       email=identity.email, provider=identity.provider,
-                                      provider_id=identity.subject)
+                                      provider_id=identity.subject, picture=identity.picture,
+                                      groups=identity.groups)
         self.hooks.user_event(UserEvent(UserEventKind.CREATED, user.id, user.name))
         return user
 

@@ -24,6 +24,10 @@ class User:
     provider: str = ""  # "" for local users; "oidc" later
     provider_id: str = ""
     created_at: datetime = field(default_factory=utcnow)
+    picture: str = ""  # a login provider's picture URL
+    # The login provider's groups (OIDC ``groups`` claim), refreshed on each login: the policy's
+    # group:<name> includes the user when <name> is among them.
+    groups: tuple[str, ...] = ()
 
     @property
     def login_name(self) -> str:

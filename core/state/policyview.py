@@ -37,7 +37,7 @@ class PolicyBridge(StateBase):
     # -- policy bridge -------------------------------------------------------------------------
 
     def policy_user(self, u: User) -> PolicyUser:
-        return PolicyUser(id=u.id, name=u.name, email=u.email)
+        return PolicyUser(id=u.id, name=u.name, email=u.email, groups=frozenset(u.groups))
 
     def policy_node(self, n: Node) -> PolicyNode:
         """The node as policy sees it; approved routes include the auto-approved ones.

@@ -25,6 +25,8 @@ class UserRow(BaseModel):
     provider = pw.CharField(default="")
     provider_id = pw.CharField(default="")
     created_at = pw.DateTimeField()
+    picture = pw.TextField(default="")
+    groups = pw.TextField(default="[]")
 
     class Meta:
         table_name = "users"

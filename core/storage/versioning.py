@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 4
+CURRENT = 5
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -126,9 +126,15 @@ def _v3_to_v4(db: pw.Database) -> None:
     db.create_tables([schema.ApiKeyRow])
 
 
+def _v4_to_v5(db: pw.Database) -> None:
+    """Version 5 adds the login provider's picture and groups to ``users`` (OIDC)."""
+    _sql(db, "ALTER TABLE \"users\" ADD COLUMN \"picture\" TEXT NOT NULL DEFAULT ''")
+    _sql(db, "ALTER TABLE \"users\" ADD COLUMN \"groups\" TEXT NOT NULL DEFAULT '[]'")
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3,
-                                                         3: _v3_to_v4}
+                                                         3: _v3_to_v4, 4: _v4_to_v5}
 
 
 # -- acting on a live database ----------------------------------------------------------------

@@ -253,8 +253,10 @@ class OidcPlugin:
                               "(allowed_groups)")
         name = claims.get("preferred_username") or (email.partition("@")[0] if email else sub)
         display = claims.get("name") if isinstance(claims.get("name"), str) else ""
+        picture = claims.get("picture")
         identity = Identity(provider="oidc", subject=f"{s.issuer}/{sub}", name=str(name),
-                            display_name=str(display or ""), email=email)
+                            display_name=str(display or ""), email=email,
+                            picture=picture if isinstance(picture, str) else "", groups=groups)
         return identity, groups
 
     def _expiry(self, claims: Mapping[str, Any]) -> datetime | None:

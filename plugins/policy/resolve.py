@@ -20,8 +20,12 @@ class Resolver:
 
     def refresh_users(self) -> None:
         tn = self.tailnet
+        # Members the policy lists, plus users whose login provider puts them in the group
+        # (OIDC ``groups`` claim "devs" or "group:devs" for group:devs).
         self.group_users: dict[str, frozenset[int]] = {
             name: frozenset(u for u in (tn.user_for(m) for m in members) if u is not None)
+            | frozenset(u.id for u in tn.users.values()
+                        if name in u.groups or name.removeprefix("group:") in u.groups)
             for name, members in self.policy.groups.items()
         }
         owner = tn.owner()

@@ -232,3 +232,46 @@ async def test_same_email_from_another_issuer_does_not_take_over(
     assert owner.provider_id == f"{issuer}/alice"
     assert not list(server.state.user_nodes(victim.id))
     await lg.close()
+
+
+async def test_groups_claim_fills_policy_groups_and_is_refreshed_on_login(
+        meshscale_server_factory: Factory, issuer: str) -> None:
+    """group:devs (declared empty in the policy) holds the users whose `groups` claim says devs;
+    the claim is read again on each login."""
+    server: Server = await meshscale_server_factory(
+        plugins=["sqlite", "policy", "oidc"], port=next(_next),
+        oidc={"issuer": issuer, "client_id": "meshscale", "client_secret": "meshscale-secret",
+              "scope": ["openid", "email", "profile", "groups"]})
+    assert server.state is not None
+    server.set_policy('{"groups": {"group:devs": []}, "acls": [{"action": "accept", '
+                      '"src": ["group:devs"], "dst": ["*:*"]}]}', "test", False)
+    ops = server.state.create_user("ops")
+    _, key = server.state.create_key(ops, reusable=True)
+    server_node = SimNode("server")
+    await server_node.conn.connect("127.0.0.1", server.main_port)
+    assert (await server_node.register(key))["MachineAuthorized"] is True
+    target = next(iter(server.state.nodes.values()))
+
+    def reaches_target(ip: str) -> bool:
+        return ip in str(server.engine.packet_filter(target.id))
+
+    lg, page = await full_login(server, "bob")
+    assert (await lg.confirm(page.text)).status_code == 200
+    assert lg.waiting is not None
+    assert (await asyncio.wait_for(lg.waiting, 2))["MachineAuthorized"] is True
+    bob = server.state.by_identity("oidc", f"{issuer}/bob")
+    assert bob is not None and bob.groups == ("devs",)
+    bob_node = next(n for n in server.state.nodes.values() if n.user_id == bob.id)
+    assert bob_node.ipv4 and reaches_target(bob_node.ipv4)
+    await lg.close()
+
+    # Out of the group (as if the provider had dropped it): no access; the next login refreshes.
+    server.state.refresh_profile(bob, "", "", "", ())
+    assert not reaches_target(bob_node.ipv4)
+    lg, page = await full_login(server, "bob")
+    assert (await lg.confirm(page.text)).status_code == 200
+    await asyncio.wait_for(lg.waiting, 2)  # type: ignore[arg-type]
+    assert server.state.users[bob.id].groups == ("devs",)
+    assert reaches_target(bob_node.ipv4)
+    await lg.close()
+    await server_node.conn.close()

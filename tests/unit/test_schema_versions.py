@@ -159,9 +159,13 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     # Version 3: the ID high-water marks, seeded with the highest IDs present.
     assert new.pop("id_counters") == [("key", 1), ("node", 7), ("user", 1)]
     assert new.pop("meshscale_api_keys") == []  # version 4
+    # Version 5: users gain picture and groups, empty for the users there were.
+    assert [row[-2:] for row in new["users"]] == [("", "[]")]
+    new["users"] = [row[:-2] for row in new["users"]]
     assert new == old  # every row of every table, as it was
     (user,) = snap.users
     assert (user.id, user.name, user.email) == (1, "alice", "a@example.com")
+    assert (user.picture, user.groups) == ("", ())
     (key,) = snap.keys
     assert (key.prefix, key.used, key.tags) == ("mskey-auth-abc", True, ("tag:ci",))
     (node,) = snap.nodes
@@ -207,8 +211,13 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         conn.close()
         return rows
 
-    assert CURRENT == 4
-    assert ddl(fresh) - ddl(old) == {
+    assert CURRENT == 5
+    users_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "users"'))
+    users_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "users"'))
+    # Version 5: the login provider's picture and groups (OIDC).
+    assert users_now == users_v1.removesuffix(")") + (
+        ', "picture" TEXT NOT NULL, "groups" TEXT NOT NULL)')
+    assert ddl(fresh) - ddl(old) - {users_now} == {
         'CREATE TABLE "meshscale_api_keys" ("id" INTEGER NOT NULL PRIMARY KEY, "prefix" '
         'VARCHAR(255) NOT NULL, "secret_hash" BLOB NOT NULL, "expiration" DATETIME, '
         '"created_at" DATETIME NOT NULL, "last_seen" DATETIME)',
@@ -217,4 +226,4 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)",
         'CREATE TABLE "id_counters" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
         '"value" INTEGER NOT NULL)'}
-    assert ddl(old) <= ddl(fresh)
+    assert ddl(old) - {users_v1} <= ddl(fresh)
