@@ -77,11 +77,12 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     storage = backend.storage(tmp_path)  # the current schema, with a user in it
     storage.apply([PutUser(User(1, "alice")), PutPolicy('{"acls": []}')])
     storage.close()
-    # Version 1 is the same tables without the marker, the ID counters (version 3) and the
-    # API keys (version 4).
+    # Version 1 is the same tables without the marker, the ID counters (version 3), the
+    # API keys (version 4) and the users' picture and groups (version 5).
     run(pg_server, database, "DROP TABLE meshscale_schema")
     run(pg_server, database, "DROP TABLE id_counters")
     run(pg_server, database, "DROP TABLE meshscale_api_keys")
+    run(pg_server, database, 'ALTER TABLE users DROP COLUMN picture, DROP COLUMN "groups"')
     before = dump(pg_server, database)
 
     storage = backend.storage(tmp_path)
@@ -93,6 +94,10 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     _, counters = after.pop("id_counters")
     assert counters == [("user", 1)]  # seeded from the highest ID present
     assert after.pop("meshscale_api_keys")[1] == []
+    cols, rows = after["users"]
+    assert cols[-2:] == [("picture", "text"), ("groups", "text")]
+    assert [r[-2:] for r in rows] == [("", "[]")]
+    after["users"] = (cols[:-2], [r[:-2] for r in rows])
     added = set(after.pop("indexes")) - set(before.pop("indexes"))
     assert {name for (name,) in added} == {"id_counters_pkey", "meshscale_api_keys_pkey",
                                           "apikeyrow_prefix"}
