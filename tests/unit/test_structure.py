@@ -35,7 +35,6 @@ LONG_MODULES: dict[str, str] = {
     "share the connection tables",
     "meshscale.control.h2conn": "the HTTP/2-over-Noise adapter: one connection's event loop "
     "with the per-connection limits and deadlines it enforces on every h2 event",
-    "meshscale.mapper.mapper": "not yet split: builder and event-loop batching (issue 12)",
 }
 
 

@@ -1,0 +1,300 @@
+"""The map builder: a node's full MapResponse and the pieces deltas reuse, from state and policy.
+
+No I/O and no event loop: it reads state, the policy engine and its caches and returns bytes,
+keeping each stream's view for later diffs; it holds no streams and schedules nothing (the
+event-loop batching and fan-out are meshscale.mapper.mapper's).
+A node's peer JSON is built once and shared by every map; full maps splice cached, compressed
+chunks of peers (architecture.md §3).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from meshscale import tailcfg
+from meshscale.config import Config
+from meshscale.mapper import wire
+from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
+from meshscale.mapper.session import MapSession
+from meshscale.policy import PolicyEngine
+from meshscale.state import changes as ch
+from meshscale.state.models import Node, utcnow
+from meshscale.state.store import State
+
+# Node attributes every node gets: no captive-portal probes towards tailscale.com, no UPnP; and
+# Tailscale SSH switched on as Tailscale's control plane does for every node of every tailnet
+# (all 7771 nodes of the policy conformance captures hold these three; headscale sends cap/ssh
+# too). Whether anyone may connect is the SSHPolicy's business; without cap/ssh the client
+# refuses `tailscale up --ssh`, and without ssh-env-vars it ignores a rule's acceptEnv.
+DEFAULT_CAPS: dict[str, Any] = {
+    "disable-captive-portal-detection": None,
+    "debug-disable-upnp": None,
+    "https://tailscale.com/cap/ssh": None,
+    "ssh-behavior-v1": None,
+    "ssh-env-vars": None,
+}
+
+
+
+def config_caps(config: Config) -> dict[str, Any]:
+    """Self-node capabilities the config switches, as headscale's config does (taildrop,
+    auto_update, randomize_client_port)."""
+    caps: dict[str, Any] = {"default-auto-update": [config.auto_update.enabled]}
+    if config.taildrop.enabled:
+        caps["https://tailscale.com/cap/file-sharing"] = []
+    if config.randomize_client_port:
+        caps["randomize-client-port"] = None
+    return caps
+
+
+# How one viewer sees one peer, beyond what every viewer sees: AllowedIPs decided by policy
+# (None: the peer's addresses) and the subnet routes it reaches through that peer.
+Sig = tuple[tuple[str, ...] | None, tuple[str, ...]]
+DEFAULT_SIG: Sig = (None, ())
+CLOSING = (b"]}", compress(b"]}"))
+
+
+@dataclass
+class _StreamView:
+    """What one stream's client holds beyond the shared peer JSON (for diffs on change)."""
+
+    peers: dict[int, Sig] = field(default_factory=dict)  # only peers seen non-default
+    self_sig: bytes = b""
+
+
+class MapBuilder:
+    """Builds full maps and the peer and self-node JSON deltas reuse."""
+
+    def __init__(
+        self,
+        config: Config,
+        state: State,
+        engine: PolicyEngine,
+        derp_map: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.engine = engine
+        self.derp_map = derp_map
+        self._peer_json: dict[int, bytes] = {}
+        self._variants: dict[int, dict[Sig, bytes]] = {}  # per-viewer forms of routers' JSON
+        self._views: WeakKeyDictionary[MapSession, _StreamView] = WeakKeyDictionary()
+        # Policy CapMap per node as last seen: a change can change how peers see the node
+        # (disable-ipv4), so policy changes compare against it.
+        self._caps: dict[int, bytes] = {i: self._caps_json(i) for i in state.nodes}
+        self._dns = wire.dns_config(config)
+        self._chunks = ChunkCache()
+        # Bumped whenever a node in the chunk's ID range changes (see _forget).
+        self._chunk_versions: defaultdict[int, int] = defaultdict(int)
+
+    # -- building blocks ---------------------------------------------------------------------------
+
+    @property
+    def primary_routes(self) -> Mapping[int, list[str]]:
+        """node id -> the subnet prefixes it is the elected primary for."""
+        return self.state.routes.primaries
+
+    def peer_sig(self, peer: Node, viewer_id: int) -> Sig:
+        """How ``viewer`` sees ``peer`` (as policytool computes it): AllowedIPs from policy and
+        the subnet routes the viewer may use through this peer (primary or ``via`` router)."""
+        allowed = self.engine.peer_allowed_ips(viewer_id, self.state.policy_node(peer))
+        routes: tuple[str, ...] = ()
+        if peer.id in self.state.routes.subnets:  # routers only: the common peer costs nothing
+            routes = tuple(self.state.routes.routes_for(self.engine, viewer_id, peer.id))
+        return (None if allowed is None else tuple(allowed), routes)
+
+    def _fragment(self, peer: Node, sig: Sig) -> bytes:
+        """The peer's JSON for one view; built once and shared by every viewer with it."""
+        if sig == DEFAULT_SIG:
+            frag = self._peer_json.get(peer.id)
+            if frag is None:
+                frag = self._peer_json[peer.id] = dumps(self._peer_obj(peer, sig))
+            return frag
+        variants = self._variants.setdefault(peer.id, {})
+        frag = variants.get(sig)
+        if frag is None:
+            frag = variants[sig] = dumps(self._peer_obj(peer, sig))
+        return frag
+
+    def _default_frags(self, peers: list[Node]) -> list[bytes]:
+        return [self._fragment(p, DEFAULT_SIG) for p in peers]
+
+    def _forget(self, node_id: int) -> None:
+        self._peer_json.pop(node_id, None)
+        self._variants.pop(node_id, None)
+        self._chunk_versions[node_id // ChunkCache.CHUNK] += 1
+
+    def _peer_obj(self, peer: Node, sig: Sig) -> dict[str, Any]:
+        allowed, routes = sig
+        base = list(allowed) if allowed is not None else peer.prefixes
+        # Exit routes go to every viewer: they are used only when the client picks the node.
+        extra = [r for r in (*routes, *self.state.routes.exits.get(peer.id, ())) if r not in base]
+        return wire.node_json(peer, self.config, allowed_ips=base + extra,
+                                 primary_routes=list(routes))
+
+    def _caps_json(self, node_id: int) -> bytes:
+        return dumps(dict(sorted(self.engine.cap_map(node_id).items())))
+
+    def self_node(self, node: Node) -> dict[str, Any]:
+        caps: dict[str, Any] = {**DEFAULT_CAPS, **config_caps(self.config)}
+        caps.update(self.engine.cap_map(node.id))
+        primary = self.primary_routes.get(node.id, [])
+        exits = list(self.state.routes.exits.get(node.id, ()))
+        return wire.node_json(
+            node,
+            self.config,
+            allowed_ips=[*node.prefixes, *primary, *exits],
+            primary_routes=primary,
+            cap_map=caps,
+            self_view=True,
+        )
+
+    def _self_sig(self, node: Node) -> bytes:
+        """What policy and routes put into the self node: a change means a new ``Node``."""
+        return dumps([self._caps_json(node.id).decode(), self.primary_routes.get(node.id, []),
+                      list(self.state.routes.exits.get(node.id, ()))])
+
+    def _view(self, s: MapSession) -> _StreamView:
+        view = self._views.get(s)
+        if view is None:
+            view = self._views[s] = _StreamView()
+        return view
+
+    def _record(self, s: MapSession, peer_id: int, sig: Sig) -> None:
+        peers = self._view(s).peers
+        if sig == DEFAULT_SIG:
+            peers.pop(peer_id, None)
+        else:
+            peers[peer_id] = sig
+
+    def visible_ids(self, node_id: int) -> Iterable[int] | None:
+        return self.engine.visible_peers(node_id)
+
+    def _profiles(self, nodes: Iterable[Node]) -> list[dict[str, Any]]:
+        seen: set[int] = set()
+        out: list[dict[str, Any]] = []
+        tagged = False
+        for n in nodes:
+            if n.user_id is None:
+                tagged = True
+                continue
+            if n.user_id in seen:
+                continue
+            seen.add(n.user_id)
+            u = self.state.users.get(n.user_id)
+            if u is not None:
+                out.append(wire.user_profile(u))
+        if tagged:
+            out.append(dict(tailcfg.TAGGED_USER))
+        return out
+
+    @staticmethod
+    def _patch_of(node: Node, f: ch.Patch) -> dict[str, Any]:
+        patch: dict[str, Any] = {"NodeID": node.id}
+        if ch.Patch.ENDPOINTS in f:
+            patch["Endpoints"] = list(node.endpoints)
+        if ch.Patch.DERP in f:
+            patch["DERPRegion"] = node.home_derp
+        if ch.Patch.DISCO in f:
+            patch["DiscoKey"] = tailcfg.discokey(node.disco_key)
+        if ch.Patch.KEY in f:
+            patch["Key"] = tailcfg.nodekey(node.node_key)
+            patch["DiscoKey"] = tailcfg.discokey(node.disco_key)
+        if ch.Patch.KEY in f or ch.Patch.EXPIRY in f:
+            patch["KeyExpiry"] = tailcfg.gotime(node.expiry)
+        if ch.Patch.ONLINE in f:
+            patch["Online"] = node.online
+            if node.last_seen is not None:
+                patch["LastSeen"] = tailcfg.gotime(node.last_seen)
+        return patch
+
+    def full_map(self, s: MapSession) -> Message:
+        """The complete MapResponse for a new (or resynced) stream."""
+        node = self.state.nodes.get(s.node_id)
+        if node is None:
+            raise LookupError(f"node {s.node_id} is gone")
+        visible = self.visible_ids(node.id)
+        s.cut_off = node.expired()
+        if s.cut_off:
+            # An expired or logged-out node learns that its key expired (self node's KeyExpiry
+            # in the past, Expired) and nothing about the tailnet: no peers, no rules.
+            peers = []
+            s.known = set()
+        elif visible is None:
+            peers = [n for i, n in sorted(self.state.nodes.items()) if i != node.id]
+            s.known = None
+        else:
+            ids = sorted(set(visible) - {node.id})
+            peers = [self.state.nodes[i] for i in ids if i in self.state.nodes]
+            s.known = {p.id for p in peers}
+        pf = [] if s.cut_off else self.engine.packet_filter(node.id)
+        ssh = {"rules": []} if s.cut_off else self.engine.ssh_policy(node.id) or {"rules": []}
+        s.filter_json = dumps(pf)
+        s.ssh_json = dumps(ssh)
+        view = self._views[s] = _StreamView(self_sig=self._self_sig(node))
+        # Every viewer sees every peer the same way: whole chunks come from the cache by
+        # version, with no per-peer work (at 10,000 nodes that work is most of a full map).
+        uniform = (visible is None and not self.state.routes.subnets
+                   and self.engine.uniform_peer_view())
+        frags = []
+        if not uniform:
+            for p in peers:
+                sig = self.peer_sig(p, node.id)
+                if sig != DEFAULT_SIG:
+                    view.peers[p.id] = sig
+                frags.append(self._fragment(p, sig))
+        head = {
+            "Node": self.self_node(node),
+            "DERPMap": self.derp_map(),
+            "Domain": self.config.dns.base_domain or "meshscale",
+            "CollectServices": True,
+            "DNSConfig": self._dns,
+            "PacketFilter": pf,
+            "SSHPolicy": ssh,
+            "UserProfiles": self._profiles([node, *peers]),
+            "ControlTime": tailcfg.gotime(utcnow()),
+            "Debug": {"DisableLogTail": not self.config.logtail.enabled},
+        }
+        if not peers and s.sent["full"]:
+            # A resync leaving the client no peers (cut off, or a policy that hides everyone)
+            # must name the ones it holds: the Go client reads an empty Peers as "unchanged"
+            # (tailcfg.MapResponse.Peers) and would keep them all. What it holds is not
+            # exactly known (deltas are dropped while a stream is cut off or awaits a full
+            # map, deletions too), and IDs are never reused: every ID given out so far.
+            head["PeersRemoved"] = [i for i in range(1, self.state.highest_node_id() + 1)
+                                    if i != node.id]
+        body = dumps(head)
+        if not peers:
+            return Message(body)
+        # The peer list is most of a full map and nearly the same for every stream: splice in
+        # cached, already compressed chunks of peer fragments instead of serializing and
+        # compressing megabytes per stream (architecture.md §3: serialize once, send many).
+        opening = body[:-1] + b',"Peers":['
+        parts: list[tuple[bytes, bytes]] = [(opening, compress(opening))]
+        step = ChunkCache.CHUNK
+        start = 0
+        while start < len(peers):
+            index = peers[start].id // step
+            end = start
+            while end < len(peers) and peers[end].id // step == index:
+                end += 1
+            if len(parts) > 1:
+                parts.append(COMMA)
+            # The chunk holding the viewer itself lacks it: compress it, but do not cache it.
+            own = index == node.id // step
+            if uniform and not own:
+                version = self._chunk_versions[index]
+                parts.append(self._chunks.get_versioned(
+                    index, version, partial(self._default_frags, peers[start:end])))
+            else:
+                chunk = (tuple(frags[start:end]) if not uniform else
+                         tuple(self._fragment(p, DEFAULT_SIG) for p in peers[start:end]))
+                parts.append(self._chunks.get(index, chunk, not own))
+            start = end
+        parts.append(CLOSING)
+        return FramedMessage(parts)
