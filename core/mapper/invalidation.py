@@ -27,9 +27,8 @@ changes every stream's netmap equals what a freshly started server sends.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, Flag, auto
 
 from meshscale.state import changes as ch
@@ -72,6 +71,13 @@ class Stale:
     own: Output = Output.NONE
     viewers: Output = Output.NONE
     everyone: Output = Output.NONE
+    # Decided once per row (Flag arithmetic costs microseconds on the hot path).
+    peer: bool = field(init=False)
+    patch: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peer", bool(self.viewers & Output.PEER))
+        object.__setattr__(self, "patch", bool(self.viewers & Output.PATCH))
 
 
 Out = Output  # short for the table
@@ -144,14 +150,23 @@ def events_of(change: ch.Change) -> list[Event]:
 
 def stale(change: ch.Change) -> Stale:
     """What ``change`` makes stale: the union of its rows."""
-    return _union(tuple(events_of(change)))
+    # On the hot path (every endpoint and online patch): looked up by kind, reason and fields,
+    # the only things rows depend on, and computed once per combination.
+    key = (type(change), getattr(change, "why", None), getattr(change, "fields", None))
+    row = _CACHE.get(key)
+    if row is None:
+        row = _CACHE[key] = _union(events_of(change))
+    return row
 
 
-@functools.lru_cache(maxsize=64)
-def _union(events: tuple[Event, ...]) -> Stale:
-    # On the hot path (every endpoint patch): computed once per combination of rows.
+def _union(events: list[Event]) -> Stale:
     own = viewers = everyone = Output.NONE
     for event in events:
         row = TABLE[event]
         own, viewers, everyone = own | row.own, viewers | row.viewers, everyone | row.everyone
     return Stale(own, viewers, everyone)
+
+
+# Bounded by the kinds x reasons x patch-field combinations (a few dozen); a pure function of
+# constants, so one cache serves every server in the process.
+_CACHE: dict[tuple[type, object, object], Stale] = {}

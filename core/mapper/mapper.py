@@ -128,13 +128,13 @@ class Mapper(MapBuilder):
         # online then costs one message per stream per turn, not N (N² in all).
         if isinstance(change, (ch.NodePatched, ch.NodeAdded, ch.NodeChanged)):
             node_id = change.node_id
-            if rows.viewers & (Output.PEER | Output.PATCH):
+            if rows.peer or rows.patch:
                 self._forget(node_id)  # its cached peer JSON is stale
-            if rows.viewers & Output.PEER:
+            if rows.peer:
                 added = isinstance(change, ch.NodeAdded) or self._pending_upsert.get(
                     node_id, False)
                 self._pending_upsert[node_id] = added
-            if rows.viewers & Output.PATCH and isinstance(change, ch.NodePatched):
+            if rows.patch and isinstance(change, ch.NodePatched):
                 self._pending_patch[node_id] = (
                     self._pending_patch.get(node_id, ch.Patch.NONE) | change.fields)
             if rows.own:
