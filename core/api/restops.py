@@ -71,18 +71,23 @@ async def create_user(c: Call) -> dict[str, Any]:
     return {"user": v.user(u)}
 
 
+def _user(c: Call, ref: object) -> User:
+    """A user by id, or by name as headscale up to v0.23 took it (clients written then, such as
+    hsapi-client, still send names)."""
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return _state(c).user(ref)
+    if not isinstance(ref, str) or not ref:
+        raise MeshscaleError("missing user")
+    return _state(c).user(int(ref) if ref.isdigit() else ref)
+
+
 async def rename_user(c: Call) -> dict[str, Any]:
-    uid = v.uint64(c.path.get("old_id"), "old_id")
-    assert uid is not None
-    _state(c).user(uid)  # NotFound before anything else
-    return {"user": v.user(_lifecycle(c).rename_user(uid, c.path.get("new_name", "")))}
+    u = _user(c, c.path.get("old_id"))
+    return {"user": v.user(_lifecycle(c).rename_user(u.id, c.path.get("new_name", "")))}
 
 
 async def delete_user(c: Call) -> dict[str, Any]:
-    uid = v.uint64(c.path.get("id"), "id")
-    assert uid is not None
-    _state(c).user(uid)
-    _lifecycle(c).delete_user(uid)
+    _lifecycle(c).delete_user(_user(c, c.path.get("id")).id)
     return {}
 
 
@@ -90,15 +95,14 @@ async def delete_user(c: Call) -> dict[str, Any]:
 
 
 async def list_preauthkeys(c: Call) -> dict[str, Any]:
-    uid = v.uint64(c.query.get("user"), "user", required=False)
+    uid = _user(c, c.query["user"]).id if c.query.get("user") else None
     keys = [k for _, k in sorted(_state(c).keys.items()) if uid is None or k.user_id == uid]
     return {"preAuthKeys": [_key(c, k) for k in keys]}
 
 
 async def create_preauthkey(c: Call) -> dict[str, Any]:
     st = _state(c)
-    uid = v.uint64(c.body.get("user"), "user", required=False)
-    user = st.user(uid) if uid else None
+    user = _user(c, c.body["user"]) if c.body.get("user") else None
     expiration = v.timestamp(c.body.get("expiration"), "expiration")
     tags = v.string_list(c.body.get("aclTags"), "aclTags")
     if tags and user is not None and not c.server.engine.tags_permitted(
