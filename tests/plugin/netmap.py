@@ -125,6 +125,8 @@ def _peer_view(p: dict[str, Any], now: datetime) -> dict[str, Any]:
     out.pop("Expired", None)
     out.pop("DERP", None)  # legacy spelling of HomeDERP; upgradeNode folds it in
     expiry = parse_gotime(out.get("KeyExpiry"))
+    if expiry is None:
+        out.pop("KeyExpiry", None)  # Go's zero time: the same as absent (never expires)
     if expiry is not None and expiry <= now:
         out["Expired"] = True
     return out
