@@ -251,6 +251,12 @@ def create_admin_app(server: AdminServer) -> Quart:
         key = st.expire_key(str(body.get("key", "")))
         return _json(key_view(key, st.users.get(key.user_id) if key.user_id else None))
 
+    @app.delete("/v1/preauthkeys/<ref>")
+    async def delete_key(ref: str) -> Response:
+        st = state()
+        key = st.delete_key(ref)
+        return _json(key_view(key, st.users.get(key.user_id) if key.user_id else None))
+
     # -- nodes ---------------------------------------------------------------------------------
 
     def owner(n: Node) -> User | None:
@@ -296,8 +302,24 @@ def create_admin_app(server: AdminServer) -> Quart:
 
     @app.post("/v1/nodes/<ref>/expire")
     async def expire_node(ref: str) -> Response:
-        n = lifecycle().expire(node_id(ref), why="expired by an admin")
+        body = await _body()
+        when = None
+        if body.get("expiry"):
+            when = tailcfg.parse_gotime(body["expiry"])
+            if when is None:
+                raise MeshscaleError("'expiry' must be an RFC 3339 time, e.g. "
+                                     "2025-08-27T10:00:00Z")
+        why = "expired by an admin" if when is None else f"expiry set by an admin to {when}"
+        n = lifecycle().expire(node_id(ref), when, why=why)
         return _json(node_view(n, owner(n)))
+
+    @app.post("/v1/nodes/<ref>/tags")
+    async def set_tags(ref: str) -> Response:
+        body = await _body()
+        tags = body.get("tags")
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise MeshscaleError("'tags' must be a list of tags")
+        return _json(view(lifecycle().set_tags(node_id(ref), tags)))
 
     @app.post("/v1/nodes/<ref>/rename")
     async def rename_node(ref: str) -> Response:

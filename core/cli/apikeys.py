@@ -1,12 +1,12 @@
-"""``meshscale apikeys create|list|expire|delete``: keys for /api/v1 (headscale's CLI shape)."""
+"""``meshscale apikeys create|list|expire|delete``: keys for /api/v1 (headscale's command tree:
+``apikeys`` / ``apikey`` / ``api``, ``-i/--id`` or ``-p/--prefix``)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
-from meshscale.cli.client import AdminClient
+from meshscale.cli.common import Out, add, client
 from meshscale.config import parse_duration
 from meshscale.errors import MeshscaleError
 
@@ -14,40 +14,50 @@ COLUMNS = [("ID", "id"), ("Prefix", "prefix"), ("Expiration", "expiration"),
            ("Created", "createdAt"), ("Last seen", "lastSeen")]
 
 
-def register(sub: Any, common: argparse.ArgumentParser,
-             client: Callable[[argparse.Namespace], AdminClient]) -> None:
-    """Add the ``apikeys`` command group to the top-level subparsers ``sub``."""
-
-    def run(args: argparse.Namespace) -> Any:
-        return command(client(args), args)
-
-    keys = sub.add_parser("apikeys", aliases=["apikey"], parents=[common],
-                          help="manage API keys (for /api/v1 and remote CLIs)")
-    ks = keys.add_subparsers(dest="action", required=True)
-    c = ks.add_parser("create", parents=[common], help="make a key and print it (shown once)")
-    c.add_argument("-e", "--expiration", default="90d", help="e.g. 30d, 12h; 0 = never")
-    ks.add_parser("list", aliases=["ls"], parents=[common])
-    for name in ("expire", "delete"):
-        x = ks.add_parser(name, parents=[common])
-        x.add_argument("-p", "--prefix", dest="prefix_opt", default=None)
-        x.add_argument("prefix", nargs="?", default=None, help="the key's prefix or id")
-    keys.set_defaults(fn=run)
+def _prefix(args: argparse.Namespace, keys: list[dict[str, Any]] | None) -> str:
+    if args.prefix_opt or args.prefix:
+        return str(args.prefix_opt or args.prefix)
+    if args.id is not None and keys is not None:
+        for k in keys:
+            if str(k["id"]) == str(args.id):
+                return str(k["prefix"])
+        raise MeshscaleError(f"API key {args.id} not found")
+    raise MeshscaleError(f"apikeys {args.action}: give the key's --prefix PREFIX or --id ID")
 
 
-def command(c: AdminClient, args: argparse.Namespace) -> Any:
+def run(args: argparse.Namespace) -> Out:
+    c = client(args)
     if args.action == "create":
         seconds = float(parse_duration(args.expiration, "--expiration"))
         result = c.call("POST", "/v1/apikeys", {"expiration": seconds})
-        if args.output == "table":
-            return result["key"], []
-        return result, COLUMNS
-    if args.action in ("list", "ls"):
-        return c.call("GET", "/v1/apikeys"), COLUMNS
-    prefix = args.prefix_opt or args.prefix
-    if not prefix:
-        raise MeshscaleError(f"apikeys {args.action}: give the key's prefix (--prefix PREFIX)")
+        if args.output in ("table", ""):
+            return Out(result["key"])
+        return Out(result, "apikey", COLUMNS)
+    if args.action == "list":
+        return Out(c.call("GET", "/v1/apikeys"), "apikey", COLUMNS)
+    prefix = _prefix(args, c.call("GET", "/v1/apikeys") if args.id is not None else None)
     if args.action == "expire":
-        return c.call("POST", "/v1/apikeys/expire", {"prefix": prefix}), COLUMNS
+        return Out(c.call("POST", "/v1/apikeys/expire", {"prefix": prefix}), "apikey", COLUMNS)
     if args.action == "delete":
-        return c.call("POST", "/v1/apikeys/delete", {"prefix": prefix}), COLUMNS
+        return Out(c.call("POST", "/v1/apikeys/delete", {"prefix": prefix}), "apikey", COLUMNS)
     raise MeshscaleError(f"unknown action {args.action}")
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    keys = add(sub, "apikeys", "manage API keys (for /api/v1 and remote CLIs)", common,
+               aliases=["apikey", "api"])
+    ks = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = add(ks, "create", "make a key and print it (shown once)", common, aliases=["c", "new"])
+    c.add_argument("-e", "--expiration", default="90d",
+                   help="how long the key is valid: 30d, 12h; 0 = never")
+    add(ks, "list", "list API keys (by prefix)", common, aliases=["ls", "show"])
+    for name, about, aliases in (
+            ("expire", "expire a key now", ["revoke", "exp", "e"]),
+            ("delete", "delete a key", ["remove", "del"])):
+        x = add(ks, name, about, common, aliases=aliases)
+        x.add_argument("-p", "--prefix", dest="prefix_opt", default=None, help="the key's prefix")
+        x.add_argument("-i", "--id", default=None, help="the key's ID (apikeys list shows it)")
+        x.add_argument("prefix", nargs="?", default=None, help="or the prefix, positionally")
+    keys.set_defaults(fn=run, aliases={"c": "create", "new": "create", "ls": "list",
+                                       "show": "list", "revoke": "expire", "exp": "expire",
+                                       "e": "expire", "remove": "delete", "del": "delete"})

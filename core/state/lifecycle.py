@@ -150,6 +150,12 @@ class NodeLifecycle:
         self.node_event(NodeEventKind.UPDATED, node)
         return node
 
+    def set_tags(self, node_id: int, tags: Sequence[str]) -> Node:
+        node = self.state.set_tags(node_id, tags)
+        self.node_event(NodeEventKind.UPDATED, node)
+        self._audit(node, f"tags set to {', '.join(node.tags) or 'none'}")
+        return node
+
     def approve_routes(self, node_id: int, routes: Sequence[str]) -> Node:
         node = self.state.set_approved_routes(node_id, routes)
         self.node_event(NodeEventKind.UPDATED, node)

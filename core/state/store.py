@@ -233,6 +233,23 @@ class State(Accounts):
         self._emit_changed(others)
         return n2
 
+    def set_tags(self, node_id: int, tags: Sequence[str]) -> Node:
+        """Replace the node's tags (``nodes tag``, set by an admin, as headscale's forced tags)."""
+        n = self.node(node_id)
+        clean = tuple(sorted({t.strip() for t in tags if t.strip()}))
+        for tag in clean:
+            if not tag.startswith("tag:") or len(tag) <= 4:
+                raise MeshscaleError(f"invalid tag {tag!r}: tags look like tag:name")
+        if not clean and n.user_id is None:
+            raise MeshscaleError(f"node {n.given_name!r} has no user: it needs at least one tag")
+        n2 = replace(n, tags=clean)
+        self._write([PutNode(n2)])
+        self._replace(n, n2)
+        others = self._sync_node(n2)
+        self._emit(NodeChanged(n2.id))
+        self._emit_changed(others)
+        return n2
+
     def expire_node(self, node_id: int, when: datetime | None = None) -> Node:
         n = self.node(node_id)
         n2 = replace(n, expiry=when or utcnow())

@@ -44,7 +44,7 @@ async def test_lifecycle_lines_in_json(tmp_path: Path) -> None:
         await b.register(None, Expiry="1970-01-01T00:02:03Z")  # logout
         await join("c")
         cli("nodes", "expire", "-i", "3")
-        cli("nodes", "delete", "-i", "3")
+        cli("nodes", "delete", "--force", "-i", "3")
         await asyncio.sleep(2)  # a's key expires on the server's schedule
     finally:
         rc, log = server.stop()

@@ -137,7 +137,7 @@ class MeshscaleProcess:
         return out.stdout.strip()
 
     def nodes(self) -> dict[str, dict[str, Any]]:
-        return {n["givenName"]: n for n in self.cli("nodes", "list", "-o", "json")}
+        return {n["given_name"]: n for n in self.cli("nodes", "list", "-o", "json")}
 
     def sessions(self) -> dict[int, dict[str, Any]]:
         from meshscale.cli.client import AdminClient

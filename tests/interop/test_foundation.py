@@ -54,7 +54,7 @@ def test_two_real_nodes_join_see_each_other_survive_restart_and_delete(
         # web starts with caddy; its stream is open before probe exists.
         web = wait_for(lambda: server.nodes().get("web", {}).get("online") and
                        server.nodes()["web"], 30, "web online")
-        assert web["ipAddresses"] == ["100.64.0.1", "fd7a:115c:a1e0::1"]
+        assert web["ip_addresses"] == ["100.64.0.1", "fd7a:115c:a1e0::1"]
         assert web["user"]["name"] == "alice"
         web_id = web["id"]
         wait_for(lambda: web_id in server.sessions(), 10, "web's map stream")
@@ -65,7 +65,7 @@ def test_two_real_nodes_join_see_each_other_survive_restart_and_delete(
         assert wait_for(lambda: "hello from web" in fetch(url), 60,
                         "HTTP through the tailnet") is True
         nodes = server.nodes()
-        assert nodes["probe"]["ipAddresses"] == ["100.64.0.2", "fd7a:115c:a1e0::2"]
+        assert nodes["probe"]["ip_addresses"] == ["100.64.0.2", "fd7a:115c:a1e0::2"]
         assert nodes["probe"]["online"] and nodes["web"]["online"]
         # web learned of probe on its open stream: one full map, then deltas.
         sent = server.sessions()[web_id]["sent"]
@@ -79,8 +79,8 @@ def test_two_real_nodes_join_see_each_other_survive_restart_and_delete(
             lambda: all(n["online"] for n in server.nodes().values()) and server.nodes(),
             90, "both nodes online after restart",
         )
-        assert {k: v["ipAddresses"] for k, v in after.items()} == {
-            k: v["ipAddresses"] for k, v in nodes.items()
+        assert {k: v["ip_addresses"] for k, v in after.items()} == {
+            k: v["ip_addresses"] for k, v in nodes.items()
         }
         assert {k: v["id"] for k, v in after.items()} == {k: v["id"] for k, v in nodes.items()}
         assert wait_for(lambda: "hello from web" in fetch(url), 60,
@@ -88,7 +88,7 @@ def test_two_real_nodes_join_see_each_other_survive_restart_and_delete(
 
         # Delete probe: web drops it from its map (PeersRemoved), so probe can no longer reach it.
         probe_id = after["probe"]["id"]
-        server.cli("nodes", "delete", "-i", str(probe_id))
+        server.cli("nodes", "delete", "--force", "-i", str(probe_id))
         assert "probe" not in server.nodes()
         wait_for(lambda: "hello from web" not in fetch(url), 45,
                  "probe cut off after deletion")

@@ -83,7 +83,7 @@ def test_metrics_follow_real_clients_joining_and_leaving(tmp_path: Path) -> None
 
         # Delete probe: one node left, web is told (another delta).
         probe_id = server.nodes()["probe"]["id"]
-        server.cli("nodes", "delete", "-i", str(probe_id))
+        server.cli("nodes", "delete", "--force", "-i", str(probe_id))
         s = wait_for(lambda: metric(scrape(), "meshscale_nodes") == 1 and scrape(), 15,
                      "probe gone from /metrics")
         assert metric(s, "meshscale_node_events_total", kind="deleted") == 1

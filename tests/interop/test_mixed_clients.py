@@ -63,7 +63,7 @@ def test_three_client_versions_reach_each_other(tmp_path: Path,
                             60, "tsnet v1.90.9 -> tailscaled by MagicDNS name") is True
 
             # The v1.86 forwarder reaches the same service on laptop's tailnet address.
-            laptop_ip = server.nodes()["laptop"]["ipAddresses"][0]
+            laptop_ip = server.nodes()["laptop"]["ip_addresses"][0]
             fwd = ForwarderProcess(tmp_path, forwarder_binary(), control_url=server.url,
                                    auth_key=key, hostname="fwd", remote_host=laptop_ip,
                                    remote_port=port)
@@ -77,10 +77,10 @@ def test_three_client_versions_reach_each_other(tmp_path: Path,
             peers = laptop.peers()
             assert {"web", "probe", "fwd"} <= set(peers), sorted(peers)
             for name in ("web", "fwd"):
-                assert peers[name]["TailscaleIPs"] == listed[name]["ipAddresses"]
+                assert peers[name]["TailscaleIPs"] == listed[name]["ip_addresses"]
                 assert f"pong from {name} " in laptop.cli("ping", "--until-direct=false", "-c", "2",
                                                           name).stdout
-            web_ip = listed["web"]["ipAddresses"][0]
+            web_ip = listed["web"]["ip_addresses"][0]
             assert answers(dns_query(laptop, f"web.{BASE_DOMAIN}")) == [web_ip]
             assert '"IPNVersion":"1.86.' in fwd.log_text()
 

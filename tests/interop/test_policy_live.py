@@ -70,7 +70,7 @@ def until(check: Any, timeout: float) -> float:
 def known_peers(server: MeshscaleProcess, name: str) -> set[str]:
     """Names of the peers the server has put into ``name``'s map (on its open stream)."""
     nodes = server.nodes()
-    names = {n["id"]: n["givenName"] for n in nodes.values()}
+    names = {n["id"]: n["given_name"] for n in nodes.values()}
     known = server.sessions()[nodes[name]["id"]]["known"]
     return set(names.values()) - {name} if known is None else {names[i] for i in known}
 
@@ -103,7 +103,7 @@ def test_live_policy_changes_reach_real_clients_without_reconnecting(tmp_path: P
             if name == "alice":
                 caddy.start()
                 wait_for(lambda: server.nodes().get("web", {}).get("online"), 30, "web online")
-                assert server.nodes()["web"]["ipAddresses"][0] == "100.64.0.1"
+                assert server.nodes()["web"]["ip_addresses"][0] == "100.64.0.1"
             else:
                 caddy.start()
         via_alice = f"http://127.0.0.1:{aport}/"

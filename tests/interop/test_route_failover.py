@@ -44,7 +44,7 @@ def test_subnet_route_fails_over_to_the_online_router(
     up_all([r2], server.url, authkey(server))
     for r in (r1, r2):
         r.cli("set", f"--advertise-routes={ROUTE}")
-    wait_for(lambda: all(server.nodes()[n]["availableRoutes"] == [ROUTE] for n in ("r1", "r2")),
+    wait_for(lambda: all(server.nodes()[n]["available_routes"] == [ROUTE] for n in ("r1", "r2")),
              30, "both routers' advertised route in meshscale")
     ids = {name: n["id"] for name, n in server.nodes().items()}
     assert ids["r1"] < ids["r2"]

@@ -81,10 +81,10 @@ def test_join_with_preauth_key_and_status_matches_meshscale(
         mine, theirs = listed[me.name], listed[other.name]
         self_ = st["Self"]
         # The client's view of itself is meshscale's record of it.
-        assert self_["TailscaleIPs"] == mine["ipAddresses"]
+        assert self_["TailscaleIPs"] == mine["ip_addresses"]
         assert self_["PublicKey"] == mine["nodeKey"]
         assert self_["HostName"] == me.name
-        assert self_["DNSName"] == f"{mine['givenName']}.{BASE_DOMAIN}."
+        assert self_["DNSName"] == f"{mine['given_name']}.{BASE_DOMAIN}."
         assert self_["Online"] is True
         assert st["CurrentTailnet"]["MagicDNSSuffix"] == BASE_DOMAIN
         assert st["User"][str(self_["UserID"])]["LoginName"].split("@")[0] == "alice"
@@ -92,14 +92,14 @@ def test_join_with_preauth_key_and_status_matches_meshscale(
         peers = {p["HostName"]: p for p in st["Peer"].values()}
         assert set(peers) == {other.name}
         peer = peers[other.name]
-        assert peer["TailscaleIPs"] == theirs["ipAddresses"]
+        assert peer["TailscaleIPs"] == theirs["ip_addresses"]
         assert peer["PublicKey"] == theirs["nodeKey"]
-        assert peer["DNSName"] == f"{theirs['givenName']}.{BASE_DOMAIN}."
+        assert peer["DNSName"] == f"{theirs['given_name']}.{BASE_DOMAIN}."
         assert peer["UserID"] == self_["UserID"]
         assert peer["Online"] is True
 
     # `tailscale ip` prints the addresses meshscale assigned.
-    assert a.cli("ip").stdout.split() == listed["alpha"]["ipAddresses"]
+    assert a.cli("ip").stdout.split() == listed["alpha"]["ip_addresses"]
 
     # beta's daemon stops (no logout): meshscale marks it offline and tells alpha, whose status
     # says the same.
@@ -121,13 +121,13 @@ def test_join_with_preauth_key_and_status_matches_meshscale(
     server.start()
     wait_for(lambda: all(n["online"] for n in server.nodes().values()), 60,
              "both nodes back online after a server restart")
-    assert {k: v["ipAddresses"] for k, v in server.nodes().items()} == {
-        k: v["ipAddresses"] for k, v in listed.items()}
+    assert {k: v["ip_addresses"] for k, v in server.nodes().items()} == {
+        k: v["ip_addresses"] for k, v in listed.items()}
     wait_for(lambda: a.peers()["beta"]["Online"] is True, 30, "beta online for alpha again")
     assert "pong from beta" in a.cli("ping", "--until-direct=false", "-c", "2", "beta").stdout
 
     # Deleted in meshscale: alpha drops it from its netmap.
-    server.cli("nodes", "delete", "-i", str(listed["beta"]["id"]))
+    server.cli("nodes", "delete", "--force", "-i", str(listed["beta"]["id"]))
     wait_for(lambda: "beta" not in a.peers(), 30, "beta gone from alpha's status")
 
 
@@ -139,7 +139,7 @@ def test_ping_direct_and_through_meshscale_derp(server: MeshscaleProcess, tailsc
     start_all([a, b, c])
     up_all([a, b, c], server.url, authkey(server, "--reusable"))
     listed = server.nodes()
-    b_ip, c_ip = listed["beta"]["ipAddresses"][0], listed["gamma"]["ipAddresses"][0]
+    b_ip, c_ip = listed["beta"]["ip_addresses"][0], listed["gamma"]["ip_addresses"][0]
 
     # Direct: `tailscale ping` stops at the first pong over a direct path, and names it: beta's
     # own UDP port (--port), on an address of this namespace.
@@ -168,13 +168,13 @@ def test_magicdns_names_through_the_clients_resolver(server: MeshscaleProcess,
                                                      tailscaled: Make) -> None:
     a, b = join(server, tailscaled, "alpha", "beta")
     listed = server.nodes()
-    v4 = listed["beta"]["ipAddresses"][0]
+    v4 = listed["beta"]["ip_addresses"][0]
 
     # The client's resolver answers MagicDNS names from the netmap meshscale sent.
     assert answers(dns_query(a, f"beta.{BASE_DOMAIN}")) == [v4]
     # (AAAA answers for peers need the node attribute "magicdns-aaaa", which, as in Tailscale's
     # control plane, only a policy's nodeAttrs gives: test_tailscaled_nodeattrs.py.)
-    assert answers(dns_query(b, f"alpha.{BASE_DOMAIN}")) == [listed["alpha"]["ipAddresses"][0]]
+    assert answers(dns_query(b, f"alpha.{BASE_DOMAIN}")) == [listed["alpha"]["ip_addresses"][0]]
     missing = dns_query(a, f"nosuchnode.{BASE_DOMAIN}")
     assert missing["ResponseCode"] == "RCodeNameError" and not missing.get("Answers"), missing
 
@@ -214,9 +214,9 @@ def test_subnet_route_and_exit_node(server: MeshscaleProcess, tailscaled: Make) 
     router.cli("set", "--advertise-routes=10.99.0.0/24")
     exit_.cli("set", "--advertise-exit-node")
     ids = {name: n["id"] for name, n in server.nodes().items()}
-    wait_for(lambda: server.nodes()["router"]["availableRoutes"] == ["10.99.0.0/24"], 30,
+    wait_for(lambda: server.nodes()["router"]["available_routes"] == ["10.99.0.0/24"], 30,
              "router's advertised route in meshscale")
-    wait_for(lambda: sorted(server.nodes()["exit"]["availableRoutes"]) == ["0.0.0.0/0", "::/0"],
+    wait_for(lambda: sorted(server.nodes()["exit"]["available_routes"]) == ["0.0.0.0/0", "::/0"],
              30, "exit's advertised exit routes in meshscale")
     # Advertised is not approved: nothing is offered to laptop yet.
     peers = laptop.peers()
@@ -228,7 +228,7 @@ def test_subnet_route_and_exit_node(server: MeshscaleProcess, tailscaled: Make) 
              "the approved subnet route in laptop's status")
     wait_for(lambda: laptop.peers()["exit"]["ExitNodeOption"], 30,
              "exit offered as an exit node to laptop")
-    exit_ip = server.nodes()["exit"]["ipAddresses"][0]
+    exit_ip = server.nodes()["exit"]["ip_addresses"][0]
     assert exit_ip in laptop.cli("exit-node", "list").stdout
 
     body = os.urandom(1 << 20)
@@ -284,7 +284,7 @@ def cut_off(server: MeshscaleProcess, tailscaled: Make) -> tuple[Tailscaled, ...
     listed = server.nodes()
     for name in ("beta", "gamma"):
         assert "pong from" in a.cli("ping", "--until-direct=false", "-c", "2",
-                                    listed[name]["ipAddresses"][0]).stdout
+                                    listed[name]["ip_addresses"][0]).stdout
     b.cli("logout")
     server.cli("nodes", "expire", "-i", str(listed["gamma"]["id"]))
     # meshscale: both expired (a logout expires the node, as Tailscale's control plane does).
@@ -298,7 +298,7 @@ def cut_off(server: MeshscaleProcess, tailscaled: Make) -> tuple[Tailscaled, ...
 def test_logout_and_expiry_cut_the_node_off(server: MeshscaleProcess, tailscaled: Make) -> None:
     a, b, c = cut_off(server, tailscaled)
     listed = server.nodes()
-    ip = {name: n["ipAddresses"][0] for name, n in listed.items()}
+    ip = {name: n["ip_addresses"][0] for name, n in listed.items()}
     # alpha no longer offers them a path: pings go unanswered, both ways.
     for name in ("beta", "gamma"):
         wait_for(partial(unreachable, a, ip[name]), 30, f"{name} cut off from alpha")
@@ -321,5 +321,5 @@ def test_expired_node_gets_no_peers_and_its_updates_are_refused(
     c.cli("set", "--advertise-routes=10.99.0.0/24")
     deadline = time.monotonic() + 5  # a live node's update arrives well within this
     while time.monotonic() < deadline:
-        assert server.nodes()["gamma"]["availableRoutes"] == [], "expired gamma updated its routes"
+        assert server.nodes()["gamma"]["available_routes"] == [], "expired gamma updated its routes"
         time.sleep(0.5)

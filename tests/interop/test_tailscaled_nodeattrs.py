@@ -43,7 +43,7 @@ def test_magicdns_aaaa_only_with_the_node_attribute(
         start_all([a, b])
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda n: n.up(server.url, key["key"]), [a, b]))
-        v4, v6 = server.nodes()["beta"]["ipAddresses"]
+        v4, v6 = server.nodes()["beta"]["ip_addresses"]
         name = f"beta.{BASE_DOMAIN}"
         wait_for(lambda: answers(dns_query(a, name)) == [v4], 30, "beta's A record on alpha")
 

@@ -58,7 +58,7 @@ def test_live_policy_changes_reach_tailscaled(tmp_path: Path,
         with ThreadPoolExecutor(3) as pool:
             list(pool.map(lambda nk: nk[0].up(server.url, nk[1]["key"]),
                           [(web, akey), (aprobe, akey), (mprobe, mkey)]))
-        web_ip = server.nodes()["web"]["ipAddresses"][0]
+        web_ip = server.nodes()["web"]["ip_addresses"][0]
 
         with http_service("127.0.0.1", b"hello from web") as port:
             url = f"http://{web_ip}:{port}/"

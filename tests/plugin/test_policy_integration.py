@@ -469,4 +469,4 @@ async def test_approve_routes_through_the_admin_api_and_cli_parser(dbserver: Ser
     bad = await client.post(f"/v1/nodes/{rid}/approve_routes", json={"routes": ["nope"]})
     assert bad.status_code == 400 and "invalid route 'nope'" in (await bad.get_json())["error"]
     args = build_parser().parse_args(["nodes", "approve-routes", "-i", "3", "-r", "10.0.0.0/8,"])
-    assert (args.action, args.identifier, args.routes) == ("approve-routes", "3", "10.0.0.0/8,")
+    assert (args.action, args.identifier, args.routes) == ("approve-routes", "3", ["10.0.0.0/8,"])

@@ -28,7 +28,6 @@ LONG_MODULES: dict[str, str] = {
     "Tailscale's wording; its helpers are shared by all sections",
     "meshscale.server": "the composition root: start-up order, policy install and shutdown "
     "are one sequence best read top to bottom",
-    "meshscale.cli.main": "argparse wiring of every CLI command: declarations, no logic",
     "meshscale.bench.scenarios": "the benchmark scenarios, each a short independent function "
     "sharing the fleet set-up",
     "meshscale.plugins.derp.relay": "the sans-IO DERP relay state machine; its frame handlers "

@@ -1,0 +1,192 @@
+"""headscale's command lines (its latest release's command tree: names, aliases, flags) run
+against a real ``meshscale serve`` and print the fields headscale's ``-o json | json-line |
+yaml`` prints, with the same value types (ids as numbers, times as {seconds, nanos},
+register_method as the enum's number). Errors under ``-o json`` are JSON; destructive commands
+ask first unless ``--force``; every command and flag has a description in ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshscale.cli.main import build_parser
+from meshscale.simclient import SimNode
+from tests.cli.serverproc import Serve, meshscale, write_config
+
+# headscale's proto field names (gen/go/headscale/v1/*.pb.go json tags) and value types.
+TIME = dict  # google.protobuf.Timestamp: {"seconds": int, "nanos": int}
+TIMES = {"createdat", "lastseen", "expiry", "expiration"}
+USER = {"id": int, "name": str, "created_at": TIME, "display_name": str, "email": str,
+        "provider_id": str, "provider": str, "profile_pic_url": str}
+NODE = {"id": int, "machine_key": str, "node_key": str, "disco_key": str, "ip_addresses": list,
+        "name": str, "user": dict, "last_seen": (TIME, type(None)),
+        "expiry": (TIME, type(None)), "created_at": TIME, "register_method": int,
+        "given_name": str, "online": bool, "approved_routes": list, "available_routes": list,
+        "subnet_routes": list, "tags": list}
+KEY = {"user": dict, "id": int, "key": str, "reusable": bool, "ephemeral": bool, "used": bool,
+       "expiration": (TIME, type(None)), "created_at": TIME, "acl_tags": list}
+
+
+class Env:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        result = meshscale("-c", str(self.config), *args)
+        return result.returncode, result.stdout, result.stderr
+
+    def json(self, *args: str) -> Any:
+        rc, out, err = self.run(*args)
+        assert rc == 0, err
+        if "yaml" in args:
+            return yaml.safe_load(out)
+        if "json-line" in args:
+            assert out.count("\n") == 1  # one line
+        return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    workdir = tmp_path_factory.mktemp("hscli")
+    config = write_config(workdir)
+    port = int(yaml.safe_load(config.read_text())["listen_addr"].rpartition(":")[2])
+    server = Serve(config)
+    e = Env(config)
+    try:
+        e.json("users", "create", "alice", "-e", "alice@example.com", "-o", "json")
+        e.json("user", "new", "bob", "-d", "Bob", "-o", "json")
+        key = e.json("preauthkeys", "create", "-u", "alice", "--reusable", "-o", "json")["key"]
+        e.json("authkey", "c", "-u", "bob", "-o", "json")
+        e.json("pre", "new", "-u", "bob", "-o", "json")
+
+        async def join() -> None:
+            node = SimNode("laptop")
+            await node.conn.connect("127.0.0.1", port)
+            assert (await node.register(key)).get("MachineAuthorized") is True
+            await node.conn.close()
+
+        asyncio.run(join())
+        yield e
+    finally:
+        rc, log = server.stop()
+        assert rc == 0, log
+
+
+def check_fields(item: dict[str, Any], fields: dict[str, Any]) -> None:
+    for name, kind in fields.items():
+        assert name in item, f"{name} missing from {sorted(item)}"
+        assert isinstance(item[name], kind), f"{name}: {item[name]!r}"
+        if name.replace("_", "") in TIMES and item[name] is not None:
+            assert set(item[name]) == {"seconds", "nanos"}
+            assert all(isinstance(v, int) for v in item[name].values())
+
+
+def yaml_names(fields: dict[str, Any]) -> dict[str, Any]:
+    """yaml.v3 names headscale's fields by the lower-cased Go name."""
+    return {k.replace("_", ""): v for k, v in fields.items()}
+
+
+# (command line, the fields every item printed must have, how many items)
+TABLE: list[tuple[list[str], dict[str, Any], int]] = [
+    (["users", "list", "-o", "json"], USER, 2),
+    (["user", "ls", "-o", "json-line"], USER, 2),
+    (["users", "show", "--name", "alice", "-o", "json"], USER, 1),
+    (["users", "list", "--email", "alice@example.com", "-o", "json"], USER, 1),
+    (["users", "list", "-i", "2", "-o", "json"], USER, 1),
+    (["users", "list", "-o", "yaml"], yaml_names(USER), 2),
+    (["nodes", "list", "-o", "json"], NODE, 1),
+    (["node", "ls", "-u", "alice", "-o", "json-line"], NODE, 1),
+    (["nodes", "show", "-o", "yaml"], yaml_names(NODE), 1),
+    (["nodes", "list-routes", "-o", "json"], NODE, 1),
+    (["nodes", "routes", "-i", "1", "-o", "json"], NODE, 1),
+    (["node", "lsr", "-o", "json"], NODE, 1),
+    (["preauthkeys", "list", "-o", "json"], KEY, 3),
+    (["preauthkey", "ls", "-u", "bob", "-o", "json"], KEY, 2),
+    (["authkey", "show", "-o", "yaml"], yaml_names(KEY), 3),
+    (["nodes", "tag", "-i", "1", "-t", "tag:web,tag:db", "-o", "json"], NODE, 1),
+    (["nodes", "approve-routes", "-i", "1", "-r", "10.0.0.0/8", "-o", "json"], NODE, 1),
+    (["nodes", "rename", "-i", "1", "laptop-2", "-o", "json"], NODE, 1),
+]
+
+
+@pytest.mark.parametrize(("argv", "fields", "count"), TABLE, ids=[" ".join(t[0]) for t in TABLE])
+def test_headscale_command_lines_print_headscale_fields(
+    env: Env, argv: list[str], fields: dict[str, Any], count: int,
+) -> None:
+    data = env.json(*argv)
+    items = data if isinstance(data, list) else [data]
+    assert len(items) == count
+    for item in items:
+        check_fields(item, fields)
+
+
+def test_values_are_what_headscale_prints(env: Env) -> None:
+    (node,) = env.json("nodes", "list", "-o", "json")
+    assert node["user"]["name"] == "alice" and node["register_method"] == 1  # AUTH_KEY
+    assert node["ip_addresses"] == ["100.64.0.1", "fd7a:115c:a1e0::1"]
+    assert node["machine_key"].startswith("mkey:") and node["node_key"].startswith("nodekey:")
+    tagged = env.json("nodes", "tags", "-i", "1", "-t", "tag:web", "-t", "tag:db", "-o", "json")
+    assert tagged["tags"] == ["tag:db", "tag:web"]
+    expired = env.json("nodes", "expire", "-i", "1", "-e", "2030-01-01T00:00:00Z", "-o", "json")
+    assert expired["expiry"] == {"seconds": 1893456000, "nanos": 0}
+    keys = env.json("preauthkeys", "list", "-o", "json")
+    assert [k["id"] for k in keys] == [1, 2, 3] and keys[0]["reusable"] is True
+    revoked = env.json("preauthkeys", "expire", "-i", "2", "-o", "json")
+    assert revoked["id"] == 2
+    gone = env.json("preauthkeys", "del", "-i", "3", "-o", "json")
+    assert gone["id"] == 3
+    assert [k["id"] for k in env.json("preauthkeys", "list", "-o", "json")] == [1, 2]
+
+
+def test_health_generate_dump_config_version(env: Env) -> None:
+    assert env.json("health", "-o", "json") == {"database_connectivity": True}
+    assert env.json("generate", "private-key", "-o", "json")["private_key"].startswith(
+        "privkey:")
+    rc, out, _ = env.run("gen", "private-key")
+    assert rc == 0 and len(out.strip()) == len("privkey:") + 64
+    dumped = env.json("dump-config", "-o", "json")
+    assert dumped["listen_addr"] and dumped["dns"]["nameservers"]["global"] == []
+    rc, out, _ = env.run("dumpConfig")
+    assert rc == 0 and "server_url:" in out
+    assert "version" in env.json("version", "-o", "json")
+
+
+def test_errors_as_json_and_confirmation(env: Env) -> None:
+    rc, out, err = env.run("nodes", "delete", "--force", "-i", "99", "-o", "json")
+    assert rc == 1 and out == ""
+    assert json.loads(err) == {"error": "node 99 not found"}
+    rc, _, err = env.run("nodes", "delete", "-i", "99", "-o", "json-line")
+    assert rc == 1 and err.count("\n") == 1 and "--force" in json.loads(err)["error"]
+    rc, _, err = env.run("users", "destroy", "--name", "bob")
+    assert rc == 1 and "add --force" in err
+    assert len(env.json("users", "list", "-o", "json")) == 2  # nothing was changed
+    rc, _, err = env.run("users", "destroy", "--name", "bob", "--force")
+    assert rc == 0, err
+    rc, _, err = env.run("nodes", "register", "-u", "alice", "-k", "abc", "-o", "json")
+    assert rc == 1 and "no login is waiting with auth id 'abc'" in json.loads(err)["error"]
+
+
+def _actions(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if name in helps:  # aliases share their command's parser
+                    assert helps[name], f"{path} {name}: no description"
+                    yield from _actions(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def test_every_command_and_flag_has_a_description() -> None:
+    seen = list(_actions(build_parser(), "meshscale"))
+    assert len(seen) > 50
+    missing = [f"{path} {a.option_strings or a.dest}" for path, a in seen if not a.help]
+    assert missing == []
