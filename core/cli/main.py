@@ -9,7 +9,18 @@ import sys
 from collections.abc import Sequence
 
 from meshscale.checks import explain
-from meshscale.cli import apikeys, auth, hsjson, nodes, policy, preauthkeys, serve, tools, users
+from meshscale.cli import (
+    apikeys,
+    auth,
+    hsjson,
+    imporths,
+    nodes,
+    policy,
+    preauthkeys,
+    serve,
+    tools,
+    users,
+)
 from meshscale.cli.common import MACHINE_FORMATS, Out, add, global_options, load
 from meshscale.cli.output import emit
 from meshscale.errors import ConfigError, MeshscaleError, config_problems
@@ -32,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(sub, "serve", "run the server", common).set_defaults(fn=cmd_serve)
     add(sub, "configtest", "check the config and everything serve checks, then exit",
         common).set_defaults(fn=cmd_configtest)
-    for group in (users, nodes, auth, preauthkeys, apikeys, policy, tools):
+    for group in (users, nodes, auth, preauthkeys, apikeys, policy, tools, imporths):
         group.register(sub, common)
     return p
 
