@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 from meshscale.cli.client import AdminClient
 from meshscale.cli.common import FORMATS, Out, load
-from meshscale.config import Config, PostgresConfig, build_config, read_yaml
+from meshscale.cli.hspg import open_postgres
+from meshscale.config import Config, build_config, read_yaml
 from meshscale.contributions import pick
 from meshscale.errors import ConfigError, MeshscaleError
 from meshscale.hsimport import Plan, Reader, read_plan
@@ -36,40 +37,17 @@ def _open_source(args: argparse.Namespace, hs: Config | None) -> tuple[Any, str,
     target = args.db
     if target is None and hs is not None:
         if hs.database.type == "postgres":
-            return _open_postgres(hs.database.postgres, None)
+            return open_postgres(hs.database.postgres, None)
         target = str(Path(hs.database.sqlite.path).expanduser())
     if target is None:
         raise MeshscaleError("import-headscale needs --config HEADSCALE_CONFIG or --db PATH|DSN")
     if target.startswith(("postgres://", "postgresql://")):
-        return _open_postgres(None, target)
+        return open_postgres(None, target)
     path = Path(target)
     if not path.is_file():
         raise MeshscaleError(f"headscale database {path} not found")
     conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
     return conn, "sqlite", f"SQLite database {path}"
-
-
-def _open_postgres(pg: PostgresConfig | None, dsn: str | None) -> tuple[Any, str, str]:
-    try:
-        import psycopg  # noqa: PLC0415 - the postgres extra, only when it is needed
-    except ImportError:
-        raise MeshscaleError("reading headscale's PostgreSQL database needs psycopg: "
-                             "pip install 'meshscale[postgres]'") from None
-    try:
-        if dsn is not None:
-            conn = psycopg.connect(dsn, connect_timeout=10)
-            where = "PostgreSQL database " + dsn.split("@")[-1]
-        else:
-            assert pg is not None
-            conn = psycopg.connect(host=pg.host, port=pg.port or 5432, dbname=pg.name,
-                                   user=pg.user, password=pg.password, sslmode=str(pg.ssl),
-                                   connect_timeout=10)
-            where = pg.describe()
-    except psycopg.Error as exc:
-        raise MeshscaleError(f"cannot open headscale's PostgreSQL database: "
-                             f"{str(exc).strip().splitlines()[0]}") from None
-    conn.read_only = True
-    return conn, "postgres", where
 
 
 def _noise_source(args: argparse.Namespace, hs: Config | None) -> Path | None:

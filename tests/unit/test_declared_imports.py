@@ -29,7 +29,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOADED_BY = {(ROOT / "core" / "testing.py"): {"pytest"}}
 # Core modules that serve one optional backend only, and may use its extra: the throw-away
 # PostgreSQL for tests and benchmarks of the postgres backend (which needs [postgres] anyway).
-EXTRA_OF_FILE = {(ROOT / "core" / "bench" / "pgserver.py"): "postgres"}
+EXTRA_OF_FILE = {(ROOT / "core" / "bench" / "pgserver.py"): "postgres",
+                 # import-headscale reading headscale's PostgreSQL database
+                 (ROOT / "core" / "cli" / "hspg.py"): "postgres"}
 
 
 def canonical(name: str) -> str:
