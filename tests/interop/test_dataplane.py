@@ -162,8 +162,8 @@ def direct_path_ports(log: str, peer: str) -> list[int]:
 def test_direct_udp_path_with_meshscale_stun(tmp_path: Path) -> None:
     with tailnet(tmp_path, {}) as net:
         nodes = net.server.nodes()
-        web, probe = short_node_key(nodes["web"]["nodeKey"]), short_node_key(
-            nodes["probe"]["nodeKey"])
+        web, probe = short_node_key(nodes["web"]["node_key"]), short_node_key(
+            nodes["probe"]["node_key"])
 
         # STUN: the clients' netcheck got UDP answers and their mapped address from region
         # 999's STUN port, i.e. meshscale's responder: nothing else answers inside the netns.
@@ -208,8 +208,8 @@ def test_always_derp_relays_every_packet(tmp_path: Path) -> None:
         assert metric(s, "meshscale_derp_received_packets_total") >= relayed_packets
 
         # The relay names the pair: packets from web's key to probe's and back.
-        web_hex = nodes["web"]["nodeKey"].removeprefix("nodekey:")
-        probe_hex = nodes["probe"]["nodeKey"].removeprefix("nodekey:")
+        web_hex = nodes["web"]["node_key"].removeprefix("nodekey:")
+        probe_hex = nodes["probe"]["node_key"].removeprefix("nodekey:")
         server_log = net.server.log.read_text(errors="replace")
         for src, dst in ((web_hex, probe_hex), (probe_hex, web_hex)):
             assert re.search(
@@ -222,7 +222,7 @@ def test_always_derp_relays_every_packet(tmp_path: Path) -> None:
         assert "now using 127.0.0.1" not in log
         assert [udp for udp, _ in netcheck_reports(log)] and all(
             udp == "false" for udp, _ in netcheck_reports(log))
-        web = short_node_key(nodes["web"]["nodeKey"])
+        web = short_node_key(nodes["web"]["node_key"])
         assert f"derp route for {web} set to derp-{REGION}" in log
 
 

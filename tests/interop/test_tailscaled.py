@@ -82,7 +82,7 @@ def test_join_with_preauth_key_and_status_matches_meshscale(
         self_ = st["Self"]
         # The client's view of itself is meshscale's record of it.
         assert self_["TailscaleIPs"] == mine["ip_addresses"]
-        assert self_["PublicKey"] == mine["nodeKey"]
+        assert self_["PublicKey"] == mine["node_key"]
         assert self_["HostName"] == me.name
         assert self_["DNSName"] == f"{mine['given_name']}.{BASE_DOMAIN}."
         assert self_["Online"] is True
@@ -93,7 +93,7 @@ def test_join_with_preauth_key_and_status_matches_meshscale(
         assert set(peers) == {other.name}
         peer = peers[other.name]
         assert peer["TailscaleIPs"] == theirs["ip_addresses"]
-        assert peer["PublicKey"] == theirs["nodeKey"]
+        assert peer["PublicKey"] == theirs["node_key"]
         assert peer["DNSName"] == f"{theirs['given_name']}.{BASE_DOMAIN}."
         assert peer["UserID"] == self_["UserID"]
         assert peer["Online"] is True
@@ -157,8 +157,8 @@ def test_ping_direct_and_through_meshscale_derp(server: MeshscaleProcess, tailsc
     assert pongs and set(pongs) == {"DERP(meshscale)"}, out
     peer = a.peers()["gamma"]
     assert peer["Relay"] == "meshscale" and peer["CurAddr"] == "", peer
-    a_hex = listed["alpha"]["nodeKey"].removeprefix("nodekey:")
-    c_hex = listed["gamma"]["nodeKey"].removeprefix("nodekey:")
+    a_hex = listed["alpha"]["node_key"].removeprefix("nodekey:")
+    c_hex = listed["gamma"]["node_key"].removeprefix("nodekey:")
     log = server.log.read_text(errors="replace")
     assert re.search(rf"derp: relaying packets from {c_hex[:16]} to <derp conn \d+ {a_hex[:8]} ",
                      log), "no relaying gamma -> alpha in the server log"
