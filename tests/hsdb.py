@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from meshscale.config import load_config
 from meshscale.pluginhost import PluginHost
@@ -27,41 +29,51 @@ def write_headscale_db(path: Path, version: str, users: list[User], nodes: list[
                        policy: str | None = None, bcrypt_keys: int = 1) -> None:
     db = sqlite3.connect(path)
     db.executescript((DATA / f"schema-{version}.sql").read_text())
+    write_rows(db, "?", gorm_time, version, users, nodes, policy, bcrypt_keys)
+    db.commit()
+    db.close()
+
+
+def write_rows(db: Any, ph: str, when: Callable[[datetime | None], object], version: str,
+               users: list[User], nodes: list[Node], policy: str | None = None,
+               bcrypt_keys: int = 1) -> None:
+    """Rows as headscale writes them; ``ph`` is the driver's placeholder, ``when`` its time."""
+
+    def put(sql: str, values: Sequence[object]) -> None:
+        db.execute(sql.replace("?", ph), values)
+
     old = version == "0.23"
     for u in users:
         if old:
-            db.execute("INSERT INTO users (id, name, created_at) VALUES (?, ?, ?)",
-                       (u.id, u.name, gorm_time(u.created_at)))
+            put("INSERT INTO users (id, name, created_at) VALUES (?, ?, ?)",
+                (u.id, u.name, when(u.created_at)))
         else:
-            db.execute("INSERT INTO users (id, name, display_name, email, provider_identifier, "
-                       "provider, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (u.id, u.name, u.display_name, u.email, u.provider_id or None,
-                        u.provider, gorm_time(u.created_at)))
+            put("INSERT INTO users (id, name, display_name, email, provider_identifier, "
+                "provider, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (u.id, u.name, u.display_name, u.email, u.provider_id or None, u.provider,
+                 when(u.created_at)))
     for i in range(bcrypt_keys):
-        db.execute("INSERT INTO pre_auth_keys (id, user_id, reusable, ephemeral, used) "
-                   "VALUES (?, ?, 1, 0, 1)", (i + 1, users[0].id if users else None))
+        put("INSERT INTO pre_auth_keys (id, user_id, reusable, ephemeral, used) "
+            "VALUES (?, ?, true, false, true)", (i + 1, users[0].id if users else None))
     for n in nodes:
         common = (n.id, "mkey:" + n.machine_key.hex(), "nodekey:" + n.node_key.hex(),
                   "discokey:" + n.disco_key.hex(), json.dumps(list(n.endpoints)),
                   json.dumps(n.hostinfo), n.ipv4, n.ipv6, n.hostname, n.given_name, n.user_id,
-                  n.register_method, json.dumps(list(n.tags)), gorm_time(n.last_seen),
-                  gorm_time(n.expiry), gorm_time(n.created_at))
+                  n.register_method, json.dumps(list(n.tags)), when(n.last_seen),
+                  when(n.expiry), when(n.created_at))
         cols = ("id, machine_key, node_key, disco_key, endpoints, host_info, ipv4, ipv6, "
                 "hostname, given_name, user_id, register_method, "
                 + ("forced_tags" if old else "tags") + ", last_seen, expiry, created_at")
         if old:
-            db.execute(f"INSERT INTO nodes ({cols}) VALUES ({', '.join('?' * 16)})", common)
+            put(f"INSERT INTO nodes ({cols}) VALUES ({', '.join('?' * 16)})", common)
             for prefix in n.approved_routes:
-                db.execute("INSERT INTO routes (node_id, prefix, advertised, enabled, "
-                           "is_primary) VALUES (?, ?, 1, 1, 0)", (n.id, prefix))
+                put("INSERT INTO routes (node_id, prefix, advertised, enabled, is_primary) "
+                    "VALUES (?, ?, true, true, false)", (n.id, prefix))
         else:
-            db.execute(f"INSERT INTO nodes ({cols}, approved_routes) "
-                       f"VALUES ({', '.join('?' * 17)})",
-                       (*common, json.dumps(list(n.approved_routes))))
+            put(f"INSERT INTO nodes ({cols}, approved_routes) VALUES ({', '.join('?' * 17)})",
+                (*common, json.dumps(list(n.approved_routes))))
     if policy is not None:
-        db.execute("INSERT INTO policies (data) VALUES (?)", (policy,))
-    db.commit()
-    db.close()
+        put("INSERT INTO policies (data) VALUES (?)", (policy,))
 
 
 def snapshot(config: Path) -> Snapshot:

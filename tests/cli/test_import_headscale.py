@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from meshscale.bench.pgserver import PgServer
 from meshscale.cli.main import main
 from meshscale.state.models import Node, User
-from tests.hsdb import VERSIONS, snapshot, write_headscale_db
+from tests.conftest import new_pg_database
+from tests.hsdb import DATA, VERSIONS, snapshot, write_headscale_db, write_rows
 
 NOISE = "privkey:" + "ab" * 32
 T0 = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -151,3 +153,40 @@ def test_from_headscale_config(setup: tuple[Path, Path, Path],
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert f"Noise key: {key} copied to {config.parent / 'data' / 'noise_private.key'}" in out
+
+
+def test_import_from_headscale_postgres(
+    setup: tuple[Path, Path, Path], pg_server: PgServer, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """headscale on PostgreSQL (0.29 schema): found through its config, read in a read-only
+    session, nothing changed there."""
+    import psycopg
+
+    config, _, key = setup
+    section = new_pg_database(pg_server)
+    pg = section["postgres"]
+    users, nodes = records()
+    with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], dbname=pg["name"],
+                         autocommit=True) as conn:
+        conn.execute((DATA / "schema-0.29-postgres.sql").read_text())
+        write_rows(conn, "%s", lambda t: t, "0.29", users, nodes, policy='{"acls": []}')
+        before = conn.execute("SELECT count(*), max(updated_at) FROM nodes").fetchone()
+    hs_config = config.parent / "hs" / "config.yaml"
+    stock = yaml.safe_load((DATA / "config-0.29.2.yaml").read_text())
+    stock["database"] = section
+    stock["noise"]["private_key_path"] = str(key)
+    hs_config.write_text(yaml.safe_dump(stock))
+    rc = main(["-c", str(config), "import-headscale", "--config", str(hs_config)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith(f"imported from PostgreSQL database {pg['name']!r} at {pg['host']}")
+    assert first.endswith("(headscale v0.29.2):")
+    snap = snapshot(config)
+    assert sorted(u.id for u in snap.users) == [1, 3]
+    got = {n.id: n for n in snap.nodes}
+    assert got[2].machine_key == nodes[0].machine_key and got[2].expiry == nodes[0].expiry
+    assert got[5].tags == ("tag:server",) and snap.policy == '{"acls": []}'
+    with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"],
+                         dbname=pg["name"]) as conn:
+        assert conn.execute("SELECT count(*), max(updated_at) FROM nodes").fetchone() == before
