@@ -313,6 +313,10 @@ def create_admin_app(server: AdminServer) -> Quart:
         n = lifecycle().expire(node_id(ref), when, why=why)
         return _json(node_view(n, owner(n)))
 
+    @app.post("/v1/nodes/backfillips")
+    async def backfill_ips() -> Response:
+        return _json({"changes": lifecycle().backfill_addresses()})
+
     @app.post("/v1/nodes/<ref>/tags")
     async def set_tags(ref: str) -> Response:
         body = await _body()

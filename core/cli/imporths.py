@@ -8,6 +8,7 @@ meshscale's, so nodes reconnect by themselves: they know the server by that key.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sqlite3
 from pathlib import Path
@@ -98,6 +99,23 @@ def _noise_plan(source: Path | None, target: Path) -> tuple[str, bool]:
     return f"Noise key: {source} copied to {target}", True
 
 
+def _address_warnings(config: Config, plan: Plan) -> list[str]:
+    """Addresses outside meshscale's prefixes: the node keeps them, but new nodes are given
+    addresses from the prefixes, and nodes missing a family get one by ``nodes backfillips``."""
+    nets = [ipaddress.ip_network(config.prefixes.v4), ipaddress.ip_network(config.prefixes.v6)]
+    out = []
+    for n in plan.nodes:
+        for addr in n.addresses:
+            if not any(ipaddress.ip_address(addr) in net for net in nets):
+                out.append(f"node {n.id} {n.given_name}: {addr} is outside prefixes "
+                           f"({', '.join(map(str, nets))}); set prefixes as headscale had them")
+        if not (n.ipv4 and n.ipv6):
+            out.append(f"node {n.id} {n.given_name}: has no "
+                       f"{'IPv6' if n.ipv4 else 'IPv4'} address; 'meshscale nodes backfillips' "
+                       "gives it one")
+    return out
+
+
 def cmd_import(args: argparse.Namespace) -> Out:
     config, host = load(args)
     hs = _headscale_config(args.headscale_config) if args.headscale_config else None
@@ -123,8 +141,9 @@ def cmd_import(args: argparse.Namespace) -> Out:
             fd = os.open(noise_target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(source.read_text().strip() + "\n")
+    warnings = _address_warnings(config, plan)
     summary = {"source": where, "dry_run": bool(args.dry_run), **plan.summary(),
-               "noise_key": noise_line}
+               "noise_key": noise_line, "warnings": warnings}
     if args.output not in ("table", ""):
         return Out(summary)
     verb = "would import" if args.dry_run else "imported"
@@ -137,6 +156,7 @@ def cmd_import(args: argparse.Namespace) -> Out:
                     and config.policy.mode != "database" else ""))
     lines.append(f"  {noise_line}")
     lines += [f"  not imported: {line}" for line in plan.left]
+    lines += [f"  warning: {line}" for line in warnings]
     if not args.dry_run:
         lines.append("Start meshscale with the same server_url as headscale had; nodes "
                      "reconnect by themselves.")

@@ -35,11 +35,13 @@ def register_node(args: argparse.Namespace, text: str) -> Out:
 def run(args: argparse.Namespace) -> Out:
     if args.action == "register":  # headscale's older spelling of ``auth register``
         return register_node(args, args.key)
-    if args.action == "backfillips":
-        raise MeshscaleError(
-            "nodes backfillips is not available in meshscale yet: every node gets an address "
-            "of each configured prefix when it registers")
     c = client(args)
+    if args.action == "backfillips":
+        confirm(args, "Assign IPs to nodes missing an IPv4 or IPv6 address?")
+        result = c.call("POST", "/v1/nodes/backfillips")
+        if args.output in ("table", ""):
+            return Out("\n".join(result["changes"]) or "no node was missing an address")
+        return Out(result)
     node = f"/v1/nodes/{args.identifier}" if getattr(args, "identifier", None) else ""
     if args.action == "list":
         path = "/v1/nodes" + (f"?user={args.user}" if args.user else "")
@@ -103,7 +105,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
             common)
     x.add_argument("-u", "--user", required=True, help="user name or ID")
     x.add_argument("-k", "--key", required=True, help="the auth ID from the node's AuthURL")
-    add(ns, "backfillips", "headscale's address backfill (not in meshscale yet)", common)
+    add(ns, "backfillips", "give nodes missing an IPv4 or IPv6 address one (asks first)",
+        common)
     nodes.set_defaults(fn=run, aliases={"ls": "list", "show": "list", "del": "delete",
                                         "logout": "expire", "exp": "expire", "e": "expire",
                                         "tags": "tag", "t": "tag", "lsr": "list-routes",

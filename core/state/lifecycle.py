@@ -150,6 +150,15 @@ class NodeLifecycle:
         self.node_event(NodeEventKind.UPDATED, node)
         return node
 
+    def backfill_addresses(self) -> list[str]:
+        """Addresses for nodes missing one; a line per address given."""
+        lines = []
+        for node, added in self.state.backfill_addresses():
+            self.node_event(NodeEventKind.UPDATED, node)
+            self._audit(node, f"address {', '.join(added)} backfilled")
+            lines += [f"node {node.id} {node.given_name}: added {a}" for a in added]
+        return lines
+
     def set_tags(self, node_id: int, tags: Sequence[str]) -> Node:
         node = self.state.set_tags(node_id, tags)
         self.node_event(NodeEventKind.UPDATED, node)

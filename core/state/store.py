@@ -233,6 +233,23 @@ class State(Accounts):
         self._emit_changed(others)
         return n2
 
+    def backfill_addresses(self) -> list[tuple[Node, list[str]]]:
+        """Give every node missing an IPv4 or IPv6 address one (``nodes backfillips``; nodes
+        imported from a headscale that had one family only). Returns each node changed with
+        the addresses it got."""
+        out = []
+        for n in self.nodes_sorted():
+            if n.ipv4 and n.ipv6:
+                continue
+            n2 = replace(n, ipv4=n.ipv4 or self.v4.allocate(), ipv6=n.ipv6 or self.v6.allocate())
+            self._write([PutNode(n2)])
+            self._replace(n, n2)
+            others = self._sync_node(n2)
+            self._emit(NodeChanged(n2.id))
+            self._emit_changed(others)
+            out.append((n2, [a for a in n2.addresses if a not in n.addresses]))
+        return out
+
     def set_tags(self, node_id: int, tags: Sequence[str]) -> Node:
         """Replace the node's tags (``nodes tag``, set by an admin, as headscale's forced tags)."""
         n = self.node(node_id)

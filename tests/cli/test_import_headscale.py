@@ -17,6 +17,7 @@ import yaml
 from meshscale.bench.pgserver import PgServer
 from meshscale.cli.main import main
 from meshscale.state.models import Node, User
+from tests.cli.serverproc import Serve, meshscale, write_config
 from tests.conftest import new_pg_database
 from tests.hsdb import DATA, VERSIONS, snapshot, write_headscale_db, write_rows
 
@@ -190,3 +191,31 @@ def test_import_from_headscale_postgres(
     with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"],
                          dbname=pg["name"]) as conn:
         assert conn.execute("SELECT count(*), max(updated_at) FROM nodes").fetchone() == before
+
+
+def test_backfillips_gives_an_imported_node_its_missing_address(
+    setup: tuple[Path, Path, Path],
+) -> None:
+    """srv came from a headscale with IPv4 only: after the import, ``nodes backfillips`` (as
+    headscale's) gives it an IPv6 address of meshscale's prefix, and only after a yes."""
+    config, db, key = setup
+    users, nodes = records()
+    write_headscale_db(db, "0.29", users, nodes)
+    served = write_config(config.parent / "hs", policy={"mode": "database"})
+    rc = main(["-c", str(served), "import-headscale", "--db", str(db), "--noise-key", str(key)])
+    assert rc == 0
+    server = Serve(served)
+    try:
+        refused = meshscale("-c", str(served), "nodes", "backfillips")
+        assert refused.returncode == 1 and "add --force" in refused.stderr
+        done = meshscale("-c", str(served), "nodes", "backfillips", "--force", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "changes": ["node 5 srv-1: added fd7a:115c:a1e0::2"]}
+        listed = meshscale("-c", str(served), "nodes", "list", "-o", "json")
+        addresses = {n["id"]: n["ip_addresses"] for n in json.loads(listed.stdout)}
+        assert addresses == {2: ["100.64.0.1", "fd7a:115c:a1e0::1"],
+                             5: ["100.64.0.7", "fd7a:115c:a1e0::2"]}
+    finally:
+        rc, log = server.stop()
+    assert rc == 0, log
