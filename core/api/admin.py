@@ -309,6 +309,9 @@ def create_admin_app(server: AdminServer) -> Quart:
             if when is None:
                 raise MeshscaleError("'expiry' must be an RFC 3339 time, e.g. "
                                      "2025-08-27T10:00:00Z")
+        if body.get("disable"):
+            n = lifecycle().never_expire(node_id(ref))
+            return _json(node_view(n, owner(n)))
         why = "expired by an admin" if when is None else f"expiry set by an admin to {when}"
         n = lifecycle().expire(node_id(ref), when, why=why)
         return _json(node_view(n, owner(n)))

@@ -50,7 +50,11 @@ def run(args: argparse.Namespace) -> Out:
         confirm(args, f"Delete the node {args.identifier}?")
         return Out(c.call("DELETE", node), "node", COLUMNS)
     if args.action == "expire":
-        body = {"expiry": args.expiry} if args.expiry else {}
+        if args.disable and args.expiry:
+            raise MeshscaleError("nodes expire takes --expiry or --disable, not both")
+        body: dict[str, Any] = {"expiry": args.expiry} if args.expiry else {}
+        if args.disable:
+            body["disable"] = True
         return Out(c.call("POST", f"{node}/expire", body), "node", COLUMNS)
     if args.action == "rename":
         return Out(c.call("POST", f"{node}/rename", {"newName": args.new_name}), "node",
@@ -85,6 +89,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     _node(x)
     x.add_argument("-e", "--expiry", default="",
                    help="when, in RFC 3339 (e.g. 2025-08-27T10:00:00Z); empty: now")
+    x.add_argument("-d", "--disable", action="store_true",
+                   help="the node's key never expires instead")
     x = add(ns, "rename", "change a node's MagicDNS name", common)
     _node(x)
     x.add_argument("new_name", metavar="NEW_NAME", help="the new name")

@@ -159,6 +159,13 @@ class NodeLifecycle:
             lines += [f"node {node.id} {node.given_name}: added {a}" for a in added]
         return lines
 
+    def never_expire(self, node_id: int) -> Node:
+        """The node's key no longer expires (headscale's ``nodes expire --disable``)."""
+        node = self.state.expire_node(node_id, never=True)
+        self.node_event(NodeEventKind.UPDATED, node)
+        self._audit(node, "key expiry disabled by an admin")
+        return node
+
     def set_tags(self, node_id: int, tags: Sequence[str]) -> Node:
         node = self.state.set_tags(node_id, tags)
         self.node_event(NodeEventKind.UPDATED, node)

@@ -267,9 +267,12 @@ class State(Accounts):
         self._emit_changed(others)
         return n2
 
-    def expire_node(self, node_id: int, when: datetime | None = None) -> Node:
+    def expire_node(self, node_id: int, when: datetime | None = None,
+                    never: bool = False) -> Node:
+        """Expire the node's key at ``when`` (default now), or ``never`` (``nodes expire
+        --disable``)."""
         n = self.node(node_id)
-        n2 = replace(n, expiry=when or utcnow())
+        n2 = replace(n, expiry=None if never else when or utcnow())
         self._write([PutNode(n2)])
         self._replace(n, n2)
         takers = self.routes.set_eligible(n2.id, n2.online and not n2.expired())

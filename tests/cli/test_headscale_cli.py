@@ -136,6 +136,8 @@ def test_values_are_what_headscale_prints(env: Env) -> None:
     assert tagged["tags"] == ["tag:db", "tag:web"]
     expired = env.json("nodes", "expire", "-i", "1", "-e", "2030-01-01T00:00:00Z", "-o", "json")
     assert expired["expiry"] == {"seconds": 1893456000, "nanos": 0}
+    never = env.json("node", "logout", "-i", "1", "--disable", "-o", "json")
+    assert never["expiry"] is None and never["expired"] is False
     keys = env.json("preauthkeys", "list", "-o", "json")
     assert [k["id"] for k in keys] == [1, 2, 3] and keys[0]["reusable"] is True
     revoked = env.json("preauthkeys", "expire", "-i", "2", "-o", "json")
