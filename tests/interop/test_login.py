@@ -107,7 +107,7 @@ def test_interactive_register_then_running_and_traffic(server: MeshscaleProcess,
         up.stop()
     assert b.status()["BackendState"] == "Running"
     node = server.nodes()["beta"]
-    assert node["user"]["name"] == "alice" and node["registerMethod"] == "cli"
+    assert node["user"]["name"] == "alice" and node["register_method"] == 2  # headscale: CLI
     # Used: the page and the id are gone.
     assert page(url)[0] == 404
     wait_for(lambda: "alpha" in b.peers(), 20, "beta to see alpha")
