@@ -8,8 +8,8 @@ columns added with OIDC) are handled by what is there rather than by a version n
 What carries over: users (with their OIDC identity), nodes (machine, node and disco keys,
 addresses, hostname and given name, tags, approved routes, expiry, last seen, creation time,
 how they registered), the policy stored in the database. What does not, yet: pre-auth keys and
-API keys (headscale keeps bcrypt hashes of their secrets; meshscale checks SHA-256 ones and has
-no API keys), which are counted and named in the plan.
+API keys (headscale keeps bcrypt hashes of their secrets; meshscale checks SHA-256 ones), which
+are counted and named in the plan.
 """
 
 from __future__ import annotations
@@ -239,7 +239,9 @@ def read_plan(reader: Reader) -> Plan:
                          "(registered nodes do not need them)")
     api_keys = reader.rows("api_keys")
     if api_keys:
-        plan.left.append(f"{len(api_keys)} API key(s): meshscale has no API keys yet")
+        plan.left.append(f"{len(api_keys)} API key(s): headscale keeps bcrypt hashes of their "
+                         "secrets, which meshscale cannot check; create new ones "
+                         "(meshscale apikeys create)")
     policies = reader.rows("policies")
     if policies and policies[-1].get("data"):
         plan.policy = str(policies[-1]["data"])
