@@ -477,13 +477,19 @@ class Server:
 
     # -- run and stop ----------------------------------------------------------------------------
 
-    async def serve_forever(self) -> None:
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM stop the server, SIGHUP reloads. Installed before the banner is
+        printed: whoever reads the banner may signal at once, and the default action would
+        kill the process without stopping it cleanly."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stopped.set)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    async def serve_forever(self) -> None:
+        self.install_signal_handlers()
         await self._stopped.wait()
 
     def request_stop(self) -> None:

@@ -48,6 +48,7 @@ def serve(config: Config, host: PluginHost, config_arg: str | None) -> int:
         server = Server(config, host)
         try:
             await server.start()
+            server.install_signal_handlers()
             print(banner(config, server.main_port, str(server.admin_socket_path),
                          config.plugins, config_arg), flush=True)
             await server.serve_forever()

@@ -26,7 +26,10 @@ from meshscale.plugins.policy.addrset import AddrSet
 from meshscale.plugins.policy.engine import TailscalePolicyEngine
 from meshscale.policytool import compile_topology
 
-CORPUS = Path(os.environ.get("MESHSCALE_POLICY_CORPUS", "/work/shared/conformance/policy"))
+# shared/ lies beside the checkout (as CI lays it); /work/shared is where sessions find it.
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "policy"
+CORPUS = Path(os.environ.get("MESHSCALE_POLICY_CORPUS")
+              or (_BESIDE if _BESIDE.is_dir() else "/work/shared/conformance/policy"))
 DATA = Path(__file__).parent / "data"
 HOSTED_CAPS = frozenset(
     {
