@@ -33,3 +33,15 @@ async def next_with(stream: MapStream, field: str, timeout: float = 5.0) -> dict
         assert "Peers" not in msg, f"got a full map instead of a delta: {list(msg)}"
         if field in msg:
             return msg
+
+
+async def quiet(stream: MapStream, wait: float = 0.3) -> list[dict[str, Any]]:
+    """What arrives on ``stream`` until it is quiet for ``wait`` seconds."""
+    got = []
+    while True:
+        try:
+            msg = await stream.next(timeout=wait)
+        except TimeoutError:
+            return got
+        assert msg is not None
+        got.append(msg)

@@ -18,7 +18,7 @@ from meshscale.pluginhost import PluginHost
 from meshscale.server import Server
 from meshscale.simclient import SimNode
 from meshscale.testing import make_config
-from tests.plugin.simnodes import join
+from tests.plugin.simnodes import join, quiet
 from tests.plugin.test_bad_input import dump, still_serving, unchanged
 
 pytestmark = pytest.mark.asyncio
@@ -40,16 +40,6 @@ async def pair(server: Server) -> tuple[SimNode, SimNode, Any]:
     return attacker, victim, stream
 
 
-async def quiet(stream: Any, wait: float = 0.3) -> list[dict[str, Any]]:
-    """What arrives on ``stream`` until it is quiet for ``wait`` seconds."""
-    got = []
-    while True:
-        try:
-            msg = await stream.next(timeout=wait)
-        except TimeoutError:
-            return got
-        assert msg is not None
-        got.append(msg)
 
 
 async def lite(node: SimNode, **fields: Any) -> tuple[int, bytes]:

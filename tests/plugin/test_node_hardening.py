@@ -15,7 +15,7 @@ from meshscale.pluginhost import PluginHost
 from meshscale.server import Server
 from meshscale.simclient import SimNode
 from meshscale.testing import make_config
-from tests.plugin.simnodes import join
+from tests.plugin.simnodes import join, quiet
 from tests.plugin.test_bad_input import still_serving, unchanged
 
 pytestmark = pytest.mark.asyncio
@@ -50,15 +50,6 @@ async def test_request_tags_without_a_policy_are_refused(
 # -- item 7: logout and expiry cut a node off ------------------------------------------------
 
 
-async def quiet(stream: Any, wait: float = 0.3) -> list[dict[str, Any]]:
-    got = []
-    while True:
-        try:
-            msg = await stream.next(timeout=wait)
-        except TimeoutError:
-            return got
-        assert msg is not None
-        got.append(msg)
 
 
 @pytest.mark.parametrize("how", ["logout", "expiry"])
