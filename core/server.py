@@ -163,7 +163,7 @@ class Server:
         state = self.state
         if state is None:
             return []
-        return [node_view(n, state.users.get(n.user_id) if n.user_id is not None else None)
+        return [node_view(n, state.owner(n.user_id))
                 for n in state.nodes_sorted()]
 
     def map_sessions(self) -> Sequence[Mapping[str, Any]]:

@@ -214,7 +214,7 @@ def create_admin_app(server: AdminServer) -> Quart:
         wanted = request.args.get("user")
         uid = st.user(wanted).id if wanted else None
         out = [
-            key_view(k, st.users.get(k.user_id) if k.user_id is not None else None)
+            key_view(k, st.owner(k.user_id))
             for _, k in sorted(st.keys.items())
             if uid is None or k.user_id == uid
         ]
@@ -249,18 +249,18 @@ def create_admin_app(server: AdminServer) -> Quart:
         st = state()
         body = await _body()
         key = st.expire_key(str(body.get("key", "")))
-        return _json(key_view(key, st.users.get(key.user_id) if key.user_id else None))
+        return _json(key_view(key, st.owner(key.user_id)))
 
     @app.delete("/v1/preauthkeys/<ref>")
     async def delete_key(ref: str) -> Response:
         st = state()
         key = st.delete_key(ref)
-        return _json(key_view(key, st.users.get(key.user_id) if key.user_id else None))
+        return _json(key_view(key, st.owner(key.user_id)))
 
     # -- nodes ---------------------------------------------------------------------------------
 
     def owner(n: Node) -> User | None:
-        return state().users.get(n.user_id) if n.user_id is not None else None
+        return state().owner(n.user_id)
 
     def view(n: Node) -> dict[str, Any]:
         """node_view plus routes as they are in force: approved by an admin or autoApprovers,

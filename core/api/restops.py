@@ -29,7 +29,7 @@ def _lifecycle(c: Call) -> NodeLifecycle:
 
 
 def _owner(c: Call, user_id: int | None) -> User | None:
-    return _state(c).users.get(user_id) if user_id is not None else None
+    return _state(c).owner(user_id)
 
 
 def _node(c: Call, n: Node) -> dict[str, Any]:

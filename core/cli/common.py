@@ -86,3 +86,15 @@ def add(sub: Any, name: str, help: str, common: argparse.ArgumentParser,
     parser: argparse.ArgumentParser = sub.add_parser(
         name, aliases=list(aliases), parents=[common], help=help, description=help)
     return parser
+
+
+def refuse_if_running(c: AdminClient, message: str) -> None:
+    """For commands that write the database behind the server's back: refuse with ``message``
+    when a server answers on the admin socket (any other failure of the call is raised)."""
+    try:
+        c.call("GET", "/v1/health")
+    except MeshscaleError as exc:
+        if "cannot reach the server" not in str(exc):
+            raise
+    else:
+        raise MeshscaleError(message)

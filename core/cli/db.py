@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from meshscale.cli.client import AdminClient
+from meshscale.cli.common import refuse_if_running
 from meshscale.config import Config
 from meshscale.contributions import pick
-from meshscale.errors import MeshscaleError
 from meshscale.pluginhost import PluginHost
 from meshscale.storage.base import Storage
 
@@ -35,14 +35,9 @@ def cmd_db_copy(args: argparse.Namespace, load: Loader) -> Any:
     from meshscale.storage.copy import config_for_url, copy_database  # noqa: PLC0415
 
     config, host = load(args)
-    try:
-        AdminClient(str(config.resolve(config.unix_socket)), timeout=5).call("GET", "/v1/health")
-    except MeshscaleError as exc:
-        if "cannot reach the server" not in str(exc):
-            raise
-    else:
-        raise MeshscaleError("the server is running: stop it first (a copy of a database "
-                             "that is being written would be out of date at once)")
+    refuse_if_running(AdminClient(str(config.resolve(config.unix_socket)), timeout=5),
+                      "the server is running: stop it first (a copy of a database "
+                      "that is being written would be out of date at once)")
     target_config = config_for_url(config, args.to)
     source = _open(config, host)
     try:

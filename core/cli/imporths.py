@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from meshscale.cli.client import AdminClient
-from meshscale.cli.common import FORMATS, Out, load
+from meshscale.cli.common import FORMATS, Out, load, refuse_if_running
 from meshscale.cli.hspg import open_postgres
 from meshscale.config import Config, build_config, read_yaml
 from meshscale.contributions import pick
@@ -60,13 +60,8 @@ def _noise_source(args: argparse.Namespace, hs: Config | None) -> Path | None:
 
 
 def _server_stopped(config: Config) -> None:
-    try:
-        AdminClient(str(config.resolve(config.unix_socket)), timeout=5).call("GET", "/v1/health")
-    except MeshscaleError as exc:
-        if "cannot reach the server" not in str(exc):
-            raise
-    else:
-        raise MeshscaleError("meshscale is running: stop it first, import, then start it")
+    refuse_if_running(AdminClient(str(config.resolve(config.unix_socket)), timeout=5),
+                      "meshscale is running: stop it first, import, then start it")
 
 
 def _ops(plan: Plan) -> list[Op]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from meshscale.cli.client import AdminClient
-from meshscale.cli.common import Out, add, client, load
+from meshscale.cli.common import Out, add, client, load, refuse_if_running
 from meshscale.contributions import pick
 from meshscale.errors import MeshscaleError
 
@@ -51,15 +51,8 @@ def _policy_set_offline(args: argparse.Namespace, c: AdminClient, text: str) -> 
     """Write the stored policy straight into the database: the way out when ``serve`` refuses
     to start because the stored policy is invalid (docs/policy.md). Only with no server
     running: a running one holds the policy in memory and would not see the write."""
-    try:
-        c.call("GET", "/v1/health")
-    except MeshscaleError as exc:
-        if "cannot reach the server" not in str(exc):
-            raise
-    else:
-        raise MeshscaleError(
-            "the server is running: use 'meshscale policy set --file F' without --offline"
-        )
+    refuse_if_running(
+        c, "the server is running: use 'meshscale policy set --file F' without --offline")
     config, host = load(args)
     if config.policy.mode != "database":
         raise MeshscaleError(

@@ -42,7 +42,6 @@ class _Stream:
     body: bytearray = field(default_factory=bytearray)
     task: asyncio.Task[None] | None = None
     window: asyncio.Event = field(default_factory=asyncio.Event)
-    too_large: bool = False
     ended: bool = False  # the client sent END_STREAM (or we stopped reading the body)
     credit: int = 0  # stream-level window to give back after this batch of frames
 
@@ -99,13 +98,13 @@ class NoiseH2Connection:
         return not self.closed and stream_id in self.streams
 
     def send_headers(self, stream_id: int, headers: list[tuple[str, str]], end: bool) -> None:
-        if self.closed or stream_id not in self.streams:
+        if not self.stream_open(stream_id):
             raise ConnectionResetError("stream closed")
         self.h2.send_headers(stream_id, headers, end_stream=end)
         self.flush()
 
     def end_stream(self, stream_id: int) -> None:
-        if self.closed or stream_id not in self.streams:
+        if not self.stream_open(stream_id):
             return
         with contextlib.suppress(h2.exceptions.StreamClosedError):
             self.h2.end_stream(stream_id)
@@ -250,9 +249,9 @@ class NoiseH2Connection:
             self._event(event)
         if self.guard.resets != self._resets_seen:
             now = self._loop.time()
-            over = False
-            for _ in range(self.guard.resets - self._resets_seen):
-                over = self.resets.add(now) or over
+            # One call for the read's resets: they share ``now``, so the window can only
+            # restart at the first, and the count only grows within it.
+            over = self.resets.add(now, self.guard.resets - self._resets_seen)
             self._resets_seen = self.guard.resets
             if over:
                 self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
@@ -336,7 +335,6 @@ class NoiseH2Connection:
                 return  # refused or answered already: its bytes are not kept
             data = event.data or b""
             if len(st.body) + len(data) > self.limits.max_body_bytes:
-                st.too_large = True
                 self._abandon_body(event.stream_id, 413,
                                    f"request body over {_size(self.limits.max_body_bytes)}")
                 return

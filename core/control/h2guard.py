@@ -87,10 +87,10 @@ class WindowCounter:
         self._start = -1e18
         self._count = 0
 
-    def add(self, now: float) -> bool:
+    def add(self, now: float, n: int = 1) -> bool:
         if now - self._start >= self._window:
             self._start, self._count = now, 0
-        self._count += 1
+        self._count += n
         return self._count > self._limit
 
 

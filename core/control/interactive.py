@@ -51,7 +51,6 @@ class PendingLogin:
     node_key: bytes
     hostinfo: dict[str, Any]
     capver: int
-    deadline: float  # time.monotonic()
     url: str  # the AuthURL: a follow-up must name exactly this
     # The node once registered, or the message a refused or expired login gets.
     outcome: asyncio.Future[Node | str]
@@ -87,7 +86,7 @@ class PendingLogins:
         loop = asyncio.get_running_loop()
         pending = PendingLogin(
             auth_id=secrets.token_urlsafe(18), machine_key=machine_key, node_key=node_key,
-            hostinfo=hostinfo, capver=capver, deadline=time.monotonic() + self.ttl, url="",
+            hostinfo=hostinfo, capver=capver, url="",
             outcome=loop.create_future(),
         )
         pending.timer = loop.call_later(self.ttl, self._expire, pending)

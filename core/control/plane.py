@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from meshscale.clientinput import BadRequest, Limits, parse_register
+from meshscale.clientinput import Limits, parse_register
 from meshscale.config import Config
-from meshscale.control.body import json_body
+from meshscale.control.body import typed_body
 from meshscale.control.interactive import InteractiveLogins
 from meshscale.control.poll import MapPoll
 from meshscale.control.register import NeedsLogin, Registrar, handle_register
@@ -59,14 +59,8 @@ class ControlPlane:
             await resp.send(404, f"{path[:200]} not found\n".encode(), "text/plain")
 
     async def _register(self, req: ControlRequest, resp: ResponseWriter) -> None:
-        body = json_body(req)
-        if isinstance(body, str):
-            await resp.send(400, body.encode() + b"\n", "text/plain")
-            return
-        try:
-            parsed = parse_register(body, self.limits)
-        except BadRequest as exc:
-            await resp.send(400, f"{exc}\n".encode(), "text/plain")
+        parsed = await typed_body(req, resp, parse_register, self.limits)
+        if parsed is None:
             return
         try:
             out = handle_register(self.registrar, req.machine_key, parsed)

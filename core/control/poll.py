@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 from meshscale import tailcfg
-from meshscale.clientinput import BadRequest, Limits, MapRequest, parse_map
+from meshscale.clientinput import Limits, MapRequest, parse_map
 from meshscale.config import Config
-from meshscale.control.body import json_body
+from meshscale.control.body import typed_body
 from meshscale.control.ratelimit import UpdateLimiter
 from meshscale.control.request import ControlRequest, ResponseWriter
 from meshscale.errors import StorageError
@@ -68,14 +68,8 @@ class MapPoll:
     # -- /machine/map ----------------------------------------------------------------------------
 
     async def handle(self, req: ControlRequest, resp: ResponseWriter) -> None:
-        body = json_body(req)
-        if isinstance(body, str):
-            await resp.send(400, body.encode() + b"\n", "text/plain")
-            return
-        try:
-            mreq = parse_map(body, self.limits)
-        except BadRequest as exc:
-            await resp.send(400, f"{exc}\n".encode(), "text/plain")
+        mreq = await typed_body(req, resp, parse_map, self.limits)
+        if mreq is None:
             return
         await self.serve(req.machine_key, mreq, resp)
 

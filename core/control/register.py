@@ -186,7 +186,7 @@ def response_for(reg: Registrar, node: Node) -> dict[str, Any]:
 
 
 def _owner(reg: Registrar, node: Node) -> User | None:
-    return reg.state.users.get(node.user_id) if node.user_id is not None else None
+    return reg.state.owner(node.user_id)
 
 
 def _with_auth_key(
@@ -199,7 +199,7 @@ def _with_auth_key(
 ) -> dict[str, Any]:
     state = reg.state
     key = state.check_auth_key(auth_key)
-    user = state.users.get(key.user_id) if key.user_id is not None else None
+    user = state.owner(key.user_id)
     tags = permitted_tags(reg, user, list(key.tags), hostinfo)
     hostname = str(hostinfo.get("Hostname") or "node")
     veto = reg.hooks.admit_node(hostname, user.name if user else None, tuple(tags),

@@ -106,8 +106,12 @@ class StateBase:
             raise NotFoundError(f"node {node_id} not found")
         return n
 
+    def owner(self, user_id: int | None) -> User | None:
+        """The user of a node or key; None for tagged ones (and a user deleted meanwhile)."""
+        return self.users.get(user_id) if user_id is not None else None
+
     def owner_name(self, node: Node) -> str | None:
-        u = self.users.get(node.user_id) if node.user_id is not None else None
+        u = self.owner(node.user_id)
         return u.name if u else None
 
     def _emit_changed(self, ids: Iterable[int]) -> None:

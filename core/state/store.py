@@ -194,9 +194,7 @@ class State(Accounts):
     def rotate_node_key(self, node: Node, new_key: bytes) -> Node:
         updated = replace(node, node_key=new_key)
         self._write([PutNode(updated)])
-        self._unindex(node)
-        self._index(updated)
-        updated.online = node.online
+        self._replace(node, updated)
         self._emit(NodePatched(updated.id, Patch.KEY))
         return updated
 
