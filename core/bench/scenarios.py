@@ -17,6 +17,7 @@ from typing import Any
 from meshscale.bench.fleet import Fleet, Member, percentiles
 from meshscale.bench.pgserver import PgServer
 from meshscale.bench.serverproc import ServerProcess, cpu_seconds
+from meshscale.bench.tailnets import POLICIES, restrictive_policy, role, sees, user_name, users_for
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,17 @@ class Bench:
     """
 
     def __init__(self, plugins: list[str], extra: dict[str, Any] | None = None,
-                 database: str = "sqlite", fleet: bool = True) -> None:
+                 database: str = "sqlite", fleet: bool = True,
+                 policy: str = "allow-all") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r} ({' or '.join(POLICIES)})")
+        self.policy = policy
+        if policy == "restrictive" and "policy" not in plugins:
+            plugins = [*plugins, "policy"]
         self.plugins = [database if p == "sqlite" else p for p in plugins]
         self.extra = dict(extra or {})
+        if "policy" in self.plugins:
+            self.extra.setdefault("policy", {"mode": "database"})
         if fleet and "limits" not in self.extra:
             # The simulated fleet connects from one address (127.0.0.1): the per-source cap,
             # meant for strangers, would refuse it past 512 nodes. These scenarios measure the
@@ -51,6 +60,7 @@ class Bench:
         self.pg: PgServer | None = None
         self._server: ServerProcess | None = None
         self.fleet: Fleet | None = None
+        self.size = 0  # members populate() registered
         self.first_start_s = 0.0
 
     @property
@@ -98,6 +108,36 @@ class Bench:
             {"user": None, "reusable": True, "expiration": 0, "tags": [tag]})["key"]
         return key
 
+    async def populate(self, nodes: int, name: str) -> None:
+        """Register ``nodes`` members: one user's under allow-all, or the restrictive
+        tailnet's users and tagged servers (tailnets.py) under its policy."""
+        assert self.fleet is not None
+        self.size = nodes
+        if self.policy == "allow-all":
+            await self.fleet.add(nodes, self.key(name))
+            return
+        admin = self.server.admin
+        admin.call("PUT", "/v1/policy", {"policy": json.dumps(restrictive_policy(nodes))})
+        keys = {}
+        for u in range(users_for(nodes)):
+            admin.call("POST", "/v1/users", {"name": user_name(u)})
+            keys[u] = admin.call("POST", "/v1/preauthkeys", {
+                "user": user_name(u), "reusable": True, "expiration": 0})["key"]
+        tags = {r.tag: self.tagged_key(r.tag) for r in map(role, range(min(nodes, 64)))
+                if r.server}
+
+        def key(i: int) -> str:
+            r = role(i)
+            return tags[r.tag] if r.server else str(keys[r.user])
+
+        await self.fleet.add(nodes, "", keys=key)
+
+    def viewers(self, member: int, cut: bool = False) -> int:
+        """How many other members see ``member`` (all of them under allow-all)."""
+        if self.policy == "allow-all":
+            return self.size - 1
+        return sum(1 for j in range(self.size) if sees(j, member, cut))
+
     def figures(self, cpu0: float, gen0: float, bytes0: int, events: int) -> dict[str, Any]:
         assert self.fleet is not None
         cpu = self.server.cpu() - cpu0
@@ -126,29 +166,30 @@ async def settle(fleet: Fleet, quiet: float = 0.5, limit: float = 60.0) -> None:
 # -- storm ----------------------------------------------------------------------------------
 
 
-async def storm(nodes: int, events: int, policy: bool = False, timeout: float = 600,
+async def storm(nodes: int, events: int, policy: str = "allow-all", timeout: float = 600,
                 database: str = "sqlite") -> dict[str, Any]:
-    """N pre-registered nodes open their map streams at once; time until all have full maps."""
-    extra: dict[str, Any] = {}
-    plugins = ["sqlite"]
-    if policy:
-        plugins.append("policy")
-        extra["policy"] = {"mode": "database"}
-    async with Bench(plugins, extra, database) as b:
+    """N pre-registered nodes open their map streams at once; time until all have full maps.
+
+    ``policy``: allow-all, restrictive (tailnets.py), or self (every member reaches only their
+    own devices, ten per user: the ``--self-policy`` of the first round)."""
+    self_policy = policy == "self"
+    async with Bench(["sqlite", "policy"] if self_policy else ["sqlite"], None, database,
+                     policy="allow-all" if self_policy else policy) as b:
         assert b.fleet is not None
-        if policy:
+        if self_policy:
             b.server.admin.call("PUT", "/v1/policy", {"policy": json.dumps(SELF_POLICY)})
             users = max(1, nodes // 10)
             keys = [b.key(f"u{i}") for i in range(users)]
             await b.fleet.add(nodes, "", keys=lambda i: keys[i % users])
         else:
-            await b.fleet.add(nodes, b.key("storm"))
+            await b.populate(nodes, "storm")
         cpu0, gen0, bytes0 = b.server.cpu(), _own_cpu(), b.fleet.bytes_received
         seconds = await b.fleet.open_streams(b.fleet.members, timeout)
         arrivals = [m.first_map_at for m in b.fleet.members]
         t0 = min(arrivals) - 0.0
-        out = {"scenario": "storm", "nodes": nodes, "policy": "autogroup:self" if policy else
-               "allow-all", "all_full_maps_s": round(seconds, 3)}
+        out = {"scenario": "storm", "nodes": nodes,
+               "policy": "autogroup:self" if self_policy else policy,
+               "all_full_maps_s": round(seconds, 3)}
         out.update({f"first_map_{k}_s": round(v, 3) for k, v in
                     percentiles([a - t0 for a in arrivals]).items()})
         out.update(b.figures(cpu0, gen0, bytes0, nodes))
@@ -158,12 +199,13 @@ async def storm(nodes: int, events: int, policy: bool = False, timeout: float = 
 # -- fanout ---------------------------------------------------------------------------------
 
 
-async def fanout(nodes: int, events: int, timeout: float = 120,
-                 database: str = "sqlite") -> dict[str, Any]:
-    """One node's new endpoint; latency until all N-1 streaming peers received it."""
-    async with Bench(["sqlite"], database=database) as b:
+async def fanout(nodes: int, events: int, timeout: float = 120, database: str = "sqlite",
+                 policy: str = "allow-all") -> dict[str, Any]:
+    """One node's new endpoint; latency until every streaming peer that sees it received it
+    (all N-1 under allow-all)."""
+    async with Bench(["sqlite"], database=database, policy=policy) as b:
         assert b.fleet is not None
-        await b.fleet.add(nodes, b.key("fanout"))
+        await b.populate(nodes, "fanout")
         await b.fleet.open_streams(b.fleet.members, timeout=600)
         await settle(b.fleet)
         members = b.fleet.members
@@ -175,15 +217,18 @@ async def fanout(nodes: int, events: int, timeout: float = 120,
             # which would make this measure the limiter instead of the fan-out.
             sender = members[rep % len(members)]
             marker = f"127.0.0.1:{10000 + rep}"
-            w = b.fleet.watch(marker, nodes - 1)
+            w = b.fleet.watch(marker, b.viewers(sender.index))
             await sender.node.lite_update([marker])
             await asyncio.wait_for(w.done.wait(), timeout)
             latencies.append(max(w.arrivals))
-        out: dict[str, Any] = {"scenario": "fanout", "nodes": nodes, "events": events}
+        out: dict[str, Any] = {"scenario": "fanout", "nodes": nodes, "events": events,
+                               "policy": policy}
         out.update({f"latency_{k}_ms": round(v * 1000, 2)
                     for k, v in percentiles(latencies).items()})
         out.update(b.figures(cpu0, gen0, bytes0, events))
-        out["bytes_per_event_per_peer"] = round(out["bytes_per_event"] / max(nodes - 1, 1), 1)
+        reached = sum(b.viewers(members[rep % len(members)].index) for rep in range(events))
+        out["bytes_per_event_per_peer"] = round(
+            (out["bytes_received"]) / max(reached, 1), 1)
         out["backlog_grew"] = _grew(latencies)
         return out
 
@@ -201,16 +246,17 @@ def _grew(latencies: list[float]) -> bool:
 # -- memory ----------------------------------------------------------------------------------
 
 
-async def memory(nodes: int, events: int, database: str = "sqlite") -> dict[str, Any]:
+async def memory(nodes: int, events: int, database: str = "sqlite",
+                 policy: str = "allow-all") -> dict[str, Any]:
     """RSS of the server with N idle connected nodes (streams open, keep-alives only).
 
     All nodes register first; their streams then open in four steps, with the server's RSS
     read after each step has settled: the curve of RSS against connected nodes.
     """
-    async with Bench(["sqlite"], database=database) as b:
+    async with Bench(["sqlite"], database=database, policy=policy) as b:
         assert b.fleet is not None
         rss0 = b.server.rss()
-        await b.fleet.add(nodes, b.key("idle"))
+        await b.populate(nodes, "idle")
         registered_rss = b.server.rss()
         points = []
         step = max(nodes // 4, 1)
@@ -220,7 +266,8 @@ async def memory(nodes: int, events: int, database: str = "sqlite") -> dict[str,
             await settle(b.fleet)
             points.append({"nodes": start + len(batch),
                            "rss_mb": round(b.server.rss() / 2**20, 1)})
-        return {"scenario": "memory", "nodes": nodes, "empty_rss_mb": round(rss0 / 2**20, 1),
+        return {"scenario": "memory", "nodes": nodes, "policy": policy,
+                "empty_rss_mb": round(rss0 / 2**20, 1),
                 "registered_rss_mb": round(registered_rss / 2**20, 1),
                 "server_rss_mb": points[-1]["rss_mb"], "curve": points,
                 "rss_kb_per_node": round((points[-1]["rss_mb"] - rss0 / 2**20) * 1024 / nodes, 1)}
@@ -230,20 +277,26 @@ async def memory(nodes: int, events: int, database: str = "sqlite") -> dict[str,
 
 
 async def churn(nodes: int, events: int, rate: float = 10.0,
-                timeout: float = 30.0, database: str = "sqlite") -> dict[str, Any]:
+                timeout: float = 30.0, database: str = "sqlite",
+                policy: str = "allow-all") -> dict[str, Any]:
     """K events/s: 70 % endpoint changes, 20 % reconnects, 10 % ephemeral join/leave.
 
     Latency of an event: until every streaming peer saw it (endpoint change, join, leave), or
     until the reconnecting node has its full map.
     """
     async with Bench(["sqlite"], {"node": {"ephemeral": {"inactivity_timeout": "1s"}}},
-                     database) as b:
+                     database, policy=policy) as b:
         fleet = b.fleet
         assert fleet is not None
-        await fleet.add(nodes, b.key("churn"))
+        await b.populate(nodes, "churn")
         await fleet.open_streams(fleet.members, timeout=600)
         await settle(fleet)
-        eph_key = b.key("eph", ephemeral=True)
+        # Under the restrictive policy the ephemeral nodes are user 0's devices: that user's
+        # other devices and team 0's servers see them.
+        eph_key = b.key("eph" if policy == "allow-all" else user_name(0), ephemeral=True)
+        join_viewers = nodes if policy == "allow-all" else sum(
+            1 for j in range(nodes)
+            if (role(j).server and role(j).team == 0) or role(j).user == 0)
         rng = random.Random(7)
         joins: dict[str, Any] = {}
         removed: dict[int, Any] = {}
@@ -276,7 +329,7 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
             # (the caller marks the node busy when it schedules the change).
             try:
                 marker = f"127.0.0.2:{rep % 60000 + 1}"
-                w = fleet.watch(marker, len(streaming) - 1)
+                w = fleet.watch(marker, b.viewers(m.index))
                 await m.node.lite_update([marker])
                 await w.wait(timeout, f"endpoint change {marker}")
                 latencies["endpoint"].append(max(w.arrivals))
@@ -293,7 +346,7 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
             m = Member(fleet, len(fleet.members), f"eph{rep}")
             fleet.members.append(m)
             # Watch before registering: peers hear of the node as soon as it registers.
-            w = fleet.watch(f"join-{rep}", len(streaming))
+            w = fleet.watch(f"join-{rep}", join_viewers)
             joins[m.node.node_key_text] = w
             await m.connect()
             await m.register(eph_key)
@@ -301,7 +354,7 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
             await w.wait(timeout, f"join of {m.node.hostname}")
             latencies["join"].append(max(w.arrivals))
             await m.first_map.wait()
-            gone = fleet.watch(f"leave-{rep}", len(streaming))
+            gone = fleet.watch(f"leave-{rep}", join_viewers)
             removed[m.node_id] = gone
             # Log out: an ephemeral node is deleted at once and its peers told.
             await m.node.register(None, Expiry="1970-01-01T00:02:03Z")
@@ -339,6 +392,7 @@ async def churn(nodes: int, events: int, rate: float = 10.0,
             log.warning("churn event failed: %r", failure)
         every = [x for v in latencies.values() for x in v]
         out: dict[str, Any] = {"scenario": "churn", "nodes": nodes, "events": events,
+                               "policy": policy,
                                "rate_per_s": rate, "achieved_rate_per_s": round(events / elapsed,
                                                                                   1),
                                "failed_events": len(failures), "skipped_events": skipped}
@@ -366,27 +420,48 @@ def tag_policy(groups: int, cut: bool) -> dict[str, Any]:
             "acls": acls}
 
 
-async def policy(nodes: int, events: int, groups: int = 10,
-                 timeout: float = 600, database: str = "sqlite") -> dict[str, Any]:
-    """N nodes in 10 tag groups; g0 loses access to g1; until every affected node knows."""
-    async with Bench(["sqlite", "policy"], {"policy": {"mode": "database"}}, database) as b:
+async def policy(nodes: int, events: int, groups: int = 10, timeout: float = 600,
+                 database: str = "sqlite", policy: str = "allow-all") -> dict[str, Any]:
+    """A policy change that cuts access; until every affected node knows.
+
+    A policy change needs a policy: by default (``allow-all``, the first round's scenario) N
+    tagged nodes in 10 groups, each reaching its own and the next, where g0 loses g1; with
+    ``restrictive`` the tailnet of tailnets.py, where team 0's users lose team 0's servers.
+    """
+    async with Bench(["sqlite", "policy"], None, database, policy=policy) as b:
         fleet = b.fleet
         assert fleet is not None
         admin = b.server.admin
-        admin.call("POST", "/v1/users", {"name": "admin"})
-        admin.call("PUT", "/v1/policy", {"policy": json.dumps(tag_policy(groups, False))})
-        keys = [b.tagged_key(f"tag:g{i}") for i in range(groups)]
-        await fleet.add(nodes, "", keys=lambda i: keys[i % groups])
+        expect: dict[int, set[int]] = {}
+        if policy == "restrictive":
+            await b.populate(nodes, "policy")
+            new_policy = restrictive_policy(nodes, cut=True)
+        else:
+            admin.call("POST", "/v1/users", {"name": "admin"})
+            admin.call("PUT", "/v1/policy", {"policy": json.dumps(tag_policy(groups, False))})
+            keys = [b.tagged_key(f"tag:g{i}") for i in range(groups)]
+            await fleet.add(nodes, "", keys=lambda i: keys[i % groups])
+            new_policy = tag_policy(groups, True)
         await fleet.open_streams(fleet.members, timeout=timeout)
         await settle(fleet)
-        by_group: dict[int, set[int]] = {}
-        for m in fleet.members:
-            by_group.setdefault(m.index % groups, set()).add(m.node_id)
-        expect: dict[int, set[int]] = {}
-        for nid in by_group[0]:
-            expect[nid] = set(by_group[1])
-        for nid in by_group[1]:
-            expect[nid] = set(by_group[0])
+        if policy == "restrictive":
+            # Who loses whom: pairs that saw each other before the cut and not after.
+            members = fleet.members
+            team0 = [m for m in members if role(m.index).team == 0]
+            for m in team0:
+                gone = {o.node_id for o in team0 if sees(m.index, o.index)
+                        and not sees(m.index, o.index, cut=True)}
+                if gone:
+                    expect[m.node_id] = gone
+        else:
+            by_group: dict[int, set[int]] = {}
+            for m in fleet.members:
+                by_group.setdefault(m.index % groups, set()).add(m.node_id)
+            for nid in by_group[0]:
+                expect[nid] = set(by_group[1])
+            for nid in by_group[1]:
+                expect[nid] = set(by_group[0])
+        rss_before = b.server.rss()
         done = asyncio.Event()
         arrivals: dict[int, float] = {}
 
@@ -403,12 +478,14 @@ async def policy(nodes: int, events: int, groups: int = 10,
         fleet.observers.append(seen)
         cpu0, gen0, bytes0 = b.server.cpu(), _own_cpu(), fleet.bytes_received
         t0 = time.perf_counter()
-        admin.call("PUT", "/v1/policy", {"policy": json.dumps(tag_policy(groups, True))})
+        admin.call("PUT", "/v1/policy", {"policy": json.dumps(new_policy)})
         await asyncio.wait_for(done.wait(), timeout)
         seconds = max(arrivals.values()) - t0
-        out: dict[str, Any] = {"scenario": "policy", "nodes": nodes, "groups": groups,
-                               "affected_nodes": len(expect),
-                               "all_updated_s": round(seconds, 3)}
+        out: dict[str, Any] = {"scenario": "policy", "nodes": nodes,
+                               "policy": "restrictive" if policy == "restrictive" else
+                               f"{groups} tag groups", "affected_nodes": len(expect),
+                               "all_updated_s": round(seconds, 3),
+                               "server_rss_before_mb": round(rss_before / 2**20, 1)}
         out.update(b.figures(cpu0, gen0, bytes0, 1))
         out["mb_sent"] = round(out["bytes_received"] / 2**20, 2)
         return out

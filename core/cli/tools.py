@@ -112,8 +112,13 @@ def cmd_bench(args: argparse.Namespace) -> Out | int:
     gc.set_threshold(50_000, 20, 50)  # the generator holds thousands of connections too
     kwargs: dict[str, Any] = {"nodes": args.nodes, "events": args.events,
                               "database": args.database}
+    if args.scenario in ("storm", "fanout", "policy", "churn", "memory"):
+        kwargs["policy"] = args.policy
+    elif args.policy != "allow-all":
+        raise MeshscaleError(f"--policy applies to storm, fanout, policy, churn and memory, "
+                             f"not {args.scenario}")
     if args.scenario == "storm" and args.self_policy:
-        kwargs["policy"] = True
+        kwargs["policy"] = "self"
     if args.scenario == "churn":
         kwargs["rate"] = args.rate
     if args.scenario == "soak":
@@ -157,6 +162,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     bench.add_argument("--nodes", type=int, default=100, help="simulated nodes")
     bench.add_argument("--events", type=int, default=20, help="changes to send")
     bench.add_argument("--rate", type=float, default=10.0, help="churn: events per second")
+    bench.add_argument("--policy", choices=["allow-all", "restrictive"], default="allow-all",
+                       help="allow-all, or a company-like policy (teams, tag groups, "
+                       "autogroup:self) where each node sees about 10 %% of the others")
     bench.add_argument("--self-policy", action="store_true",
                        help="storm: autogroup:member -> autogroup:self:* policy")
     bench.add_argument("--time-limit", type=float, default=1800.0, help="seconds, then stop")

@@ -20,7 +20,7 @@ async def test_storm_small() -> None:
 
 
 async def test_storm_with_autogroup_self_policy() -> None:
-    out = await scenarios.storm(nodes=20, events=0, policy=True)
+    out = await scenarios.storm(nodes=20, events=0, policy="self")
     assert out["policy"] == "autogroup:self" and out["all_full_maps_s"] > 0
 
 
@@ -34,6 +34,17 @@ async def test_fanout_small() -> None:
 async def test_policy_small() -> None:
     out = await scenarios.policy(nodes=20, events=1)
     assert out["affected_nodes"] == 4 and out["all_updated_s"] > 0
+
+
+async def test_restrictive_policy_runs() -> None:
+    # 32 members: users u0-u5 with three devices each (teams 0-5), two servers per team.
+    out = await scenarios.policy(nodes=32, events=1, policy="restrictive")
+    # u0's three devices lose team 0's two servers, and those servers lose them.
+    assert out["policy"] == "restrictive" and out["affected_nodes"] == 5
+    fan = await scenarios.fanout(nodes=32, events=6, policy="restrictive")
+    assert fan["policy"] == "restrictive" and fan["latency_max_ms"] > 0
+    mem = await scenarios.memory(nodes=16, events=0, policy="restrictive")
+    assert mem["policy"] == "restrictive" and mem["server_rss_mb"] > 0
 
 
 async def test_churn_small() -> None:
