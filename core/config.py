@@ -98,6 +98,36 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - empty host means all
 
 
+def parse_cli_address(value: str, path: str = "cli.address") -> tuple[str, int]:
+    """cli.address as headscale takes it (``host:port``; port 443 if left out), or an
+    ``https://`` URL. Never plain HTTP: the API key would cross the network readable, and
+    headscale's CLI, too, only speaks TLS to a remote server (cli.insecure skips the
+    certificate check, it does not turn TLS off)."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme.lower() != "https":
+            raise ConfigError(path, f"{value!r}: the remote CLI speaks HTTPS only (the API key "
+                              "must not cross the network in clear text); on the server's own "
+                              "machine leave cli.address empty to use the unix socket")
+        text = rest.rstrip("/")
+        if "/" in text:
+            raise ConfigError(path, f"{value!r}: give the server's address without a path")
+    if not text:
+        raise ConfigError(path, "empty address")
+    if text.startswith("["):
+        text = text if "]:" in text else text + ":443"
+    elif text.count(":") > 1:
+        text = f"[{text}]:443"  # a bare IPv6 address
+    elif ":" not in text:
+        text += ":443"
+    parse_host_port(text, path)
+    host, port = split_host_port(text)
+    if not host or port == 0:
+        raise ConfigError(path, f"{value!r}: expected host:port, e.g. meshscale.example.com:443")
+    return host, port
+
+
 # -- the schema ------------------------------------------------------------------------------
 
 
@@ -250,6 +280,19 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class CliConfig:
+    """headscale's ``cli`` section: where the admin commands go. Empty ``address``: this
+    machine's unix_socket. Otherwise ``host:port`` (or ``https://host:port``) of a server,
+    reached over HTTPS with ``api_key``; ``insecure`` skips the certificate check (headscale's
+    meaning: still TLS, never plain HTTP). docs/api.md, "Remote CLI"."""
+
+    address: str = ""
+    api_key: str = ""
+    timeout: Duration = Duration(5)  # headscale's default
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
 class ClientLimitsConfig:
     """Bounds on what one client may send (docs/security.md, "Client input")."""
 
@@ -328,6 +371,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    cli: CliConfig = field(default_factory=CliConfig)
     client_limits: ClientLimitsConfig = field(default_factory=ClientLimitsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     randomize_client_port: bool = False
@@ -666,6 +710,13 @@ def _check_semantics(cfg: Config) -> Iterator[ConfigError]:
     yield from _check_postgres(cfg.database)
     if cfg.policy.mode not in ("file", "database"):
         yield ConfigError("policy.mode", "must be file or database")
+    if cfg.cli.timeout <= 0:
+        yield ConfigError("cli.timeout", "must be greater than zero")
+    if cfg.cli.address:
+        try:
+            parse_cli_address(cfg.cli.address)
+        except ConfigError as exc:
+            yield exc
     if cfg.log.level.lower() not in ("trace", "debug", "info", "warn", "warning", "error",
                                      "fatal"):
         yield ConfigError("log.level", "must be debug, info, warn or error")

@@ -67,8 +67,8 @@ class Lacking:
 
 LACKING: tuple[Lacking, ...] = (
     Lacking(("grpc_listen_addr", "grpc_allow_insecure"),
-            "headscale's gRPC API; meshscale's CLI talks to the server over unix_socket"),
-    Lacking(("cli",), "headscale's remote CLI settings; meshscale's CLI uses unix_socket"),
+            "headscale's gRPC API; meshscale's CLI talks to the server over unix_socket, or to "
+            "cli.address over HTTPS"),
     Lacking(("disable_check_updates",), "update checks; meshscale never checks for updates"),
     Lacking(("database.gorm",), "GORM tuning; meshscale does not use GORM"),
     Lacking(("tuning",), "headscale's internal tuning"),

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale import checks, files
 from meshscale.api.openapi import openapi_routes
+from meshscale.api.remoteadmin import remote_admin_routes
 from meshscale.api.rest import rest_routes
 from meshscale.auth import Logins
 from meshscale.config import Config, split_host_port
@@ -276,7 +277,8 @@ class Server:
                 self.spawn(self.derp.run(), "derp-map-updates")
 
         routes = [*self.host.hooks.http_routes(cfg), *self.plane.logins.routes(),
-                  *rest_routes(self), *openapi_routes()]
+                  *rest_routes(self), *openapi_routes(),
+                  *remote_admin_routes(self)]
         upgrades = self.host.hooks.http_upgrades(cfg)
         app = create_app(public_bytes(noise_key), routes, self._health_problem)
         ceiling = connection_ceiling(cfg.limits.max_connections, raise_fd_limit())

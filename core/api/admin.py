@@ -16,7 +16,7 @@ from quart import Quart, Response, request
 
 from meshscale import tailcfg
 from meshscale.api.apikeys import add_routes as add_apikey_routes
-from meshscale.errors import MeshscaleError, NotFoundError, PolicyError, StorageError
+from meshscale.errors import MeshscaleError, NotFoundError, StorageError
 from meshscale.state.models import Node, PreAuthKey, User
 
 if TYPE_CHECKING:
@@ -119,6 +119,15 @@ def _error(message: str, status: int) -> Response:
     return _json({"error": message}, status)
 
 
+def admin_error(exc: MeshscaleError) -> Response:
+    """The answer to a refused admin request (here and on the remote admin routes)."""
+    if isinstance(exc, NotFoundError):
+        return _error(str(exc), 404)
+    if isinstance(exc, StorageError):
+        return _error(str(exc), 503)  # nothing was changed; the same request may work later
+    return _error(str(exc), 400)  # PolicyError (with its location) and other bad input
+
+
 async def _body() -> dict[str, Any]:
     data = await request.get_json(force=True, silent=True)
     return data if isinstance(data, dict) else {}
@@ -135,21 +144,9 @@ def create_admin_app(server: AdminServer) -> Quart:
         assert server.lifecycle is not None
         return server.lifecycle
 
-    @app.errorhandler(NotFoundError)
-    async def not_found(exc: NotFoundError) -> Response:
-        return _error(str(exc), 404)
-
-    @app.errorhandler(PolicyError)
-    async def bad_policy(exc: PolicyError) -> Response:
-        return _error(str(exc), 400)
-
-    @app.errorhandler(StorageError)
-    async def not_stored(exc: StorageError) -> Response:
-        return _error(str(exc), 503)  # nothing was changed; the same request may work later
-
     @app.errorhandler(MeshscaleError)
     async def refused(exc: MeshscaleError) -> Response:
-        return _error(str(exc), 400)
+        return admin_error(exc)
 
     def apikeys() -> ApiKeys:
         assert server.apikeys is not None

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshscale.cli.client import AdminClient
+from meshscale.cli.client import AdminClient, admin_client
 from meshscale.config import Config, load_config
 from meshscale.errors import MeshscaleError
 from meshscale.pluginhost import PluginHost
@@ -42,8 +42,20 @@ def load(args: argparse.Namespace) -> tuple[Config, PluginHost]:
 
 
 def client(args: argparse.Namespace) -> AdminClient:
+    """The server's admin API: the local unix socket, or cli.address (meshscale.cli.client)."""
     config, _ = load(args)  # with plugin sections: their keys are not "unknown"
-    return AdminClient(str(config.resolve(config.unix_socket)))
+    return admin_client(config)
+
+
+def local_client(args: argparse.Namespace, command: str) -> AdminClient:
+    """For ``command``, which works on this machine's files: the local socket, and a one-line
+    refusal when the CLI is pointed at a remote server."""
+    config, _ = load(args)
+    c = admin_client(config)
+    if c.remote:
+        raise MeshscaleError(f"{command} works on the server's own machine only: unset "
+                             "cli.address / MESHSCALE_CLI_ADDRESS and run it there")
+    return c
 
 
 def confirm(args: argparse.Namespace, prompt: str) -> None:

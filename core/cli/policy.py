@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from meshscale.cli.client import AdminClient
-from meshscale.cli.common import Out, add, client, load, refuse_if_running
+from meshscale.cli.common import Out, add, client, load, local_client, refuse_if_running
 from meshscale.contributions import pick
 from meshscale.errors import MeshscaleError
 
@@ -18,6 +18,9 @@ def run(args: argparse.Namespace) -> Out:
         return Out(_policy_compile(args))
     if args.action == "check" and getattr(args, "offline", False):
         return Out(_policy_check_offline(args))
+    if getattr(args, "offline", False):  # set --offline writes this machine's database
+        return Out(_policy_set_offline(args, local_client(args, "policy set --offline"),
+                                       Path(args.file).read_text(encoding="utf-8")))
     c = client(args)
     if args.action == "get":
         result = c.call("GET", "/v1/policy")
@@ -25,8 +28,6 @@ def run(args: argparse.Namespace) -> Out:
             return Out(result.get("policy") or "")
         return Out(result)
     text = Path(args.file).read_text(encoding="utf-8")
-    if args.action == "set" and args.offline:
-        return Out(_policy_set_offline(args, c, text))
     if args.action == "set":
         c.call("PUT", "/v1/policy", {"policy": text})
         return Out("policy updated")

@@ -59,11 +59,13 @@ def _plain(value: Any) -> Any:
 
 def cmd_dump_config(args: argparse.Namespace) -> Out:
     """The config as meshscale reads it (every key, defaults filled in, headscale's old names
-    translated); the PostgreSQL password is left out."""
+    translated); the PostgreSQL password and cli.api_key are left out."""
     config, _ = load(args)
     data = _plain(config)
     if data["database"]["postgres"].get("password"):
         data["database"]["postgres"]["password"] = "(set)"  # noqa: S105 - a mask, not a password
+    if data["cli"].get("api_key"):
+        data["cli"]["api_key"] = "(set)"
     if args.output in ("table", ""):
         return Out(yaml.safe_dump(data, sort_keys=False).rstrip())
     return Out(data)

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from meshscale.config import ConfigError, apply_env, build_config, load_config, parse_duration
+from meshscale.config import (
+    ConfigError,
+    apply_env,
+    build_config,
+    load_config,
+    parse_cli_address,
+    parse_duration,
+)
 from meshscale.contributions import ConfigSection
 
 
@@ -29,6 +36,9 @@ def test_defaults_match_the_issue() -> None:
         ({"dns": {"nameservers": {"global": "1.1.1.1"}}}, "dns.nameservers.global", "list"),
         ({"listen_addr": "localhost"}, "listen_addr", "host:port"),
         ({"log": {"level": "loud"}}, "log.level", "debug"),
+        ({"cli": {"address": "http://hs.example.com:8080"}}, "cli.address", "HTTPS only"),
+        ({"cli": {"address": "hs.example.com:http"}}, "cli.address", "host:port"),
+        ({"cli": {"timeout": "0s"}}, "cli.timeout", "greater than zero"),
     ],
 )
 def test_invalid_keys_are_refused_with_their_path(raw: dict, path: str, reason: str) -> None:
@@ -46,7 +56,7 @@ def test_headscale_keys_we_do_not_use_are_accepted_with_a_notice(
     assert c.listen_addr == "127.0.0.1:8080"
     assert c.notices == (
         "grpc_listen_addr, grpc_allow_insecure: ignored (headscale's gRPC API; meshscale's CLI "
-        "talks to the server over unix_socket)",
+        "talks to the server over unix_socket, or to cli.address over HTTPS)",
         "disable_check_updates: ignored (update checks; meshscale never checks for updates)")
     assert caplog.text == ""  # shown by serve and configtest only, not on every load
 
@@ -95,3 +105,15 @@ def test_plugin_sections_are_parsed_by_their_plugin() -> None:
     assert c.section("webhooks") == {"url": "http://x"}
     with pytest.raises(ConfigError, match=r"webhooks\.url: required"):
         build_config({"webhooks": {}}, [section])
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [("hs.example.com", "hs.example.com", 443), ("hs.example.com:8443", "hs.example.com", 8443),
+     ("https://hs.example.com/", "hs.example.com", 443), ("[::1]:50443", "::1", 50443),
+     ("::1", "::1", 443), ("https://127.0.0.1:8443", "127.0.0.1", 8443)],
+)
+def test_cli_address_is_headscales_host_port_or_an_https_url(
+    address: str, host: str, port: int) -> None:
+    assert parse_cli_address(address) == (host, port)
+    assert build_config({"cli": {"address": address}}).cli.address == address
