@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from meshscale.bench.floor import floor
 from meshscale.bench.scenarios import churn, fanout, memory, policy, register, storm
 from meshscale.bench.soak import soak
 
@@ -17,4 +18,5 @@ SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "churn": churn,
     "memory": memory,
     "soak": soak,
+    "floor": floor,
 }

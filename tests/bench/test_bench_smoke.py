@@ -79,3 +79,12 @@ async def test_soak_small() -> None:
     seen = out["attacker_saw"]
     assert seen["reset_pairs_sent"] > 0 and seen.get("reset_goaway_ENHANCE_YOUR_CALM", 0) >= 1
     assert seen["idle_connections"] >= 30
+
+
+async def test_floor_small() -> None:
+    from meshscale.bench.floor import floor
+
+    out = await floor(nodes=20, events=3)
+    # Every record sealed and written reached its receiving socket: 2 rounds per event.
+    assert out["bytes_received"] == 2 * 3 * 20 * out["record_bytes"]
+    assert out["floor_us_per_recipient"] > 0 and out["seal_us_per_recipient"] > 0
