@@ -16,6 +16,7 @@ from typing import Any
 
 from meshscale.bench.fleet import Fleet, Member, percentiles
 from meshscale.bench.pgserver import PgServer
+from meshscale.bench.profile import Sampler
 from meshscale.bench.serverproc import ServerProcess, cpu_seconds
 from meshscale.bench.tailnets import POLICIES, restrictive_policy, role, sees, user_name, users_for
 
@@ -40,7 +41,7 @@ class Bench:
 
     def __init__(self, plugins: list[str], extra: dict[str, Any] | None = None,
                  database: str = "sqlite", fleet: bool = True,
-                 policy: str = "allow-all") -> None:
+                 policy: str = "allow-all", profile: str | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r} ({' or '.join(POLICIES)})")
         self.policy = policy
@@ -62,6 +63,7 @@ class Bench:
         self.fleet: Fleet | None = None
         self.size = 0  # members populate() registered
         self.first_start_s = 0.0
+        self.sampler = Sampler(profile) if profile else None
 
     @property
     def server(self) -> ServerProcess:
@@ -138,10 +140,18 @@ class Bench:
             return self.size - 1
         return sum(1 for j in range(self.size) if sees(j, member, cut))
 
+    def mark(self) -> tuple[float, float, int]:
+        """The measured part starts: the counters figures() subtracts (and the profiler)."""
+        assert self.fleet is not None
+        if self.sampler is not None:
+            self.sampler.start(self.server.pid)
+        return self.server.cpu(), _own_cpu(), self.fleet.bytes_received
+
     def figures(self, cpu0: float, gen0: float, bytes0: int, events: int) -> dict[str, Any]:
         assert self.fleet is not None
         cpu = self.server.cpu() - cpu0
-        return {
+        sampled = self.sampler.stop() if self.sampler is not None else {}
+        return sampled | {
             "server_cpu_s": round(cpu, 3),
             "server_cpu_s_per_event": round(cpu / max(events, 1), 4),
             "generator_cpu_s": round(_own_cpu() - gen0, 3),
@@ -167,14 +177,14 @@ async def settle(fleet: Fleet, quiet: float = 0.5, limit: float = 60.0) -> None:
 
 
 async def storm(nodes: int, events: int, policy: str = "allow-all", timeout: float = 600,
-                database: str = "sqlite") -> dict[str, Any]:
+                database: str = "sqlite", profile: str | None = None) -> dict[str, Any]:
     """N pre-registered nodes open their map streams at once; time until all have full maps.
 
     ``policy``: allow-all, restrictive (tailnets.py), or self (every member reaches only their
     own devices, ten per user: the ``--self-policy`` of the first round)."""
     self_policy = policy == "self"
     async with Bench(["sqlite", "policy"] if self_policy else ["sqlite"], None, database,
-                     policy="allow-all" if self_policy else policy) as b:
+                     policy="allow-all" if self_policy else policy, profile=profile) as b:
         assert b.fleet is not None
         if self_policy:
             b.server.admin.call("PUT", "/v1/policy", {"policy": json.dumps(SELF_POLICY)})
@@ -183,7 +193,7 @@ async def storm(nodes: int, events: int, policy: str = "allow-all", timeout: flo
             await b.fleet.add(nodes, "", keys=lambda i: keys[i % users])
         else:
             await b.populate(nodes, "storm")
-        cpu0, gen0, bytes0 = b.server.cpu(), _own_cpu(), b.fleet.bytes_received
+        cpu0, gen0, bytes0 = b.mark()
         seconds = await b.fleet.open_streams(b.fleet.members, timeout)
         arrivals = [m.first_map_at for m in b.fleet.members]
         t0 = min(arrivals) - 0.0
@@ -200,17 +210,17 @@ async def storm(nodes: int, events: int, policy: str = "allow-all", timeout: flo
 
 
 async def fanout(nodes: int, events: int, timeout: float = 120, database: str = "sqlite",
-                 policy: str = "allow-all") -> dict[str, Any]:
+                 policy: str = "allow-all", profile: str | None = None) -> dict[str, Any]:
     """One node's new endpoint; latency until every streaming peer that sees it received it
     (all N-1 under allow-all)."""
-    async with Bench(["sqlite"], database=database, policy=policy) as b:
+    async with Bench(["sqlite"], database=database, policy=policy, profile=profile) as b:
         assert b.fleet is not None
         await b.populate(nodes, "fanout")
         await b.fleet.open_streams(b.fleet.members, timeout=600)
         await settle(b.fleet)
         members = b.fleet.members
         latencies: list[float] = []
-        cpu0, gen0, bytes0 = b.server.cpu(), _own_cpu(), b.fleet.bytes_received
+        cpu0, gen0, bytes0 = b.mark()
         for rep in range(events):
             # The sender changes each event: one node changing its endpoints 200 times in a
             # row is held back by the per-node update limit (client_limits.updates_per_second),

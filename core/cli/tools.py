@@ -123,6 +123,10 @@ def cmd_bench(args: argparse.Namespace) -> Out | int:
         kwargs["policy"] = "self"
     if args.scenario == "churn":
         kwargs["rate"] = args.rate
+    if args.profile:
+        if args.scenario not in ("storm", "fanout"):
+            raise MeshscaleError("--profile is for the storm and fanout scenarios")
+        kwargs["profile"] = args.profile
     if args.scenario == "soak":
         kwargs.update(idle=args.idle, per_ip=args.per_ip, ceiling=args.ceiling)
     result = asyncio.run(asyncio.wait_for(SCENARIOS[args.scenario](**kwargs), args.time_limit))
@@ -172,6 +176,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="storm: autogroup:member -> autogroup:self:* policy")
     bench.add_argument("--time-limit", type=float, default=1800.0, help="seconds, then stop")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--profile", metavar="FILE",
+                       help="storm, fanout: sample the server with py-spy while measuring; "
+                       "raw stacks to FILE, top functions in the figures")
     bench.set_defaults(fn=cmd_bench)
 
     db = add(sub, "db", "database tools", common)
