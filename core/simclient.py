@@ -19,6 +19,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -32,6 +33,7 @@ from meshscale.noise.handshake import (
 from meshscale.noise.records import RecordDecoder, RecordEncoder
 
 CAPVER = 130  # Tailscale v1.90
+STREAM_WINDOW = 4 << 20  # x/net/http2 transportDefaultStreamFlow
 
 
 def make_initiation(
@@ -131,6 +133,10 @@ class ControlConnection:
         self.encoder = RecordEncoder(send)
         self.decoder = RecordDecoder(recv)
         self.h2.initiate_connection()
+        # Windows as tailscale's Go client (x/net/http2's Transport) grants them: 4 MiB per
+        # stream, 1 GiB for the connection; a full map at thousands of peers then flows without
+        # waiting for WINDOW_UPDATEs, as it does to real clients.
+        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
         self.h2.increment_flow_control_window(2**30)
         self._flush()
         self._reader_task = asyncio.create_task(self._read_loop())

@@ -93,3 +93,19 @@ def test_framing_limits(server_key: X25519PrivateKey) -> None:
 
 def test_error_message_layout() -> None:
     assert handshake.error_message("no") == b"\x03\x00\x02no"
+
+
+@pytest.mark.parametrize("size", [0, 1, 62, MAX_PLAINTEXT - 1, MAX_PLAINTEXT, MAX_PLAINTEXT + 1,
+                                  3 * MAX_PLAINTEXT, 100_000])
+def test_encoder_matches_one_seal_per_record(size: int) -> None:
+    """The encoder's records are, byte for byte, 0x04 | u16be length | seal(counter, chunk)."""
+    key = bytes(range(32))
+    enc = RecordEncoder(key)
+    enc.encode(b"x" * 10)  # counter 0 used: the next call starts at 1
+    data = bytes(i % 251 for i in range(size))
+    want = b"".join(seal(key, 1 + n, data[i:i + MAX_PLAINTEXT])
+                    for n, i in enumerate(range(0, size, MAX_PLAINTEXT)))
+    assert bytes(enc.encode(data)) == want
+    # A memoryview is taken as is, and the counter went on by the records above.
+    assert bytes(enc.encode(memoryview(b"tail!"))) == seal(
+        key, 1 + len(range(0, size, MAX_PLAINTEXT)), b"tail!")
