@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from meshscale.errors import MeshscaleError
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyUser:
@@ -190,3 +192,22 @@ class AllowAllEngine:
 
     def route_via_tags(self, viewer_id: int, route: str) -> frozenset[str]:
         return frozenset()
+
+
+def check_admin_tags(engine: PolicyEngine, tags: Iterable[str]) -> None:
+    """Tags an administrator sets on a node (``nodes tag``, SetTags), checked as headscale
+    checks them: each ``tag:`` + lower case without spaces, and defined in the policy's
+    tagOwners (an admin may set any tag that exists; no owner check on the admin). Raises
+    MeshscaleError naming the tags refused; with no policy in force every tag exists."""
+    tags = list(tags)
+    for tag in tags:
+        if not tag.startswith("tag:"):
+            raise MeshscaleError(f"invalid tag {tag!r}: tag must start with the string 'tag:'")
+        if tag.lower() != tag:
+            raise MeshscaleError(f"invalid tag {tag!r}: tag should be lowercase")
+        if len(tag.split()) > 1 or tag != tag.strip():
+            raise MeshscaleError(f"invalid tag {tag!r}: tags must not contain spaces")
+    refused = [t for t in tags if not engine.tags_permitted(None, [t])]
+    if refused:
+        raise MeshscaleError(f"requested tags {refused} are invalid or not permitted: the "
+                             "policy's tagOwners does not define them")

@@ -17,6 +17,7 @@ from quart import Quart, Response, request
 from meshscale import tailcfg
 from meshscale.api.apikeys import add_routes as add_apikey_routes
 from meshscale.errors import MeshscaleError, NotFoundError, StorageError
+from meshscale.policy import check_admin_tags
 from meshscale.state.models import Node, PreAuthKey, User
 
 if TYPE_CHECKING:
@@ -323,6 +324,7 @@ def create_admin_app(server: AdminServer) -> Quart:
         tags = body.get("tags")
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise MeshscaleError("'tags' must be a list of tags")
+        check_admin_tags(server.engine, tags)  # an empty list clears them (meshscale's extra)
         return _json(view(lifecycle().set_tags(node_id(ref), tags)))
 
     @app.post("/v1/nodes/<ref>/rename")

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from meshscale.api import restviews as v
-from meshscale.api.resttypes import Call, Unimplemented
+from meshscale.api.resttypes import Call
+from meshscale.clientinput.hostinfo import check_hostinfo
 from meshscale.errors import MeshscaleError, NotFoundError
+from meshscale.policy import check_admin_tags
 from meshscale.state.models import Node, PreAuthKey, User
 
 if TYPE_CHECKING:
@@ -46,10 +48,6 @@ def _node_id(c: Call) -> int:
 
 def _key(c: Call, k: PreAuthKey, full: str | None = None) -> dict[str, Any]:
     return v.preauthkey(k, _owner(c, k.user_id), full)
-
-
-async def unimplemented(c: Call) -> dict[str, Any]:
-    raise Unimplemented("meshscale does not offer this operation (see docs/api.md)")
 
 
 # -- users --------------------------------------------------------------------------------------
@@ -159,11 +157,62 @@ async def delete_node(c: Call) -> dict[str, Any]:
 
 async def expire_node(c: Call) -> dict[str, Any]:
     node_id = _node_id(c)
-    if str(c.query.get("disableExpiry", c.query.get("disable_expiry", ""))).lower() == "true":
-        raise MeshscaleError("disableExpiry is not offered by meshscale")
+    disable = v.boolean(c.query.get("disableExpiry", c.query.get("disable_expiry")),
+                        "disableExpiry")
     when = v.timestamp(c.query.get("expiry"), "expiry")
+    if disable and when is not None:
+        raise MeshscaleError("cannot set both disable_expiry and expiry")
+    if disable:
+        return {"node": _node(c, _lifecycle(c).never_expire(node_id))}
     n = _lifecycle(c).expire(node_id, when, why="expired through the API")
     return {"node": _node(c, n)}
+
+
+async def set_tags(c: Call) -> dict[str, Any]:
+    """headscale's SetTags (v0.29.2): at least one tag, each well formed and defined in the
+    policy's tagOwners; the node must exist. Through the lifecycle, so peers follow."""
+    node_id = _node_id(c)
+    tags = v.string_list(c.body.get("tags"), "tags")
+    if not tags:
+        raise MeshscaleError("cannot remove all tags from a node - tagged nodes must have at "
+                             "least one tag")
+    _state(c).node(node_id)  # not found before a refused tag, as headscale answers
+    check_admin_tags(c.server.engine, tags)
+    return {"node": _node(c, _lifecycle(c).set_tags(node_id, tags))}
+
+
+async def backfill_ips(c: Call) -> dict[str, Any]:
+    """headscale's BackfillNodeIPs: only with ?confirmed=true; a line per address given."""
+    if not v.boolean(c.query.get("confirmed"), "confirmed"):
+        raise MeshscaleError("not confirmed, aborting: add ?confirmed=true")
+    return {"changes": _lifecycle(c).backfill_addresses()}
+
+
+async def debug_create_node(c: Call) -> dict[str, Any]:
+    """headscale's DebugCreateNode (v0.29.2): a login waiting under auth id ``key`` for a node
+    named ``name`` announcing ``routes``, owned by ``user`` (a name) once registered; the
+    answer echoes that node, not yet registered (id 0). ``auth register`` (or RegisterNode)
+    with the same auth id creates it."""
+    plane = c.server.plane
+    assert plane is not None
+    user = _state(c).user(str(c.body.get("user") or "")) if c.body.get("user") else None
+    if user is None:
+        raise MeshscaleError("missing user")
+    name = c.body.get("name") or ""
+    if not isinstance(name, str):
+        raise MeshscaleError("name must be a string")
+    routes = v.string_list(c.body.get("routes"), "routes")
+    hostinfo, problems = check_hostinfo({"Hostname": name, "OS": "TestOS",
+                                         "RoutableIPs": routes},
+                                        c.server.config.client_limits.hostinfo_max_bytes,
+                                        "node")
+    if problems:
+        raise MeshscaleError(problems.summary())
+    pending = plane.logins.pending.start_debug(str(c.body.get("key") or ""), hostinfo)
+    echo = Node(id=0, machine_key=pending.machine_key, node_key=pending.node_key,
+                hostname=name, given_name="", user_id=user.id, ipv4=None, ipv6=None,
+                hostinfo=hostinfo, created_at=datetime.now(UTC), register_method="")
+    return {"node": v.node(echo, user, [], [])}
 
 
 async def rename_node(c: Call) -> dict[str, Any]:

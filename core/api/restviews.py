@@ -89,3 +89,17 @@ def string_list(value: object, name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise MeshscaleError(f"{name} must be a list of strings")
     return list(value)
+
+
+def boolean(value: object, name: str) -> bool:
+    """A bool query parameter as grpc-gateway reads one (Go's strconv.ParseBool)."""
+    if value is None or value == "" or value is False:
+        return False
+    if value is True:
+        return True
+    text = str(value)
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise MeshscaleError(f"{name} must be true or false, got {text[:20]!r}")

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from quart import Response
 
 from meshscale.contributions import HttpRoute
@@ -31,6 +32,7 @@ from meshscale.control.register import RegisterRefused, permitted_tags, response
 from meshscale.errors import MeshscaleError, NotFoundError
 from meshscale.events import Registration
 from meshscale.state.models import Node, User
+from meshscale.tailcfg import CAPVER_MIN
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -91,6 +93,28 @@ class PendingLogins:
         )
         pending.timer = loop.call_later(self.ttl, self._expire, pending)
         self._by_id[pending.auth_id] = pending
+        self._by_machine[machine_key] = pending
+        return pending
+
+    def start_debug(self, auth_id: str, hostinfo: dict[str, Any]) -> PendingLogin:
+        """A login waiting under ``auth_id`` for a node no client stands behind (headscale's
+        DebugCreateNode): fresh machine and node keys; ``auth register`` then makes the node.
+        Bounded and with a deadline like every other pending login."""
+        if not AUTH_ID.fullmatch(auth_id):
+            raise MeshscaleError("key must be an auth id: 24 characters of A-Z, a-z, 0-9, _ "
+                                 "and -")
+        if auth_id in self._by_id:
+            raise MeshscaleError("a login is already waiting with that auth id")
+        if len(self._by_id) >= self.limit:
+            raise MeshscaleError("too many logins are waiting on this server; try again later")
+        machine_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        node_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        loop = asyncio.get_running_loop()
+        pending = PendingLogin(auth_id=auth_id, machine_key=machine_key, node_key=node_key,
+                               hostinfo=hostinfo, capver=CAPVER_MIN, url="",
+                               outcome=loop.create_future())
+        pending.timer = loop.call_later(self.ttl, self._expire, pending)
+        self._by_id[auth_id] = pending
         self._by_machine[machine_key] = pending
         return pending
 
