@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from meshscale.api.admin import create_admin_app
 from meshscale.server import Server
 from tests.plugin.simnodes import join, next_with, quiet
 
@@ -96,8 +97,6 @@ async def test_set_tags_reaches_the_peers_and_is_checked_against_tag_owners(
     assert not [m for m in await quiet(sb) if "PeersChanged" in m]
 
     # The CLI's path (the admin socket's route) checks tagOwners the same way.
-    from meshscale.api.admin import create_admin_app  # noqa: PLC0415
-
     admin = create_admin_app(server).test_client()
     resp = await admin.post(f"/v1/nodes/{a_id}/tags", json={"tags": ["tag:nosuch"]})
     assert resp.status_code == 400 and "not permitted" in (await resp.get_json())["error"]
