@@ -159,15 +159,21 @@ def _code_of(exc: MeshscaleError) -> int:
 
 
 def authenticated(server: RestServer) -> bool:
-    """A valid, unexpired API key in ``Authorization: Bearer``."""
+    """A valid, unexpired API key in ``Authorization: Bearer`` (its use noted: lastSeen)."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or server.apikeys is None:
         return False
     try:
-        server.apikeys.check(presented.strip())
+        key = server.apikeys.check(presented.strip())
     except AuthError:
         return False
+    try:
+        server.apikeys.seen(key)
+    except StorageError:
+        # The request may only read; a lastSeen that could not be stored must not refuse it.
+        log.warning("API key %s: its lastSeen was not stored (database unavailable)",
+                    key.prefix)
     return True
 
 

@@ -7,7 +7,7 @@ event follows from them; the same storage writes them, one transaction per chang
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from meshscale import auth
 from meshscale.errors import AuthError, MeshscaleError, NotFoundError
@@ -16,6 +16,9 @@ from meshscale.storage.base import DeleteApiKey, PutApiKey, PutCounter, Snapshot
 
 _COUNTER = "apikey"
 _UNKNOWN = b"\x00" * 32  # compared against when the prefix is unknown: timing tells nothing
+# lastSeen is written at most this often per key: a busy script would otherwise cost a database
+# write per request, and "seen within the last minute" is all anyone reads from it.
+SEEN_INTERVAL = timedelta(minutes=1)
 
 
 class ApiKeys:
@@ -82,3 +85,17 @@ class ApiKeys:
         if key is None or not matches or key.expired():
             raise AuthError("invalid API key")
         return key
+
+    def seen(self, key: ApiKey, now: datetime | None = None) -> ApiKey:
+        """Note a use of ``key`` (a request it authenticated): its lastSeen, stored at most once
+        a SEEN_INTERVAL. A StorageError leaves the key as it was."""
+        now = now or utcnow()
+        live = self.keys.get(key.id)
+        if live is None:
+            return key  # deleted meanwhile
+        if live.last_seen is not None and now - live.last_seen < SEEN_INTERVAL:
+            return live
+        updated = replace(live, last_seen=now)
+        self.storage.apply([PutApiKey(updated)])
+        self._put(updated)
+        return updated
