@@ -16,11 +16,19 @@ A pre-auth key reads ``mskey-auth-<prefix>-<secret>``, an API key ``mskey-api-<p
 (headscale's ``hskey-api-...`` shape). The prefix is public (it names the key in listings
 and finds it); the secret is 256 random bits, of which only a SHA-256 is stored. A slow hash would
 add nothing for a secret of that entropy, and constant-time comparison keeps timing quiet.
+
+Keys imported from headscale keep the forms headscale gave them out in, so they go on working
+(meshscale.keyhash checks them against the bcrypt hashes headscale kept):
+
+- pre-auth keys of headscale 0.28 and later: ``hskey-auth-<12>-<64>`` (base64url characters,
+  so the prefix may hold ``-``; the parts have fixed lengths);
+- older pre-auth keys: 48 hex digits, kept by headscale in plain text; meshscale stores the first
+  12 as the prefix and a SHA-256 of the other 36;
+- API keys of headscale 0.28 and later: ``hskey-api-<12>-<64>``; older ones ``<7>.<32>``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -28,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from meshscale import keyhash
 
 KEY_PREFIX = "mskey-auth-"
 _PREFIX_LEN = 12
@@ -52,20 +62,39 @@ def new_api_key() -> tuple[str, str, bytes]:
     return f"{API_KEY_PREFIX}{prefix}-{secret}", prefix, hash_secret(secret)
 
 
+_B64URL = "[A-Za-z0-9_-]"
+_HS_AUTH = re.compile(rf"^hskey-auth-({_B64URL}{{12}})-({_B64URL}{{64}})$")
+_HS_LEGACY_AUTH = re.compile(r"^([0-9a-f]{12})([0-9a-f]{36})$")
+_HS_API = re.compile(rf"^hskey-api-({_B64URL}{{12}})-({_B64URL}{{64}})$")
+_HS_LEGACY_API = re.compile(rf"^({_B64URL}{{7}})\.({_B64URL}{{32}})$")
+
+
+def _split(key: str, *forms: re.Pattern[str]) -> tuple[str, str] | None:
+    text = key.strip()
+    for form in forms:
+        m = form.match(text)
+        if m:
+            return m.group(1), m.group(2)
+    return None
+
+
 def split_api_key(key: str) -> tuple[str, str] | None:
-    """(prefix, secret) of an API key, or None if ``key`` is not one."""
-    m = _API_FORMAT.match(key.strip())
-    return (m.group(1), m.group(2)) if m else None
-
-
-def hash_secret(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+    """(prefix, secret) of an API key (ours or headscale's), or None if ``key`` is not one."""
+    return _split(key, _API_FORMAT, _HS_API, _HS_LEGACY_API)
 
 
 def split_key(key: str) -> tuple[str, str] | None:
-    """(prefix, secret), or None if ``key`` is not in our format."""
-    m = _FORMAT.match(key.strip())
-    return (m.group(1), m.group(2)) if m else None
+    """(prefix, secret) of a pre-auth key (ours or headscale's), or None if it is not one."""
+    return _split(key, _FORMAT, _HS_AUTH, _HS_LEGACY_AUTH)
+
+
+def legacy_headscale_key(key: str) -> tuple[str, str] | None:
+    """(prefix, secret) of a pre-auth key headscale kept in plain text (48 hex digits)."""
+    return _split(key, _HS_LEGACY_AUTH)
+
+
+def hash_secret(secret: str) -> bytes:
+    return keyhash.sha256(secret)
 
 
 def secret_matches(secret: str, stored_hash: bytes) -> bool:

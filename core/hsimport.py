@@ -7,21 +7,30 @@ columns added with OIDC) are handled by what is there rather than by a version n
 
 What carries over: users (with their OIDC identity), nodes (machine, node and disco keys,
 addresses, hostname and given name, tags, approved routes, expiry, last seen, creation time,
-how they registered), the policy stored in the database. What does not, yet: pre-auth keys and
-API keys (headscale keeps bcrypt hashes of their secrets; meshscale checks SHA-256 ones), which
-are counted and named in the plan.
+how they registered), pre-auth keys and API keys with the hashes headscale kept (so the keys
+people hold go on working: meshscale.keyhash), the policy stored in the database. A row that
+cannot be brought over is named in the plan with why.
+
+Key forms by headscale release (its hscontrol/db/preauth_keys.go and api_key.go): pre-auth keys
+up to 0.27 are 48 hex digits kept in plain text (``key``; 0.23 keeps their tags in the table
+``pre_auth_key_acl_tags``, later releases in ``tags``); from 0.28 ``hskey-auth-<prefix>-<secret>``
+with ``prefix`` and a bcrypt ``hash`` of the secret, old rows keeping ``key``. API keys are
+``prefix`` and a bcrypt ``hash`` throughout: ``<7>.<32>`` up to 0.27, ``hskey-api-<12>-<64>``
+from 0.28.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from meshscale import auth, keyhash
 from meshscale.errors import MeshscaleError
-from meshscale.state.models import Node, User
+from meshscale.state.models import ApiKey, Node, PreAuthKey, User
 
 
 class Cursor(Protocol):
@@ -42,6 +51,8 @@ class Plan:
     schema: str = ""
     users: list[User] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
+    keys: list[PreAuthKey] = field(default_factory=list)
+    api_keys: list[ApiKey] = field(default_factory=list)
     policy: str | None = None
     left: list[str] = field(default_factory=list)  # one line per thing not imported
 
@@ -50,6 +61,8 @@ class Plan:
             "schema": self.schema,
             "users": [u.name for u in self.users],
             "nodes": [f"{n.id} {n.given_name} {' '.join(n.addresses)}" for n in self.nodes],
+            "pre_auth_keys": [f"{k.id} {k.prefix} ({k.hash_scheme})" for k in self.keys],
+            "api_keys": [f"{k.id} {k.prefix}" for k in self.api_keys],
             "policy": "imported" if self.policy else "none in the database",
             "not_imported": list(self.left),
         }
@@ -179,11 +192,13 @@ def _routes_table(reader: Reader) -> dict[int, list[str]]:
     return out
 
 
-def _node(row: dict[str, Any], routes: dict[int, list[str]], ephemeral_keys: set[int]) -> Node:
+def _node(row: dict[str, Any], routes: dict[int, list[str]], keys: dict[int, PreAuthKey],
+          ephemeral_keys: set[int]) -> Node:
     tags = _json_list(row.get("tags") if "tags" in row else row.get("forced_tags"))
     approved = (_json_list(row["approved_routes"]) if "approved_routes" in row
                 else routes.get(int(row["id"]), []))
     disco = row.get("disco_key")
+    key_id = _int(row.get("auth_key_id"))
     node = Node(
         id=int(row["id"]),
         machine_key=_key(row.get("machine_key"), "mkey:", "machine key"),
@@ -199,13 +214,115 @@ def _node(row: dict[str, Any], routes: dict[int, list[str]], ephemeral_keys: set
         created_at=_time(row.get("created_at")) or datetime.now(UTC),
         last_seen=_time(row.get("last_seen")),
         expiry=_time(row.get("expiry")),
-        ephemeral=row.get("auth_key_id") in ephemeral_keys,
+        auth_key_id=key_id if key_id in keys else None,
+        ephemeral=key_id in ephemeral_keys,
         register_method=str(row.get("register_method") or "authkey"),
         approved_routes=tuple(approved),
     )
     if disco:
         node.disco_key = _key(disco, "discokey:", "disco key")
     return node
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, (int, str)) and str(value).isdigit() else -1
+
+
+def _flag(value: object) -> bool:
+    return value in (1, True, "1", "true", "t")
+
+
+def _hash(value: object) -> bytes:
+    """A hash column: BLOB on SQLite, bytea (memoryview) on PostgreSQL, text if so written."""
+    if isinstance(value, memoryview):
+        return value.tobytes()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return str(value or "").encode()
+
+
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{12}")
+_LEGACY_API_PREFIX = re.compile(r"[A-Za-z0-9_-]{7}")
+
+
+def _acl_tags(reader: Reader) -> dict[int, list[str]]:
+    """headscale 0.23 kept a pre-auth key's tags in a table of their own."""
+    out: dict[int, list[str]] = {}
+    if reader.columns("pre_auth_key_acl_tags"):
+        for r in reader.rows("pre_auth_key_acl_tags"):
+            out.setdefault(_int(r.get("pre_auth_key_id")), []).append(str(r.get("tag") or ""))
+    return out
+
+
+def _preauth_key(row: dict[str, Any], acl_tags: dict[int, list[str]],
+                 user_ids: set[int]) -> PreAuthKey:
+    kid = int(row["id"])
+    if row.get("revoked"):
+        raise MeshscaleError("revoked")
+    prefix, stored = str(row.get("prefix") or ""), _hash(row.get("hash"))
+    if prefix:
+        if not _PREFIX.fullmatch(prefix) or not keyhash.is_bcrypt_hash(stored):
+            raise MeshscaleError("its prefix and hash are not headscale's (12 characters and "
+                                 "a bcrypt hash)")
+        scheme = keyhash.BCRYPT
+    else:
+        parts = auth.legacy_headscale_key(str(row.get("key") or ""))
+        if parts is None:
+            raise MeshscaleError("its key is neither hskey-auth-... nor 48 hex digits")
+        prefix, stored, scheme = parts[0], keyhash.sha256(parts[1]), keyhash.SHA256
+    tags = _json_list(row["tags"]) if "tags" in row else acl_tags.get(kid, [])
+    bad = [t for t in tags if not t.startswith("tag:") or len(t) <= 4]
+    if bad:
+        raise MeshscaleError(f"invalid tags {bad}")
+    user_id = _int(row.get("user_id"))
+    owner = user_id if user_id in user_ids else None  # headscale: ON DELETE SET NULL
+    if owner is None and not tags:
+        raise MeshscaleError("neither a user nor tags")
+    return PreAuthKey(
+        id=kid, prefix=prefix, secret_hash=stored, user_id=owner,
+        reusable=_flag(row.get("reusable")), ephemeral=_flag(row.get("ephemeral")),
+        used=_flag(row.get("used")), expiration=_time(row.get("expiration")),
+        created_at=_time(row.get("created_at")) or datetime.now(UTC),
+        tags=tuple(sorted(set(tags))), hash_scheme=scheme,
+    )
+
+
+def _api_key(row: dict[str, Any]) -> ApiKey:
+    prefix, stored = str(row.get("prefix") or ""), _hash(row.get("hash"))
+    if not (_PREFIX.fullmatch(prefix) or _LEGACY_API_PREFIX.fullmatch(prefix)) \
+            or not keyhash.is_bcrypt_hash(stored):
+        raise MeshscaleError("its prefix and hash are not headscale's (7 or 12 characters "
+                             "and a bcrypt hash)")
+    return ApiKey(id=int(row["id"]), prefix=prefix, secret_hash=stored,
+                  expiration=_time(row.get("expiration")),
+                  created_at=_time(row.get("created_at")) or datetime.now(UTC),
+                  last_seen=_time(row.get("last_seen")), hash_scheme=keyhash.BCRYPT)
+
+
+def _keys(reader: Reader, plan: Plan, user_ids: set[int]) -> set[int]:
+    """The keys into ``plan``; returns the IDs of every ephemeral key (imported or not: its
+    nodes are ephemeral all the same)."""
+    acl_tags = _acl_tags(reader)
+    prefixes: set[str] = set()
+    rows = reader.rows("pre_auth_keys")
+    for row in rows:
+        try:
+            key = _preauth_key(row, acl_tags, user_ids)
+            if key.prefix in prefixes:
+                raise MeshscaleError(f"a second key with the prefix {key.prefix}")
+        except MeshscaleError as exc:
+            plan.left.append(f"pre-auth key {row.get('id')}: {exc}")
+            continue
+        prefixes.add(key.prefix)
+        plan.keys.append(key)
+    for row in reader.rows("api_keys"):
+        try:
+            api_key = _api_key(row)
+        except MeshscaleError as exc:
+            plan.left.append(f"API key {row.get('id')}: {exc}")
+            continue
+        plan.api_keys.append(api_key)
+    return {_int(r.get("id")) for r in rows if _flag(r.get("ephemeral"))}
 
 
 def read_plan(reader: Reader) -> Plan:
@@ -216,12 +333,12 @@ def read_plan(reader: Reader) -> Plan:
     plan = Plan(schema=reader.schema())
     plan.users = [_user(r) for r in reader.rows("users")]
     user_ids = {u.id for u in plan.users}
-    keys = reader.rows("pre_auth_keys")
-    ephemeral = {int(k["id"]) for k in keys if k.get("ephemeral") in (1, True, "1", "true")}
+    ephemeral = _keys(reader, plan, user_ids)
+    keys = {k.id: k for k in plan.keys}
     routes = _routes_table(reader) if reader.columns("routes") else {}
     for row in reader.rows("nodes"):
         try:
-            node = _node(row, routes, ephemeral)
+            node = _node(row, routes, keys, ephemeral)
         except MeshscaleError as exc:
             plan.left.append(f"node {row.get('id')} {row.get('hostname')!r}: {exc}")
             continue
@@ -233,15 +350,6 @@ def read_plan(reader: Reader) -> Plan:
             plan.left.append(f"node {node.id} {node.given_name!r}: neither a user nor tags")
             continue
         plan.nodes.append(node)
-    if keys:
-        plan.left.append(f"{len(keys)} pre-auth key(s): headscale keeps bcrypt hashes of their "
-                         "secrets, which meshscale cannot check yet; create new keys "
-                         "(registered nodes do not need them)")
-    api_keys = reader.rows("api_keys")
-    if api_keys:
-        plan.left.append(f"{len(api_keys)} API key(s): headscale keeps bcrypt hashes of their "
-                         "secrets, which meshscale cannot check; create new ones "
-                         "(meshscale apikeys create)")
     policies = reader.rows("policies")
     if policies and policies[-1].get("data"):
         plan.policy = str(policies[-1]["data"])

@@ -23,7 +23,15 @@ from meshscale.contributions import pick
 from meshscale.errors import ConfigError, MeshscaleError
 from meshscale.hsimport import Plan, Reader, read_plan
 from meshscale.pluginhost import PluginHost
-from meshscale.storage.base import Op, PutCounter, PutNode, PutPolicy, PutUser
+from meshscale.storage.base import (
+    Op,
+    PutApiKey,
+    PutCounter,
+    PutKey,
+    PutNode,
+    PutPolicy,
+    PutUser,
+)
 
 
 def _headscale_config(path: str) -> Config:
@@ -66,10 +74,15 @@ def _server_stopped(config: Config) -> None:
 
 def _ops(plan: Plan) -> list[Op]:
     ops: list[Op] = [PutUser(u) for u in plan.users]
+    ops += [PutKey(k) for k in plan.keys]
     ops += [PutNode(n) for n in plan.nodes]
-    for kind, items in (("user", plan.users), ("node", plan.nodes)):
-        if items:
-            ops.append(PutCounter(kind, max(x.id for x in items)))
+    ops += [PutApiKey(k) for k in plan.api_keys]
+    # The counters' names are those of meshscale.state (accounts, store, apikeys).
+    for kind, ids in (("user", [u.id for u in plan.users]), ("key", [k.id for k in plan.keys]),
+                      ("node", [n.id for n in plan.nodes]),
+                      ("apikey", [k.id for k in plan.api_keys])):
+        if ids:
+            ops.append(PutCounter(kind, max(ids)))
     if plan.policy:
         ops.append(PutPolicy(plan.policy))
     return ops
@@ -146,6 +159,12 @@ def cmd_import(args: argparse.Namespace) -> Out:
              f"  users: {len(plan.users)} ({', '.join(u.name for u in plan.users) or '-'})",
              f"  nodes: {len(plan.nodes)}"]
     lines += [f"    {line}" for line in summary["nodes"]]
+    bcrypt = sum(k.hash_scheme == "bcrypt" for k in plan.keys)
+    lines.append(f"  pre-auth keys: {len(plan.keys)}"
+                 + (f" ({bcrypt} checked against headscale's bcrypt hashes, "
+                    f"{len(plan.keys) - bcrypt} of its plain-text keys hashed)"
+                    if plan.keys else ""))
+    lines.append(f"  API keys: {len(plan.api_keys)}")
     lines.append(f"  policy: {summary['policy']}"
                  + (" (used with policy.mode: database)" if plan.policy
                     and config.policy.mode != "database" else ""))
@@ -164,10 +183,11 @@ def _write(config: Config, host: PluginHost, plan: Plan) -> None:
     storage = backend.open(config)
     try:
         snap = storage.load()
-        if snap.users or snap.nodes or snap.keys:
+        if snap.users or snap.nodes or snap.keys or (snap.api_keys and plan.api_keys):
             raise MeshscaleError(
-                f"meshscale's database already holds {len(snap.users)} user(s) and "
-                f"{len(snap.nodes)} node(s): import into an empty one")
+                f"meshscale's database already holds {len(snap.users)} user(s), "
+                f"{len(snap.nodes)} node(s), {len(snap.keys)} pre-auth key(s) and "
+                f"{len(snap.api_keys)} API key(s): import into an empty one")
         storage.apply(_ops(plan))
     finally:
         storage.close()
@@ -176,8 +196,8 @@ def _write(config: Config, host: PluginHost, plan: Plan) -> None:
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     # Not the shared options: --config here is headscale's file (meshscale's is -c before the
     # command, or the usual places).
-    about = ("copy a headscale database (users, nodes, policy) and its Noise key into an empty "
-             "meshscale; headscale's side is only read")
+    about = ("copy a headscale database (users, nodes, pre-auth and API keys, policy) and its "
+             "Noise key into an empty meshscale; headscale's side is only read")
     p = sub.add_parser("import-headscale", help=about, description=about)
     p.add_argument("--config", dest="headscale_config", default=None, metavar="FILE",
                    help="headscale's config.yaml: where its database and Noise key are")

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
-from meshscale import auth
-from meshscale.errors import AuthError, MeshscaleError, NotFoundError
+from meshscale import auth, keyhash
+from meshscale.errors import AuthError, MeshscaleError, NotFoundError, StorageError
 from meshscale.state.changes import UserChanged
 from meshscale.state.models import PreAuthKey, User, utcnow
 from meshscale.state.policyview import PolicyBridge
@@ -161,15 +161,20 @@ class Accounts(PolicyBridge):
             k = self.keys.get(int(ref))
             if k is not None:
                 return k
-        text = str(ref)
+        text = str(ref).strip()
+        by_prefix = self._key_by_prefix(text)
+        if by_prefix is not None:
+            return by_prefix
         parts = auth.split_key(text)
-        prefix = parts[0] if parts else text
-        for k in self.keys.values():
-            if k.prefix == prefix:
-                if parts and not auth.secret_matches(parts[1], k.secret_hash):
-                    break
+        if parts is not None:
+            k = self._key_by_prefix(parts[0])
+            if k is not None and keyhash.matches(parts[1], k.secret_hash, k.hash_scheme,
+                                                 self._bcrypt_budget):
                 return k
         raise NotFoundError(f"pre-auth key {text[:24]!r} not found")
+
+    def _key_by_prefix(self, prefix: str) -> PreAuthKey | None:
+        return next((k for k in self.keys.values() if k.prefix == prefix), None)
 
     def check_auth_key(self, text: str) -> PreAuthKey:
         """The key a client presents: it must exist, match, be unexpired and unused."""
@@ -177,13 +182,28 @@ class Accounts(PolicyBridge):
         if parts is None:
             raise AuthError("invalid pre-auth key")
         prefix, secret = parts
-        key = next((k for k in self.keys.values() if k.prefix == prefix), None)
+        key = self._key_by_prefix(prefix)
         # Compare even when the prefix is unknown, so timing does not tell which part was wrong.
-        stored = key.secret_hash if key else b"\x00" * 32
-        if not auth.secret_matches(secret, stored) or key is None:
+        if not keyhash.matches(secret, key.secret_hash if key else None,
+                               key.hash_scheme if key else keyhash.SHA256,
+                               self._bcrypt_budget) or key is None:
             raise AuthError("invalid pre-auth key")
         if key.expired():
             raise AuthError("pre-auth key expired")
         if key.used and not key.reusable:
             raise AuthError("pre-auth key already used")
+        if key.hash_scheme != keyhash.SHA256:
+            key = self._rehash_key(key, secret)
         return key
+
+    def _rehash_key(self, key: PreAuthKey, secret: str) -> PreAuthKey:
+        """An imported key's bcrypt hash replaced by our SHA-256 once its secret is known right
+        (meshscale.keyhash); if that write fails the key still works, bcrypt-checked."""
+        secret_hash, scheme = keyhash.rehashed(secret)
+        updated = replace(key, secret_hash=secret_hash, hash_scheme=scheme)
+        try:
+            self._write([PutKey(updated)])
+        except StorageError:
+            return key
+        self.keys[key.id] = updated
+        return updated

@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from meshscale import auth
-from meshscale.errors import AuthError, MeshscaleError, NotFoundError
+from meshscale import auth, keyhash
+from meshscale.errors import AuthError, MeshscaleError, NotFoundError, StorageError
 from meshscale.state.models import ApiKey, utcnow
 from meshscale.storage.base import DeleteApiKey, PutApiKey, PutCounter, Snapshot, Storage
 
 _COUNTER = "apikey"
-_UNKNOWN = b"\x00" * 32  # compared against when the prefix is unknown: timing tells nothing
 # lastSeen is written at most this often per key: a busy script would otherwise cost a database
 # write per request, and "seen within the last minute" is all anyone reads from it.
 SEEN_INTERVAL = timedelta(minutes=1)
@@ -27,6 +26,7 @@ class ApiKeys:
         self.keys: dict[int, ApiKey] = {k.id: k for k in snap.api_keys}
         self._by_prefix: dict[str, ApiKey] = {k.prefix: k for k in snap.api_keys}
         self._hwm = max(snap.counters.get(_COUNTER, 0), max(self.keys, default=0))
+        self._bcrypt_budget = keyhash.BcryptBudget()  # keys imported from headscale
 
     def _put(self, key: ApiKey) -> None:
         self.keys[key.id] = key
@@ -50,8 +50,13 @@ class ApiKeys:
         text = str(ref).strip()
         if text.isdigit() and int(text) in self.keys:
             return self.keys[int(text)]
+        if text in self._by_prefix:  # headscale's prefixes may hold "-"
+            return self._by_prefix[text]
         parts = auth.split_api_key(text)
-        prefix = parts[0] if parts else text.removeprefix(auth.API_KEY_PREFIX).split("-")[0]
+        # A listing's "mskey-api-<prefix>" or headscale's "hskey-api-<prefix>-***": both
+        # prefixes are 12 characters.
+        prefix = parts[0] if parts else \
+            text.removeprefix(auth.API_KEY_PREFIX).removeprefix("hskey-api-")[:12]
         key = self._by_prefix.get(prefix)
         if key is None:
             raise NotFoundError(f"API key {text[:24]!r} not found")
@@ -81,9 +86,12 @@ class ApiKeys:
             raise AuthError("invalid API key")
         prefix, secret = parts
         key = self._by_prefix.get(prefix)
-        matches = auth.secret_matches(secret, key.secret_hash if key else _UNKNOWN)
+        matches = keyhash.matches(secret, key.secret_hash if key else None,
+                                  key.hash_scheme if key else keyhash.SHA256, self._bcrypt_budget)
         if key is None or not matches or key.expired():
             raise AuthError("invalid API key")
+        if key.hash_scheme != keyhash.SHA256:
+            key = self._rehash(key, secret)
         return key
 
     def seen(self, key: ApiKey, now: datetime | None = None) -> ApiKey:
@@ -97,5 +105,17 @@ class ApiKeys:
             return live
         updated = replace(live, last_seen=now)
         self.storage.apply([PutApiKey(updated)])
+        self._put(updated)
+        return updated
+
+    def _rehash(self, key: ApiKey, secret: str) -> ApiKey:
+        """An imported key's bcrypt hash replaced by our SHA-256 once its secret is known right
+        (meshscale.keyhash); if that write fails the key still works, bcrypt-checked."""
+        secret_hash, scheme = keyhash.rehashed(secret)
+        updated = replace(key, secret_hash=secret_hash, hash_scheme=scheme)
+        try:
+            self.storage.apply([PutApiKey(updated)])
+        except StorageError:
+            return key
         self._put(updated)
         return updated

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from meshscale import keyhash
 from meshscale.config import Config
 from meshscale.errors import NotFoundError
 from meshscale.state.changes import (
@@ -48,6 +49,7 @@ class StateBase:
         self.v6 = IPAllocator(config.prefixes.v6, config.prefixes.allocation)
         self._listeners: list[Listener] = []
         self._hwm: dict[str, int] = {}  # highest ID ever given out, per kind
+        self._bcrypt_budget = keyhash.BcryptBudget()  # pre-auth keys imported from headscale
 
     def _next_id(self, kind: str, live: dict[int, Any]) -> tuple[int, PutCounter]:
         """A new ID of ``kind``, above every ID ever given out (tailcfg: never reused); the

@@ -38,7 +38,7 @@ class User:
 class PreAuthKey:
     id: int
     prefix: str  # public part, printed in listings and used to find the key
-    secret_hash: bytes  # SHA-256 of the secret part; the secret itself is never stored
+    secret_hash: bytes  # a hash of the secret part (hash_scheme); the secret is never stored
     user_id: int | None  # None: a tags-only key
     reusable: bool = False
     ephemeral: bool = False
@@ -46,6 +46,9 @@ class PreAuthKey:
     expiration: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
     tags: tuple[str, ...] = ()
+    # How secret_hash was made (meshscale.keyhash): "sha256", or "bcrypt" for a key imported
+    # from headscale that has not been presented since.
+    hash_scheme: str = "sha256"
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expiration is not None and self.expiration <= (now or utcnow())
@@ -57,10 +60,11 @@ class ApiKey:
 
     id: int
     prefix: str  # public: listed, and finds the key
-    secret_hash: bytes  # SHA-256 of the secret (see meshscale.auth); the secret is not stored
+    secret_hash: bytes  # a hash of the secret (hash_scheme); the secret is not stored
     expiration: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
     last_seen: datetime | None = None
+    hash_scheme: str = "sha256"  # as PreAuthKey.hash_scheme
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expiration is not None and self.expiration <= (now or utcnow())

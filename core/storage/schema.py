@@ -43,6 +43,7 @@ class PreAuthKeyRow(BaseModel):
     expiration = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField()
     tags = pw.TextField(default="[]")
+    hash_scheme = pw.CharField(default="sha256")
 
     class Meta:
         table_name = "pre_auth_keys"
@@ -91,6 +92,7 @@ class ApiKeyRow(BaseModel):
     expiration = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField()
     last_seen = pw.DateTimeField(null=True)
+    hash_scheme = pw.CharField(default="sha256")
 
     class Meta:
         table_name = "meshscale_api_keys"  # not headscale's "api_keys": see storage.versioning

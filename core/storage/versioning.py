@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 5
+CURRENT = 6
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -132,9 +132,20 @@ def _v4_to_v5(db: pw.Database) -> None:
     _sql(db, "ALTER TABLE \"users\" ADD COLUMN \"groups\" TEXT NOT NULL DEFAULT '[]'")
 
 
+def _v5_to_v6(db: pw.Database) -> None:
+    """Version 6 names how each key's secret is hashed (``hash_scheme``): keys imported from
+    headscale keep its bcrypt hashes; every key there was is SHA-256. (An upgrade from before
+    version 4 made ``meshscale_api_keys`` from today's model, with the column already.)"""
+    for table in ("pre_auth_keys", "meshscale_api_keys"):
+        if "hash_scheme" not in {c.name for c in db.get_columns(table)}:
+            _sql(db, f'ALTER TABLE "{table}" ADD COLUMN "hash_scheme" VARCHAR(255) NOT NULL '
+                     "DEFAULT 'sha256'")
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3,
-                                                         3: _v3_to_v4, 4: _v4_to_v5}
+                                                         3: _v3_to_v4, 4: _v4_to_v5,
+                                                         5: _v5_to_v6}
 
 
 # -- acting on a live database ----------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""``meshscale import-headscale`` reads headscale databases of schema 0.23 and 0.29 (SQLite)
-without changing them, brings users, nodes and the stored policy over into an empty meshscale
-database, takes headscale's Noise key, and prints what it would do under --dry-run."""
+"""``meshscale import-headscale`` reads headscale databases of schema 0.23, 0.27 and 0.29
+(SQLite) without changing them, brings users, nodes, pre-auth and API keys and the stored policy
+over into an empty meshscale database, takes headscale's Noise key, and prints what it would do
+under --dry-run. The keys headscale gave out go on working: checked here through meshscale's own
+key stores, end to end with real clients in tests/interop/test_import_headscale.py."""
 
 from __future__ import annotations
 
@@ -16,13 +18,29 @@ import yaml
 
 from meshscale.bench.pgserver import PgServer
 from meshscale.cli.main import main
+from meshscale.errors import AuthError
+from meshscale.state.apikeys import ApiKeys
 from meshscale.state.models import Node, User
+from meshscale.state.store import State
+from meshscale.storage.base import Snapshot
 from tests.cli.serverproc import Serve, meshscale, write_config
 from tests.conftest import new_pg_database
-from tests.hsdb import DATA, VERSIONS, snapshot, write_headscale_db, write_rows
+from tests.hsdb import (
+    DATA,
+    VERSIONS,
+    HsApiKey,
+    HsKey,
+    Issued,
+    hashed_keys,
+    open_store,
+    snapshot,
+    write_headscale_db,
+    write_rows,
+)
 
 NOISE = "privkey:" + "ab" * 32
 T0 = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+LATER = datetime(2036, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 def records() -> tuple[list[User], list[Node]]:
@@ -36,6 +54,20 @@ def records() -> tuple[list[User], list[Node]]:
     server = Node(5, bytes([4]) * 32, bytes([5]) * 32, "srv", "srv-1", None, "100.64.0.7", None,
                   tags=("tag:server",), created_at=T0)
     return users, [laptop, server]
+
+
+def hs_keys(version: str) -> tuple[list[HsKey], list[HsApiKey]]:
+    """Keys of every kind that release keeps; on 0.29 also one kept in plain text from before
+    0.28. Key 7 belongs to a user headscale deleted (its user_id is dangling) and has no tags:
+    left out, said why."""
+    keys = [HsKey(1, 1, reusable=True, used=True),
+            HsKey(2, 3, ephemeral=True, expiration=LATER),
+            HsKey(4, 1, tags=("tag:ci", "tag:server")),
+            HsKey(7, 99)]
+    if hashed_keys(version):
+        keys.append(HsKey(9, 3, plain=True))
+    return keys, [HsApiKey(1, expiration=LATER, last_seen=T0),
+                  HsApiKey(2)]
 
 
 def digest(path: Path) -> str:
@@ -59,7 +91,7 @@ def test_dry_run_changes_nothing(version: str, setup: tuple[Path, Path, Path],
                                  capsys: pytest.CaptureFixture[str]) -> None:
     config, db, key = setup
     users, nodes = records()
-    write_headscale_db(db, version, users, nodes, policy='{"acls": []}')
+    write_headscale_db(db, version, users, nodes, '{"acls": []}', *hs_keys(version))
     before = digest(db)
     rc = main(["-c", str(config), "import-headscale", "--db", str(db), "--noise-key", str(key),
                "--dry-run"])
@@ -67,25 +99,31 @@ def test_dry_run_changes_nothing(version: str, setup: tuple[Path, Path, Path],
     assert rc == 0, err
     assert out.splitlines()[:5] == [
         f"would import from SQLite database {db} ("
-        + ("headscale migration 202406021630" if version == "0.23" else "headscale v0.29.2")
+        + {"0.23": "headscale migration 202406021630", "0.27": "headscale migration "
+           "202507021200", "0.29": "headscale v0.29.2"}[version]
         + "):",
         "  users: 2 (alice, bob)",
         "  nodes: 2",
         "    2 laptop 100.64.0.1 fd7a:115c:a1e0::1",
         "    5 srv-1 100.64.0.7",
     ]
-    assert "  not imported: 1 pre-auth key(s): headscale keeps bcrypt hashes" in out
+    bcrypt = 3 if hashed_keys(version) else 0
+    assert f"  pre-auth keys: {bcrypt + 1 if bcrypt else 3} ({bcrypt} checked against " \
+        f"headscale's bcrypt hashes, {1 if bcrypt else 3} of its plain-text keys hashed)" in out
+    assert "  API keys: 2" in out
+    assert "  not imported: pre-auth key 7: neither a user nor tags" in out
     assert digest(db) == before
     assert not (config.parent / "data").exists()
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_import_brings_users_nodes_policy_and_noise_key(
+def test_import_brings_users_nodes_keys_policy_and_noise_key(
     version: str, setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, db, key = setup
     users, nodes = records()
-    write_headscale_db(db, version, users, nodes, policy='{"acls": []}')
+    nodes[0].auth_key_id = 2  # the laptop registered with the ephemeral key
+    issued = write_headscale_db(db, version, users, nodes, '{"acls": []}', *hs_keys(version))
     before = digest(db)
     rc = main(["-c", str(config), "-o", "json", "import-headscale", "--db", str(db),
                "--noise-key", str(key)])
@@ -116,6 +154,51 @@ def test_import_brings_users_nodes_policy_and_noise_key(
     assert (srv.user_id, srv.tags, srv.ipv6) == (None, ("tag:server",), None)
     assert snap.policy == '{"acls": []}'
     assert snap.counters["node"] >= 5 and snap.counters["user"] >= 3
+    assert (laptop.auth_key_id, laptop.ephemeral, srv.auth_key_id) == (2, True, None)
+    check_keys(config, version, snap, issued)
+
+
+def check_keys(config: Path, version: str, snap: Snapshot, issued: Issued) -> None:
+    """The keys came over with their flags, owners, tags and times, and the full keys headscale
+    gave out pass meshscale's own checks (bcrypt where headscale kept it; re-hashed to SHA-256
+    on first use); a wrong secret, or a key never issued, does not."""
+    keys = {k.id: k for k in snap.keys}
+    want_ids = [1, 2, 4, 9] if hashed_keys(version) else [1, 2, 4]
+    assert sorted(keys) == want_ids and snap.counters["key"] == want_ids[-1]
+    assert (keys[1].user_id, keys[1].reusable, keys[1].used) == (1, True, True)
+    assert (keys[2].user_id, keys[2].ephemeral, keys[2].expiration) == (
+        3, True, LATER)
+    assert keys[4].tags == ("tag:ci", "tag:server")
+    scheme = "bcrypt" if hashed_keys(version) else "sha256"
+    assert [keys[i].hash_scheme for i in (1, 2, 4)] == [scheme] * 3
+    for k in snap.keys:  # no secret is stored: only hashes of it
+        assert issued.auth[k.id].encode() not in k.secret_hash
+    apis = {k.id: k for k in snap.api_keys}
+    assert sorted(apis) == [1, 2] and snap.counters["apikey"] == 2
+    assert (apis[1].expiration, apis[1].last_seen) == (LATER, T0)
+    assert all(k.hash_scheme == "bcrypt" for k in apis.values())
+
+    cfg, storage = open_store(config)
+    try:
+        state = State(cfg, storage)
+        state.load(snap)
+        for kid in keys:  # 1 is used but reusable
+            assert state.check_auth_key(issued.auth[kid]).id == kid
+            assert state.keys[kid].hash_scheme == "sha256"  # re-hashed on first use
+            assert state.check_auth_key(issued.auth[kid]).id == kid
+        wrong = issued.auth[4][:-1] + ("A" if issued.auth[4][-1] != "A" else "B")
+        with pytest.raises(AuthError, match="invalid pre-auth key"):
+            state.check_auth_key(wrong)
+        api = ApiKeys(storage, snap)
+        for kid, full in issued.api.items():
+            assert api.check(full).id == kid
+            assert api.check(full).hash_scheme == "sha256"
+        with pytest.raises(AuthError):
+            api.check(issued.api[1][:-1] + ("A" if issued.api[1][-1] != "A" else "B"))
+        again = storage.load()  # the re-hash is stored, not only in memory
+        assert {k.id: k.hash_scheme for k in again.api_keys} == {1: "sha256", 2: "sha256"}
+    finally:
+        storage.close()
 
 
 def test_refusals(setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,8 +210,8 @@ def test_refusals(setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[
     capsys.readouterr()
     # the second time meshscale's database is not empty (and the key is headscale's already)
     assert main(args) == 1
-    assert "already holds 2 user(s) and 2 node(s): import into an empty one" in \
-        capsys.readouterr().err
+    assert "already holds 2 user(s), 2 node(s), 0 pre-auth key(s) and 0 API key(s): import " \
+        "into an empty one" in capsys.readouterr().err
     other = config.parent / "other.key"
     other.write_text("privkey:" + "cd" * 32)
     assert main([*args[:-1], str(other), "--dry-run"]) == 1
@@ -170,7 +253,8 @@ def test_import_from_headscale_postgres(
     with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], dbname=pg["name"],
                          autocommit=True) as conn:
         conn.execute((DATA / "schema-0.29-postgres.sql").read_text())
-        write_rows(conn, "%s", lambda t: t, "0.29", users, nodes, policy='{"acls": []}')
+        issued = write_rows(conn, "%s", lambda t: t, "0.29", users, nodes, '{"acls": []}',
+                            *hs_keys("0.29"))
         before = conn.execute("SELECT count(*), max(updated_at) FROM nodes").fetchone()
     hs_config = config.parent / "hs" / "config.yaml"
     stock = yaml.safe_load((DATA / "config-0.29.2.yaml").read_text())
@@ -188,6 +272,7 @@ def test_import_from_headscale_postgres(
     got = {n.id: n for n in snap.nodes}
     assert got[2].machine_key == nodes[0].machine_key and got[2].expiry == nodes[0].expiry
     assert got[5].tags == ("tag:server",) and snap.policy == '{"acls": []}'
+    check_keys(config, "0.29", snap, issued)  # bcrypt hashes read from bytea
     with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"],
                          dbname=pg["name"]) as conn:
         assert conn.execute("SELECT count(*), max(updated_at) FROM nodes").fetchone() == before

