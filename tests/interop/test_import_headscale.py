@@ -20,11 +20,25 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import yaml
 
-from tests.hsdb import DATA, VERSIONS, HsApiKey, HsKey, snapshot, write_headscale_db
+from meshscale.bench.pgserver import PgServer
+from meshscale.storage.base import Snapshot
+from tests.conftest import new_pg_database
+from tests.hsdb import (
+    DATA,
+    VERSIONS,
+    HsApiKey,
+    HsKey,
+    Issued,
+    snapshot,
+    write_headscale_db,
+    write_rows,
+)
 from tests.interop.realclients import (
     CaddyNodes,
     MeshscaleProcess,
@@ -38,16 +52,21 @@ from tests.interop.realclients import (
 from tests.interop.tailscaled import Tailscaled
 
 pytestmark = pytest.mark.interop
-PLUGINS = ["sqlite", "derp", "stun"]
+PLUGINS = ["sqlite", "derp", "stun"]  # A's
 
 
-def headscale_config(path: Path, url: str, db: Path, noise: Path) -> None:
+def headscale_config(path: Path, url: str, database: dict[str, Any], noise: Path) -> None:
     """headscale 0.29.2's example config, pointed at this database, key and URL."""
     stock = yaml.safe_load((DATA / "config-0.29.2.yaml").read_text())
     stock["server_url"] = url
-    stock["database"]["sqlite"]["path"] = str(db)
+    stock["database"] = {**stock["database"], **database}
     stock["noise"]["private_key_path"] = str(noise)
     path.write_text(yaml.safe_dump(stock))
+
+
+# Writes A's records as a headscale database; returns headscale's ``database:`` section for it
+# and the keys issued.
+WriteSource = Callable[[Snapshot, list[HsKey], list[HsApiKey]], tuple[dict[str, Any], Issued]]
 
 
 def api_status(base: str, key: str) -> int:
@@ -65,11 +84,57 @@ def api_status(base: str, key: str) -> int:
 def test_nodes_move_from_a_headscale_database_without_registering_again(
     tmp_path: Path, version: str, tailscaled: Callable[..., Tailscaled],
 ) -> None:
+    def sqlite(snap: Snapshot, keys: list[HsKey],
+               api_keys: list[HsApiKey]) -> tuple[dict[str, Any], Issued]:
+        db = tmp_path / "hs" / "db.sqlite"
+        issued = write_headscale_db(db, version, snap.users, snap.nodes, None, keys, api_keys)
+        return {"type": "sqlite", "sqlite": {"path": str(db)}}, issued
+
+    move(tmp_path, tailscaled, sqlite, ["sqlite"], {})
+
+
+def test_nodes_move_from_headscale_on_postgresql(
+    tmp_path: Path, pg_server: PgServer, tailscaled: Callable[..., Tailscaled],
+) -> None:
+    """The same move with headscale's database in a real PostgreSQL (0.29's tables as GORM
+    makes them there), read in a read-only session through headscale's config; meshscale B
+    keeps its own database in PostgreSQL too (the postgres plugin)."""
+    source = new_pg_database(pg_server)
+    pg = source["postgres"]
+
+    def rows() -> list[tuple[Any, ...]]:
+        with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"],
+                             dbname=pg["name"]) as conn:
+            return [row for table in ("users", "nodes", "pre_auth_keys", "api_keys")
+                    for row in conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()]
+
+    written: list[tuple[Any, ...]] = []
+
+    def postgres(snap: Snapshot, keys: list[HsKey],
+                 api_keys: list[HsApiKey]) -> tuple[dict[str, Any], Issued]:
+        with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"],
+                             dbname=pg["name"], autocommit=True) as conn:
+            conn.execute((DATA / "schema-0.29-postgres.sql").read_text())
+            issued = write_rows(conn, "%s", lambda t: t, "0.29", snap.users, snap.nodes, None,
+                                keys, api_keys)
+        written.extend(rows())
+        return source, issued
+
+    move(tmp_path, tailscaled, postgres, ["postgres"],
+         {"database": new_pg_database(pg_server)})
+    assert len(written) == 6 and rows() == written  # headscale's side only read
+
+
+def move(tmp_path: Path, tailscaled: Callable[..., Tailscaled], write_source: WriteSource,
+         storage: list[str], b_config: dict[str, Any]) -> None:
+    """A's two tsnet nodes move to B through a headscale database ``write_source`` writes;
+    B runs with the ``storage`` plugin and ``b_config``."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "hs").mkdir()
     a = MeshscaleProcess(tmp_path / "a", PLUGINS)
-    b = MeshscaleProcess(tmp_path / "b", PLUGINS, port=a.port, url=a.url)
+    b = MeshscaleProcess(tmp_path / "b", [*storage, "derp", "stun"],
+                         yaml.safe_dump(b_config) if b_config else "", port=a.port, url=a.url)
     a.start()
     caddy: CaddyNodes | None = None
     try:
@@ -91,15 +156,14 @@ def test_nodes_move_from_a_headscale_database_without_registering_again(
         a.stop()
 
         snap = snapshot(a.config)
-        db = tmp_path / "hs" / "db.sqlite"
         alice = snap.users[0].id
         # Key 1 stands for the one the nodes registered with; key 2 is a single-use key
         # nobody has used yet.
-        issued = write_headscale_db(db, version, snap.users, snap.nodes, None,
-                                    [HsKey(1, alice, reusable=True, used=True), HsKey(2, alice)],
-                                    [HsApiKey(1)])
+        database, issued = write_source(
+            snap, [HsKey(1, alice, reusable=True, used=True), HsKey(2, alice)], [HsApiKey(1)])
         hs_config = tmp_path / "hs" / "config.yaml"
-        headscale_config(hs_config, a.url, db, tmp_path / "a" / "data" / "noise_private.key")
+        headscale_config(hs_config, a.url, database,
+                         tmp_path / "a" / "data" / "noise_private.key")
 
         out = subprocess.run(
             [sys.executable, "-m", "meshscale.cli.main", "-c", str(b.config),
