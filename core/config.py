@@ -326,6 +326,9 @@ class LimitsConfig:
     max_frame_size: int = 16384  # SETTINGS_MAX_FRAME_SIZE we announce and enforce
     reset_limit: int = 200  # streams a client may reset per reset_window (rapid reset)
     reset_window: Duration = Duration(10)
+    # One WebSocket message on /ts2021 over WebSocket (JS/WASM clients send one Noise record,
+    # at most 4096 bytes, per message; 32 KiB is the read limit of Tailscale's own server).
+    max_websocket_message: int = 32768
     # Interactive logins waiting for an admin (or a login provider) at once.
     max_pending_logins: int = 1000
     # Refused connections and accept() failures are logged as one summary line per interval.
@@ -759,6 +762,9 @@ def _check_limits(lim: LimitsConfig) -> Iterator[ConfigError]:
             yield ConfigError(f"limits.{name}", "must be greater than zero")
     if not 16384 <= lim.max_frame_size <= 16777215:
         yield ConfigError("limits.max_frame_size", "must be between 16384 and 16777215")
+    if lim.max_websocket_message < 4096:
+        yield ConfigError("limits.max_websocket_message",
+                          "must be at least 4096 (one Noise record)")
     if lim.max_connection_body_bytes < lim.max_body_bytes:
         yield ConfigError("limits.max_connection_body_bytes",
                           "must be at least limits.max_body_bytes")

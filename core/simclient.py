@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import struct
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,12 @@ import h2.exceptions
 import h2.settings
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, Request
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
 
+from meshscale.control.framing import RAW, Framing
 from meshscale.errors import ProtocolError
 from meshscale.noise.handshake import (
     PROLOGUE_PREFIX,
@@ -31,6 +37,7 @@ from meshscale.noise.handshake import (
     public_bytes,
 )
 from meshscale.noise.records import RecordDecoder, RecordEncoder
+from meshscale.websocket import HANDSHAKE_PARAM, SUBPROTOCOL, WebSocketFraming
 
 CAPVER = 130  # Tailscale v1.90
 STREAM_WINDOW = 4 << 20  # x/net/http2 transportDefaultStreamFlow
@@ -105,11 +112,15 @@ class Reply:
 
 
 class ControlConnection:
-    """One Noise + HTTP/2 connection to a control server."""
+    """One Noise + HTTP/2 connection to a control server; with ``websocket``, carried in
+    WebSocket messages as Tailscale's JS/WASM client does (protocol.md §3.9)."""
 
-    def __init__(self, machine: X25519PrivateKey | None = None, version: int = CAPVER) -> None:
+    def __init__(self, machine: X25519PrivateKey | None = None, version: int = CAPVER,
+                 websocket: bool = False) -> None:
         self.machine = machine or X25519PrivateKey.generate()
         self.version = version
+        self.websocket = websocket
+        self.framing: Framing = RAW
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.replies: dict[int, Reply] = {}
@@ -121,17 +132,21 @@ class ControlConnection:
         server_pub = server_pub or await fetch_server_key(host, port)
         init, ss, e = make_initiation(self.machine, server_pub, self.version)
         self.reader, self.writer = await asyncio.open_connection(host, port, limit=2**22)
-        self.writer.write(
-            f"POST /ts2021 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
-            "Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
-            f"X-Tailscale-Handshake: {base64.b64encode(init).decode()}\r\n\r\n".encode())
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise ConnectionError(f"upgrade refused: {head[:80]!r}")
-        response = await self.reader.readexactly(51)
+        if self.websocket:
+            response, extra = await self._websocket_upgrade(host, port, init)
+        else:
+            self.writer.write(
+                f"POST /ts2021 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
+                "Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
+                f"X-Tailscale-Handshake: {base64.b64encode(init).decode()}\r\n\r\n".encode())
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(f"upgrade refused: {head[:80]!r}")
+            response, extra = await self.reader.readexactly(51), b""
         send, recv = finish_handshake(ss, e, self.machine, response)
         self.encoder = RecordEncoder(send)
         self.decoder = RecordDecoder(recv)
+        self._extra = extra  # records that came with the handshake response
         self.h2.initiate_connection()
         # Windows as tailscale's Go client (x/net/http2's Transport) grants them: 4 MiB per
         # stream, 1 GiB for the connection; a full map at thousands of peers then flows without
@@ -141,27 +156,66 @@ class ControlConnection:
         self._flush()
         self._reader_task = asyncio.create_task(self._read_loop())
 
+    async def _websocket_upgrade(self, host: str, port: int, init: bytes) -> tuple[bytes, bytes]:
+        """GET /ts2021 with Upgrade: websocket; (handshake response, stream bytes after it)."""
+        ws = H11Handshake(ConnectionType.CLIENT)
+        query = urllib.parse.urlencode({HANDSHAKE_PARAM: base64.b64encode(init).decode()})
+        self.writer.write(ws.send(Request(host=f"{host}:{port}", target=f"/ts2021?{query}",
+                                          subprotocols=[SUBPROTOCOL])))
+        while ws.connection is None:
+            data = await self.reader.read(65536)
+            if not data:
+                raise ConnectionError("connection closed during the WebSocket upgrade")
+            try:
+                ws.receive_data(data)
+            except RemoteProtocolError as exc:
+                raise ConnectionError(f"bad WebSocket upgrade reply: {exc}") from None
+            for event in ws.events():
+                if isinstance(event, RejectConnection):
+                    raise ConnectionError(f"upgrade refused: HTTP {event.status_code}")
+                if isinstance(event, AcceptConnection) and event.subprotocol != SUBPROTOCOL:
+                    raise ConnectionError(f"server chose subprotocol {event.subprotocol!r}")
+        self.framing = WebSocketFraming(ws.connection, max_message=1 << 20)
+        stream = bytearray(self.framing.unwrap(b""))  # what came with the 101
+        while len(stream) < 51:
+            more = await self._read()
+            if more is None:
+                raise ConnectionError("connection closed during the Noise handshake")
+            stream += more
+        return bytes(stream[:51]), bytes(stream[51:])
+
+    async def _read(self) -> bytes | None:
+        """The next bytes of the record stream (maybe none yet); None at its end."""
+        data = await self.reader.read(65536)
+        if not data:
+            return None
+        records = self.framing.unwrap(data)
+        self.writer.write(self.framing.replies())  # pongs (WebSocket); b"" writes nothing
+        return records
+
     @property
     def machine_public(self) -> bytes:
         return public_bytes(self.machine)
 
+    def send_records(self, records: bytes) -> None:
+        """Noise records on the wire, framed as this connection frames them."""
+        self.writer.write(self.framing.wrap(records))
+
     def _flush(self) -> None:
         data = self.h2.data_to_send()
         if data:
-            self.writer.write(self.encoder.encode(data))
+            self.send_records(self.encoder.encode(data))
 
     async def _read_loop(self) -> None:
         try:
-            while True:
-                data = await self.reader.read(65536)
-                if not data:
-                    break
+            data: bytes | None = self._extra
+            while data is not None:
                 plain = self.decoder.feed(data)
-                if not plain:
-                    continue
-                for ev in self.h2.receive_data(plain):
-                    self._event(ev)
-                self._flush()
+                if plain:
+                    for ev in self.h2.receive_data(plain):
+                        self._event(ev)
+                    self._flush()
+                data = await self._read()
         except (ConnectionError, OSError, ProtocolError, h2.exceptions.ProtocolError):
             pass  # the server closed or broke the connection: this simulated node is done
         finally:

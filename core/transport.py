@@ -1,9 +1,10 @@
 """The front door: one listening socket for everything on the main address.
 
 Hypercorn cannot hand over the raw socket for a custom ``Upgrade:``, so this module owns the
-listener. It reads the request head (h11); ``/ts2021`` goes to Noise + HTTP/2, a plugin's upgrade
-path (``/derp``) goes to that plugin with the socket, and every other connection is handed to
-hypercorn, with the bytes already read, to be served by the Quart app.
+listener. It reads the request head (h11); ``/ts2021`` goes to Noise + HTTP/2 (on the socket
+itself, or in WebSocket messages for the JS/WASM client), a plugin's upgrade path (``/derp``)
+goes to that plugin with the socket, and every other connection is handed to hypercorn, with the
+bytes already read, to be served by the Quart app.
 
 On the main listener every connection is admitted through a ConnectionTable (limits.py) and must
 deliver its whole first request head within ``limits.header_timeout``: a total deadline, so
@@ -28,8 +29,10 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
+from meshscale import websocket
 from meshscale.config import LimitsConfig
 from meshscale.contributions import UpgradeRequest, UpgradeRoute
+from meshscale.control.framing import RAW, Framing
 from meshscale.control.h2conn import NoiseH2Connection
 from meshscale.control.request import Handler
 from meshscale.errors import ProtocolError
@@ -289,28 +292,26 @@ class FrontDoor:
         writer: asyncio.StreamWriter,
         slot: Slot | None,
     ) -> None:
-        if head.method not in ("POST", "GET"):
-            writer.write(plain_response(405, "Method Not Allowed", "use POST"))
-            return
-        if upgrade != TS2021_UPGRADE:
-            writer.write(plain_response(
-                400, "Bad Request", f"/ts2021 needs Upgrade: {TS2021_UPGRADE}"))
-            return
+        framing: Framing = RAW
         try:
-            init = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
+            if upgrade == "websocket":  # the JS/WASM client (protocol.md §3.9)
+                ws = websocket.accept(head.method, head.target, head.headers,
+                                      self.limits.max_websocket_message)
+                init, switching, framing = ws.init, ws.response, ws.framing
+            else:
+                init, switching = _raw_upgrade(head, upgrade)
             hs = handshake.respond(self.noise_key, init)
-        except (binascii.Error, ValueError):
+        except websocket.UpgradeRefused as exc:
+            writer.write(plain_response(exc.status, _REASONS.get(exc.status, ""), exc.text))
+            return
+        except ValueError:
             writer.write(plain_response(
                 400, "Bad Request", "missing or malformed X-Tailscale-Handshake"))
             return
         except ProtocolError as exc:
             writer.write(plain_response(400, "Bad Request", f"bad handshake: {exc}"))
             return
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\n"
-            b"Upgrade: tailscale-control-protocol\r\n"
-            b"Connection: upgrade\r\n\r\n" + hs.response
-        )
+        writer.write(switching + framing.wrap(hs.response))
         await writer.drain()
         conn = NoiseH2Connection(
             reader,
@@ -324,8 +325,28 @@ class FrontDoor:
             on_busy=None if slot is None else (
                 lambda busy: self.table.set_busy(slot, busy)),
             on_success=None if slot is None else (lambda: self.table.set_proven(slot)),
+            framing=framing,
         )
         await conn.run(first=head.rest)
+
+
+_REASONS = {400: "Bad Request", 405: "Method Not Allowed", 426: "Upgrade Required"}
+
+
+def _raw_upgrade(head: Head, upgrade: str) -> tuple[bytes, bytes]:
+    """The Noise initiation of a plain ``/ts2021`` upgrade, and the 101 that accepts it."""
+    if head.method not in ("POST", "GET"):
+        raise websocket.UpgradeRefused(405, "use POST")
+    if upgrade != TS2021_UPGRADE:
+        raise websocket.UpgradeRefused(
+            400, f"/ts2021 needs Upgrade: {TS2021_UPGRADE} (or websocket)")
+    try:
+        init = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
+    except binascii.Error:
+        raise ValueError("malformed X-Tailscale-Handshake") from None
+    return init, (b"HTTP/1.1 101 Switching Protocols\r\n"
+                  b"Upgrade: tailscale-control-protocol\r\n"
+                  b"Connection: upgrade\r\n\r\n")
 
 
 def _noop() -> None:

@@ -24,6 +24,7 @@ import h2.exceptions
 import h2.settings
 
 from meshscale.config import LimitsConfig
+from meshscale.control.framing import RAW, Framing
 from meshscale.control.h2guard import FrameGuard, FrameSizeError, InboundBudget, WindowCounter
 from meshscale.control.request import ControlRequest, Handler, ResponseWriter
 from meshscale.errors import ProtocolError
@@ -59,8 +60,10 @@ class NoiseH2Connection:
         limits: LimitsConfig | None = None,
         on_busy: Callable[[bool], None] | None = None,
         on_success: Callable[[], None] | None = None,
+        framing: Framing = RAW,
     ) -> None:
         self.reader = reader
+        self.framing = framing
         self.writer = writer
         self.decoder = decoder
         self.encoder = encoder
@@ -92,7 +95,7 @@ class NoiseH2Connection:
     def flush(self) -> None:
         data = self.h2.data_to_send()
         if data and not self.closed:
-            self.writer.write(self.encoder.encode(data))
+            self.writer.write(self.framing.wrap(self.encoder.encode(data)))
 
     def stream_open(self, stream_id: int) -> bool:
         return not self.closed and stream_id in self.streams
@@ -160,13 +163,13 @@ class NoiseH2Connection:
         self.flush()
         try:
             if first:
-                self._receive(self.decoder.feed(first))
+                self._receive(self._unwrap(first))
             self._rearm()
             while not self.closed:
                 data = await self.reader.read(READ_CHUNK)
                 if not data:
                     break
-                self._receive(self.decoder.feed(data))
+                self._receive(self._unwrap(data))
                 self._rearm()
                 transport = self.writer.transport
                 if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
@@ -186,6 +189,13 @@ class NoiseH2Connection:
             pass
         finally:
             await self.close()
+
+    def _unwrap(self, data: bytes) -> bytes:
+        records = self.framing.unwrap(data)
+        reply = self.framing.replies()
+        if reply:
+            self.writer.write(reply)
+        return self.decoder.feed(records)
 
     def _goaway(self, code: h2.errors.ErrorCodes | None, why: str) -> None:
         """Tell the client why before closing (``h2`` has queued its own GOAWAY if code is None)."""
@@ -424,6 +434,9 @@ class NoiseH2Connection:
             with contextlib.suppress(BaseException):
                 await t
         with contextlib.suppress(Exception):
+            last = self.framing.goodbye()
+            if last and not self.writer.transport.is_closing():
+                self.writer.write(last)
             self.writer.close()
             # A client that reads nothing would keep the socket (and our unsent bytes) forever.
             self._loop.call_later(5.0, self.writer.transport.abort)
