@@ -1,7 +1,9 @@
-"""The real Tailscale daemon and CLI (tailscaled and tailscale, v1.102.5) for interop tests.
+"""The real Tailscale daemon and CLI (tailscaled and tailscale) for interop tests.
 
-scripts/build-tailscale builds both from their Go module, outside the test network namespace,
-into a cache folder keyed by the version; the tests only run them. Each node is one tailscaled
+Two releases: v1.102.5 for every test, and the oldest one meshscale accepts (v1.80.3) for a
+few (``OLD_VERSION``; a test asks for both with ``@both_versions``). scripts/build-tailscale
+builds each from its Go module, outside the test network namespace, into a cache folder keyed
+by the version; the tests only run them. Each node is one tailscaled
 with its own state dir, unix socket and UDP port, in userspace-networking mode (no TUN, no root,
 no routes touched), driven with ``tailscale --socket=...`` exactly as a user drives it.
 
@@ -31,23 +33,34 @@ from meshscale.ports import free_port
 from tests.interop.realclients import stop_process, wait_for
 
 VERSION = "v1.102.5"
+# The oldest release meshscale accepts (capability version 113) that the Go module proxy serves
+# and Go 1.26 builds; scripts/test builds it beside VERSION.
+OLD_VERSION = "v1.80.3"
+VERSIONS = (VERSION, OLD_VERSION)
 BASE_DOMAIN = "meshscale.net"  # meshscale's dns.base_domain default
 CACHE = Path(os.environ.get("MESHSCALE_INTEROP_WHEELHOUSE",
                             Path.home() / ".cache" / "meshscale-interop"))
 
 
-def binaries() -> tuple[Path, Path]:
+def binaries(version: str = VERSION) -> tuple[Path, Path]:
     """(tailscaled, tailscale) as scripts/build-tailscale left them; the test fails otherwise."""
-    folder = Path(os.environ.get("MESHSCALE_TAILSCALE_DIR", CACHE / f"tailscale-{VERSION}"))
+    folder = CACHE / f"tailscale-{version}"
+    if version == VERSION:  # MESHSCALE_TAILSCALE_DIR moves the main release only
+        folder = Path(os.environ.get("MESHSCALE_TAILSCALE_DIR", folder))
     daemon, cli = folder / "tailscaled", folder / "tailscale"
     if not (os.access(daemon, os.X_OK) and os.access(cli, os.X_OK)):
+        build = ("" if version == VERSION
+                 else f"MESHSCALE_TAILSCALE_VERSION={version} ")
         pytest.fail(
-            f"the real Tailscale client {VERSION} is not built in {folder}: run "
-            "`bash scripts/build-tailscale` (outside the network namespace; `bash scripts/test` "
-            "runs it first) and fix what it reports",
+            f"the real Tailscale client {version} is not built in {folder}: run "
+            f"`{build}bash scripts/build-tailscale` (outside the network namespace; "
+            "`bash scripts/test` runs it first) and fix what it reports",
             pytrace=False,
         )
     return daemon, cli
+
+
+both_versions = pytest.mark.parametrize("tailscale_version", VERSIONS, indirect=True)
 
 
 class Tailscaled:
@@ -60,8 +73,9 @@ class Tailscaled:
     """
 
     def __init__(self, workdir: Path, name: str, env: dict[str, str] | None = None,
-                 http_proxy: bool = False) -> None:
-        self.daemon, self.cli_binary = binaries()
+                 http_proxy: bool = False, version: str = VERSION) -> None:
+        self.daemon, self.cli_binary = binaries(version)
+        self.version = version
         self.name = name
         self.dir = workdir / f"ts-{name}"
         self.dir.mkdir(parents=True, exist_ok=True)
