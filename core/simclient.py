@@ -11,7 +11,6 @@ import base64
 import contextlib
 import json
 import struct
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +22,6 @@ import h2.exceptions
 import h2.settings
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from wsproto.connection import ConnectionType
-from wsproto.events import AcceptConnection, RejectConnection, Request
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import RemoteProtocolError
 
 from meshscale.control.framing import RAW, Framing
 from meshscale.errors import ProtocolError
@@ -37,7 +32,7 @@ from meshscale.noise.handshake import (
     public_bytes,
 )
 from meshscale.noise.records import RecordDecoder, RecordEncoder
-from meshscale.websocket import HANDSHAKE_PARAM, SUBPROTOCOL, WebSocketFraming
+from meshscale.websocket import ClientUpgrade
 
 CAPVER = 130  # Tailscale v1.90
 STREAM_WINDOW = 4 << 20  # x/net/http2 transportDefaultStreamFlow
@@ -158,24 +153,15 @@ class ControlConnection:
 
     async def _websocket_upgrade(self, host: str, port: int, init: bytes) -> tuple[bytes, bytes]:
         """GET /ts2021 with Upgrade: websocket; (handshake response, stream bytes after it)."""
-        ws = H11Handshake(ConnectionType.CLIENT)
-        query = urllib.parse.urlencode({HANDSHAKE_PARAM: base64.b64encode(init).decode()})
-        self.writer.write(ws.send(Request(host=f"{host}:{port}", target=f"/ts2021?{query}",
-                                          subprotocols=[SUBPROTOCOL])))
-        while ws.connection is None:
+        upgrade = ClientUpgrade(f"{host}:{port}", init)
+        self.writer.write(upgrade.request)
+        framing = None
+        while framing is None:
             data = await self.reader.read(65536)
             if not data:
                 raise ConnectionError("connection closed during the WebSocket upgrade")
-            try:
-                ws.receive_data(data)
-            except RemoteProtocolError as exc:
-                raise ConnectionError(f"bad WebSocket upgrade reply: {exc}") from None
-            for event in ws.events():
-                if isinstance(event, RejectConnection):
-                    raise ConnectionError(f"upgrade refused: HTTP {event.status_code}")
-                if isinstance(event, AcceptConnection) and event.subprotocol != SUBPROTOCOL:
-                    raise ConnectionError(f"server chose subprotocol {event.subprotocol!r}")
-        self.framing = WebSocketFraming(ws.connection, max_message=1 << 20)
+            framing = upgrade.receive(data)
+        self.framing = framing
         stream = bytearray(self.framing.unwrap(b""))  # what came with the 101
         while len(stream) < 51:
             more = await self._read()
@@ -197,7 +183,7 @@ class ControlConnection:
     def machine_public(self) -> bytes:
         return public_bytes(self.machine)
 
-    def send_records(self, records: bytes) -> None:
+    def send_records(self, records: bytes | bytearray) -> None:
         """Noise records on the wire, framed as this connection frames them."""
         self.writer.write(self.framing.wrap(records))
 

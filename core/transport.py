@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 
 TlsChooser = Callable[[socket.socket], Awaitable[ssl.SSLContext]]
-TS2021_PATH = "/ts2021"
-TS2021_UPGRADE = "tailscale-control-protocol"
+TS2021_PATH = websocket.TS2021_PATH
+TS2021_UPGRADE = websocket.SUBPROTOCOL  # the same token names the plain upgrade
 
 
 class Head:

@@ -35,7 +35,8 @@ from wsproto.utilities import RemoteProtocolError
 
 from meshscale.errors import ProtocolError
 
-SUBPROTOCOL = "tailscale-control-protocol"
+TS2021_PATH = "/ts2021"
+SUBPROTOCOL = "tailscale-control-protocol"  # also the Upgrade token of the plain path
 HANDSHAKE_PARAM = "X-Tailscale-Handshake"
 # What we send per message: one Noise record's worth, as Tailscale's server does (each record
 # is one write there); the Go client reads at most 32 KiB per message.
@@ -102,6 +103,30 @@ def _initiation(target: str) -> bytes:
         raise UpgradeRefused(400, f"malformed {HANDSHAKE_PARAM} query parameter") from None
 
 
+class ClientUpgrade:
+    """The client's side of the upgrade, as the JS client sends it (for core/simclient.py)."""
+
+    def __init__(self, host: str, init: bytes) -> None:
+        self._hs = H11Handshake(ConnectionType.CLIENT)
+        query = urllib.parse.urlencode({HANDSHAKE_PARAM: base64.b64encode(init).decode()})
+        self.request = self._hs.send(Request(host=host, target=f"{TS2021_PATH}?{query}",
+                                             subprotocols=[SUBPROTOCOL]))
+
+    def receive(self, data: bytes) -> WebSocketFraming | None:
+        """Feed the reply; the framing once the 101 is complete. ConnectionError if refused."""
+        try:
+            self._hs.receive_data(data)
+        except RemoteProtocolError as exc:
+            raise ConnectionError(f"bad WebSocket upgrade reply: {exc}") from None
+        for event in self._hs.events():
+            if isinstance(event, RejectConnection):
+                raise ConnectionError(f"upgrade refused: HTTP {event.status_code}")
+            if isinstance(event, AcceptConnection) and event.subprotocol != SUBPROTOCOL:
+                raise ConnectionError(f"server chose subprotocol {event.subprotocol!r}")
+        ws = self._hs.connection
+        return None if ws is None else WebSocketFraming(ws, max_message=1 << 20)
+
+
 class WebSocketFraming:
     """Binary messages <-> one byte stream, over a wsproto Connection (either side).
 
@@ -117,7 +142,7 @@ class WebSocketFraming:
         self._out = bytearray()
         self._close: tuple[int, str] | None = None  # what goodbye() sends, if not already sent
 
-    def wrap(self, data: bytes) -> bytes:
+    def wrap(self, data: bytes | bytearray) -> bytes:
         if self.ws.state is not ConnectionState.OPEN:
             return b""
         out = bytearray()

@@ -9,7 +9,7 @@ class Framing(Protocol):
     """What carries the Noise records: the upgraded socket itself, or WebSocket messages
     (meshscale.websocket.WebSocketFraming, for the JS/WASM client)."""
 
-    def wrap(self, data: bytes) -> bytes: ...
+    def wrap(self, data: bytes | bytearray) -> bytes | bytearray: ...
 
     def unwrap(self, data: bytes) -> bytes:
         """Record bytes received; ProtocolError on a violation, ConnectionError when over."""
@@ -24,7 +24,7 @@ class Framing(Protocol):
 class _Raw:
     """The socket itself: records go as they are."""
 
-    def wrap(self, data: bytes) -> bytes:
+    def wrap(self, data: bytes | bytearray) -> bytes | bytearray:
         return data
 
     def unwrap(self, data: bytes) -> bytes:

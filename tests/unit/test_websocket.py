@@ -4,12 +4,21 @@ Expected frames are written out by hand from RFC 6455 §5.2, not produced by wsp
 
 from __future__ import annotations
 
+import base64
 import struct
+import urllib.parse
 
+import h11
 import pytest
 
 from meshscale.errors import ProtocolError
-from meshscale.websocket import PeerClosed, UpgradeRefused, WebSocketFraming, accept
+from meshscale.websocket import (
+    ClientUpgrade,
+    PeerClosed,
+    UpgradeRefused,
+    WebSocketFraming,
+    accept,
+)
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3: its accept value is s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
 MASK = b"\x37\xfa\x21\x3d"  # RFC 6455 §5.7's example mask
@@ -55,8 +64,6 @@ def test_accept_answers_101_with_the_subprotocol_and_no_extensions() -> None:
 
 def test_go_query_encoding_of_a_real_initiation() -> None:
     init = bytes(range(101))
-    import base64
-    import urllib.parse
     query = urllib.parse.urlencode({"X-Tailscale-Handshake": base64.b64encode(init).decode()})
     assert "%2B" in query or "%2F" in query or "%3D" in query
     assert accept("GET", f"/ts2021?{query}", headers(), 32768).init == init
@@ -167,3 +174,29 @@ def test_server_side_close_is_a_normal_closure() -> None:
     f = framing()
     assert f.goodbye() == b"\x88\x02\x03\xe8"
     assert f.wrap(b"late") == b""  # nothing goes out after the close frame
+
+
+def test_client_upgrade_round_trip_with_accept() -> None:
+    """The simulated client's request is what the JS client sends, and accept() takes it."""
+    init = bytes(range(101))
+    client = ClientUpgrade("ctrl.example:8080", init)
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(client.request)
+    req = server.next_event()
+    assert isinstance(req, h11.Request) and req.method == b"GET"
+    assert req.target.startswith(b"/ts2021?X-Tailscale-Handshake=") and b"%3D" in req.target
+    hdrs = [(k.decode(), v.decode()) for k, v in req.headers]
+    assert ("sec-websocket-protocol", "tailscale-control-protocol") in hdrs
+    up = accept("GET", req.target.decode(), hdrs, 32768)
+    assert up.init == init
+    framing = client.receive(up.response + up.framing.wrap(b"hello"))
+    assert framing is not None and framing.unwrap(b"") == b"hello"
+    # Client frames are masked (RFC 6455 §5.3), and the server's framing reads them.
+    sent = framing.wrap(b"x" * 10)
+    assert sent[1] & 0x80 and up.framing.unwrap(sent) == b"x" * 10
+
+
+def test_client_upgrade_refused() -> None:
+    client = ClientUpgrade("h", b"\0")
+    with pytest.raises(ConnectionError, match="HTTP 400"):
+        client.receive(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
