@@ -17,12 +17,12 @@ are the process's, which a machine shared with other jobs disturbs less than wal
 from __future__ import annotations
 
 import argparse
-import cProfile
-import pstats
 import asyncio
+import cProfile
 import gc
 import json
 import os
+import pstats
 import resource
 import tempfile
 import time
@@ -131,7 +131,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile of the policy change")
     args = ap.parse_args()
     for n in args.nodes:
-        print(json.dumps(asyncio.run(run(n, args.policy, args.trace, args.top, args.profile)), indent=1))
+        out = asyncio.run(run(n, args.policy, args.trace, args.top, args.profile))
+        print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

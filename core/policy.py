@@ -99,7 +99,12 @@ class PolicyEngine(Protocol):
         """The node's inbound PacketFilter ([] denies all inbound)."""
 
     def visible_peers(self, node_id: int) -> Iterable[int] | None:
-        """IDs of the peers this node may see (either direction); None means every node."""
+        """IDs of the peers this node may see (either direction); None means every node.
+
+        An engine may also offer ``visible_peer_bits(node_id) -> int | None``, the same set as
+        a bitset (``meshscale.bitset``; it may hold the node itself). The mapper prefers it: an
+        engine handing one shared int to every node alike spares a set per open stream. It is
+        optional (not part of this Protocol), so engines without it keep working."""
 
     def peer_allowed_ips(self, viewer_id: int, peer: PolicyNode) -> list[str] | None:
         """AllowedIPs of ``peer`` as ``viewer`` sees it; None: the peer's addresses only."""

@@ -172,7 +172,7 @@ class Server:
             return []
         return [
             {"nodeId": s.node_id, "sent": dict(s.sent), "overflows": s.overflows,
-             "known": None if s.known is None else sorted(s.known)}
+             "known": s.known_ids()}
             for s in self.mapper.sessions.values()
         ]
 

@@ -371,8 +371,8 @@ def create_admin_app(server: AdminServer) -> Quart:
     async def sessions() -> Response:
         assert server.mapper is not None
         return _json([
-            {"nodeId": s.node_id, "sent": dict(s.sent), "known": None if s.known is None
-             else sorted(s.known), "overflows": s.overflows}
+            {"nodeId": s.node_id, "sent": dict(s.sent), "known": s.known_ids(),
+             "overflows": s.overflows}
             for s in server.mapper.sessions.values()
         ])
 

@@ -9,6 +9,7 @@ chunks of peers (architecture.md §3).
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from functools import partial
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from meshscale import tailcfg
+from meshscale import bitset, tailcfg
 from meshscale.config import Config
 from meshscale.mapper import wire
 from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
@@ -59,6 +60,12 @@ DEFAULT_SIG: Sig = (None, ())
 CLOSING = (b"]}", compress(b"]}"))
 
 
+def digest(data: bytes) -> bytes:
+    """What a stream keeps of its packet filter and SSH policy to see whether they changed:
+    a server's filter can be tens of KB at 10,000 nodes, its digest is 16 bytes."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 @dataclass
 class _StreamView:
     """What one stream's client holds beyond the shared peer JSON (for diffs on change)."""
@@ -91,6 +98,8 @@ class MapBuilder:
         self._chunks = ChunkCache()
         # Bumped whenever a node in the chunk's ID range changes (see _forget).
         self._chunk_versions: defaultdict[int, int] = defaultdict(int)
+        self._live: int | None = None  # bitset of every node ID (see live_bits)
+        self._engine_bits = getattr(engine, "visible_peer_bits", None)
 
     # -- building blocks ---------------------------------------------------------------------------
 
@@ -172,8 +181,25 @@ class MapBuilder:
         else:
             peers[peer_id] = sig
 
+    def visible_bits(self, node_id: int) -> int | None:
+        """The node's visible peers as a bitset (None: every node). It may hold the node
+        itself; from an engine with ``visible_peer_bits`` it is the int shared by the node's
+        whole class, so a stream keeping it as ``known`` costs nothing more."""
+        if self._engine_bits is not None:
+            bits: int | None = self._engine_bits(node_id)
+            return bits
+        ids = self.engine.visible_peers(node_id)
+        return None if ids is None else bitset.of(ids)
+
     def visible_ids(self, node_id: int) -> Iterable[int] | None:
-        return self.engine.visible_peers(node_id)
+        bits = self.visible_bits(node_id)
+        return None if bits is None else bitset.members(bits)
+
+    def live_bits(self) -> int:
+        """Every node ID, as a bitset; dropped by the mapper when a node joins or leaves."""
+        if self._live is None:
+            self._live = bitset.of(self.state.nodes)
+        return self._live
 
     def _profiles(self, nodes: Iterable[Node]) -> list[dict[str, Any]]:
         seen: set[int] = set()
@@ -218,24 +244,24 @@ class MapBuilder:
         node = self.state.nodes.get(s.node_id)
         if node is None:
             raise LookupError(f"node {s.node_id} is gone")
-        visible = self.visible_ids(node.id)
+        visible = self.visible_bits(node.id)
         s.cut_off = node.expired()
         if s.cut_off:
             # An expired or logged-out node learns that its key expired (self node's KeyExpiry
             # in the past, Expired) and nothing about the tailnet: no peers, no rules.
             peers = []
-            s.known = set()
+            s.known = 0
         elif visible is None:
             peers = [n for i, n in sorted(self.state.nodes.items()) if i != node.id]
             s.known = None
         else:
-            ids = sorted(set(visible) - {node.id})
-            peers = [self.state.nodes[i] for i in ids if i in self.state.nodes]
-            s.known = {p.id for p in peers}
+            nodes = self.state.nodes
+            peers = [nodes[i] for i in bitset.members(visible) if i != node.id and i in nodes]
+            s.known = visible  # shared with the node's class; its own bit is ignored
         pf = [] if s.cut_off else self.engine.packet_filter(node.id)
         ssh = {"rules": []} if s.cut_off else self.engine.ssh_policy(node.id) or {"rules": []}
-        s.filter_json = dumps(pf)
-        s.ssh_json = dumps(ssh)
+        s.filter_digest = digest(dumps(pf))
+        s.ssh_digest = digest(dumps(ssh))
         view = self._views[s] = _StreamView(self_sig=self._self_sig(node))
         # Every viewer sees every peer the same way: whole chunks come from the cache by
         # version, with no per-peer work (at 10,000 nodes that work is most of a full map).

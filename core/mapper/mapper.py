@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
+from meshscale import bitset
 from meshscale.config import Config
 from meshscale.events import MapKind, MapSent
 from meshscale.mapper import wire
-from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps
+from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps, digest
 from meshscale.mapper.frames import Message, dumps
 from meshscale.mapper.invalidation import Output, stale
 from meshscale.mapper.session import MapSession
@@ -124,6 +127,8 @@ class Mapper(MapBuilder):
     def _on_change(self, change: ch.Change) -> None:
         # What is stale, and for whom, is the invalidation table's decision (invalidation.py).
         rows = stale(change)
+        if isinstance(change, (ch.NodeAdded, ch.NodeRemoved)):
+            self._live = None
         # Node changes wait for the end of this event-loop turn: a storm of N nodes coming
         # online then costs one message per stream per turn, not N (N² in all).
         if isinstance(change, (ch.NodePatched, ch.NodeAdded, ch.NodeChanged)):
@@ -162,14 +167,15 @@ class Mapper(MapBuilder):
         self._caps.pop(node_id, None)
         msg = Message.of({"PeersRemoved": [node_id]})
         targets = []
+        edit = _SharedEdit(lambda known: known & ~(1 << node_id))
         for s in self.sessions.values():
             if s.node_id == node_id:
                 continue
             self._view(s).peers.pop(node_id, None)
             if s.known is not None:
-                if node_id not in s.known:
+                if not bitset.has(s.known, node_id):
                     continue
-                s.known.discard(node_id)
+                s.known = edit(s.known)
             targets.append(s)
         self._send(targets, msg)
         own = self.sessions.pop(node_id, None)
@@ -256,9 +262,10 @@ class Mapper(MapBuilder):
             if node is None:
                 continue
             self._caps[node.id] = self._caps_json(node.id)
+            edit = _SharedEdit(partial(operator.or_, 1 << node.id))
             for s in self._viewers(node.id):
                 if s.known is not None:
-                    s.known.add(node.id)
+                    s.known = edit(s.known)
                 sig = self.peer_sig(node, s.node_id)
                 self._record(s, node.id, sig)
                 per_stream.setdefault(s.node_id, []).append(self._fragment(node, sig))
@@ -329,33 +336,37 @@ class Mapper(MapBuilder):
     def _refresh_stream(self, s: MapSession, node: Node, caps_changed: set[int]) -> None:
         out: dict[str, Any] = {}
         pf = self.engine.packet_filter(node.id)
-        pf_json = dumps(pf)
-        if pf_json != s.filter_json:
+        pf_digest = digest(dumps(pf))
+        if pf_digest != s.filter_digest:
             out["PacketFilter"] = pf
-            s.filter_json = pf_json
+            s.filter_digest = pf_digest
         ssh = self.engine.ssh_policy(node.id) or {"rules": []}
-        ssh_json = dumps(ssh)
-        if ssh_json != s.ssh_json:
+        ssh_digest = digest(dumps(ssh))
+        if ssh_digest != s.ssh_digest:
             out["SSHPolicy"] = ssh
-            s.ssh_json = ssh_json
+            s.ssh_digest = ssh_digest
         view = self._view(s)
-        visible = self.visible_ids(node.id)
-        before = set(self.state.nodes) - {node.id} if s.known is None else s.known
-        after = (set(self.state.nodes) if visible is None else set(visible)) - {node.id}
-        after &= self.state.nodes.keys()
-        removed = sorted(before - after)
-        added = sorted(after - before)
+        visible = self.visible_bits(node.id)
+        # Sets of peers as bitsets (meshscale.bitset): what the client holds and what it
+        # should, diffed in a few word-wide operations; the node's own bit never counts.
+        everyone = self.live_bits()
+        mine = ~(1 << node.id)
+        before = (everyone if s.known is None else s.known) & mine
+        after = (everyone if visible is None else visible & everyone) & mine
+        removed = bitset.members(before & ~after)
+        added_bits = after & ~before
+        added = bitset.members(added_bits)
         for i in removed:
             view.peers.pop(i, None)
         # Peers already held whose view may differ now: routers (route visibility), peers seen
         # differently before, peers whose CapMap changed; all of them if ours changed.
         if node.id in caps_changed:
-            recheck = after - set(added)
+            recheck_bits = after & ~added_bits
         else:
-            recheck = (set(self.state.routes.subnets) | set(view.peers) | caps_changed) & after
-            recheck -= set(added)
+            recheck_bits = (bitset.of([*self.state.routes.subnets, *view.peers, *caps_changed])
+                            & after & ~added_bits)
         changed: list[dict[str, Any]] = []
-        for i in sorted(recheck):
+        for i in bitset.members(recheck_bits):
             peer = self.state.nodes[i]
             sig = self.peer_sig(peer, node.id)
             if sig != view.peers.get(i, DEFAULT_SIG):
@@ -372,10 +383,26 @@ class Mapper(MapBuilder):
             out["PeersChanged"] = changed
             if added:
                 out["UserProfiles"] = self._profiles(self.state.nodes[i] for i in added)
-        s.known = None if visible is None else after
+        s.known = visible  # the class's shared int when the engine gives one
         self_sig = self._self_sig(node)
         if self_sig != view.self_sig:
             view.self_sig = self_sig
             out["Node"] = self.self_node(node)
         if out:
             s.push(Message.of(out))
+
+
+class _SharedEdit:
+    """One edit applied to many streams' ``known`` bitsets: streams that shared one int
+    before share the edited one after (the stream count stays out of the memory)."""
+
+    def __init__(self, fn: Callable[[int], int]) -> None:
+        self.fn = fn
+        # id(old) -> (old, new); holding ``old`` keeps its id from being reused meanwhile.
+        self.done: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, known: int) -> int:
+        hit = self.done.get(id(known))
+        if hit is None:
+            hit = self.done[id(known)] = (known, self.fn(known))
+        return hit[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from meshscale import bitset
 from meshscale.mapper.frames import Message
 
 # A stream that falls this far behind gets one fresh full map instead of the backlog.
@@ -19,11 +20,12 @@ class MapSession:
         self.wakeup = asyncio.Event()
         self.closed = False
         self.needs_full = True  # the first message is always a full map
-        # Peers the client holds; None means "every node" (no policy restricts visibility),
-        # which spares a set of N ids per stream at scale.
-        self.known: set[int] | None = None
-        self.filter_json: bytes = b""
-        self.ssh_json: bytes = b""
+        # Peers the client holds, a bitset (meshscale.bitset; the stream's own bit, when set,
+        # means nothing); None means "every node" (no policy restricts visibility). Usually the
+        # very int the policy engine gives every node of the same class.
+        self.known: int | None = None
+        self.filter_digest = b""  # of the PacketFilter and SSHPolicy the client holds
+        self.ssh_digest = b""
         self.overflows = 0
         self.sent = {"full": 0, "delta": 0, "keepalive": 0}
         self.keepalive_due = False
@@ -32,6 +34,12 @@ class MapSession:
         # The node's key has expired (or it logged out): its full map has no peers and no
         # deltas reach it until it logs in again (set by each full map).
         self.cut_off = False
+
+    def known_ids(self) -> list[int] | None:
+        """The peers the client holds (None: every node), for debugging views."""
+        if self.known is None:
+            return None
+        return [i for i in bitset.members(self.known) if i != self.node_id]
 
     def push(self, msg: Message) -> None:
         if self.closed or self.needs_full or self.cut_off:

@@ -19,6 +19,7 @@ from meshscale.plugins.policy.policytests import run_ssh_tests, run_tests
 from meshscale.plugins.policy.resolve import Resolver
 from meshscale.plugins.policy.ssh import SSHCompiler
 from meshscale.plugins.policy.tailnet import NodeInfo, Tailnet
+from meshscale.plugins.policy.views import Visibility, policy_affected
 from meshscale.policy import ALLOW_ALL_FILTER, Affected, PolicyNode, PolicyUser, Rule
 
 # nodeAttrs that stand for several capabilities on the wire.
@@ -40,6 +41,7 @@ class _Compiled:
         self.resolver = Resolver(policy, tailnet)
         self.grants = [CompiledGrant.of(g) for g in policy.grants]
         self.ssh = SSHCompiler(policy.ssh, control_url)
+        self.visibility = Visibility(self.grants, tailnet)
         for n in tailnet.nodes.values():
             self._place(n)
 
@@ -56,6 +58,7 @@ class _Compiled:
         of "everyone" must not leave a later grant's membership or the SSH cache stale
         (issue 21: SSH principals missed a joining node under a "*" ACL)."""
         new = self.tailnet.nodes.get(node_id)
+        self.visibility.clear()
         affected: set[int] = {node_id}
         everyone = False
         routes_changed = (old.routes if old else None) != (new.routes if new else None)
@@ -97,6 +100,7 @@ class _Compiled:
         return Affected(nodes=frozenset(affected))
 
     def users_changed(self) -> None:
+        self.visibility.clear()
         self.resolver.refresh_users()
         for g in self.grants:
             g.src_nodes.clear()
@@ -235,8 +239,11 @@ class TailscalePolicyEngine:
         if text is None or not text.strip():
             self.compiled = None
             return Affected.all()
-        self.compiled = self._compile(text, self.tailnet, tests)
-        return Affected.all()
+        old, self.compiled = self.compiled, self._compile(text, self.tailnet, tests)
+        if old is None or old.tailnet is not self.tailnet:
+            return Affected.all()
+        new = self.compiled
+        return policy_affected(old.policy, old.grants, new.policy, new.grants, self.tailnet)
 
     def set_topology(self, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]) -> None:
         self.tailnet = Tailnet()
@@ -284,6 +291,14 @@ class TailscalePolicyEngine:
 
     def visible_peers(self, node_id: int) -> Iterable[int] | None:
         return None if self.compiled is None else self.compiled.visible_peers(node_id)
+
+    def visible_peer_bits(self, node_id: int) -> int | None:
+        """``visible_peers`` as a bitset (meshscale.bitset), shared by every node of the same
+        class; it may hold the node itself. The mapper's fast path (policy.py)."""
+        c = self.compiled
+        if c is None or not c.policy.has_rules:
+            return None
+        return c.visibility.bits(node_id)
 
     def uniform_peer_view(self) -> bool:
         # Only nodeAttrs' disable-ipv4 makes one viewer see a peer's AllowedIPs differently.

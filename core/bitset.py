@@ -1,0 +1,49 @@
+"""Sets of node IDs as Python ints: bit ``i`` set means node ``i`` is in the set.
+
+At 10,000 nodes such a set is 1.25 KB whatever it holds, where a Python set of 1,000 IDs is
+about 40 KB; union, difference and comparison are single C loops over machine words. Being
+immutable, one int is shared by every holder of the same set (the policy engine hands the same
+object to every node of a class). Node IDs are small, dense and never reused (state allocates
+them in order), so the width stays that of the highest ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# For each byte value, the positions of its set bits.
+_POSITIONS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(j for j in range(8) if b >> j & 1) for b in range(256))
+
+
+def of(ids: Iterable[int]) -> int:
+    """The set of ``ids`` (non-negative)."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    buf = bytearray(max(ids) // 8 + 1)
+    for i in ids:
+        buf[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(buf, "little")
+
+
+def members(bits: int) -> list[int]:
+    """The IDs in ``bits``, ascending."""
+    out: list[int] = []
+    if not bits:
+        return out
+    raw = bits.to_bytes((bits.bit_length() + 7) // 8, "little")
+    extend = out.extend
+    for k, byte in enumerate(raw):
+        if byte:
+            base = k * 8
+            extend([base + j for j in _POSITIONS[byte]])
+    return out
+
+
+def has(bits: int, i: int) -> bool:
+    return bool(bits >> i & 1)
+
+
+def count(bits: int) -> int:
+    return bits.bit_count()
