@@ -85,6 +85,27 @@ POLICIES: tuple[dict[str, Any], ...] = (
               "users": ["root"]}]},
     # No rules at all: allow-all behaviour from the engine.
     {"tagOwners": OWNERS},
+    # Restrictive, as `meshscale bench --policy restrictive`: teams reach their tagged
+    # servers, servers each other, members their own devices; Tailscale's default SSH rule.
+    # The next one cuts one ACL, so changing between them exercises the narrow policy change
+    # (only the members of changed grants are recomputed).
+    {"tagOwners": OWNERS,
+     "groups": {"group:a": ["alice@example.com"],
+                "group:b": ["bob@example.com", "carol@example.com"]},
+     "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]},
+              {"action": "accept", "src": ["group:a"], "dst": ["tag:server:*"]},
+              {"action": "accept", "src": ["tag:server"], "dst": ["tag:server:*"]},
+              {"action": "accept", "src": ["group:b"], "dst": ["tag:router:*"]}],
+     "ssh": [{"action": "check", "src": ["autogroup:member"], "dst": ["autogroup:self"],
+              "users": ["autogroup:nonroot", "root"]}]},
+    {"tagOwners": OWNERS,
+     "groups": {"group:a": ["alice@example.com"],
+                "group:b": ["bob@example.com", "carol@example.com"]},
+     "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]},
+              {"action": "accept", "src": ["tag:server"], "dst": ["tag:server:*"]},
+              {"action": "accept", "src": ["group:b"], "dst": ["tag:router:*"]}],
+     "ssh": [{"action": "check", "src": ["autogroup:member"], "dst": ["autogroup:self"],
+              "users": ["autogroup:nonroot", "root"]}]},
 )
 
 OPS = ("join", "join_tagged", "leave", "retag", "move", "expire", "extend", "advertise",
