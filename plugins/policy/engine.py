@@ -13,7 +13,7 @@ from typing import Any
 from meshscale.errors import PolicyError
 from meshscale.plugins.policy.addrset import AddrSet
 from meshscale.plugins.policy.compile import CompiledGrant, merge_rules
-from meshscale.plugins.policy.model import Policy
+from meshscale.plugins.policy.model import Grant, Policy
 from meshscale.plugins.policy.parse import parse_policy
 from meshscale.plugins.policy.policytests import run_ssh_tests, run_tests
 from meshscale.plugins.policy.resolve import Resolver
@@ -32,21 +32,43 @@ ATTR_EXPANSIONS = {
 }
 
 
+def _sides(g: Grant) -> tuple[object, ...]:
+    """What decides a grant's members: its aliases (and ``via``), not its ports or caps."""
+    return (g.src, g.dst, g.via)
+
+
 class _Compiled:
     """One policy compiled against one tailnet."""
 
-    def __init__(self, policy: Policy, tailnet: Tailnet, control_url: str) -> None:
+    def __init__(self, policy: Policy, tailnet: Tailnet, control_url: str,
+                 previous: _Compiled | None = None) -> None:
         self.policy = policy
         self.tailnet = tailnet
         self.resolver = Resolver(policy, tailnet)
         self.grants = [CompiledGrant.of(g) for g in policy.grants]
         self.ssh = SSHCompiler(policy.ssh, control_url)
         self.visibility = Visibility(self.grants, tailnet)
+        fresh = self.grants
+        if previous is not None and previous.tailnet is tailnet and (
+                previous.policy.groups, previous.policy.hosts) == (policy.groups, policy.hosts):
+            # Over the same tailnet, with groups and hosts as before, a grant with the same
+            # sides has the same members: copied, not re-tested against every node (at 10,000
+            # nodes testing is most of a policy change). Same for the SSH rules' caches.
+            members = {_sides(g.grant): g for g in previous.grants}
+            fresh = []
+            for g in self.grants:
+                old = members.get(_sides(g.grant))
+                if old is None:
+                    fresh.append(g)
+                else:
+                    g.src_nodes, g.dst_nodes = set(old.src_nodes), set(old.dst_nodes)
+            if previous.policy.ssh == policy.ssh:
+                self.ssh = previous.ssh
         for n in tailnet.nodes.values():
-            self._place(n)
+            self._place(n, fresh)
 
-    def _place(self, n: NodeInfo) -> None:
-        for g in self.grants:
+    def _place(self, n: NodeInfo, grants: list[CompiledGrant] | None = None) -> None:
+        for g in self.grants if grants is None else grants:
             if g.in_src(self.resolver, n):
                 g.src_nodes.add(n.id)
             if g.in_dst(self.resolver, n):
@@ -215,9 +237,10 @@ class TailscalePolicyEngine:
 
     # -- policy -------------------------------------------------------------------------------
 
-    def _compile(self, text: str, tailnet: Tailnet, tests: bool = True) -> _Compiled:
+    def _compile(self, text: str, tailnet: Tailnet, tests: bool = True,
+                 previous: _Compiled | None = None) -> _Compiled:
         policy = parse_policy(text, tailnet.domains())
-        compiled = _Compiled(policy, tailnet, self.control_url)
+        compiled = _Compiled(policy, tailnet, self.control_url, previous)
         if not tests:
             return compiled
         run_tests(policy, compiled.resolver, compiled.grants)
@@ -239,7 +262,8 @@ class TailscalePolicyEngine:
         if text is None or not text.strip():
             self.compiled = None
             return Affected.all()
-        old, self.compiled = self.compiled, self._compile(text, self.tailnet, tests)
+        old = self.compiled
+        self.compiled = self._compile(text, self.tailnet, tests, previous=old)
         if old is None or old.tailnet is not self.tailnet:
             return Affected.all()
         new = self.compiled
