@@ -277,6 +277,10 @@ class NodeConfig:
     # How long an interactive login's auth id (the AuthURL) stays usable; headscale's
     # tuning.register_cache_expiration, 15 minutes.
     auth_id_expiry: Duration = Duration(900)
+    # Device approval (not in headscale; Tailscale's "manually approve new devices"): "auto"
+    # lets a node in as soon as it authenticates; "manual" holds every new node, however it
+    # authenticated, until ``meshscale nodes approve``.
+    approval: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -704,6 +708,8 @@ def _check_semantics(cfg: Config) -> Iterator[ConfigError]:
     """Every problem the keys make together, not only the first."""
     if cfg.prefixes.allocation not in ("sequential", "random"):
         yield ConfigError("prefixes.allocation", "must be sequential or random")
+    if cfg.node.approval not in ("auto", "manual"):
+        yield ConfigError("node.approval", "must be auto or manual")
     if ipaddress.ip_network(cfg.prefixes.v4).version != 4:
         yield ConfigError("prefixes.v4", "must be an IPv4 prefix")
     if ipaddress.ip_network(cfg.prefixes.v6).version != 6:

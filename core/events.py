@@ -14,6 +14,7 @@ from enum import StrEnum
 class NodeEventKind(StrEnum):
     REGISTERED = "registered"  # a new node joined
     UPDATED = "updated"  # renamed, tags changed, key rotated, re-authenticated
+    APPROVED = "approved"  # it waited for an admin's approval (node.approval: manual)
     EXPIRED = "expired"
     DELETED = "deleted"
     ONLINE = "online"

@@ -257,6 +257,10 @@ class Server:
         snap = await asyncio.to_thread(self.storage.load)
         state, engine, text = self.build_core(snap)
         self.state, self.engine, self.policy_text = state, engine, text
+        if state.pending and cfg.node.approval != "manual":
+            log.warning("%d node(s) wait for approval although node.approval is %s: approve "
+                        "them with `meshscale nodes approve -i ID` (nodes list: Approved no)",
+                        len(state.pending), cfg.node.approval)
         self.apikeys = ApiKeys(self.storage, snap)
 
         self.derp = self._make_derp_manager()

@@ -109,6 +109,7 @@ def node_view(n: Node, user: User | None) -> dict[str, Any]:
         "tags": list(n.tags),
         "approvedRoutes": list(n.approved_routes),
         "availableRoutes": list(n.routable_ips),
+        "approved": n.approved,  # False: waits for `nodes approve` (node.approval: manual)
     }
 
 
@@ -292,6 +293,10 @@ def create_admin_app(server: AdminServer) -> Quart:
             raise MeshscaleError("'routes' must be a list of prefixes")
         n = lifecycle().approve_routes(node_id(ref), routes)
         return _json(view(n))
+
+    @app.post("/v1/nodes/<ref>/approve")
+    async def approve_node(ref: str) -> Response:
+        return _json(view(lifecycle().approve(node_id(ref))))
 
     @app.delete("/v1/nodes/<ref>")
     async def delete_node(ref: str) -> Response:

@@ -110,6 +110,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/node/{node_id}/approve_routes", "SetApprovedRoutes", "nodes",
           restops.approve_routes, "Set a node's approved routes", body=(("routes", L),),
           path_types={"node_id": U64}),
+    Route("POST", "/api/v1/node/{node_id}/approve", "ApproveNode", "nodes",
+          restops.approve_node, "Let a node waiting for device approval (node.approval: "
+          "manual) join the tailnet (meshscale only)", path_types={"node_id": U64}),
     Route("POST", "/api/v1/node/{node_id}/tags", "SetTags", "nodes", restops.set_tags,
           "Set a node's tags (at least one; each defined in the policy's tagOwners)",
           body=(("tags", L),), path_types={"node_id": U64}),

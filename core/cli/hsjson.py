@@ -67,6 +67,7 @@ def node(n: dict[str, Any]) -> dict[str, Any]:
         "tags": list(n.get("tags", [])),
         "expired": bool(n.get("expired")),
         "ephemeral": bool(n.get("ephemeral")),
+        "approved": bool(n.get("approved", True)),  # meshscale's device approval
     }
 
 

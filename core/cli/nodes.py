@@ -10,7 +10,8 @@ from meshscale.errors import MeshscaleError
 
 COLUMNS = [("ID", "id"), ("Hostname", "name"), ("Name", "givenName"), ("User", "user"),
            ("IP addresses", "ipAddresses"), ("Tags", "tags"), ("Online", "online"),
-           ("Last seen", "lastSeen"), ("Expiry", "expiry"), ("Expired", "expired")]
+           ("Last seen", "lastSeen"), ("Expiry", "expiry"), ("Expired", "expired"),
+           ("Approved", "approved")]
 ROUTE_COLUMNS = [("ID", "id"), ("Name", "givenName"), ("Approved", "approvedRoutes"),
                  ("Available", "availableRoutes"), ("Serving (primary)", "subnetRoutes")]
 
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> Out:
     if args.action == "tag":
         return Out(c.call("POST", f"{node}/tags", {"tags": _split(args.tags)}), "node",
                    COLUMNS)
+    if args.action == "approve":
+        return Out(c.call("POST", f"{node}/approve"), "node", COLUMNS)
     if args.action == "approve-routes":
         return Out(c.call("POST", f"{node}/approve_routes", {"routes": _split(args.routes)}),
                    "node", ROUTE_COLUMNS)
@@ -99,6 +102,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     _node(x)
     x.add_argument("-t", "--tags", action="append", default=[],
                    help="tag:name (repeat or comma-separate; none clears)")
+    x = add(ns, "approve", "let a node that waits for approval (node.approval: manual) join "
+            "the tailnet", common)
+    _node(x)
     x = add(ns, "approve-routes", "set the routes an admin approves (replaces the list)",
             common)
     _node(x)

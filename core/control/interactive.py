@@ -240,7 +240,17 @@ class InteractiveLogins:
                 "ipAddresses": list(node.addresses)}
 
     def routes(self) -> list[HttpRoute]:
-        return [HttpRoute("/register/<auth_id>", self._page, name="register_page")]
+        return [HttpRoute("/register/<auth_id>", self._page, name="register_page"),
+                HttpRoute("/admin", self._admin_page, name="approval_page")]
+
+    async def _admin_page(self) -> Response:
+        """Where a client waiting for device approval sends its user (``tailscale up`` prints
+        ``<login server>/admin``). It names nobody's device: it says what an admin runs."""
+        body = ("<h1>Device approval</h1><p>New devices on this tailnet wait until an "
+                "administrator approves them. The administrator finds the device with:</p>"
+                "<pre>meshscale nodes list</pre><p>(column Approved: no) and approves it "
+                "with:</p><pre>meshscale nodes approve -i ID</pre>")
+        return _html(body)
 
     async def _page(self, auth_id: str) -> Response:
         """What the person who opened the AuthURL sees: the command an admin runs."""

@@ -82,7 +82,8 @@ def _response(user: User | None, node: Node | None, **extra: Any) -> dict[str, A
     out: dict[str, Any] = {
         "User": u,
         "Login": login,
-        "MachineAuthorized": node is not None and not node.expired(),
+        # False for a node awaiting approval: its map says so too (node.approval: manual).
+        "MachineAuthorized": node is not None and node.approved and not node.expired(),
         "NodeKeyExpired": node is not None and node.expired(),
     }
     out.update(extra)

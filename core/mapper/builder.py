@@ -74,6 +74,12 @@ class _StreamView:
     self_sig: bytes = b""
 
 
+def cut_off(node: Node) -> bool:
+    """The node gets a map without peers or rules: its key expired (or it logged out), or it
+    waits for an admin's approval."""
+    return not node.approved or node.expired()
+
+
 class MapBuilder:
     """Builds full maps and the peer and self-node JSON deltas reuse."""
 
@@ -196,9 +202,12 @@ class MapBuilder:
         return None if bits is None else bitset.members(bits)
 
     def live_bits(self) -> int:
-        """Every node ID, as a bitset; dropped by the mapper when a node joins or leaves."""
+        """Every node ID but those awaiting approval, as a bitset; dropped by the mapper when
+        a node joins, leaves or is approved."""
         if self._live is None:
-            self._live = bitset.of(self.state.nodes)
+            pending = self.state.pending
+            self._live = bitset.of(self.state.nodes.keys() - pending if pending
+                                   else self.state.nodes)
         return self._live
 
     def _profiles(self, nodes: Iterable[Node]) -> list[dict[str, Any]]:
@@ -245,18 +254,22 @@ class MapBuilder:
         if node is None:
             raise LookupError(f"node {s.node_id} is gone")
         visible = self.visible_bits(node.id)
-        s.cut_off = node.expired()
+        s.cut_off = cut_off(node)
+        pending = self.state.pending  # nodes awaiting approval are nobody's peers
         if s.cut_off:
             # An expired or logged-out node learns that its key expired (self node's KeyExpiry
-            # in the past, Expired) and nothing about the tailnet: no peers, no rules.
+            # in the past, Expired), one awaiting approval that it is not authorized
+            # (MachineAuthorized false), and nothing about the tailnet: no peers, no rules.
             peers = []
             s.known = 0
         elif visible is None:
-            peers = [n for i, n in sorted(self.state.nodes.items()) if i != node.id]
+            peers = [n for i, n in sorted(self.state.nodes.items())
+                     if i != node.id and i not in pending]
             s.known = None
         else:
             nodes = self.state.nodes
-            peers = [nodes[i] for i in bitset.members(visible) if i != node.id and i in nodes]
+            peers = [nodes[i] for i in bitset.members(visible) if i != node.id and i in nodes
+                     and i not in pending]
             s.known = visible  # shared with the node's class; its own bit is ignored
         pf = [] if s.cut_off else self.engine.packet_filter(node.id)
         ssh = {"rules": []} if s.cut_off else self.engine.ssh_policy(node.id) or {"rules": []}

@@ -51,6 +51,7 @@ class Event(Enum):
     NODE_JOINED = "node joined"
     NODE_LEFT = "node left"
     NODE_REAUTHED = "node logged in again (owner or tags may change)"
+    NODE_APPROVED = "node approved (it waited for an admin)"
     NODE_RENAMED = "node renamed"
     HOSTINFO = "hostinfo changed"
     ROUTES_ADVERTISED = "routes advertised"
@@ -87,6 +88,10 @@ TABLE: Mapping[Event, Stale] = {
     Event.NODE_LEFT: Stale(viewers=Out.GONE),  # the engine hears of it; viewers drop the peer
     Event.NODE_REAUTHED: Stale(own=Out.SELF | Out.PROFILE | Out.POLICY,
                                viewers=Out.PEER | Out.PROFILE),
+    # A node that waited for approval: its own stream goes from cut off (no peers,
+    # MachineAuthorized false) to a full map; its viewers get it as a new peer.
+    Event.NODE_APPROVED: Stale(own=Out.SELF | Out.PROFILE | Out.POLICY,
+                               viewers=Out.PEER | Out.PROFILE),
     Event.NODE_RENAMED: Stale(own=Out.SELF, viewers=Out.PEER),
     Event.HOSTINFO: Stale(own=Out.SELF, viewers=Out.PEER),
     # Routes: the router's own AllowedIPs/PrimaryRoutes, its entry for viewers, and policy
@@ -109,6 +114,7 @@ TABLE: Mapping[Event, Stale] = {
 
 _WHY = {
     ch.Why.REAUTH: Event.NODE_REAUTHED,
+    ch.Why.APPROVED: Event.NODE_APPROVED,
     ch.Why.RENAMED: Event.NODE_RENAMED,
     ch.Why.HOSTINFO: Event.HOSTINFO,
     ch.Why.ROUTES_ADVERTISED: Event.ROUTES_ADVERTISED,

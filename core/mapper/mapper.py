@@ -20,7 +20,7 @@ from meshscale import bitset
 from meshscale.config import Config
 from meshscale.events import MapKind, MapSent
 from meshscale.mapper import wire
-from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps, digest
+from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps, cut_off, digest
 from meshscale.mapper.frames import Message, dumps
 from meshscale.mapper.invalidation import Output, stale
 from meshscale.mapper.session import MapSession
@@ -94,6 +94,8 @@ class Mapper(MapBuilder):
     # -- fan-out -----------------------------------------------------------------------------------
 
     def _viewers(self, node_id: int) -> list[MapSession]:
+        if node_id in self.state.pending:
+            return []  # awaiting approval: nobody sees it
         visible = self.visible_ids(node_id)
         if visible is None:
             return [s for i, s in self.sessions.items() if i != node_id]
@@ -127,7 +129,8 @@ class Mapper(MapBuilder):
     def _on_change(self, change: ch.Change) -> None:
         # What is stale, and for whom, is the invalidation table's decision (invalidation.py).
         rows = stale(change)
-        if isinstance(change, (ch.NodeAdded, ch.NodeRemoved)):
+        if isinstance(change, (ch.NodeAdded, ch.NodeRemoved)) or (
+                isinstance(change, ch.NodeChanged) and change.why is ch.Why.APPROVED):
             self._live = None
         # Node changes wait for the end of this event-loop turn: a storm of N nodes coming
         # online then costs one message per stream per turn, not N (N² in all).
@@ -225,7 +228,7 @@ class Mapper(MapBuilder):
         specific: dict[int, list[bytes]] = {}  # per stream, for nodes policy restricts
         for node_id in sorted(patches):
             node = self.state.nodes.get(node_id)
-            if node is None:
+            if node is None or node_id in self.state.pending:
                 continue
             f = patches[node_id]
             body = dumps(self._patch_of(node, f))
@@ -294,8 +297,11 @@ class Mapper(MapBuilder):
             if node is None or s is None:
                 continue
             out = owns[node_id]
-            if out & Output.SELF and node.expired() != s.cut_off:
-                s.resync()  # expired or logged out (or back): a full map of the new kind
+            if out & Output.SELF and (s.cut_off or cut_off(node)):
+                # Expired, logged out or awaiting approval (or back from that): a full map of
+                # the new kind. A cut-off stream takes no deltas, so its own news (a new
+                # name, an expiry) comes as a small full map too.
+                s.resync()
                 continue
             if out & Output.POLICY:
                 self._refresh_stream(s, node, set())

@@ -50,7 +50,9 @@ def node_json(
         "Hostinfo": dict(node.hostinfo) if self_view else peer_hostinfo(node.hostinfo),
         "Created": gotime(node.created_at),
         "Cap": node.capver,
-        "MachineAuthorized": True,
+        # False only in a waiting node's own map (peers are approved): the client shows
+        # "Machine is not yet approved by tailnet admin" (ipn state NeedsMachineAuth).
+        "MachineAuthorized": node.approved,
         "Online": node.online,
     }
     if node.home_derp:

@@ -45,6 +45,9 @@ class StateBase:
         self._by_node_key: dict[bytes, Node] = {}
         self._by_machine_key: dict[bytes, Node] = {}
         self._given_names: set[str] = set()
+        # Nodes waiting for an admin's approval (node.approval: manual): in no peer's map, not
+        # in the policy's view of the tailnet, serving no routes. Usually empty.
+        self.pending: set[int] = set()
         self.v4 = IPAllocator(config.prefixes.v4, config.prefixes.allocation)
         self.v6 = IPAllocator(config.prefixes.v6, config.prefixes.allocation)
         self._listeners: list[Listener] = []
@@ -81,6 +84,10 @@ class StateBase:
         self._by_node_key[n.node_key] = n
         self._by_machine_key[n.machine_key] = n
         self._given_names.add(n.given_name)
+        if n.approved:
+            self.pending.discard(n.id)
+        else:
+            self.pending.add(n.id)
         self.v4.reserve(n.ipv4)
         self.v6.reserve(n.ipv6)
 
@@ -91,8 +98,14 @@ class StateBase:
         if self._by_machine_key.get(n.machine_key) is n:
             del self._by_machine_key[n.machine_key]
         self._given_names.discard(n.given_name)
+        self.pending.discard(n.id)
         self.v4.release(n.ipv4)
         self.v6.release(n.ipv6)
+
+    @staticmethod
+    def serving(n: Node) -> bool:
+        """May the node serve its routes now: online, approved, key not expired."""
+        return n.online and n.approved and not n.expired()
 
     # -- nodes: lookups --------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class Why(Enum):
     """Why a whole node changed; core/mapper/invalidation.py says what each makes stale."""
 
     REAUTH = "logged in again"  # owner, tags, key expiry may all be new
+    APPROVED = "approved"  # it waited for approval: now it joins its peers' maps
     RENAMED = "renamed"
     HOSTINFO = "hostinfo"
     ROUTES_ADVERTISED = "routes advertised"

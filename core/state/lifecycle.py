@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 audit_log = logging.getLogger("meshscale.audit")
 
 
+def _waiting(node: Node) -> str:
+    return "" if node.approved else ", waits for approval (meshscale nodes approve)"
+
+
 class NodeLifecycle:
     """One per server, next to its State."""
 
@@ -92,7 +96,7 @@ class NodeLifecycle:
         existed = self.state.by_machine_key(machine_key) is not None
         node = self.state.register_with_key(key, machine_key, node_key, hostinfo, tags, capver)
         self.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
-        self._audit(node, "logged in again" if existed else "registered")
+        self._audit(node, ("logged in again" if existed else "registered") + _waiting(node))
         return node
 
     def register_for_user(
@@ -111,7 +115,15 @@ class NodeLifecycle:
         node = self.state.register_for_user(user.id if user else None, machine_key, node_key,
                                             hostinfo, tags, capver, method)
         self.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
-        self._audit(node, f"{'logged in again' if existed else 'registered'} ({method})")
+        self._audit(node, f"{'logged in again' if existed else 'registered'} ({method})"
+                          + _waiting(node))
+        return node
+
+    def approve(self, node_id: int, by: str = "an admin") -> Node:
+        """A node that waits for approval (``node.approval: manual``) joins the tailnet."""
+        node = self.state.approve_node(node_id)
+        self.node_event(NodeEventKind.APPROVED, node)
+        self._audit(node, f"approved by {by}")
         return node
 
     def rotate_key(self, node: Node, new_key: bytes) -> Node:

@@ -93,6 +93,9 @@ class Node:
     register_method: str = "authkey"
     approved_routes: tuple[str, ...] = ()
     capver: int = 0
+    # False while the node waits for an admin's ``nodes approve`` (``node.approval: manual``):
+    # it is in no peer's map and gets none of its own (tailcfg MachineAuthorized false).
+    approved: bool = True
     # Runtime only, never persisted.
     online: bool = False
 

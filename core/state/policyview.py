@@ -87,11 +87,13 @@ class PolicyBridge(StateBase):
         """Tell policy and the route table that ``n`` changed in a way policy sees (tags,
         owner, advertised or approved routes). Returns the other nodes whose routes changed
         (a new primary); the caller emits ``n``'s own change."""
+        if not n.approved:
+            return set()  # not part of the tailnet until approved: policy and routes ignore it
         self._auto_approve(n)
         node = self.policy_node(n)
         if self.policy_engine_hooks:
             self.policy_engine_hooks.node_upserted(node)
-        moved = self.routes.set_eligible(n.id, n.online and not n.expired())
+        moved = self.routes.set_eligible(n.id, self.serving(n))
         return (moved | self.routes.update(node)) - {n.id}
 
     def refresh_auto_approvals(self) -> None:
@@ -99,7 +101,7 @@ class PolicyBridge(StateBase):
         nodes whose routes changed go to policy, the route table and their peers."""
         changed: set[int] = set()
         for n in self.nodes_sorted():
-            if not n.routable_ips and n.id not in self._auto:
+            if (not n.routable_ips and n.id not in self._auto) or not n.approved:
                 continue
             if self._auto_approve(n):
                 node = self.policy_node(n)
@@ -111,7 +113,7 @@ class PolicyBridge(StateBase):
     def policy_topology(self) -> tuple[list[PolicyUser], list[PolicyNode]]:
         return (
             [self.policy_user(u) for u in self.users.values()],
-            [self.policy_node(n) for n in self.nodes.values()],
+            [self.policy_node(n) for n in self.nodes.values() if n.approved],
         )
 
     def _notify_policy_user(self, u: User) -> None:
@@ -120,7 +122,7 @@ class PolicyBridge(StateBase):
             # autoApprovers may name the user: their routers' approvals may change.
             changed: set[int] = set()
             for n in list(self.user_nodes(u.id)):
-                if n.routable_ips and self._auto_approve(n):
+                if n.routable_ips and n.approved and self._auto_approve(n):
                     node = self.policy_node(n)
                     self.policy_engine_hooks.node_upserted(node)
                     changed |= self.routes.update(node)

@@ -60,8 +60,8 @@ class State(Accounts):
                 repaired.append(n)
             self._index(n)
         for n in self.nodes_sorted():  # by ID: a fresh election makes the lowest ID primary
-            if n.routable_ips:
-                self.routes.set_eligible(n.id, n.online and not n.expired())
+            if n.routable_ips and n.approved:
+                self.routes.set_eligible(n.id, self.serving(n))
                 self.routes.update(self.policy_node(n))
         if repaired:
             self._write([PutNode(n) for n in repaired])
@@ -177,6 +177,7 @@ class State(Accounts):
             ephemeral=ephemeral,
             register_method=method,
             capver=capver,
+            approved=self.config.node.approval != "manual",
         )
         try:
             self._write([*ops, PutNode(node), PutCounter("node", node.id)])
@@ -211,6 +212,19 @@ class State(Accounts):
         self._emit(NodeRemoved(n.id))
         self._emit_changed(takers)
         return n
+
+    def approve_node(self, node_id: int) -> Node:
+        """Let a node that waits for approval into the tailnet: peers see it, it sees them."""
+        n = self.node(node_id)
+        if n.approved:
+            raise MeshscaleError(f"node {n.id} ({n.given_name}) is already approved")
+        n2 = replace(n, approved=True)
+        self._write([PutNode(n2)])
+        self._replace(n, n2)
+        others = self._sync_node(n2)
+        self._emit(NodeChanged(n2.id, Why.APPROVED))
+        self._emit_changed(others)
+        return n2
 
     def set_approved_routes(self, node_id: int, routes: Sequence[str]) -> Node:
         """Replace the node's admin-approved routes (``nodes approve-routes``)."""
@@ -273,7 +287,7 @@ class State(Accounts):
         n2 = replace(n, expiry=None if never else when or utcnow())
         self._write([PutNode(n2)])
         self._replace(n, n2)
-        takers = self.routes.set_eligible(n2.id, n2.online and not n2.expired())
+        takers = self.routes.set_eligible(n2.id, self.serving(n2))
         self._emit(NodePatched(n.id, Patch.EXPIRY))
         self._emit_changed(takers)
         return n2
@@ -365,6 +379,6 @@ class State(Accounts):
                 log.warning("node %d went offline; its last-seen time was not stored: %s",
                             node.id, exc)
         # Subnet routes fail over to (or from) this router.
-        takers = self.routes.set_eligible(node.id, online and not node.expired())
+        takers = self.routes.set_eligible(node.id, self.serving(node))
         self._emit(NodePatched(node.id, Patch.ONLINE))
         self._emit_changed(takers)

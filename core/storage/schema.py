@@ -71,6 +71,7 @@ class NodeRow(BaseModel):
     register_method = pw.CharField(default="authkey")
     approved_routes = pw.TextField(default="[]")
     capver = pw.IntegerField(default=0)
+    approved = pw.BooleanField(default=True)
 
     class Meta:
         table_name = "nodes"

@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 6
+CURRENT = 7
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -142,10 +142,20 @@ def _v5_to_v6(db: pw.Database) -> None:
                      "DEFAULT 'sha256'")
 
 
+def _v6_to_v7(db: pw.Database) -> None:
+    """Version 7 adds ``nodes.approved`` (device approval, ``node.approval: manual``); the
+    nodes there were are approved. The column's type is the one peewee's BooleanField makes on
+    each database (BOOLEAN on PostgreSQL, INTEGER on SQLite), so an upgraded database has the
+    schema a new one gets."""
+    kind = ("BOOLEAN NOT NULL DEFAULT TRUE" if isinstance(db, pw.PostgresqlDatabase)
+            else "INTEGER NOT NULL DEFAULT 1")
+    _sql(db, f'ALTER TABLE "nodes" ADD COLUMN "approved" {kind}')
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3,
                                                          3: _v3_to_v4, 4: _v4_to_v5,
-                                                         5: _v5_to_v6}
+                                                         5: _v5_to_v6, 6: _v6_to_v7}
 
 
 # -- acting on a live database ----------------------------------------------------------------

@@ -85,11 +85,16 @@ class Fleet:
         node.hostinfo.update(hostinfo)
         await node.conn.connect("127.0.0.1", self.server.main_port)
         resp = await node.register(key)
-        assert resp.get("MachineAuthorized") is True, resp
         node_id = self._id_of(node)
+        assert resp.get("MachineAuthorized") is self._approved(node_id), resp
         self.nodes[node_id] = node
         await self.open(node_id)
         return node_id
+
+    def _approved(self, node_id: int) -> bool:
+        """False while the node waits for approval (node.approval: manual)."""
+        assert self.server.state is not None
+        return self.server.state.nodes[node_id].approved
 
     def _id_of(self, node: SimNode) -> int:
         assert self.server.state is not None
@@ -140,7 +145,7 @@ class Fleet:
             extra["OldNodeKey"] = node.node_key_text
             node.node_key = X25519PrivateKey.generate()
         resp = await node.register(key, **extra)
-        assert resp.get("MachineAuthorized") is True, resp
+        assert resp.get("MachineAuthorized") is self._approved(node_id), resp
         if rotate:
             await self.open(node_id)
 
@@ -199,8 +204,8 @@ class Fleet:
             a, b = held.view(now), want.view(now)
             session = mapper.sessions.get(node_id) if mapper is not None else None
             if session is not None and session.cut_off:
-                # An expired or logged-out node is cut off: it must hold that it expired and
-                # nothing about the tailnet; no delta reaches it (so not renames either).
+                # An expired, logged-out or waiting node is cut off: it must hold that it
+                # expired or waits and nothing about the tailnet.
                 a, b = _cut_off_view(a), _cut_off_view(b)
             diff = {k: {"held": a[k], "fresh": b[k]} for k in a if a[k] != b[k]}
             if diff:
@@ -215,7 +220,8 @@ class Fleet:
 
 def _cut_off_view(view: dict[str, Any]) -> dict[str, Any]:
     node = view["Node"] or {}
-    return {"Expired": node.get("Expired"), "Peers": view["Peers"],
+    return {"Expired": node.get("Expired"), "MachineAuthorized": node.get("MachineAuthorized"),
+            "Peers": view["Peers"],
             "PacketFilter": view["PacketFilter"], "SSHPolicy": view["SSHPolicy"]}
 
 

@@ -2,11 +2,12 @@
 started server sends (issue 21, architecture.md §6).
 
 Hypothesis draws sequences of joins, leaves, re-tags, user moves, expiries, route
-advertisements and approvals, user renames, stream reconnects and policy changes. Each is applied
-to a running in-process server with simulated nodes streaming (real Noise, HTTP/2, zstd); after
-each step settles, every stream's accumulated netmap (full map plus every delta and patch,
-applied as tailscale's controlclient does: ``tests/plugin/netmap.py``) must equal the full map
-a server built from the same database sends (``tests/plugin/oracle.py``): self node, peers with
+advertisements and approvals, user renames, stream reconnects and policy changes, some with
+device approval on (new nodes wait until admitted). Each is applied to a running in-process
+server with simulated nodes streaming (real Noise, HTTP/2, zstd); after each step settles,
+every stream's accumulated netmap (full map plus every delta and patch, applied as tailscale's
+controlclient does: ``tests/plugin/netmap.py``) must equal the full map a server built from
+the same database sends (``tests/plugin/oracle.py``): self node, peers with
 AllowedIPs and PrimaryRoutes, packet filter, SSH policy, DNS, DERP map, CapMap, user profiles.
 
 Budget: the suite runs ``MESHSCALE_ORACLE_EXAMPLES`` examples (default 100, about 20 s here).
@@ -110,7 +111,7 @@ POLICIES: tuple[dict[str, Any], ...] = (
 
 OPS = ("join", "join_tagged", "leave", "retag", "move", "expire", "extend", "advertise",
        "approve", "policy", "rename_user", "reconnect", "relogin", "disconnect", "rotate",
-       "rename_node")
+       "rename_node", "admit")
 NETWORK_OPS = ("retag", "move", "relogin", "advertise", "rotate", "reconnect")
 # One step: (operation, a, b, settle) with small integers the runner maps onto the current
 # fleet; without ``settle`` the next step follows at once (changes pile up in one batch).
@@ -190,6 +191,9 @@ class Scenario:
         elif op == "approve":
             routes = ROUTE_SETS[b % 4]
             life.approve_routes(node_id, routes[: 1 + b % max(1, len(routes))])
+        elif op == "admit":  # device approval (the scenario runs with node.approval: manual)
+            if not state.nodes[node_id].approved:
+                life.approve(node_id)
         elif op == "rename_user":
             self.renames += 1
             life.rename_user(b % 3 + 1, f"{USERS[b % 3]}{self.renames}")
@@ -197,10 +201,12 @@ class Scenario:
             await self.fleet.open(node_id)
 
 
-async def _scenario(policy: int, steps: list[Step], data_dir: Path) -> None:
+async def _scenario(policy: int, steps: list[Step], data_dir: Path,
+                    manual: bool = False) -> None:
     host = PluginHost()
     host.load(["sqlite", "policy"])
-    cfg = make_config(data_dir, host, plugins=["sqlite", "policy"], policy={"mode": "database"})
+    cfg = make_config(data_dir, host, plugins=["sqlite", "policy"], policy={"mode": "database"},
+                      node={"approval": "manual" if manual else "auto"})
     server = Server(cfg, host)
     await server.start()
     fleet = Fleet(server)
@@ -225,7 +231,10 @@ async def _scenario(policy: int, steps: list[Step], data_dir: Path) -> None:
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(policy=st.integers(-1, len(POLICIES) - 1),
-       steps=st.lists(step, min_size=1, max_size=MAX_STEPS))
-def test_incremental_maps_equal_a_fresh_server(policy: int, steps: list[Step]) -> None:
+       steps=st.lists(step, min_size=1, max_size=MAX_STEPS),
+       manual=st.sampled_from([False, False, True]))
+def test_incremental_maps_equal_a_fresh_server(policy: int, steps: list[Step],
+                                               manual: bool) -> None:
+    """``manual``: new nodes wait for approval (``admit`` lets one in)."""
     with tempfile.TemporaryDirectory(prefix="meshscale-oracle-") as tmp:
-        asyncio.run(_scenario(policy, steps, Path(tmp)))
+        asyncio.run(_scenario(policy, steps, Path(tmp), manual))

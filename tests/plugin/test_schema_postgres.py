@@ -79,13 +79,14 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
                    PutKey(PreAuthKey(1, "p", b"h" * 32, 1))])
     storage.close()
     # Version 1 is the same tables without the marker, the ID counters (version 3), the
-    # API keys (version 4), the users' picture and groups (version 5) and the keys' hash
-    # scheme (version 6).
+    # API keys (version 4), the users' picture and groups (version 5), the keys' hash
+    # scheme (version 6) and nodes.approved (version 7).
     run(pg_server, database, "DROP TABLE meshscale_schema")
     run(pg_server, database, "DROP TABLE id_counters")
     run(pg_server, database, "DROP TABLE meshscale_api_keys")
     run(pg_server, database, 'ALTER TABLE users DROP COLUMN picture, DROP COLUMN "groups"')
     run(pg_server, database, "ALTER TABLE pre_auth_keys DROP COLUMN hash_scheme")
+    run(pg_server, database, "ALTER TABLE nodes DROP COLUMN approved")  # version 7
     before = dump(pg_server, database)
 
     storage = backend.storage(tmp_path)
@@ -105,6 +106,9 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     assert cols[-1] == ("hash_scheme", "character varying")
     assert [r[-1] for r in rows] == ["sha256"]
     after["pre_auth_keys"] = (cols[:-1], [r[:-1] for r in rows])
+    node_cols, node_rows = after["nodes"]
+    assert node_cols[-1] == ("approved", "boolean")  # as a new database has it
+    after["nodes"] = (node_cols[:-1], node_rows)
     added = set(after.pop("indexes")) - set(before.pop("indexes"))
     assert {name for (name,) in added} == {"id_counters_pkey", "meshscale_api_keys_pkey",
                                           "apikeyrow_prefix"}

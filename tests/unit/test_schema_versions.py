@@ -165,6 +165,9 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     # Version 6: every key there was is a SHA-256 one.
     assert [row[-1] for row in new["pre_auth_keys"]] == ["sha256"]
     new["pre_auth_keys"] = [row[:-1] for row in new["pre_auth_keys"]]
+    # Version 7: nodes gain "approved", true for the nodes there were.
+    assert [row[-1] for row in new["nodes"]] == [1]
+    new["nodes"] = [row[:-1] for row in new["nodes"]]
     assert new == old  # every row of every table, as it was
     (user,) = snap.users
     assert (user.id, user.name, user.email) == (1, "alice", "a@example.com")
@@ -174,7 +177,8 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
         "mskey-auth-abc", True, ("tag:ci",), "sha256")
     (node,) = snap.nodes
     assert (node.id, node.given_name, node.ipv4, node.hostinfo, node.approved_routes,
-            node.capver) == (7, "laptop", "100.64.0.1", {"OS": "linux"}, ("10.0.0.0/24",), 113)
+            node.capver, node.approved) == (7, "laptop", "100.64.0.1", {"OS": "linux"},
+                                            ("10.0.0.0/24",), 113, True)
     assert snap.policy == '{"acls": []}'
     assert versioning.inspect_sqlite_file(db) == Verdict(
         "current", CURRENT,
@@ -215,7 +219,7 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         conn.close()
         return rows
 
-    assert CURRENT == 6
+    assert CURRENT == 7
     users_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "users"'))
     users_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "users"'))
     # Version 5: the login provider's picture and groups (OIDC).
@@ -225,7 +229,11 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
     keys_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "pre_auth_keys"'))
     # Version 6: how each key's secret is hashed (headscale's bcrypt for imported keys).
     assert keys_now == keys_v1.removesuffix(")") + ', "hash_scheme" VARCHAR(255) NOT NULL)'
-    assert ddl(fresh) - ddl(old) - {users_now, keys_now} == {
+    nodes_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "nodes"'))
+    nodes_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "nodes"'))
+    # Version 7: device approval.
+    assert nodes_now == nodes_v1.removesuffix(")") + ', "approved" INTEGER NOT NULL)'
+    assert ddl(fresh) - ddl(old) - {users_now, keys_now, nodes_now} == {
         'CREATE TABLE "meshscale_api_keys" ("id" INTEGER NOT NULL PRIMARY KEY, "prefix" '
         'VARCHAR(255) NOT NULL, "secret_hash" BLOB NOT NULL, "expiration" DATETIME, '
         '"created_at" DATETIME NOT NULL, "last_seen" DATETIME, '
@@ -235,4 +243,4 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)",
         'CREATE TABLE "id_counters" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
         '"value" INTEGER NOT NULL)'}
-    assert ddl(old) - {users_v1, keys_v1} <= ddl(fresh)
+    assert ddl(old) - {users_v1, keys_v1, nodes_v1} <= ddl(fresh)

@@ -1,0 +1,165 @@
+"""Device approval (``node.approval: manual``) with protocol-level simulated nodes.
+
+A new node, however it authenticated, waits: its RegisterResponse and its own map say
+MachineAuthorized false, its map has no peers and no rules, no peer's map holds it and nothing
+it reports reaches anyone. ``nodes approve`` (admin API, REST) lets it in: its peers get it at
+once and it gets a full map with them. The state survives a restart. The real client's side
+(NeedsMachineAuth, traffic) is tests/interop/test_device_approval.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from meshscale.cli.client import AdminClient
+from meshscale.errors import MeshscaleError
+from meshscale.server import Server
+from meshscale.simclient import MapStream, SimNode
+from tests.plugin.simnodes import next_with, quiet
+
+pytestmark = pytest.mark.asyncio
+
+
+async def register(server: Server, key: str, hostname: str) -> tuple[SimNode, dict[str, Any]]:
+    node = SimNode(hostname)
+    await node.conn.connect("127.0.0.1", server.main_port)
+    return node, await node.register(key)
+
+
+async def first_map(node: SimNode) -> tuple[MapStream, dict[str, Any]]:
+    stream = node.open_stream()
+    first = await stream.next()
+    assert first is not None and "Node" in first, first
+    return stream, first
+
+
+def node_id(server: Server, node: SimNode) -> int:
+    assert server.state is not None
+    found = server.state.by_node_key(bytes.fromhex(node.node_key_text[8:]))
+    assert found is not None
+    return found.id
+
+
+async def admin(server: Server, method: str, path: str) -> Any:
+    client = AdminClient(str(server.admin_socket_path))
+    return await asyncio.to_thread(client.call, method, path)
+
+
+@pytest.fixture
+async def manual(meshscale_server_factory: Callable[..., Any]) -> Server:
+    srv: Server = await meshscale_server_factory(node={"approval": "manual"})
+    return srv
+
+
+def alice_key(server: Server) -> str:
+    assert server.state is not None
+    user = server.state.create_user("alice", email="alice@example.com")
+    return server.state.create_key(user, reusable=True)[1]
+
+
+async def test_a_waiting_node_sees_nobody_and_nobody_sees_it(
+        manual: Server, caplog: pytest.LogCaptureFixture) -> None:
+    key = alice_key(manual)
+    caplog.set_level(logging.INFO, "meshscale.audit")
+    a, resp = await register(manual, key, "laptop")
+    assert resp["MachineAuthorized"] is False and "Error" not in resp, resp
+    assert "registered, waits for approval (meshscale nodes approve)" in caplog.text
+    sa, first = await first_map(a)
+    assert first["Node"]["MachineAuthorized"] is False
+    assert "Peers" not in first and first["PacketFilter"] == []
+
+    # The admin lets it in: its stream gets a full map of the new kind.
+    a_id = node_id(manual, a)
+    listed = await admin(manual, "GET", f"/v1/nodes/{a_id}")
+    assert listed["approved"] is False
+    approved = await admin(manual, "POST", f"/v1/nodes/{a_id}/approve")
+    assert approved["approved"] is True
+    assert "approved by an admin" in caplog.text
+    again = await sa.next()
+    assert again is not None and again["Node"]["MachineAuthorized"] is True
+    assert again["PacketFilter"] != []
+    with pytest.raises(MeshscaleError, match=f"node {a_id} .* is already approved"):
+        await admin(manual, "POST", f"/v1/nodes/{a_id}/approve")
+
+    # A second node waits: the first one's map never hears of it, whatever it reports.
+    b, resp = await register(manual, key, "phone")
+    assert resp["MachineAuthorized"] is False
+    sb, bfirst = await first_map(b)
+    assert "Peers" not in bfirst and bfirst["Node"]["MachineAuthorized"] is False
+    assert await b.lite_update(["192.0.2.7:41641"]) == 200
+    assert await quiet(sa) == []
+
+    # Approved: each gets the other at once.
+    b_id = node_id(manual, b)
+    await admin(manual, "POST", f"/v1/nodes/{b_id}/approve")
+    delta = await next_with(sa, "PeersChanged")
+    assert [p["ID"] for p in delta["PeersChanged"]] == [b_id]
+    assert delta["PeersChanged"][0]["Endpoints"] == ["192.0.2.7:41641"]
+    full = await sb.next()
+    assert full is not None and [p["ID"] for p in full["Peers"]] == [a_id]
+    assert full["Node"]["MachineAuthorized"] is True
+    for n in (a, b):
+        await n.conn.close()
+
+
+async def test_waiting_survives_a_restart_and_logging_in_again(
+        meshscale_server_factory: Callable[..., Any], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Pending is stored: after a restart the node still waits, even when approval is back to
+    auto (which the server warns about); logging in again (a new key) does not approve it."""
+    db = {"sqlite": {"path": str(tmp_path / "db.sqlite")}}
+    srv: Server = await meshscale_server_factory(node={"approval": "manual"}, database=db)
+    key = alice_key(srv)
+    a, _ = await register(srv, key, "laptop")
+    await a.conn.close()
+    await srv.stop()
+
+    srv = await meshscale_server_factory(database=db)
+    assert "1 node(s) wait for approval although node.approval is auto" in caplog.text
+    assert srv.state is not None
+    (node,) = srv.state.nodes.values()
+    assert node.approved is False and srv.state.pending == {node.id}
+    a.conn = type(a.conn)(machine=a.conn.machine)
+    await a.conn.connect("127.0.0.1", srv.main_port)
+    resp = await a.register(srv.state.create_key(srv.state.user("alice"))[1])
+    assert resp["MachineAuthorized"] is False
+    await a.conn.close()
+
+
+async def test_the_rest_api_approves(manual: Server) -> None:
+    """POST /api/v1/node/{id}/approve (meshscale's addition to headscale's API)."""
+    assert manual.apikeys is not None
+    _, api_key = manual.apikeys.create()
+    a, _ = await register(manual, alice_key(manual), "laptop")
+    a_id = node_id(manual, a)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{manual.main_port}",
+                                 headers={"Authorization": f"Bearer {api_key}"}) as api:
+        got = await api.post(f"/api/v1/node/{a_id}/approve")
+        assert got.status_code == 200, got.text
+        assert got.json()["node"]["id"] == str(a_id)
+        again = await api.post(f"/api/v1/node/{a_id}/approve")
+        assert again.status_code == 400 and "already approved" in again.text, again.text
+    assert manual.state is not None and manual.state.nodes[a_id].approved
+    await a.conn.close()
+
+
+async def test_auto_approval_is_the_default(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    srv: Server = await meshscale_server_factory()
+    assert srv.config.node.approval == "auto"
+    a, resp = await register(srv, alice_key(srv), "laptop")
+    assert resp["MachineAuthorized"] is True
+    await a.conn.close()
+
+
+async def test_an_unknown_approval_mode_is_refused(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    with pytest.raises(Exception, match=r"node\.approval: must be auto or manual"):
+        await meshscale_server_factory(node={"approval": "sometimes"})
