@@ -1,10 +1,12 @@
 """``/machine/map``: the map endpoint (protocol.md §7).
 
 The body becomes a typed ``MapRequest`` (meshscale.clientinput); then one of three answers: a lite
-update (endpoints, disco key, Hostinfo; rate-limited per node, since each fans out to every
-peer), one map, or a stream: a full map, then the deltas the mapper queues and keep-alives, until
-the client goes. A stream tells the node lifecycle when it opened and closed (online, offline,
-ephemeral inactivity); every change reaches it through state -> mapper, never from here.
+update (endpoints, disco key, Hostinfo), one map, or a stream: a full map, then the deltas the
+mapper queues and keep-alives, until the client goes. What a lite update or a stream request
+reports of the node (endpoints, disco key; Hostinfo for a lite one) is rate-limited per node,
+since each change fans out to every peer. A stream tells the node lifecycle when it opened and
+closed (online, offline, ephemeral inactivity); every change reaches it through state -> mapper,
+never from here.
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ class MapPoll:
             if expired:
                 pass  # it gets a map saying so (no peers), and changes nothing
             elif stream:
-                self.state.client_update(node, eps or None, mreq.disco_key, None)
+                # Under the same per-node limit as a lite update: a client may open streams as
+                # fast as it likes, and each one's endpoints would fan out to every peer.
+                self._client_update(node, eps or None, mreq.disco_key, None)
             else:
                 self._client_update(node, eps, mreq.disco_key, mreq.hostinfo)
         except StorageError as exc:  # not stored, so not applied: the client sends it again

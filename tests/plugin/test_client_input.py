@@ -252,3 +252,36 @@ async def test_updates_over_the_rate_are_coalesced_not_lost(
     assert versions[-1] == "29", versions  # the latest value arrives
     assert len(versions) <= 3 + 4 * elapsed + 1, (versions, sent, elapsed)
     assert (await victim_still_fine(server, victim))["Hostinfo"]["OSVersion"] == "29"
+
+
+async def test_stream_requests_are_rate_limited_too(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """The same limit on the streaming path: a node opening map streams as fast as it can, each
+    with new endpoints, makes its peers' maps change a burst, then about rate times a second,
+    ending on its latest endpoints; a healthy node joining meanwhile is served at once."""
+    server = await meshscale_server_factory(
+        plugins=["sqlite"], client_limits={"updates_per_second": 4, "update_burst": 3})
+    attacker, victim, stream = await pair(server)
+    await quiet(stream)
+    assert server.state is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(30):
+        # Each request replaces the last stream; the replies are not read (flow control
+        # keeps them small), as a hostile client would not read them.
+        attacker.open_stream(Endpoints=[f"192.0.2.{i}:41641"], EndpointTypes=[1])
+        await asyncio.sleep(0)
+    assert server.state is not None
+    key = server.state.create_key(server.state.user("alice"), reusable=False)[1]
+    newcomer_started = loop.time()
+    _, _, first = await join(server, key, "newcomer")
+    assert first is not None and loop.time() - newcomer_started < 5
+    got = await quiet(stream, wait=1.0)
+    elapsed = loop.time() - started
+    seen = [ep for m in got
+            for p in [*m.get("PeersChangedPatch", []), *m.get("PeersChanged", [])]
+            if p.get("Endpoints") and p["Endpoints"][0].startswith("192.0.2.")
+            for ep in p["Endpoints"][:1]]
+    assert seen and seen[-1] == "192.0.2.29:41641", seen  # the latest value arrives
+    assert len(seen) <= 3 + 4 * elapsed + 1, (seen, elapsed)
+    assert (await victim_still_fine(server, victim))["Endpoints"][0] == "192.0.2.29:41641"
