@@ -7,11 +7,14 @@ import argparse
 from typing import Any
 
 from meshscale.cli.common import Out, add, client
+from meshscale.cli.output import Column, when
 from meshscale.config import parse_duration
 from meshscale.errors import MeshscaleError
 
-COLUMNS = [("ID", "id"), ("Prefix", "prefix"), ("Expiration", "expiration"),
-           ("Created", "createdAt"), ("Last seen", "lastSeen")]
+# headscale's apikeys list (cmd/headscale/cli/api_key.go), then meshscale's Last seen.
+COLUMNS: list[Column] = [("ID", "id"), ("Prefix", "prefix"),
+                         ("Expiration", when("expiration", "-")), ("Created", when("createdAt")),
+                         ("Last seen", when("lastSeen", "-"))]
 
 
 def _prefix(args: argparse.Namespace, keys: list[dict[str, Any]] | None) -> str:

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshscale.cli.client import AdminClient, admin_client
+from meshscale.cli.output import Column
 from meshscale.config import Config, load_config
 from meshscale.errors import MeshscaleError
 from meshscale.pluginhost import PluginHost
 
-Columns = Sequence[tuple[str, str]]
+Columns = Sequence[Column]
 # Output formats: headscale's (empty: human-readable) plus meshscale's name for that, "table".
 FORMATS = ["table", "", "json", "json-line", "yaml"]
 MACHINE_FORMATS = ("json", "json-line", "yaml")

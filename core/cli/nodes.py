@@ -6,14 +6,23 @@ import argparse
 from typing import Any
 
 from meshscale.cli.common import Out, add, client, confirm
+from meshscale.cli.output import Column, choice, short_key, when
 from meshscale.errors import MeshscaleError
 
-COLUMNS = [("ID", "id"), ("Hostname", "name"), ("Name", "givenName"), ("User", "user"),
-           ("IP addresses", "ipAddresses"), ("Tags", "tags"), ("Online", "online"),
-           ("Last seen", "lastSeen"), ("Expiry", "expiry"), ("Expired", "expired"),
-           ("Approved", "approved")]
-ROUTE_COLUMNS = [("ID", "id"), ("Name", "givenName"), ("Approved", "approvedRoutes"),
-                 ("Available", "availableRoutes"), ("Serving (primary)", "subnetRoutes")]
+# headscale's nodes list and list-routes (cmd/headscale/cli/nodes.go); then meshscale's
+# Approved (device approval, node.approval: manual).
+COLUMNS: list[Column] = [
+    ("ID", "id"), ("Hostname", "name"), ("Name", "givenName"),
+    ("MachineKey", short_key("machineKey")), ("NodeKey", short_key("nodeKey")),
+    ("User", "user"), ("Tags", "tags"), ("IP addresses", "ipAddresses"),
+    ("Ephemeral", "ephemeral"), ("Last seen", when("lastSeen")),
+    ("Expiration", when("expiry", "N/A")), ("Connected", choice("online", "online", "offline")),
+    ("Expired", choice("expired", "yes", "no")),
+    ("Approved", choice("approved", "yes", "no")),
+]
+ROUTE_COLUMNS: list[Column] = [("ID", "id"), ("Hostname", "givenName"),
+                               ("Approved", "approvedRoutes"), ("Available", "availableRoutes"),
+                               ("Serving (Primary)", "subnetRoutes")]
 
 
 def _split(values: list[str]) -> list[str]:

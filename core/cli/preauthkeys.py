@@ -6,12 +6,24 @@ import argparse
 from typing import Any
 
 from meshscale.cli.common import Out, add, client
+from meshscale.cli.output import Column, when
 from meshscale.config import parse_duration
 from meshscale.errors import MeshscaleError
 
-COLUMNS = [("ID", "id"), ("Key", "key"), ("User", "user"), ("Reusable", "reusable"),
-           ("Ephemeral", "ephemeral"), ("Used", "used"), ("Expiration", "expiration"),
-           ("Tags", "aclTags")]
+
+def _owner(row: dict[str, Any]) -> str:
+    """headscale's Owner: a tagged key's tags (one a line), else its user, else "-"."""
+    if row.get("aclTags"):
+        return "\n".join(row["aclTags"])
+    user = row.get("user")
+    return str(user.get("name", "")) if isinstance(user, dict) else "-"
+
+
+# headscale's preauthkeys list (cmd/headscale/cli/preauthkeys.go).
+COLUMNS: list[Column] = [("ID", "id"), ("Key/Prefix", "key"), ("Reusable", "reusable"),
+                         ("Ephemeral", "ephemeral"), ("Used", "used"),
+                         ("Expiration", when("expiration", "-")),
+                         ("Created", when("createdAt")), ("Owner", _owner)]
 
 
 def _ref(args: argparse.Namespace) -> str:

@@ -6,10 +6,12 @@ import argparse
 from typing import Any
 
 from meshscale.cli.common import Out, add, client, confirm
+from meshscale.cli.output import Column, when
 from meshscale.errors import MeshscaleError
 
-COLUMNS = [("ID", "id"), ("Name", "name"), ("Display name", "displayName"),
-           ("Email", "email"), ("Created", "createdAt")]
+# headscale's users list: "Name" is the display name, "Username" the name.
+COLUMNS: list[Column] = [("ID", "id"), ("Name", "displayName"), ("Username", "name"),
+                         ("Email", "email"), ("Created", when("createdAt"))]
 
 
 def _ref(args: argparse.Namespace) -> str:

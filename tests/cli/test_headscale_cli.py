@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,101 @@ def test_headscale_command_lines_print_headscale_fields(
     assert len(items) == count
     for item in items:
         check_fields(item, fields)
+
+
+# -- tables: headscale's layout ----------------------------------------------------------------
+# Headers as cmd/headscale/cli prints them (v0.29.2 and main: nodes.go, users.go,
+# preauthkeys.go, api_key.go), in order; meshscale's own columns may only follow.
+USERS_T = ["ID", "Name", "Username", "Email", "Created"]
+NODES_T = ["ID", "Hostname", "Name", "MachineKey", "NodeKey", "User", "Tags", "IP addresses",
+           "Ephemeral", "Last seen", "Expiration", "Connected", "Expired"]
+ROUTES_T = ["ID", "Hostname", "Approved", "Available", "Serving (Primary)"]
+KEYS_T = ["ID", "Key/Prefix", "Reusable", "Ephemeral", "Used", "Expiration", "Created", "Owner"]
+APIKEYS_T = ["ID", "Prefix", "Expiration", "Created"]
+
+# (command line as typed, headscale's headers, how many rows)
+TABLES: list[tuple[list[str], list[str], int]] = [
+    (["users", "list"], USERS_T, 2),
+    (["user", "ls"], USERS_T, 2),
+    (["users", "show", "--name", "bob"], USERS_T, 1),
+    (["nodes", "list"], NODES_T, 1),
+    (["node", "ls", "-u", "alice"], NODES_T, 1),
+    (["nodes", "show"], NODES_T, 1),
+    (["nodes", "list-routes"], ROUTES_T, 1),
+    (["node", "lsr", "-i", "1"], ROUTES_T, 1),
+    (["preauthkeys", "list"], KEYS_T, 3),
+    (["preauthkey", "ls", "-u", "bob"], KEYS_T, 2),
+    (["authkey", "show"], KEYS_T, 3),
+    (["apikeys", "list"], APIKEYS_T, 1),
+    (["api", "ls"], APIKEYS_T, 1),
+]
+CLOCK = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # 2006-01-02 15:04:05
+
+
+def read_table(text: str) -> tuple[list[str], list[dict[str, str]]]:
+    """A pterm table as headscale prints it: every line as many cells as the header, joined by
+    " | " at the same places (cells padded to their column); a row whose cell holds several
+    values goes on over the next lines with its other cells blank. The rows' cells come back
+    one value a line."""
+    lines = text.rstrip("\n").split("\n")
+    width = len(lines[0].split(" | "))
+    bars = {tuple(i for i in range(len(line)) if line.startswith(" | ", i)) for line in lines}
+    assert len(bars) == 1, f"columns not aligned:\n{text}"
+    grid = [[cell.strip() for cell in line.split(" | ")] for line in lines]
+    assert {len(r) for r in grid} == {width}, text
+    head, rows = grid[0], []
+    for cells in grid[1:]:
+        if cells[0] or not rows:
+            rows.append(cells)
+        else:  # a continuation line
+            rows[-1] = [f"{a}\n{b}" if b else a for a, b in zip(rows[-1], cells, strict=True)]
+    return head, [dict(zip(head, r, strict=True)) for r in rows]
+
+
+@pytest.mark.parametrize(("argv", "headers", "count"), TABLES,
+                         ids=[" ".join(t[0]) for t in TABLES])
+def test_headscale_command_lines_print_headscale_tables(
+    env: Env, argv: list[str], headers: list[str], count: int,
+) -> None:
+    if argv[0] in ("apikeys", "api") and not env.json("apikeys", "list", "-o", "json"):
+        env.run("apikeys", "create")
+    rc, out, err = env.run(*argv)
+    assert rc == 0, err
+    head, rows = read_table(out)
+    assert head[:len(headers)] == headers
+    assert len(rows) == count, out
+
+
+def test_table_cells_are_written_as_headscale_writes_them(env: Env) -> None:
+    (node,) = env.json("nodes", "list", "-o", "json")
+    _, (row,) = read_table(env.run("nodes", "list")[1])
+    raw = bytes.fromhex(node["machine_key"].removeprefix("mkey:"))
+    assert row["MachineKey"] == "[" + base64.b64encode(raw).decode()[:5] + "]"  # ShortString
+    assert re.fullmatch(r"\[[A-Za-z0-9+/]{5}\]", row["NodeKey"])
+    assert row["IP addresses"] == "\n".join(node["ip_addresses"])  # one a line
+    assert row["Tags"] == "\n".join(node["tags"]) and node["tags"] == ["tag:db", "tag:web"]
+    assert (row["ID"], row["Hostname"], row["Name"]) == ("1", "laptop", node["given_name"])
+    assert (row["Ephemeral"], row["Connected"], row["Expired"]) == ("false", "offline", "no")
+    assert row["Approved"] == "yes"  # meshscale's column, after headscale's
+    assert row["Expiration"] == "N/A" or CLOCK.fullmatch(row["Expiration"])
+    assert CLOCK.fullmatch(row["Last seen"]) or row["Last seen"] == ""
+    _, routes = read_table(env.run("nodes", "list-routes")[1])
+    assert routes[0]["Approved"] == "10.0.0.0/8" and routes[0]["Hostname"] == node["given_name"]
+
+    _, users = read_table(env.run("users", "list")[1])
+    assert [(u["ID"], u["Name"], u["Username"], u["Email"]) for u in users] == [
+        ("1", "", "alice", "alice@example.com"), ("2", "Bob", "bob", "")]
+    assert all(CLOCK.fullmatch(u["Created"]) for u in users)
+
+    _, keys = read_table(env.run("preauthkeys", "list")[1])
+    first = keys[0]
+    assert (first["Reusable"], first["Used"], first["Owner"]) == ("true", "true", "alice")
+    assert CLOCK.fullmatch(first["Expiration"]) and CLOCK.fullmatch(first["Created"])
+    listed = env.json("preauthkeys", "list", "-o", "json")
+    assert [k["Key/Prefix"] for k in keys] == [k["key"] for k in listed]
+
+    _, (api,) = read_table(env.run("apikeys", "list")[1])
+    assert CLOCK.fullmatch(api["Expiration"]) and CLOCK.fullmatch(api["Created"])
 
 
 def test_values_are_what_headscale_prints(env: Env) -> None:
