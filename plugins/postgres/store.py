@@ -24,6 +24,7 @@ import peewee as pw
 import psycopg
 
 from meshscale.errors import StorageError
+from meshscale.plugins.postgres.dblock import DatabaseLock
 from meshscale.storage.base import Op
 from meshscale.storage.peewee_store import PeeweeStorage
 
@@ -40,8 +41,10 @@ def first_line(exc: BaseException) -> str:
 
 class PostgresStorage(PeeweeStorage):
     def __init__(self, db: pw.Database, params: dict[str, Any], where: str,
-                 keep_idle: bool = True, max_idle_s: float = 0.0) -> None:
+                 keep_idle: bool = True, max_idle_s: float = 0.0,
+                 lock: DatabaseLock | None = None) -> None:
         self.where = where
+        self._db_lock = lock
         self._params = params
         self._keep_idle = keep_idle
         self._max_idle_s = max_idle_s
@@ -56,13 +59,21 @@ class PostgresStorage(PeeweeStorage):
     @classmethod
     def open(cls, name: str, params: dict[str, Any], where: str,
              keep_idle: bool = True, max_idle_s: float = 0.0) -> PostgresStorage:
+        # One meshscale per database, checked before the schema is read or migrated.
+        lock = DatabaseLock(name, params, where)
+        lock.acquire()
         db = pw.PostgresqlDatabase(name, thread_safe=False, prefer_psycopg3=True, **params)
         try:
-            return cls(db, params, where, keep_idle, max_idle_s)
+            return cls(db, params, where, keep_idle, max_idle_s, lock)
         except pw.OperationalError as exc:
+            lock.release()
             raise StorageError(f"cannot connect to the {where}: {first_line(exc)}") from None
         except pw.PeeweeException as exc:
+            lock.release()
             raise StorageError(f"cannot use the {where}: {first_line(exc)}") from None
+        except BaseException:
+            lock.release()
+            raise
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -83,6 +94,7 @@ class PostgresStorage(PeeweeStorage):
                             self.where, first_line(exc.__cause__ or exc))
                 self._drop_connection()
                 super().apply(ops)  # once more, on a new connection
+                self._check_lock()
         except StorageError as exc:
             if not self._lost(exc):
                 raise
@@ -142,12 +154,17 @@ class PostgresStorage(PeeweeStorage):
                     self._down_error = first_line(exc)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
+            self._check_lock()
             with self._lock:
                 if self._down_since is not None:
                     log.warning("the %s is reachable again after %.1fs; writes resume",
                                 self.where, time.monotonic() - self._down_since)
                 self._down_since = None
             return
+
+    def _check_lock(self) -> None:
+        if self._db_lock is not None:
+            self._db_lock.check()
 
     @property
     def available(self) -> bool:
@@ -160,3 +177,5 @@ class PostgresStorage(PeeweeStorage):
         if self._prober is not None:
             self._prober.join(timeout=BACKOFF_MAX_S + 1)
         self._drop_connection()
+        if self._db_lock is not None:
+            self._db_lock.release()

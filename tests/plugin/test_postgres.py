@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from meshscale.errors import ConfigError, MeshscaleError, StorageError
 from meshscale.plugins.postgres import connect_params, open_postgres
 from meshscale.server import Server
 from meshscale.simclient import SimNode
+from tests.cli.serverproc import Serve, meshscale, write_config
 from tests.conftest import new_pg_database
 from tests.plugin.simnodes import join
 
@@ -221,3 +223,52 @@ def test_idle_connection_settings(pg_server: PgServer) -> None:
         assert len(storage.load().users) == 5
     finally:
         storage.close()
+
+
+def test_one_storage_per_database(pg_server: PgServer) -> None:
+    """A second opener of the same database is refused before it reads or migrates anything;
+    another database of the same PostgreSQL is not affected; closing frees the database."""
+    database = new_pg_database(pg_server)
+    first = open_postgres(build_config({"database": database}))
+    try:
+        with pytest.raises(StorageError) as info:
+            open_postgres(build_config({"database": database}))
+        text = str(info.value)
+        assert "\n" not in text
+        assert text.startswith(f"the PostgreSQL database '{database['postgres']['name']}' at ")
+        assert "in use by another meshscale server (connected from a unix socket since " in text
+        other = open_postgres(build_config({"database": new_pg_database(pg_server)}))
+        other.close()
+    finally:
+        first.close()
+    open_postgres(build_config({"database": database})).close()
+
+
+def test_two_servers_on_one_database(pg_server: PgServer, tmp_path: Path) -> None:
+    """``meshscale serve`` twice on one database (two data directories, as two machines would
+    have): the second exits 1 with one line naming the database, and the first serves on."""
+    database = new_pg_database(pg_server, tcp=True)
+    first = Serve(write_config(_dir(tmp_path / "a"), database=database))
+    try:
+        second = write_config(_dir(tmp_path / "b"), database=database)
+        result = meshscale("-c", str(second), "serve", timeout=60)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        name = database["postgres"]["name"]
+        assert f"PostgreSQL database '{name}' at 127.0.0.1:" in lines[0]
+        assert "in use by another meshscale server (connected from 127.0.0.1 since" in lines[0]
+        assert meshscale("-c", str(first.config), "users", "create", "alice").returncode == 0
+    finally:
+        rc, log = first.stop()
+    assert rc == 0, log
+    # The first one gone, its lock went with it: the second starts.
+    again = Serve(second)
+    users = meshscale("-c", str(second), "users", "list", "-o", "json")
+    assert again.stop()[0] == 0
+    assert '"alice"' in users.stdout
+
+
+def _dir(path: Path) -> Path:
+    path.mkdir()
+    return path

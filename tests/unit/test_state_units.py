@@ -58,7 +58,8 @@ def test_single_use_key_is_consumed_atomically(tmp_path: Path, backend: Backend)
     st.register_with_key(rec, b"m" * 32, b"n" * 32, {"Hostname": "a"}, [], 130)
     with pytest.raises(AuthError, match="already used"):
         st.check_auth_key(key)
-    # The consumption is on disk too.
+    # The consumption is on disk too (closed first: one storage per database at a time).
+    st.storage.close()
     reloaded = make_state(tmp_path, backend)
     reloaded.load(reloaded.storage.load())
     assert next(iter(reloaded.keys.values())).used is True
