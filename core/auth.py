@@ -116,6 +116,10 @@ class Identity:
     email: str = ""
     picture: str = ""
     groups: tuple[str, ...] = ()  # refreshed on each login; policy group:<name> includes them
+    # headscale's map_legacy_users: when no user has this identity yet, a user of this name
+    # that no login provider owns (made before logins were bound to identities) becomes its
+    # user. Only set for an e-mail the provider verified; "" never matches.
+    legacy_name: str = ""
 
 
 class Logins(Protocol):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from meshscale import PROJECT, hookspecs
-from meshscale.errors import PluginError
+from meshscale.errors import MeshscaleError, PluginError
 from meshscale.hookcalls import HookCalls
 
 if TYPE_CHECKING:
@@ -217,6 +217,8 @@ class PluginHost:
         """One implementation's result; its errors become a PluginError naming the plugin."""
         try:
             return impl.function(**self._kwargs(impl, kwargs))
+        except MeshscaleError as exc:  # already a person-facing sentence
+            raise PluginError(self.plugin_name(impl.plugin), str(exc)) from exc
         except Exception as exc:
             name = self.plugin_name(impl.plugin)
             raise PluginError(name, f"{hook} raised {type(exc).__name__}: {exc}") from exc
@@ -253,6 +255,8 @@ class PluginHost:
             if inspect.isawaitable(result):
                 try:
                     result = await result
+                except MeshscaleError as exc:  # already a person-facing sentence
+                    raise PluginError(self.plugin_name(impl.plugin), str(exc)) from exc
                 except Exception as exc:
                     name = self.plugin_name(impl.plugin)
                     raise PluginError(

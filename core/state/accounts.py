@@ -58,6 +58,15 @@ class Accounts(PolicyBridge):
                 return u
         return None
 
+    def bind_identity(self, u: User, provider: str, provider_id: str) -> User:
+        """A user no login provider owned is bound to an identity (map_legacy_users)."""
+        if u.provider_id:
+            raise MeshscaleError(f"user {u.name!r} already belongs to a login identity")
+        updated = replace(u, provider=provider, provider_id=provider_id)
+        self._write([PutUser(updated)])
+        self.users[u.id] = updated
+        return updated
+
     @staticmethod
     def _check_username(name: str) -> None:
         if not name or len(name) > USERNAME_MAX or any(c.isspace() for c in name):

@@ -225,6 +225,8 @@ class NodeLifecycle:
         name or e-mail, so an identity from another provider cannot take over a user; made on
         first login, under its preferred name or, if that is taken, the name with a number."""
         user = self.state.by_identity(identity.provider, identity.subject)
+        if user is None and identity.legacy_name:
+            user = self._adopt_legacy(identity)
         if user is not None:
             return self.state.refresh_profile(user, identity.display_name, identity.email,
                                               identity.picture, identity.groups)
@@ -239,6 +241,19 @@ class NodeLifecycle:
                                       provider_id=identity.subject, picture=identity.picture,
                                       groups=identity.groups)
         self.hooks.user_event(UserEvent(UserEventKind.CREATED, user.id, user.name))
+        return user
+
+    def _adopt_legacy(self, identity: Identity) -> User | None:
+        """headscale's map_legacy_users: the user named ``identity.legacy_name`` that no login
+        identity owns yet (from before logins were bound to identities, e.g. imported from an
+        old headscale) becomes this identity's user, once; an audit line says so."""
+        legacy = next((u for u in self.state.users.values()
+                       if u.name == identity.legacy_name and not u.provider_id), None)
+        if legacy is None:
+            return None
+        user = self.state.bind_identity(legacy, identity.provider, identity.subject)
+        audit_log.info("user %d %s: bound to login identity %s (map_legacy_users)", user.id,
+                       user.name, identity.subject)
         return user
 
     def rename_user(self, ref: str | int, new_name: str) -> User:

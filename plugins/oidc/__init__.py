@@ -2,7 +2,8 @@
 
 Turned on by headscale's ``oidc:`` keys (issuer, client_id, client_secret / client_secret_path,
 scope, extra_params, allowed_domains, allowed_users, allowed_groups, email_verified_required,
-pkce, expiry, use_expiry_from_token); needs ``pip install 'meshscale[oidc]'``. See docs/login.md.
+pkce, expiry, use_expiry_from_token, only_start_if_oidc_is_available, map_legacy_users,
+strip_email_domain); needs ``pip install 'meshscale[oidc]'``. See docs/login.md.
 
 A keyless device's AuthURL is ``/oidc/register/<auth-id>``: it sets a browser cookie and sends
 the browser to the provider with state, nonce and PKCE S256. The callback accepts a state only
@@ -32,7 +33,7 @@ from meshscale import hookimpl
 from meshscale.auth import AuthProvider, Identity
 from meshscale.contributions import ConfigSection, HttpRoute
 from meshscale.errors import MeshscaleError
-from meshscale.plugins.oidc.settings import OidcSettings, parse
+from meshscale.plugins.oidc.settings import OidcSettings, legacy_user_name, parse
 
 if TYPE_CHECKING:
     from meshscale.config import Config
@@ -78,6 +79,7 @@ class OidcPlugin:
         self._rp: RelyingParty | None = None
         self._flows: dict[str, Flow] = {}  # by state
         self._confirms: dict[str, Flow] = {}  # by confirmation token
+        self._unavailable = False  # discovery failed at start-up (only_start_... false)
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -100,9 +102,31 @@ class OidcPlugin:
         return self._rp
 
     @hookimpl
-    def meshscale_startup(self) -> None:
-        if self.settings().enabled:
-            self.rp()  # the extra is importable (configtest checks it too)
+    async def meshscale_startup(self) -> None:
+        """Fetch the issuer's discovery document now (headscale does): if it fails, refuse to
+        start (only_start_if_oidc_is_available, the default) or start with OIDC login off."""
+        from meshscale.plugins.oidc.relying import LoginFailed  # noqa: PLC0415 - the extra
+
+        s = self.settings()
+        if not s.enabled:
+            return
+        if s.strip_email_domain is not None and not s.map_legacy_users:
+            log.warning("oidc.strip_email_domain has no effect without oidc.map_legacy_users: "
+                        "user names of new OIDC users come from preferred_username or the "
+                        "e-mail's local part (docs/login.md)")
+        try:
+            await self.rp().meta()
+        except LoginFailed as exc:
+            reason = str(exc).removesuffix("; try again later")  # said to a browser user
+            why = f"the OIDC issuer {s.issuer} is not available: {reason}"
+            if s.only_start_if_oidc_is_available:
+                raise MeshscaleError(
+                    f"refusing to start: {why}. Fix oidc.issuer (or the provider), or set "
+                    "oidc.only_start_if_oidc_is_available: false to start without OIDC "
+                    "login") from None
+            self._unavailable = True
+            log.warning("%s; OIDC login is off until the server restarts: devices without a "
+                        "key get the admin page (meshscale auth register) instead", why)
 
     # -- the provider ----------------------------------------------------------------------------
 
@@ -111,6 +135,8 @@ class OidcPlugin:
         return [self] if self.settings().enabled else []
 
     def auth_url(self, auth_id: str, hostinfo: Mapping[str, Any]) -> str | None:
+        if self._unavailable:
+            return None  # the next provider's, or the built-in admin page
         return f"{self.base()}/oidc/register/{auth_id}"
 
     @hookimpl
@@ -254,9 +280,13 @@ class OidcPlugin:
         name = claims.get("preferred_username") or (email.partition("@")[0] if email else sub)
         display = claims.get("name") if isinstance(claims.get("name"), str) else ""
         picture = claims.get("picture")
+        legacy = ""
+        if s.map_legacy_users and email and verified:  # never for an unverified address
+            legacy = legacy_user_name(email, s.strip_email_domain is not False)
         identity = Identity(provider="oidc", subject=f"{s.issuer}/{sub}", name=str(name),
                             display_name=str(display or ""), email=email,
-                            picture=picture if isinstance(picture, str) else "", groups=groups)
+                            picture=picture if isinstance(picture, str) else "", groups=groups,
+                            legacy_name=legacy)
         return identity, groups
 
     def _expiry(self, claims: Mapping[str, Any]) -> datetime | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,9 +10,6 @@ from typing import Any
 
 from meshscale.config import Duration, parse_duration
 from meshscale.errors import ConfigError
-
-# headscale keys meshscale reads but has nothing to do with (accepted, no effect).
-_INERT = {"only_start_if_oidc_is_available", "strip_email_domain", "map_legacy_users"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +26,14 @@ class OidcSettings:
     pkce: bool = True  # S256; headscale's pkce.enabled (its default is off; ours is on)
     expiry: Duration = Duration(180 * 86400)  # node key lifetime after an OIDC login; 0: never
     use_expiry_from_token: bool = False
+    # headscale's: refuse to start when the issuer's discovery fails (else: start without
+    # OIDC login, the built-in admin page instead, and a warning).
+    only_start_if_oidc_is_available: bool = True
+    # headscale 0.23-0.25's migration keys: map_legacy_users binds an existing user that no
+    # identity owns, named after the verified e-mail (whole, "@" as ".", or its local part
+    # with strip_email_domain), to the first identity logging in with that e-mail.
+    map_legacy_users: bool = False
+    strip_email_domain: bool | None = None  # None: not set (headscale's default, true)
 
     @property
     def enabled(self) -> bool:
@@ -51,7 +57,8 @@ def _bool(raw: Any, path: str) -> bool:
 def parse(raw: Mapping[str, Any], path: str) -> OidcSettings:
     known = {"issuer", "client_id", "client_secret", "client_secret_path", "scope",
              "extra_params", "allowed_domains", "allowed_users", "allowed_groups",
-             "email_verified_required", "pkce", "expiry", "use_expiry_from_token"} | _INERT
+             "email_verified_required", "pkce", "expiry", "use_expiry_from_token",
+             "only_start_if_oidc_is_available", "strip_email_domain", "map_legacy_users"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}", "unknown key")
@@ -111,4 +118,22 @@ def parse(raw: Mapping[str, Any], path: str) -> OidcSettings:
         expiry=parse_duration(raw.get("expiry", "180d"), f"{path}.expiry"),
         use_expiry_from_token=_bool(raw.get("use_expiry_from_token", False),
                                     f"{path}.use_expiry_from_token"),
+        only_start_if_oidc_is_available=_bool(raw.get("only_start_if_oidc_is_available", True),
+                                              f"{path}.only_start_if_oidc_is_available"),
+        map_legacy_users=_bool(raw.get("map_legacy_users", False), f"{path}.map_legacy_users"),
+        strip_email_domain=(None if raw.get("strip_email_domain") is None else
+                            _bool(raw["strip_email_domain"], f"{path}.strip_email_domain")),
     )
+
+
+_NOT_IN_USER_NAME = re.compile(r"[^a-z0-9.-]+")
+
+
+def legacy_user_name(email: str, strip_email_domain: bool) -> str:
+    """The user name headscale before 0.23 gave an OIDC login (NormalizeToFQDNRules): lower
+    case, no quotes, the e-mail's local part (strip_email_domain) or the whole address with
+    "@" as ".", other characters as "-"."""
+    name = email.lower().replace("'", "")
+    at = name.find("@")
+    name = name[:at] if strip_email_domain and at > 0 else name.replace("@", ".")
+    return _NOT_IN_USER_NAME.sub("-", name)

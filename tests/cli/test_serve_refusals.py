@@ -213,3 +213,20 @@ def test_a_closed_pipe_is_one_line_not_a_traceback(running: Serve) -> None:
     assert result.returncode == 141
     assert result.stderr == (
         "meshscale: output closed before it was all written (broken pipe)\n")
+
+
+def test_an_unavailable_oidc_issuer_is_one_line(data_copy: Path, tmp_path: Path) -> None:
+    """oidc.only_start_if_oidc_is_available (true, as in headscale): the issuer's discovery is
+    fetched at start-up; when it fails the server does not start."""
+    issuer = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = write_config(tmp_path, plugins=["sqlite", "policy", "oidc"],
+                          oidc={"issuer": issuer, "client_id": "meshscale",
+                                "client_secret": "s"})
+    result = meshscale("-c", str(config), "serve")
+    assert result.returncode == 1
+    line = only_line(result)
+    assert line.startswith(f"meshscale: plugin 'oidc': refusing to start: the OIDC issuer "
+                           f"{issuer} is not available: "), line
+    assert line.endswith("cannot be reached (All connection attempts failed). Fix oidc.issuer "
+                         "(or the provider), or set oidc.only_start_if_oidc_is_available: false "
+                         "to start without OIDC login"), line
