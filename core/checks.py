@@ -70,28 +70,40 @@ def check_storage(config: Config, host: PluginHost) -> None:
 
 
 def check_policy(config: Config, host: PluginHost) -> None:
-    """The policy file (policy.mode file) is readable and valid for the configured engine."""
+    """The policy is valid for the configured engine: the file (policy.mode file), or the one
+    stored in the database (policy.mode database) when it can be read without opening the
+    storage (see meshscale.storage.peek)."""
     cfg = config.policy
-    if cfg.mode != "file" or not cfg.path:
+    if cfg.mode == "database":
+        from meshscale.storage.peek import stored_policy  # noqa: PLC0415
+
+        text = stored_policy(config)
+        if text is None:
+            return
+        what = "policy.mode database: the policy stored in the database"
+        fix = "; replace it with 'meshscale policy set'"
+    elif cfg.mode == "file" and cfg.path:
+        path = config.resolve(cfg.path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MeshscaleError(f"policy.path: cannot read {path}: {exc.strerror or exc}") \
+                from None
+        except UnicodeDecodeError:
+            raise MeshscaleError(f"policy.path: {path} is not UTF-8 text") from None
+        what, fix = f"policy.path: {path}", ""
+    else:
         return
-    path = config.resolve(cfg.path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise MeshscaleError(f"policy.path: cannot read {path}: {exc.strerror or exc}") \
-            from None
-    except UnicodeDecodeError:
-        raise MeshscaleError(f"policy.path: {path} is not UTF-8 text") from None
     specs = {s.name: s for s in host.hooks.policy_engines()}
     spec = specs.get(cfg.engine)
     if spec is None:
         offered = ", ".join(sorted(specs)) or "none (is the policy plugin in plugins:?)"
         raise MeshscaleError(f"policy.engine: no engine {cfg.engine!r} is loaded to apply "
-                             f"{path}; available: {offered}")
+                             f"{what.partition(': ')[2]}; available: {offered}")
     try:
         spec.create(config).check(text, [], [])
     except PolicyError as exc:
-        raise MeshscaleError(f"policy.path: {path} is invalid: {exc}") from None
+        raise MeshscaleError(f"{what} is invalid: {exc}{fix}") from None
 
 
 def check_derp(config: Config, host: PluginHost) -> None:

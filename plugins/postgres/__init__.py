@@ -61,6 +61,23 @@ def open_postgres(config: Config) -> Storage:
     )
 
 
+def stored_policy(config: Config, query: str) -> str | None:
+    """The stored policy (``query`` reads it), read-only and without the one-server lock, for
+    ``configtest`` (meshscale.storage.peek); None when it cannot be read."""
+    try:
+        import psycopg  # noqa: PLC0415
+    except ImportError:
+        return None  # check_plugin_extras reports the missing driver
+    pg = config.database.postgres
+    try:
+        with psycopg.connect(dbname=pg.name, **connect_params(pg)) as conn:
+            conn.read_only = True
+            row = conn.execute(query).fetchone()
+    except psycopg.Error:
+        return None
+    return str(row[0]) if row is not None else None
+
+
 class PostgresPlugin:
     """The entry point ``postgres`` names this class; it holds nothing (core opens the backend)."""
 

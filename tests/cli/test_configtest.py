@@ -171,3 +171,48 @@ def test_every_problem_in_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert [line.split(":")[1].strip() for line in err[:-1]] == [
         "plugin 'nosuch'", "tls_cert_path", "policy.path", "derp"]
     assert err[-1] == summary(tmp_path, 4)
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
+def test_a_policy_stored_in_the_database(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         backend_name: str, request: pytest.FixtureRequest
+                                         ) -> None:
+    """policy.mode database: the stored policy is checked, read without opening the storage
+    (nothing changes; on PostgreSQL it is read while a server holds the database's lock)."""
+    from meshscale.config import build_config
+    from meshscale.storage.base import PutPolicy
+    from tests.conftest import new_pg_database
+
+    if backend_name == "sqlite":
+        database: dict[str, Any] = {"type": "sqlite"}
+    else:
+        database = new_pg_database(request.getfixturevalue("pg_server"))
+    settings = {"database": database, "policy": {"mode": "database"}}
+    config = build_config({"data_dir": str(tmp_path / "data"), **settings})
+    if backend_name == "sqlite":
+        from meshscale.plugins.sqlite import open_sqlite
+        storage = open_sqlite(config)
+    else:
+        from meshscale.plugins.postgres import open_postgres
+        storage = open_postgres(config)
+    try:
+        storage.apply([PutPolicy('{"acls": [], "bogus": 1}')])
+        if backend_name == "sqlite":
+            storage.close()  # a running server's SQLite is read as well; PostgreSQL stays held
+        before = snapshot(tmp_path / "data")
+        rc, _, err = configtest(tmp_path, capsys, **settings)
+        assert rc == 1
+        assert err == ["meshscale: policy.mode database: the policy stored in the database is "
+                       "invalid: bogus: unknown field; replace it with 'meshscale policy set'",
+                       summary(tmp_path, 1)]
+        assert snapshot(tmp_path / "data") == before
+        if backend_name == "sqlite":
+            storage = open_sqlite(config)
+        storage.apply([PutPolicy('{"acls": [{"action": "accept", "src": ["*"], '
+                                 '"dst": ["*:*"]}]}')])
+        if backend_name == "sqlite":
+            storage.close()
+        rc, _, err = configtest(tmp_path, capsys, **settings)
+        assert (rc, err) == (0, [])
+    finally:
+        storage.close()
