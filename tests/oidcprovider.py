@@ -24,10 +24,13 @@ FOLDER = Path(__file__).resolve().parent / "oidc"
 
 
 @contextmanager
-def oidc_provider(redirect_uris: list[str], own_pages: bool = False) -> Iterator[str]:
+def oidc_provider(redirect_uris: list[str], own_pages: bool = False,
+                  tamper: str = "") -> Iterator[str]:
     """Starts the provider; yields its issuer URL. ``own_pages``: oidc-provider's own login and
     consent pages (its development interactions) instead of the minimal login form, for the
-    test that logs in with a real browser."""
+    test that logs in with a real browser. ``tamper``: a misbehaving provider for the refusal
+    tests: "nonce" signs ID tokens with a nonce other than the one sent; "id_token" changes
+    the ID token's subject after signing."""
     node = shutil.which("node")
     if node is None or not (FOLDER / "node_modules" / "oidc-provider").is_dir():
         pytest.fail("the OpenID provider is not installed: run `bash scripts/ensure-oidc-provider`"
@@ -37,7 +40,7 @@ def oidc_provider(redirect_uris: list[str], own_pages: bool = False) -> Iterator
         [node, str(FOLDER / "provider.mjs")], cwd=FOLDER, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "OP_PORT": "0", "OP_REDIRECT_URIS": " ".join(redirect_uris),
-             "OP_DEV_INTERACTIONS": "1" if own_pages else "0"},
+             "OP_DEV_INTERACTIONS": "1" if own_pages else "0", "OP_TAMPER": tamper},
     )
     try:
         assert proc.stdout is not None

@@ -1,5 +1,7 @@
 // A real OpenID provider for meshscale's OIDC tests (npm oidc-provider, panva); started by
-// tests/oidcprovider.py. Env OP_PORT (0 = free port), OP_REDIRECT_URIS (space-separated), OP_DEV_INTERACTIONS=1
+// tests/oidcprovider.py. Env OP_PORT (0 = free port), OP_REDIRECT_URIS (space-separated), OP_DEV_INTERACTIONS=1,
+// OP_TAMPER: "nonce" (the provider signs ID tokens carrying a nonce other than the one the client sent) or
+// "id_token" (the token response's ID token has its sub changed after signing) for the refusal tests.
 import http from 'node:http';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -13,7 +15,30 @@ const dev = process.env.OP_DEV_INTERACTIONS === '1';
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const form = (req) => new Promise((ok) => { let b = ''; req.on('data', (d) => { b += d; }); req.on('end', () => ok(new URLSearchParams(b))); });
 let provider, handler;
+const tamper = process.env.OP_TAMPER || '';
+const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+function misbehave(req, res) {
+  if (tamper === 'nonce' && req.url.startsWith('/auth?')) { // sign what another login asked for
+    const u = new URL(req.url, 'http://x');
+    if (u.searchParams.has('nonce')) { u.searchParams.set('nonce', 'a-nonce-the-client-never-sent'); req.url = u.pathname + u.search; }
+  }
+  if (tamper === 'id_token' && req.method === 'POST' && req.url === '/token') { // alter the signed token
+    const end = res.end.bind(res);
+    res.end = (chunk, ...rest) => {
+      const body = JSON.parse(String(chunk));
+      if (body.id_token) {
+        const [head, payload, sig] = body.id_token.split('.');
+        const claims = JSON.parse(Buffer.from(payload, 'base64url').toString());
+        body.id_token = [head, b64({ ...claims, sub: 'bob', email: 'bob@example.com' }), sig].join('.');
+      }
+      const out = JSON.stringify(body);
+      if (!res.headersSent) res.setHeader('content-length', Buffer.byteLength(out));
+      return end(out, ...rest.filter((r) => typeof r === 'function'));
+    };
+  }
+}
 const server = http.createServer(async (req, res) => {
+  misbehave(req, res);
   if (dev || !/^\/interaction\/[\w-]+(\/login)?$/.test(req.url)) return handler(req, res);
   try { // minimal custom login; consent is skipped by loadExistingGrant below
     const { uid, params } = await provider.interactionDetails(req, res); // needs the _interaction cookie
