@@ -18,6 +18,7 @@ from meshscale.plugins import metrics as metrics_plugin
 from meshscale.plugins.derp.client import DerpClient
 from meshscale.server import Server
 from meshscale.simclient import SimNode
+from tests.conftest import Backend
 from tests.interop.realclients import metric, scrape_metrics
 
 pytestmark = pytest.mark.asyncio
@@ -71,11 +72,12 @@ async def eventually(check: Callable[[], Any], what: str, timeout: float = 5.0) 
 
 
 async def test_values_move_with_registrations_streams_and_policy(
-    meshscale_server_factory: Factory,
+    meshscale_server_factory: Factory, backend: Backend,
 ) -> None:
+    # On both storage backends: registrations and policy loads are writes.
     server: Server = await meshscale_server_factory(
-        plugins=["sqlite", "policy", "metrics"], metrics_listen_addr="127.0.0.1:0",
-        policy={"mode": "database"})
+        plugins=[backend.name, "policy", "metrics"], metrics_listen_addr="127.0.0.1:0",
+        policy={"mode": "database"}, database=backend.database)
     assert server.state is not None
     s = await scrape(server)
     assert metric(s, "meshscale_nodes") == 0 and metric(s, "meshscale_map_streams") == 0
@@ -132,14 +134,18 @@ async def test_values_move_with_registrations_streams_and_policy(
     await a.conn.close()
 
 
-async def test_debug_pages_show_state_and_hide_secrets(meshscale_server_factory: Factory) -> None:
+async def test_debug_pages_show_state_and_hide_secrets(meshscale_server_factory: Factory,
+                                                       backend: Backend) -> None:
     mesh_key = "ab" * 32
+    # The PostgreSQL password is redacted whether that database is in use or not (the test
+    # server trusts local connections: the password is sent and not needed).
+    database = {**backend.database, "postgres": {**backend.database.get("postgres", {}),
+                                                  "password": "hunter2"}}
     server: Server = await meshscale_server_factory(
-        plugins=["sqlite", "metrics"], metrics_listen_addr="127.0.0.1:0",
+        plugins=[backend.name, "metrics"], metrics_listen_addr="127.0.0.1:0",
         derp={"server": {"mesh_key": mesh_key, "stun_listen_addr": "127.0.0.1:0"},
               "auto_update_enabled": False},
-        database={"type": "sqlite", "postgres": {"password": "hunter2"}},
-        metrics_debug_token=DEBUG_TOKEN)
+        database=database, metrics_debug_token=DEBUG_TOKEN)
     assert server.state is not None
     user = server.state.create_user("bob")
     _, key = server.state.create_key(user, reusable=True)

@@ -27,6 +27,7 @@ from meshscale.policy import AllowAllEngine, PolicyEngine
 from meshscale.server import Server
 from meshscale.simclient import SimNode
 from meshscale.storage.base import Storage
+from tests.conftest import Backend
 
 pytestmark = pytest.mark.asyncio
 
@@ -58,8 +59,10 @@ class Gatekeeper:
         return f"{hostname} is not welcome ({method})" if hostname.startswith("bad") else None
 
 
-async def test_admit_node_veto_reaches_the_client(meshscale_server_factory: Factory) -> None:
-    server: Server = await meshscale_server_factory(plugins=["sqlite", ("gate", Gatekeeper())])
+async def test_admit_node_veto_reaches_the_client(meshscale_server_factory: Factory,
+                                                  backend: Backend) -> None:
+    server: Server = await meshscale_server_factory(
+        plugins=[backend.name, ("gate", Gatekeeper())], database=backend.database)
     node, resp = await register(server, "bad-laptop")
     assert "bad-laptop is not welcome" in resp.get("Error", ""), resp
     assert server.state is not None and not server.state.nodes
@@ -67,6 +70,9 @@ async def test_admit_node_veto_reaches_the_client(meshscale_server_factory: Fact
     node, resp = await register(server, "good-laptop")
     assert resp["MachineAuthorized"] is True
     await node.conn.close()
+    # What the database holds says the same: only the admitted node was written.
+    assert server.storage is not None
+    assert [n.hostname for n in server.storage.load().nodes] == ["good-laptop"]
 
 
 class Greeter:
