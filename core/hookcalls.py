@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         StorageBackend,
         UpgradeRoute,
     )
+    from meshscale.dns01 import Dns01Provider
     from meshscale.events import (
         MapSent,
         MapStreamEvent,
@@ -74,6 +75,9 @@ class HookCalls:
 
     def auth_providers(self, config: Config) -> list[AuthProvider]:
         return self._host.collect_sync("meshscale_auth_providers", config=config)
+
+    def dns01_providers(self, config: Config) -> list[Dns01Provider]:
+        return self._host.collect_sync("meshscale_dns01_providers", config=config)
 
     # -- lifecycle (async allowed; errors propagate) ----------------------------------------
 

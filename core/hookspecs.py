@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         StorageBackend,
         UpgradeRoute,
     )
+    from meshscale.dns01 import Dns01Provider
     from meshscale.events import (
         MapSent,
         MapStreamEvent,
@@ -123,6 +124,19 @@ def meshscale_auth_providers(config: Config) -> Sequence[AuthProvider]:
     A device without a key is sent to the AuthURL of the first provider that answers for it;
     the built-in admin page (``meshscale auth register``) comes last. The provider completes or
     refuses the login through ``server.logins()``.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshscale_dns01_providers(config: Config) -> Sequence[Dns01Provider]:
+    """Ways to publish ACME DNS-01 TXT records for ``tailscale cert`` (collect, sync; see
+    meshscale.dns01).
+
+    A node's ``/machine/set-dns`` for its own ``_acme-challenge.<node>.<base_domain>`` goes to
+    the first provider (in plugin order) whose ``serves(name)`` is true; ``set_txt`` is awaited
+    with a deadline. Nodes are told certificates are available (``DNSConfig.CertDomains``) only
+    when some provider is offered.
     """
     raise NotImplementedError
 

@@ -112,6 +112,12 @@ class PolicyEngine(Protocol):
     def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
         """The node's SSHPolicy (``{"rules": [...]}``) or None when no rule targets it."""
 
+    def ssh_check_period(self, src_id: int, dst_id: int, local_user: str) -> float | None:
+        """For an SSH check (``/machine/ssh/action``): how many seconds a re-authentication of
+        ``src``'s user stays valid for ``src`` reaching ``dst`` as ``local_user`` (0: every
+        connection checks; ``checkPeriod`` of the policy), or None when no check rule covers
+        that connection any more (the server then refuses it)."""
+
     def cap_map(self, node_id: int) -> Mapping[str, list[Any] | None]:
         """CapMap entries policy adds to this node (nodeAttrs)."""
 
@@ -178,6 +184,9 @@ class AllowAllEngine:
         return None
 
     def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
+        return None
+
+    def ssh_check_period(self, src_id: int, dst_id: int, local_user: str) -> float | None:
         return None
 
     def cap_map(self, node_id: int) -> Mapping[str, list[Any] | None]:

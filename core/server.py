@@ -271,6 +271,7 @@ class Server:
         self.lifecycle = lifecycle = NodeLifecycle(cfg, state, self.host.hooks)
         self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host, lifecycle,
                                   policy_loaded=lambda: self.policy_text is not None)
+        self.mapper.cert_domains = bool(self.plane.set_dns.providers)
 
         await self.host.hooks.startup()
         self._started_plugins = True
@@ -506,6 +507,7 @@ class Server:
             listener.close()
         if self.plane is not None:
             self.plane.logins.pending.close()  # waiting clients are told, timers cancelled
+            self.plane.checks.close()
         if self.front is not None:
             for task in list(self.front.connections):
                 task.cancel()

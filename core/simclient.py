@@ -279,6 +279,19 @@ class ControlConnection:
         del self.replies[sid]
         return reply.status, bytes(reply.body)
 
+    async def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+        """A GET without a body (``/machine/ssh/action/...``, as tailscaled's fetchSSHAction)."""
+        sid: int = self.h2.get_next_available_stream_id()
+        self.replies[sid] = reply = Reply()
+        self.h2.send_headers(sid, [(":method", "GET"), (":scheme", "https"),
+                                   (":authority", "unused"), (":path", path)], end_stream=True)
+        self._flush()
+        try:
+            await asyncio.wait_for(reply.done.wait(), timeout)
+        finally:
+            del self.replies[sid]
+        return reply.status, bytes(reply.body)
+
     async def close(self) -> None:
         if self._reader_task is not None:
             self._reader_task.cancel()

@@ -196,6 +196,12 @@ def create_admin_app(server: AdminServer) -> Quart:
         n = logins().register(str(body.get("authId", "")), user)
         return _json(node_view(n, user))
 
+    @app.post("/v1/auth/approve")
+    async def auth_approve() -> Response:
+        body = await _body()
+        assert server.plane is not None
+        return _json(dict(server.plane.checks.approve(str(body.get("authId", "")), None)))
+
     @app.post("/v1/auth/reject")
     async def auth_reject() -> Response:
         body = await _body()

@@ -126,6 +126,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/auth/register", "AuthRegister", "auth", restops.auth_register,
           "Register a node waiting in interactive login to a user",
           body=(("user", S), ("authId", S))),
+    Route("POST", "/api/v1/auth/approve", "AuthApprove", "auth", restops.auth_approve,
+          "Approve a waiting Tailscale SSH check", body=(("authId", S),)),
     Route("POST", "/api/v1/auth/reject", "AuthReject", "auth", restops.auth_reject,
           "Refuse a waiting interactive login", body=(("authId", S),)),
     Route("GET", "/api/v1/apikey", "ListApiKeys", "apikeys", restops.list_apikeys,

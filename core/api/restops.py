@@ -244,6 +244,13 @@ async def auth_register(c: Call) -> dict[str, Any]:
     return _register(c, str(c.body.get("user") or ""), str(c.body.get("authId") or ""))
 
 
+async def auth_approve(c: Call) -> dict[str, Any]:
+    plane = c.server.plane
+    assert plane is not None
+    plane.checks.approve(str(c.body.get("authId") or ""), None)
+    return {}
+
+
 async def auth_reject(c: Call) -> dict[str, Any]:
     plane = c.server.plane
     assert plane is not None

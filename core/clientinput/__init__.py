@@ -13,8 +13,10 @@ from meshscale.clientinput.requests import (
     Limits,
     MapRequest,
     RegisterRequest,
+    SetDNSRequest,
     parse_map,
     parse_register,
+    parse_set_dns,
 )
 
 __all__ = [
@@ -22,9 +24,11 @@ __all__ = [
     "Limits",
     "MapRequest",
     "RegisterRequest",
+    "SetDNSRequest",
     "check_endpoints",
     "check_hostinfo",
     "parse_map",
     "parse_register",
+    "parse_set_dns",
     "repair_stored",
 ]

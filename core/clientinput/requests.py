@@ -67,6 +67,17 @@ class MapRequest:
     endpoints: tuple[str, ...] | None  # None: not sent
 
 
+@dataclass(frozen=True, slots=True)
+class SetDNSRequest:
+    """tailcfg.SetDNSRequest: a TXT record the node wants (``tailscale cert``'s DNS-01)."""
+
+    version: int
+    node_key: bytes | None
+    name: str
+    type: str
+    value: str
+
+
 _SCALARS: dict[str, Spec] = {
     "Version": integer(),
     "NodeKey": string(KEY_TEXT_MAX),
@@ -88,10 +99,14 @@ _SCALARS: dict[str, Spec] = {
     "EndpointTypes": list_of(integer(), ENDPOINTS_MAX),
     "DebugFlags": list_of(string(256)),
     "ConnectionHandleForTest": string(256),
+    "Name": string(512),
+    "Type": string(16),
+    "Value": string(1024),
 }
 _AUTH = {"AuthKey": string(512)}
 _REGISTER_FIELDS = ("Version", "NodeKey", "OldNodeKey", "NLKey", "Expiry", "Followup",
                     "Ephemeral", "Tailnet")
+_SET_DNS_FIELDS = ("Version", "NodeKey", "Name", "Type", "Value")
 _MAP_FIELDS = ("Version", "NodeKey", "DiscoKey", "Compress", "KeepAlive", "Stream", "OmitPeers",
                "ReadOnly", "MapSessionHandle", "MapSessionSeq", "TKAHead", "EndpointTypes",
                "DebugFlags", "ConnectionHandleForTest")
@@ -180,4 +195,15 @@ def parse_map(body: dict[str, Any], limits: Limits) -> MapRequest:
         compress=f.get("Compress", ""),
         hostinfo=_hostinfo(body, limits),
         endpoints=endpoints,
+    )
+
+
+def parse_set_dns(body: dict[str, Any], limits: Limits) -> SetDNSRequest:
+    f = _scalars(body, _SET_DNS_FIELDS)
+    return SetDNSRequest(
+        version=f.get("Version", 0),
+        node_key=_key(f.get("NodeKey"), "nodekey:", "NodeKey"),
+        name=f.get("Name", ""),
+        type=f.get("Type", ""),
+        value=f.get("Value", ""),
     )

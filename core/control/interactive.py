@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from meshscale.auth import AuthProvider, Identity
     from meshscale.clientinput import RegisterRequest
     from meshscale.control.register import Registrar
+    from meshscale.control.sshcheck import SSHChecks
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,9 @@ class InteractiveLogins:
         self.server_url = server_url.rstrip("/")
         self.pending = PendingLogins(ttl, limit)
         self.providers = list(providers)
+        # SSH check mode re-authenticates through the same AuthURLs (control/sshcheck.py);
+        # the control plane sets this.
+        self.checks: SSHChecks | None = None
 
     def url(self, auth_id: str, hostinfo: Mapping[str, Any]) -> str:
         """The first provider's AuthURL, else the built-in admin page."""
@@ -198,6 +202,9 @@ class InteractiveLogins:
 
     def register(self, auth_id: str, user: User, method: str = "cli") -> Node:
         """Complete a waiting login: the node registers to ``user``; its client proceeds."""
+        if self.checks is not None and self.checks.get(auth_id) is not None:
+            raise MeshscaleError("that auth id is an SSH check, not a login: approve it with "
+                                 "`meshscale auth approve --auth-id ...`")
         pending = self.pending.find(auth_id)
         reg = self.reg
         try:
@@ -218,19 +225,32 @@ class InteractiveLogins:
         return node
 
     def reject(self, auth_id: str, why: str = "the administrator refused this login") -> None:
+        if self.checks is not None and self.checks.get(auth_id) is not None:
+            self.checks.reject(auth_id, "the SSH check was refused")
+            return
         self.pending.finish(self.pending.find(auth_id), why)
 
     # -- meshscale.auth.Logins, for login providers -------------------------------------------
 
     def waiting(self, auth_id: str) -> Mapping[str, Any] | None:
+        if self.checks is not None and self.checks.get(auth_id) is not None:
+            return self.checks.waiting(auth_id)
         pending = self.pending.get(auth_id) if AUTH_ID.fullmatch(auth_id) else None
         if pending is None:
             return None
-        return {"authId": pending.auth_id, "hostname": pending.hostname,
+        return {"authId": pending.auth_id, "kind": "register", "hostname": pending.hostname,
                 "os": str(pending.hostinfo.get("OS") or "")}
 
     def complete(self, auth_id: str, identity: Identity, method: str,
                  expiry: datetime | None = None) -> Mapping[str, Any]:
+        if self.checks is not None and self.checks.get(auth_id) is not None:
+            # A re-authentication for SSH: only an existing user, the source node's, may
+            # approve it; no user is made for an identity seen for the first time.
+            user = self.reg.state.by_identity(identity.provider, identity.subject)
+            if user is None:
+                raise MeshscaleError("this account has no devices here, so it cannot approve "
+                                     "an SSH check")
+            return self.checks.approve(auth_id, user)
         self.pending.find(auth_id)  # before a user is made for a login that is not waiting
         user = self.reg.lifecycle.user_for_identity(identity)
         node = self.register(auth_id, user, method)
@@ -254,6 +274,9 @@ class InteractiveLogins:
 
     async def _page(self, auth_id: str) -> Response:
         """What the person who opened the AuthURL sees: the command an admin runs."""
+        check = self.checks.waiting(auth_id) if self.checks is not None else None
+        if check is not None:
+            return _html(_check_page(check))
         pending = self.pending.get(auth_id) if AUTH_ID.fullmatch(auth_id) else None
         if pending is None:
             body = ("<h1>This login link is not valid</h1><p>It was used, refused or has "
@@ -265,6 +288,17 @@ class InteractiveLogins:
                 f"<pre>meshscale auth register --auth-id {aid} --user USERNAME</pre>"
                 f"<p>or refuses it with:</p><pre>meshscale auth reject --auth-id {aid}</pre>")
         return _html(body)
+
+
+def _check_page(check: Mapping[str, Any]) -> str:
+    aid = html.escape(str(check["authId"]))
+    host, dst = html.escape(str(check["hostname"])), html.escape(str(check["destination"]))
+    who = html.escape(str(check["localUser"]))
+    return (f"<h1>Tailscale SSH check</h1><p>Someone on <b>{host}</b> is connecting to "
+            f"<b>{dst}</b> as <b>{who}</b>, and the tailnet policy asks for a check. An "
+            "administrator approves it with:</p>"
+            f"<pre>meshscale auth approve --auth-id {aid}</pre>"
+            f"<p>or refuses it with:</p><pre>meshscale auth reject --auth-id {aid}</pre>")
 
 
 def _html(body: str, status: int = 200) -> Response:

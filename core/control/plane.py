@@ -15,6 +15,8 @@ from meshscale.control.interactive import InteractiveLogins
 from meshscale.control.poll import MapPoll
 from meshscale.control.register import NeedsLogin, Registrar, handle_register
 from meshscale.control.request import ControlRequest, ResponseWriter
+from meshscale.control.setdns import SetDNS
+from meshscale.control.sshcheck import SSHChecks
 from meshscale.mapper.frames import Message
 from meshscale.mapper.mapper import Mapper
 from meshscale.pluginhost import PluginHost
@@ -45,6 +47,12 @@ class ControlPlane:
                                         float(config.node.auth_id_expiry),
                                         config.limits.max_pending_logins,
                                         host.hooks.auth_providers(config))
+        self.checks = SSHChecks(state, engine, str(config.server_url),
+                                float(config.node.auth_id_expiry),
+                                config.limits.max_pending_logins, self.logins.url)
+        self.logins.checks = self.checks
+        self.set_dns = SetDNS(state, lambda: config.dns.base_domain,
+                              host.hooks.dns01_providers(config), self.limits)
         self.poll = MapPoll(config, state, mapper, host.hooks, lifecycle, self.limits)
 
     async def handle(self, req: ControlRequest, resp: ResponseWriter) -> None:
@@ -53,6 +61,10 @@ class ControlPlane:
             await self._register(req, resp)
         elif path == "/machine/map":
             await self.poll.handle(req, resp)
+        elif path == "/machine/set-dns":
+            await self.set_dns.handle(req, resp)
+        elif path.startswith("/machine/ssh/action/"):
+            await self.checks.handle(req, resp)
         else:
             # Endpoints we do not implement are, to a client, endpoints that do not exist: a
             # clean, immediate 404 (never a hang), as headscale answers.

@@ -101,11 +101,21 @@ class MapBuilder:
         # (disable-ipv4), so policy changes compare against it.
         self._caps: dict[int, bytes] = {i: self._caps_json(i) for i in state.nodes}
         self._dns = wire.dns_config(config)
+        # Whether nodes may get certificates for their names (`tailscale cert`): only when a
+        # DNS-01 provider can publish the challenge (control/setdns.py); the server sets it.
+        self.cert_domains = False
         self._chunks = ChunkCache()
         # Bumped whenever a node in the chunk's ID range changes (see _forget).
         self._chunk_versions: defaultdict[int, int] = defaultdict(int)
         self._live: int | None = None  # bitset of every node ID (see live_bits)
         self._engine_bits = getattr(engine, "visible_peer_bits", None)
+
+    def _dns_for(self, node: Node) -> dict[str, Any]:
+        """The DNSConfig for ``node``: the shared one, plus the node's own name as its
+        CertDomains when certificates are on offer (tailcfg.DNSConfig.CertDomains)."""
+        if not (self.cert_domains and self.config.dns.base_domain):
+            return self._dns
+        return {**self._dns, "CertDomains": [wire.fqdn(node, self.config).rstrip(".")]}
 
     # -- building blocks ---------------------------------------------------------------------------
 
@@ -292,7 +302,7 @@ class MapBuilder:
             "DERPMap": self.derp_map(),
             "Domain": self.config.dns.base_domain or "meshscale",
             "CollectServices": True,
-            "DNSConfig": self._dns,
+            "DNSConfig": self._dns_for(node),
             "PacketFilter": pf,
             "SSHPolicy": ssh,
             "UserProfiles": self._profiles([node, *peers]),

@@ -221,12 +221,21 @@ class OidcPlugin:
         host = html.escape(str(waiting.get("hostname", "")))
         who = html.escape(identity.display_name or identity.name)
         email = html.escape(identity.email or "no e-mail")
+        form = ("<form method=\"post\" action=\"/oidc/confirm\">"
+                f"<input type=\"hidden\" name=\"token\" value=\"{confirm}\">"
+                "<button type=\"submit\">{}</button></form>")
+        if waiting.get("kind") == "ssh-check":
+            dst = html.escape(str(waiting.get("destination", "")))
+            local = html.escape(str(waiting.get("localUser", "")))
+            body = (f"<p>You are <b>{who}</b> ({email}). Allow the SSH connection from "
+                    f"<b>{host}</b> to <b>{dst}</b> as <b>{local}</b>?</p>"
+                    "<p>Only continue if you are connecting right now.</p>"
+                    + form.format("Allow this connection"))
+            return _page("Confirm Tailscale SSH", body)
         body = (f"<p>Register the device <b>{host}</b> ({html.escape(str(waiting.get('os')))})"
                 f" to your account <b>{who}</b> ({email})?</p>"
                 "<p>Only continue if you just ran <code>tailscale up</code> on that device.</p>"
-                f"<form method=\"post\" action=\"/oidc/confirm\">"
-                f"<input type=\"hidden\" name=\"token\" value=\"{confirm}\">"
-                "<button type=\"submit\">Register this device</button></form>")
+                + form.format("Register this device"))
         return _page("Confirm device registration", body)
 
     async def confirm(self) -> Response:
@@ -243,6 +252,10 @@ class OidcPlugin:
                                                  expiry=flow.expiry)
         except MeshscaleError as exc:
             return _page("Registration failed", f"<p>{html.escape(str(exc))}</p>", 400)
+        if node.get("approved"):  # an SSH check (control/sshcheck.py)
+            return _page("SSH connection allowed",
+                         f"<p>The connection from <b>{html.escape(str(node['hostname']))}</b> "
+                         "proceeds. You can close this page.</p>")
         return _page("Device registered",
                      f"<p><b>{html.escape(str(node['givenName']))}</b> is now registered to "
                      f"<b>{html.escape(str(node['user']))}</b>. You can close this page.</p>")

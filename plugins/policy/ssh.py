@@ -13,6 +13,7 @@ from typing import Any
 
 from meshscale.plugins.policy.addrset import AddrSet
 from meshscale.plugins.policy.model import SSHRule
+from meshscale.plugins.policy.parse import parse_duration
 from meshscale.plugins.policy.resolve import Resolver
 from meshscale.plugins.policy.tailnet import NodeInfo
 
@@ -24,6 +25,21 @@ ACCEPT_ACTION: dict[str, Any] = {
 }
 CHECK_PATH = "/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID?local_user=$LOCAL_USER"
 LOCALPART = "localpart:*@"
+# Tailscale's default when a check rule names no checkPeriod.
+DEFAULT_CHECK_PERIOD = 12 * 3600.0
+
+
+def check_period_seconds(rule: SSHRule) -> float:
+    """How long a check of this rule stays valid: 0 for ``"always"`` (every connection checks).
+
+    The period never reaches the client (the captures of Tailscale's control plane render every
+    check rule as the same ``holdAndDelegate`` URL); the server applies it when the client
+    calls that URL (``SSHCompiler.check_period``)."""
+    if rule.check_period is None:
+        return DEFAULT_CHECK_PERIOD
+    if rule.check_period == "always":
+        return 0.0
+    return max(0.0, parse_duration(rule.check_period))
 
 
 def _sorted_ips(ips: list[str]) -> list[str]:
@@ -195,6 +211,37 @@ class SSHCompiler:
             elif uid is not None and p.by_user.get(uid):
                 emit(p.by_user[uid], uid)
         return out
+
+
+    def check_period(self, r: Resolver, src: NodeInfo, dst: NodeInfo,
+                     local_user: str) -> float | None:
+        """The check period for ``src`` connecting to ``dst`` as ``local_user``, or None when no
+        check rule of ``dst``'s SSHPolicy covers that connection.
+
+        Evaluated on exactly what ``dst`` was sent (its rules, principals and sshUsers), so the
+        answer is the server's, never a value from the URL. Every check rule renders the same
+        URL, so when several match the shortest period wins (the most restrictive)."""
+        periods: list[float] = []
+        src_ips = set(src.ips)
+        for rule, prep in zip(self.rules, self._prepare(r), strict=True):
+            if rule.action != "check" or prep is None:
+                continue
+            for out in self._rules_for(rule, prep, dst):
+                principals = {p["nodeIP"] for p in out["principals"]}
+                if src_ips & principals and _maps_to(out["sshUsers"], local_user):
+                    periods.append(check_period_seconds(rule))
+                    break
+        return min(periods) if periods else None
+
+
+def _maps_to(users: dict[str, str], local_user: str) -> bool:
+    """Can some requested SSH user map to ``local_user`` under ``sshUsers``? (tailssh: a key
+    is the requested user, ``*`` any; the value the local user, ``=`` the same, ``""`` none.)"""
+    if not local_user:
+        return any(users.values())
+    if users.get(local_user) == "":
+        return False  # explicitly refused (root without "root" in users)
+    return any(v == local_user or (v == "=" and k == "*") for k, v in users.items())
 
 
 def _canonical_localpart(rule: SSHRule) -> bool:

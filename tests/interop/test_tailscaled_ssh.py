@@ -13,6 +13,7 @@ refuses that with EPERM, so the session ends with exit code 1 after sshd granted
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -74,5 +75,70 @@ def test_tailscale_ssh_accept_mode(tmp_path: Path,
         refused = other.cli("ssh", "root@sshd", "echo", "nope", check=False, timeout=60)
         assert refused.returncode != 0 and DENIED in refused.stderr, refused
         assert "ts_user=bob" not in sshd.log_text()
+    finally:
+        server.stop()
+
+
+CHECK_POLICY = {
+    "tagOwners": {"tag:server": ["alice@"]},
+    "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+    "ssh": [{"action": "check", "src": ["autogroup:member"], "dst": ["tag:server"],
+             "users": ["root"], "checkPeriod": "1h"}],
+}
+BANNER = "# Tailscale SSH requires an additional check."
+
+
+def test_tailscale_ssh_check_mode(tmp_path: Path,
+                                  tailscaled: Callable[..., Tailscaled]) -> None:
+    """A check rule: sshd's tailscaled holds the connection and asks meshscale's
+    /machine/ssh/action; the SSH user sees the AuthURL; `meshscale auth approve` lets the
+    connection through; within checkPeriod the next one goes through without a check."""
+    server = MeshscaleProcess(tmp_path, ["sqlite", "derp", "stun", "policy"],
+                              extra="policy:\n  mode: database\n")
+    server.start()
+
+    def server_log() -> str:
+        return server.log.read_text(errors="replace")
+
+    try:
+        policy = tmp_path / "policy.hujson"
+        policy.write_text(json.dumps(CHECK_POLICY))
+        server.cli("policy", "set", "--file", str(policy))
+        server.cli("users", "create", "alice")
+        key = server.cli("preauthkeys", "create", "-u", "alice", "--reusable", "-o",
+                         "json")["key"]
+        tagged = server.cli("preauthkeys", "create", "-u", "alice", "--tags", "tag:server",
+                            "-o", "json")["key"]
+        sshd, client = tailscaled("sshd"), tailscaled("client")
+        start_all([sshd, client])
+        client.up(server.url, key)
+        sshd.up(server.url, tagged, "--ssh")
+        wait_for(lambda: client.peers().get("sshd", {}).get("sshHostKeys"), 30,
+                 "sshd's host keys")
+
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.cli, "ssh", "root@sshd", "true", check=False,
+                                timeout=90)
+            waits = re.compile(r"SSH check \S+ waits: .*?(https?://\S+/register/(\S{24}))")
+            found = wait_for(lambda: waits.search(server_log()), 30,
+                             "sshd's tailscaled to ask meshscale for the SSH action")
+            assert found is not None
+            url, auth_id = found.group(1), found.group(2)
+            assert not first.done()  # held until the check is approved
+            shown = server.cli("auth", "approve", "--auth-id", url, "-o", "json")
+            assert shown["approved"] is True and shown["localUser"] == "root"
+            out = first.result(timeout=60)
+        # The SSH user was shown the URL (tailssh sends the action's message as a banner) and
+        # sshd let alice in (the command itself cannot run in the netns: setgroups).
+        assert BANNER in out.stderr and auth_id in out.stderr, out.stderr
+        granted = 'access granted to alice as ssh-user "root"'
+        wait_for(lambda: granted in sshd.log_text(), 10, "sshd to let alice in")
+        assert f"SSH check {auth_id[:6]} approved" in server_log()
+
+        # Within checkPeriod: no check, no banner.
+        again = client.cli("ssh", "root@sshd", "true", check=False, timeout=60)
+        assert BANNER not in again.stderr, again.stderr
+        wait_for(lambda: sshd.log_text().count(granted) >= 2, 10, "the second connection")
+        assert "checked " in server_log() and "accepted" in server_log()
     finally:
         server.stop()

@@ -5,6 +5,7 @@ and each refusal."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +21,7 @@ from tests.oidcprovider import browser_login, confirm_token, oidc_provider
 pytestmark = pytest.mark.asyncio
 
 Factory = Callable[..., Any]
-PORTS = [free_port() for _ in range(12)]
+PORTS = [free_port() for _ in range(14)]
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +281,55 @@ async def test_groups_claim_fills_policy_groups_and_is_refreshed_on_login(
     assert reaches_target(bob_node.ipv4)
     await lg.close()
     await server_node.conn.close()
+
+
+async def test_ssh_check_is_approved_by_the_source_user_only(
+        meshscale_server_factory: Factory, issuer: str) -> None:
+    """Tailscale SSH check mode through OIDC: the SSH banner's URL is the OIDC login; bob's
+    account cannot approve alice's connection, alice's can, and her connection proceeds."""
+    server: Server = await meshscale_server_factory(
+        plugins=["sqlite", "policy", "oidc"], port=next(_next),
+        oidc={"issuer": issuer, "client_id": "meshscale", "client_secret": "meshscale-secret",
+              "scope": ["openid", "email", "profile"]})
+    assert server.state is not None and server.plane is not None
+    for name in ("alice", "bob"):  # each logs a laptop in through OIDC
+        lg, page = await full_login(server, name, f"{name}-laptop")
+        assert (await lg.confirm(page.text)).status_code == 200
+        assert (await asyncio.wait_for(lg.waiting, 2))["MachineAuthorized"]  # type: ignore[arg-type]
+        await lg.close()
+    alice = server.state.by_identity("oidc", f"{issuer}/alice")
+    assert alice is not None
+    server.set_policy('{"tagOwners": {"tag:server": ["alice@example.com"]}, "acls": [{"action": '
+                      '"accept", "src": ["*"], "dst": ["*:*"]}], "ssh": [{"action": "check", '
+                      '"src": ["autogroup:member"], "dst": ["tag:server"], "users": ["root"]}]}',
+                      "test", False)
+    dst = SimNode("server")
+    await dst.conn.connect("127.0.0.1", server.main_port)
+    _, key = server.state.create_key(alice, tags=["tag:server"])
+    assert (await dst.register(key))["MachineAuthorized"] is True
+    dst_id = next(n.id for n in server.state.nodes.values() if n.hostname == "server")
+    src_id = next(n.id for n in server.state.nodes.values() if n.hostname == "alice-laptop")
+    status, body = await dst.conn.get(f"/machine/ssh/action/{src_id}/to/{dst_id}"
+                                      "?local_user=root")
+    action = json.loads(body)
+    base = str(server.config.server_url).rstrip("/")
+    auth_url = action["message"].split("visit: ", 1)[1].strip()
+    assert status == 200 and auth_url.startswith(f"{base}/oidc/register/")
+    auth_id = auth_url.rsplit("/", 1)[1]
+    follow = f"/machine/ssh/action/{src_id}/to/{dst_id}?local_user=root&auth_id={auth_id}"
+    waiting = asyncio.create_task(dst.conn.get(follow, timeout=20))
+    for who, allowed in (("bob", False), ("alice", True)):
+        browser = httpx.AsyncClient(timeout=10)
+        callback = await browser_login(browser, auth_url, who, f"{base}/oidc/callback")
+        page = await browser.get(callback)
+        assert page.status_code == 200 and "Confirm Tailscale SSH" in page.text, page.text
+        assert "alice-laptop" in page.text and "root" in page.text
+        done = await browser.post(f"{base}/oidc/confirm", data={"token": confirm_token(page.text)})
+        await browser.aclose()
+        if not allowed:
+            assert done.status_code == 400 and "only that user may approve" in done.text
+            assert not waiting.done()
+    assert done.status_code == 200 and "SSH connection allowed" in done.text, done.text
+    status, body = await asyncio.wait_for(waiting, 5)
+    assert status == 200 and json.loads(body)["accept"] is True
+    await dst.conn.close()

@@ -62,6 +62,8 @@ HOOK_TESTS: dict[str, str] = {
     "meshscale_stats": "tests/plugin/test_metrics.py::test_derp_clients_and_relayed_bytes",
     "meshscale_auth_providers":
         "tests/plugin/test_auth_providers.py::test_a_plugin_login_provider_registers_the_node",
+    "meshscale_dns01_providers":
+        "tests/plugin/test_set_dns.py::test_a_node_sets_its_own_challenge",
 }
 
 CONTRIB = sorted(p for p in (ROOT / "contrib_plugins").iterdir() if (p / "pyproject.toml").exists())
