@@ -126,15 +126,19 @@ class Logins(Protocol):
     """What a provider may do with waiting logins (the running server offers it)."""
 
     def waiting(self, auth_id: str) -> Mapping[str, Any] | None:
-        """``{"authId", "hostname", "os"}`` of a waiting login, or None (used, refused, expired
-        or never issued)."""
+        """``{"authId", "kind", "hostname", "os"}`` of a waiting login, or None (used, refused,
+        expired or never issued). ``kind`` is ``"register"`` for a device logging in, or
+        ``"ssh-check"`` for a Tailscale SSH check (control/sshcheck.py), which also names
+        ``destination`` and ``localUser``; ``hostname`` is then the source device's."""
 
     def complete(self, auth_id: str, identity: Identity, method: str,
                  expiry: datetime | None = None) -> Mapping[str, Any]:
         """Register the waiting node to the identity's user; its client proceeds at once;
         ``expiry``: when its node key expires (None: the server's node.expiry).
         Returns the node as ``GET /v1/nodes`` shows it; raises MeshscaleError (one line for the
-        person) if the login is no longer waiting or the registration is refused."""
+        person) if the login is no longer waiting or the registration is refused.
+        For an SSH check it approves the check if the identity's (existing) user owns the
+        source device, and returns the check with ``"approved": True``."""
 
     def reject(self, auth_id: str, why: str) -> None:
         """Refuse the waiting login; the client shows ``why``."""

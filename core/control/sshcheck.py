@@ -165,9 +165,9 @@ class SSHChecks:
             pending = self._by_id.get(q.auth_id)  # finished ones too, for a while (GRACE)
             if pending is not None and (pending.src, pending.dst) == (src.id, dst.id):
                 return await self._wait(pending, src)
-            # Unknown (expired, used, or lost in a restart) or another connection's: start a
-            # fresh check rather than leave the client polling a dead id for 30 minutes.
-        elif period > 0:
+            # Unknown (expired, or lost in a restart) or another connection's: answer as a first
+            # request would, rather than leave the client polling a dead id for 30 minutes.
+        if period > 0:
             when = self.checked.get((src.user_id, src.id))
             if when is not None and self.clock() - when < period:
                 log.info("SSH from node %d to %d as %r: checked %.0fs ago, accepted", src.id,

@@ -214,7 +214,7 @@ async def test_client_too_old_is_refused_with_a_message(server: Server) -> None:
 async def test_unimplemented_endpoint_answers_cleanly(server: Server) -> None:
     conn = ControlConnection()
     await conn.connect("127.0.0.1", server.main_port)
-    status, body = await conn.request("/machine/set-dns", {"Version": 130})
+    status, body = await conn.request("/machine/id-token", {"Version": 130})
     assert status == 404 and b"not found" in body
     status, _ = await conn.request("/elsewhere", {})
     assert status == 404

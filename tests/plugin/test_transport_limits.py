@@ -346,7 +346,7 @@ async def test_item12_unknown_machine_path_is_404(server_with: Callable[..., Any
     server = await server_with()
     conn = ControlConnection()
     await conn.connect("127.0.0.1", server.main_port)
-    for path in ("/machine/set-dns", "/machine/no-such-thing", "/elsewhere"):
+    for path in ("/machine/id-token", "/machine/no-such-thing", "/elsewhere"):
         status, body = await conn.request(path, json.dumps({"Version": 130}).encode())
         assert status == 404 and b"not found" in body, (path, status)
     await conn.close()
