@@ -33,7 +33,7 @@ def pebble_binary() -> str:
 
 class Pebble:
     def __init__(self, workdir: Path, *, http_port: int, tls_port: int, port: int | None = None,
-                 validity_seconds: int | None = None) -> None:
+                 validity_seconds: int | None = None, dns_server: str = "") -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.dir = workdir
         ca = TestCA(workdir / "wfe-ca", name="pebble WFE test CA")
@@ -54,12 +54,17 @@ class Pebble:
         self.config = workdir / "pebble.json"
         self.config.write_text(json.dumps({"pebble": pebble}))
         self.log = workdir / "pebble.log"
+        # "127.0.0.1:PORT": the DNS server pebble asks for DNS-01 TXT records (and CAA).
+        self.dns_server = dns_server
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
                "PEBBLE_AUTHZREUSE": "0"}
-        self.proc = subprocess.Popen([pebble_binary(), "-config", str(self.config)],
+        args = [pebble_binary(), "-config", str(self.config)]
+        if self.dns_server:
+            args += ["-dnsserver", self.dns_server]
+        self.proc = subprocess.Popen(args,
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
                                      env=env)
         deadline = time.monotonic() + 20
