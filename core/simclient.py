@@ -242,11 +242,13 @@ class ControlConnection:
         self._flush()
         return sid
 
-    def _headers(self, path: str, method: str) -> int:
+    def _headers(self, path: str, method: str, end: bool = False) -> int:
         sid: int = self.h2.get_next_available_stream_id()
         self.replies[sid] = Reply()
         self.h2.send_headers(sid, [(":method", method), (":scheme", "https"),
-                                   (":authority", "unused"), (":path", path)])
+                                   (":authority", "unused"), (":path", path)], end_stream=end)
+        if end:
+            self._flush()
         return sid
 
     async def _send_body(self, sid: int, body: bytes) -> None:
@@ -270,26 +272,16 @@ class ControlConnection:
             if not view:
                 return
 
-    async def request(self, path: str, obj: Any, timeout: float = 10.0) -> tuple[int, bytes]:
-        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-        sid = self._headers(path, "POST")
-        await self._send_body(sid, body)
+    async def request(self, path: str, obj: Any, timeout: float = 10.0,
+                      method: str = "POST") -> tuple[int, bytes]:
+        """``obj`` as the JSON body (bytes as they are); None: no body (a GET of
+        ``/machine/ssh/action``, as tailscaled's fetchSSHAction sends it)."""
+        sid = self._headers(path, method, end=obj is None)
+        if obj is not None:
+            await self._send_body(sid, obj if isinstance(obj, bytes) else json.dumps(obj).encode())
         reply = self.replies[sid]
         await asyncio.wait_for(reply.done.wait(), timeout)
         del self.replies[sid]
-        return reply.status, bytes(reply.body)
-
-    async def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-        """A GET without a body (``/machine/ssh/action/...``, as tailscaled's fetchSSHAction)."""
-        sid: int = self.h2.get_next_available_stream_id()
-        self.replies[sid] = reply = Reply()
-        self.h2.send_headers(sid, [(":method", "GET"), (":scheme", "https"),
-                                   (":authority", "unused"), (":path", path)], end_stream=True)
-        self._flush()
-        try:
-            await asyncio.wait_for(reply.done.wait(), timeout)
-        finally:
-            del self.replies[sid]
         return reply.status, bytes(reply.body)
 
     async def close(self) -> None:

@@ -212,12 +212,6 @@ class _Compiled:
             return None
         return {"rules": rules}
 
-    def ssh_check_period(self, src_id: int, dst_id: int, local_user: str) -> float | None:
-        src, dst = self.tailnet.nodes.get(src_id), self.tailnet.nodes.get(dst_id)
-        if src is None or dst is None or not self.policy.ssh:
-            return None
-        return self.ssh.check_period(self.resolver, src, dst, local_user)
-
     def cap_map(self, node_id: int) -> dict[str, list[Any] | None]:
         n = self.tailnet.nodes.get(node_id)
         out: dict[str, list[Any] | None] = {}
@@ -359,9 +353,8 @@ class TailscalePolicyEngine:
         return None if self.compiled is None else self.compiled.ssh_policy(node_id)
 
     def ssh_check_period(self, src_id: int, dst_id: int, local_user: str) -> float | None:
-        if self.compiled is None:
-            return None
-        return self.compiled.ssh_check_period(src_id, dst_id, local_user)
+        c = self.compiled
+        return None if c is None else c.ssh.check_period(c.resolver, src_id, dst_id, local_user)
 
     def cap_map(self, node_id: int) -> Mapping[str, list[Any] | None]:
         return {} if self.compiled is None else self.compiled.cap_map(node_id)

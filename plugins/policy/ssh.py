@@ -213,7 +213,7 @@ class SSHCompiler:
         return out
 
 
-    def check_period(self, r: Resolver, src: NodeInfo, dst: NodeInfo,
+    def check_period(self, r: Resolver, src_id: int, dst_id: int,
                      local_user: str) -> float | None:
         """The check period for ``src`` connecting to ``dst`` as ``local_user``, or None when no
         check rule of ``dst``'s SSHPolicy covers that connection.
@@ -221,6 +221,9 @@ class SSHCompiler:
         Evaluated on exactly what ``dst`` was sent (its rules, principals and sshUsers), so the
         answer is the server's, never a value from the URL. Every check rule renders the same
         URL, so when several match the shortest period wins (the most restrictive)."""
+        src, dst = r.tailnet.nodes.get(src_id), r.tailnet.nodes.get(dst_id)
+        if src is None or dst is None:
+            return None
         periods: list[float] = []
         src_ips = set(src.ips)
         for rule, prep in zip(self.rules, self._prepare(r), strict=True):

@@ -309,15 +309,15 @@ async def test_ssh_check_is_approved_by_the_source_user_only(
     assert (await dst.register(key))["MachineAuthorized"] is True
     dst_id = next(n.id for n in server.state.nodes.values() if n.hostname == "server")
     src_id = next(n.id for n in server.state.nodes.values() if n.hostname == "alice-laptop")
-    status, body = await dst.conn.get(f"/machine/ssh/action/{src_id}/to/{dst_id}"
-                                      "?local_user=root")
+    status, body = await dst.conn.request(
+        f"/machine/ssh/action/{src_id}/to/{dst_id}?local_user=root", None, method="GET")
     action = json.loads(body)
     base = str(server.config.server_url).rstrip("/")
     auth_url = action["message"].split("visit: ", 1)[1].strip()
     assert status == 200 and auth_url.startswith(f"{base}/oidc/register/")
     auth_id = auth_url.rsplit("/", 1)[1]
     follow = f"/machine/ssh/action/{src_id}/to/{dst_id}?local_user=root&auth_id={auth_id}"
-    waiting = asyncio.create_task(dst.conn.get(follow, timeout=20))
+    waiting = asyncio.create_task(dst.conn.request(follow, None, 20, "GET"))
     for who, allowed in (("bob", False), ("alice", True)):
         browser = httpx.AsyncClient(timeout=10)
         callback = await browser_login(browser, auth_url, who, f"{base}/oidc/callback")

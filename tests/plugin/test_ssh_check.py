@@ -49,7 +49,7 @@ def expand(url: str, src: int, dst: int, user: str = "root") -> str:
 
 
 async def get(node: SimNode, path: str, timeout: float = 10.0) -> tuple[int, Any]:
-    status, body = await node.conn.get(path, timeout)
+    status, body = await node.conn.request(path, None, timeout, "GET")
     return status, (json.loads(body) if status == 200 else body.decode())
 
 

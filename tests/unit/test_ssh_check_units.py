@@ -104,5 +104,5 @@ def test_which_connections_a_check_covers() -> None:
     assert e.ssh_check_period(1, 4, "root") is None
     assert e.ssh_check_period(2, 4, "bob") is None  # not bob's own device
     assert e.ssh_check_period(3, 1, "root") is None  # no rule has laptop as destination
-    assert e.ssh_check_period(1, 99, "root") is None
+    assert e.ssh_check_period(1, 99, "root") is None  # no such node
     assert engine([]).ssh_check_period(1, 3, "root") is None
