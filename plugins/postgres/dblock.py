@@ -13,6 +13,7 @@ are per database: servers on different databases of one PostgreSQL do not meet.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import psycopg
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # The lock's key (bigint): "meshscal" in ASCII, so a DBA reading pg_locks can tell whose it is.
 LOCK_KEY = int.from_bytes(b"meshscal", "big")
+GRACE_S = 1.0
 
 
 def _first_line(exc: BaseException) -> str:
@@ -45,8 +47,7 @@ class DatabaseLock:
             raise StorageError(f"cannot connect to the {self.where}: {_first_line(exc)}") \
                 from None
         try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
-            if row is None or not row[0]:
+            if not _try_lock(conn):
                 holder = _holder(conn)
                 raise StorageError(
                     f"the {self.where} is in use by another meshscale server{holder}: one "
@@ -82,11 +83,34 @@ class DatabaseLock:
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is None:
+            return
+        try:
+            # Unlocked before the close returns: the session's end would release it too, but
+            # only when the backend gets to it, after a restart may already have asked.
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        except psycopg.Error:
+            log.debug("unlocking the database failed (the session's end unlocks it)",
+                      exc_info=True)
+        finally:
             try:
-                conn.close()  # ending the session releases the lock
+                conn.close()
             except psycopg.Error:
                 log.debug("closing the lock connection failed", exc_info=True)
+
+
+def _try_lock(conn: psycopg.Connection[Any]) -> bool:
+    """Try for a moment: a holder that just died (killed, its host rebooted) leaves its lock
+    until its backend notices the closed connection, which takes a few milliseconds."""
+    deadline = time.monotonic() + GRACE_S
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        if row is not None and row[0]:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _holder(conn: psycopg.Connection[Any]) -> str:
