@@ -173,6 +173,18 @@ async def settle(fleet: Fleet, quiet: float = 0.5, limit: float = 60.0) -> None:
         await asyncio.sleep(quiet)
 
 
+async def drained(fleet: Fleet, window: float = 2.0, slack: int = 256 * 1024,
+                  limit: float = 300.0) -> None:
+    """Wait until fewer than ``slack`` bytes arrive in ``window`` seconds (keep-alives of
+    10,000 streams are about 20 KB/s; one full map in flight is 100 KB or more)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = fleet.bytes_received
+        await asyncio.sleep(window)
+        if fleet.bytes_received - before < slack:
+            return
+
+
 # -- storm ----------------------------------------------------------------------------------
 
 
@@ -471,7 +483,15 @@ async def policy(nodes: int, events: int, groups: int = 10, timeout: float = 600
                 expect[nid] = set(by_group[1])
             for nid in by_group[1]:
                 expect[nid] = set(by_group[0])
+        # Streams that fell behind while all opened get a second full map (MAX_BACKLOG): on a
+        # loaded machine those can still be on the wire after a quiet spell of completed
+        # messages, and would count as the change's bytes. Wait until the bytes stop too (but
+        # keep-alives), and report how many resyncs there were.
+        await settle(fleet, quiet=2.0, limit=300)
+        await drained(fleet)
+        overflows = sum(x["overflows"] for x in admin.call("GET", "/v1/debug/sessions"))
         rss_before = b.server.rss()
+        full_maps0 = sum(m.full_maps for m in fleet.members)
         done = asyncio.Event()
         arrivals: dict[int, float] = {}
 
@@ -498,6 +518,8 @@ async def policy(nodes: int, events: int, groups: int = 10, timeout: float = 600
                                "server_rss_before_mb": round(rss_before / 2**20, 1)}
         out.update(b.figures(cpu0, gen0, bytes0, 1))
         out["mb_sent"] = round(out["bytes_received"] / 2**20, 2)
+        out["full_maps_during_change"] = sum(m.full_maps for m in fleet.members) - full_maps0
+        out["stream_overflows_before_change"] = overflows
         return out
 
 
