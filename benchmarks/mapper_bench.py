@@ -116,7 +116,8 @@ async def _measure(server: Server, nodes: int, policy: str, trace: bool,
         mapper.flush()
         if prof is not None:
             prof.disable()
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+            order = os.environ.get("MAPPER_BENCH_SORT", "cumulative")  # or tottime
+            pstats.Stats(prof).sort_stats(order).print_stats(25)
         out["policy_change_cpu_s"] = round(time.process_time() - t0, 3)
         out["policy_change_wall_s"] = round(time.perf_counter() - w0, 3)
         queued = [m for s in sessions for m in s.queue]

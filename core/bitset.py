@@ -32,11 +32,28 @@ def members(bits: int) -> list[int]:
     out: list[int] = []
     if not bits:
         return out
+    k = bits.bit_count()
+    if k <= 32:
+        # Few members: peel off the lowest bit each time (C-speed int operations).
+        while bits:
+            low = bits & -bits
+            out.append(low.bit_length() - 1)
+            bits ^= low
+        return out
+    if k * 4 <= bits.bit_length():
+        # Sparse: find each '1' of the binary string (LSB first) in C.
+        text = bin(bits)[:1:-1]
+        find = text.find
+        i = find("1")
+        while i >= 0:
+            out.append(i)
+            i = find("1", i + 1)
+        return out
     raw = bits.to_bytes((bits.bit_length() + 7) // 8, "little")
     extend = out.extend
-    for k, byte in enumerate(raw):
+    for n, byte in enumerate(raw):
         if byte:
-            base = k * 8
+            base = n * 8
             extend([base + j for j in _POSITIONS[byte]])
     return out
 
