@@ -13,7 +13,6 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -22,6 +21,7 @@ from meshscale.config import Config
 from meshscale.mapper import wire
 from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
 from meshscale.mapper.session import MapSession
+from meshscale.mapper.uniform import UniformPeers
 from meshscale.policy import PolicyEngine
 from meshscale.state import changes as ch
 from meshscale.state.models import Node, utcnow
@@ -107,8 +107,10 @@ class MapBuilder:
         self._chunks = ChunkCache()
         # Bumped whenever a node in the chunk's ID range changes (see _forget).
         self._chunk_versions: defaultdict[int, int] = defaultdict(int)
+        self._sub_versions: defaultdict[int, int] = defaultdict(int)  # the same, per sub-chunk
         self._live: int | None = None  # bitset of every node ID (see live_bits)
         self._engine_bits = getattr(engine, "visible_peer_bits", None)
+        self._uniform = UniformPeers(self._chunks, self._chunk_versions, self._sub_versions)
 
     def _dns_for(self, node: Node) -> dict[str, Any]:
         """The DNSConfig for ``node``: the shared one, plus the node's own name as its
@@ -146,13 +148,14 @@ class MapBuilder:
             frag = variants[sig] = dumps(self._peer_obj(peer, sig))
         return frag
 
-    def _default_frags(self, peers: list[Node]) -> list[bytes]:
-        return [self._fragment(p, DEFAULT_SIG) for p in peers]
+    def _default_fragment(self, peer: Node) -> bytes:
+        return self._fragment(peer, DEFAULT_SIG)
 
     def _forget(self, node_id: int) -> None:
         self._peer_json.pop(node_id, None)
         self._variants.pop(node_id, None)
         self._chunk_versions[node_id // ChunkCache.CHUNK] += 1
+        self._sub_versions[node_id // UniformPeers.SUB] += 1
 
     def _peer_obj(self, peer: Node, sig: Sig) -> dict[str, Any]:
         allowed, routes = sig
@@ -266,12 +269,20 @@ class MapBuilder:
         visible = self.visible_bits(node.id)
         s.cut_off = cut_off(node)
         pending = self.state.pending  # nodes awaiting approval are nobody's peers
+        # Every viewer sees every peer the same way: the peer list comes from cached chunks
+        # (mapper/uniform.py), with no per-peer work (at 10,000 nodes that work is most of a
+        # full map). Not while a node awaits approval: it must be left out of every list.
+        uniform = (not s.cut_off and visible is None and not pending
+                   and not self.state.routes.subnets and self.engine.uniform_peer_view())
         if s.cut_off:
             # An expired or logged-out node learns that its key expired (self node's KeyExpiry
             # in the past, Expired), one awaiting approval that it is not authorized
             # (MachineAuthorized false), and nothing about the tailnet: no peers, no rules.
-            peers = []
+            peers: list[Node] = []
             s.known = 0
+        elif uniform:
+            peers = []  # not listed: UniformPeers lays them out
+            s.known = None
         elif visible is None:
             peers = [n for i, n in sorted(self.state.nodes.items())
                      if i != node.id and i not in pending]
@@ -286,17 +297,13 @@ class MapBuilder:
         s.filter_digest = digest(dumps(pf))
         s.ssh_digest = digest(dumps(ssh))
         view = self._views[s] = _StreamView(self_sig=self._self_sig(node))
-        # Every viewer sees every peer the same way: whole chunks come from the cache by
-        # version, with no per-peer work (at 10,000 nodes that work is most of a full map).
-        uniform = (visible is None and not self.state.routes.subnets
-                   and self.engine.uniform_peer_view())
         frags = []
-        if not uniform:
-            for p in peers:
-                sig = self.peer_sig(p, node.id)
-                if sig != DEFAULT_SIG:
-                    view.peers[p.id] = sig
-                frags.append(self._fragment(p, sig))
+        for p in peers:
+            sig = self.peer_sig(p, node.id)
+            if sig != DEFAULT_SIG:
+                view.peers[p.id] = sig
+            frags.append(self._fragment(p, sig))
+        has_peers = bool(peers) or (uniform and len(self.state.nodes) > 1)
         head = {
             "Node": self.self_node(node),
             "DERPMap": self.derp_map(),
@@ -305,11 +312,12 @@ class MapBuilder:
             "DNSConfig": self._dns_for(node),
             "PacketFilter": pf,
             "SSHPolicy": ssh,
-            "UserProfiles": self._profiles([node, *peers]),
+            "UserProfiles": (self._uniform.profiles(self.state.nodes, self.state.users, node)
+                             if uniform else self._profiles([node, *peers])),
             "ControlTime": tailcfg.gotime(utcnow()),
             "Debug": {"DisableLogTail": not self.config.logtail.enabled},
         }
-        if not peers and s.sent["full"]:
+        if not has_peers and s.sent["full"]:
             # A resync leaving the client no peers (cut off, or a policy that hides everyone)
             # must name the ones it holds: the Go client reads an empty Peers as "unchanged"
             # (tailcfg.MapResponse.Peers) and would keep them all. What it holds is not
@@ -318,13 +326,15 @@ class MapBuilder:
             head["PeersRemoved"] = [i for i in range(1, self.state.highest_node_id() + 1)
                                     if i != node.id]
         body = dumps(head)
-        if not peers:
+        if not has_peers:
             return Message(body)
         # The peer list is most of a full map and nearly the same for every stream: splice in
         # cached, already compressed chunks of peer fragments instead of serializing and
         # compressing megabytes per stream (architecture.md §3: serialize once, send many).
         opening = body[:-1] + b',"Peers":['
         parts: list[tuple[bytes, bytes]] = [(opening, compress(opening))]
+        if uniform:
+            parts += self._uniform.parts(self.state.nodes, node.id, self._default_fragment)
         step = ChunkCache.CHUNK
         start = 0
         while start < len(peers):
@@ -336,14 +346,7 @@ class MapBuilder:
                 parts.append(COMMA)
             # The chunk holding the viewer itself lacks it: compress it, but do not cache it.
             own = index == node.id // step
-            if uniform and not own:
-                version = self._chunk_versions[index]
-                parts.append(self._chunks.get_versioned(
-                    index, version, partial(self._default_frags, peers[start:end])))
-            else:
-                chunk = (tuple(frags[start:end]) if not uniform else
-                         tuple(self._fragment(p, DEFAULT_SIG) for p in peers[start:end]))
-                parts.append(self._chunks.get(index, chunk, not own))
+            parts.append(self._chunks.get(index, tuple(frags[start:end]), not own))
             start = end
         parts.append(CLOSING)
         return FramedMessage(parts)

@@ -103,7 +103,11 @@ class ChunkCache:
     any change to a peer's JSON makes a new fragment, a new key, and one recompression.
     """
 
-    CHUNK = 256
+    # 64 IDs: a changed peer costs recompressing 64 fragments (0.04 ms) on the next full map,
+    # not 256 (0.15 ms); in a storm, where nodes come online between any two full maps, that
+    # was most of the compression. The price: about 3 % more bytes than 256-ID chunks (each
+    # frame compresses alone), measured on peers with random keys.
+    CHUNK = 64
 
     def __init__(self) -> None:
         self._cache: dict[int, tuple[tuple[bytes, ...], bytes, bytes]] = {}

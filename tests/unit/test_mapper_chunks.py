@@ -61,3 +61,43 @@ def test_chunked_maps_match_peer_by_peer_maps_and_follow_changes(tmp_path: Path)
     assert peers[400]["Name"].startswith("renamed.")
     st.delete_node(500)
     assert 500 not in {p["ID"] for p in decoded(fast, 2)["Peers"]}
+
+
+def whole(mapper: Mapper, node_id: int) -> dict:
+    out = decoded(mapper, node_id)
+    out.pop("ControlTime")
+    return out
+
+
+def test_uniform_maps_equal_peer_by_peer_maps_whole(tmp_path: Path) -> None:
+    """The uniform path (cached layout, own chunk from sub-chunks, cached profile list) gives
+    the same map, byte for byte in JSON, as the peer-by-peer path: at every sub-chunk edge of
+    the viewer's own chunk, with several users and tagged nodes, and after nodes and users
+    change."""
+    st = tailnet(tmp_path, 600)
+    bob = st.create_user("bob")
+    _, key = st.create_key(bob, reusable=True)
+    rec = st.check_auth_key(key)
+    for i in range(600, 640):  # IDs 601..640 belong to bob
+        st.register_with_key(rec, i.to_bytes(32, "big"), (i + 1).to_bytes(32, "big"),
+                             {"Hostname": f"n{i}"}, [], 130)
+    st.set_tags(10, ["tag:server"])  # the tagged-devices profile
+    fast = Mapper(st.config, st, AllowAllEngine(), dict)
+    slow = Mapper(st.config, st, NonUniform(), dict)
+
+    def same(viewers: tuple[int, ...]) -> None:
+        fast.flush()
+        slow.flush()
+        for viewer in viewers:
+            a, b = whole(fast, viewer), whole(slow, viewer)
+            assert a == b, viewer
+            assert [p["ID"] for p in a["Peers"]] == [i for i in sorted(st.nodes) if i != viewer]
+
+    same((1, 10, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 257, 300, 512, 600, 601, 640))
+    st.delete_node(33)  # a node leaves the viewer's own sub-chunk
+    same((32, 34, 1, 40))
+    st.rename_user(bob.id, "robert")  # a profile changes
+    same((601, 1))
+    st.register_with_key(rec, (999).to_bytes(32, "big"), (1000).to_bytes(32, "big"),
+                         {"Hostname": "late"}, [], 130)  # a node joins at the end
+    same((641, 640, 1, 600))
