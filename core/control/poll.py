@@ -27,7 +27,7 @@ from meshscale.control.request import ControlRequest, ResponseWriter
 from meshscale.errors import StorageError
 from meshscale.events import MapKind, MapSent
 from meshscale.hookcalls import HookCalls
-from meshscale.mapper.frames import KEEPALIVE
+from meshscale.mapper.frames import KEEPALIVE, Message
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
 from meshscale.state.lifecycle import NodeLifecycle
@@ -158,6 +158,14 @@ class MapPoll:
         self.lifecycle.opened(node)
         session.ticker = asyncio.get_running_loop().call_later(
             self._keepalive_delay(), self._keepalive_tick, session)
+
+        def direct(msg: Message) -> bool:
+            if not resp.write_now(msg.frame(compress)):
+                return False
+            session.sent["delta"] += 1
+            session.sent_since_tick = True
+            return True
+
         try:
             await resp.start(200)
             while not session.closed:
@@ -193,8 +201,13 @@ class MapPoll:
                 session.wakeup.clear()
                 # Waiting on the event itself (no wait_for) keeps a wake-up free of task and
                 # timer churn: at thousands of streams that is most of a fan-out's cost. The
-                # keep-alive comes from one periodic timer per session instead.
-                await session.wakeup.wait()
+                # keep-alive comes from one periodic timer per session instead. While it waits,
+                # deltas the connection takes at once are written by the mapper directly.
+                session.direct = direct
+                try:
+                    await session.wakeup.wait()
+                finally:
+                    session.direct = None
         except (ConnectionResetError, LookupError):
             pass
         finally:

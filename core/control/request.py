@@ -27,6 +27,7 @@ class Connection(Protocol):
     def send_headers(self, stream_id: int, headers: list[tuple[str, str]],
                      end: bool) -> None: ...
     async def send_data(self, stream_id: int, data: bytes) -> None: ...
+    def send_now(self, stream_id: int, data: bytes) -> bool: ...
     def end_stream(self, stream_id: int) -> None: ...
     def stream_open(self, stream_id: int) -> bool: ...
 
@@ -51,6 +52,10 @@ class ResponseWriter:
 
     async def write(self, data: bytes) -> None:
         await self._conn.send_data(self.stream_id, data)
+
+    def write_now(self, data: bytes) -> bool:
+        """Write without waiting if the connection can take it at once; False: not written."""
+        return self._conn.send_now(self.stream_id, data)
 
     async def end(self) -> None:
         if not self.finished:

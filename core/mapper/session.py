@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from meshscale import bitset
 from meshscale.mapper.frames import Message
@@ -34,6 +35,9 @@ class MapSession:
         # The node's key has expired (or it logged out): its full map has no peers and no
         # deltas reach it until it logs in again (set by each full map).
         self.cut_off = False
+        # Set while the stream's writer waits with nothing queued: writes a message at once
+        # (True) if its connection can take it without waiting, so a fan-out wakes no task.
+        self.direct: Callable[[Message], bool] | None = None
 
     def known_ids(self) -> list[int] | None:
         """The peers the client holds (None: every node), for debugging views."""
@@ -44,6 +48,8 @@ class MapSession:
     def push(self, msg: Message) -> None:
         if self.closed or self.needs_full or self.cut_off:
             return  # a pending full map will carry this change too; a cut-off node gets none
+        if self.direct is not None and not self.queue and self.direct(msg):
+            return
         if len(self.queue) >= MAX_BACKLOG:
             self.queue.clear()
             self.needs_full = True

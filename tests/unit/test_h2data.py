@@ -1,0 +1,89 @@
+"""lean_data against h2's own send_data: the same bytes, the same windows, the same refusals."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+
+from meshscale.control.h2data import data_frame, lean_data
+
+REQUEST = [(":method", "POST"), (":path", "/machine/map"), (":scheme", "http"),
+           (":authority", "x")]
+
+
+def pair(window: int = 4 << 20) -> tuple[h2.connection.H2Connection,
+                                         h2.connection.H2Connection, int]:
+    """A server with one open response stream (the client half-closed it), as a map stream."""
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    client.increment_flow_control_window(1 << 30)
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(sid, [(":status", "200")])
+    client.receive_data(server.data_to_send())
+    return server, client, sid
+
+
+def test_data_frame_bytes() -> None:
+    assert data_frame(1, b"abc") == b"\x00\x00\x03\x00\x00\x00\x00\x00\x01abc"
+    assert data_frame(0x7FFFFFFF, bytes(70000))[:9] == b"\x01\x11\x70\x00\x00\x7f\xff\xff\xff"
+
+
+@pytest.mark.parametrize("sizes", [[1], [70, 81, 200], [16384], [5000] * 20])
+def test_same_bytes_and_windows_as_h2(sizes: list[int]) -> None:
+    lean, client, sid = pair()
+    ref, _, _ = pair()
+    for n in sizes:
+        payload = bytes(range(256)) * (n // 256) + bytes(n % 256)
+        wire = lean_data(lean, sid, payload)
+        ref.send_data(sid, payload)
+        assert wire == ref.data_to_send()
+        assert lean.local_flow_control_window(sid) == ref.local_flow_control_window(sid)
+        assert lean.outbound_flow_control_window == ref.outbound_flow_control_window
+        # The client reads it as h2 data on the stream.
+        events = client.receive_data(wire)
+        assert [(type(e), e.stream_id, e.data) for e in events] == [
+            (h2.events.DataReceived, sid, payload)]
+    # h2 goes on from the same books: its own frames after ours are accepted.
+    lean.send_data(sid, b"tail", end_stream=True)
+    assert any(isinstance(e, h2.events.StreamEnded)
+               for e in client.receive_data(lean.data_to_send()))
+
+
+def test_pending_h2_bytes_go_first() -> None:
+    lean, client, sid = pair()
+    lean.ping(b"12345678")  # queued by h2, not yet taken
+    wire = lean_data(lean, sid, b"delta")
+    assert wire is not None
+    kinds = [type(e) for e in client.receive_data(wire)]
+    assert kinds == [h2.events.PingReceived, h2.events.DataReceived]
+
+
+def test_refusals_change_nothing() -> None:
+    server, client, sid = pair(window=100)
+    before = server.local_flow_control_window(sid)
+    assert lean_data(server, sid, bytes(101)) is None  # the stream's window
+    assert lean_data(server, sid, b"") is None
+    assert lean_data(server, sid + 2, b"x") is None  # no such stream
+    big, _, bsid = pair()
+    assert lean_data(big, bsid, bytes(big.max_outbound_frame_size + 1)) is None
+    assert server.local_flow_control_window(sid) == before
+    # A stream the client reset is not open for sending.
+    client.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    server.receive_data(client.data_to_send())
+    assert lean_data(server, sid, b"x") is None
+    # Nor is anything after the connection closed.
+    other, _, osid = pair()
+    other.close_connection()
+    assert lean_data(other, osid, b"x") is None
