@@ -8,6 +8,7 @@ from typing import Any
 
 from meshscale.bench.floor import floor
 from meshscale.bench.scenarios import churn, fanout, memory, policy, register, storm
+from meshscale.bench.shards import shards
 from meshscale.bench.soak import soak
 
 SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
@@ -19,4 +20,5 @@ SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "memory": memory,
     "soak": soak,
     "floor": floor,
+    "shards": shards,
 }

@@ -162,7 +162,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     bench = add(sub, "bench", "load generator: simulated nodes against a local server", common)
     bench.add_argument("scenario",
                        choices=["storm", "fanout", "policy", "churn", "memory", "register",
-                                "floor"],
+                                "floor", "shards"],
                        help="what to measure")
     bench.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
                        help="storage: SQLite, or a throw-away PostgreSQL started for the run")

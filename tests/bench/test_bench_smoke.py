@@ -88,3 +88,11 @@ async def test_floor_small() -> None:
     # Every record sealed and written reached its receiving socket: 2 rounds per event.
     assert out["bytes_received"] == 2 * 3 * 20 * out["record_bytes"]
     assert out["floor_us_per_recipient"] > 0 and out["seal_us_per_recipient"] > 0
+
+
+async def test_shards_small() -> None:
+    from meshscale.bench.shards import run
+
+    out = run(nodes=20, events=3, workers=2)
+    assert out["workers"] == 2 and out["wall_ms_per_event_median"] > 0
+    assert out["workers_cpu_s_per_event"] > 0
