@@ -111,6 +111,11 @@ class MapBuilder:
         self._live: int | None = None  # bitset of every node ID (see live_bits)
         self._engine_bits = getattr(engine, "visible_peer_bits", None)
         self._uniform = UniformPeers(self._chunks, self._chunk_versions, self._sub_versions)
+        state.subscribe(self._membership)
+
+    def _membership(self, change: ch.Change) -> None:
+        if not isinstance(change, ch.NodePatched):
+            self._uniform.changed()  # nodes came or went, or users or nodes changed
 
     def _dns_for(self, node: Node) -> dict[str, Any]:
         """The DNSConfig for ``node``: the shared one, plus the node's own name as its

@@ -127,8 +127,6 @@ class Mapper(MapBuilder):
                 s.resync()
 
     def _on_change(self, change: ch.Change) -> None:
-        if not isinstance(change, ch.NodePatched):
-            self._uniform.changed()  # nodes came or went, or users or nodes changed
         # What is stale, and for whom, is the invalidation table's decision (invalidation.py).
         rows = stale(change)
         if isinstance(change, (ch.NodeAdded, ch.NodeRemoved)) or (
