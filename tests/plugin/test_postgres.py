@@ -93,6 +93,10 @@ async def test_killing_postgres_mid_write(
     own_pg.stop()
     own_pg.start()
     state.create_user("after-restart")
+    # The one-server lock went with the old session; the write that found the database back
+    # took it again.
+    with pytest.raises(StorageError, match="in use by another meshscale server"):
+        await asyncio.to_thread(open_postgres, build_config({"database": database}))
 
     # Kill it (SIGQUIT: an immediate shutdown, no checkpoint) while writes are under way.
     acked: list[str] = []
@@ -149,6 +153,8 @@ async def test_killing_postgres_mid_write(
         await asyncio.sleep(0.05)
     await asyncio.to_thread(admin.call, "POST", "/v1/users", {"name": "carol"})
     assert (await http_get(server.main_port, "/health")).startswith(b"HTTP/1.1 200")
+    with pytest.raises(StorageError, match="in use by another meshscale server"):
+        await asyncio.to_thread(open_postgres, build_config({"database": database}))
     node = SimNode("late")
     await node.conn.connect("127.0.0.1", server.main_port)
     assert (await node.register(key)).get("MachineAuthorized") is True
