@@ -132,6 +132,14 @@ def check_derp(config: Config, host: PluginHost) -> None:
         )
 
 
+def check_dns_records(config: Config, host: PluginHost) -> None:
+    """dns.extra_records_path is a readable JSON file of valid records."""
+    from meshscale.dns.records import read_records  # noqa: PLC0415
+
+    if config.dns.extra_records_path:
+        read_records(config.resolve(config.dns.extra_records_path))
+
+
 def check_plugin_extras(config: Config, host: PluginHost) -> None:
     """A built-in plugin with an extra of its name (metrics -> ``meshscale[metrics]``) has that
     extra's distributions installed; plugins import them only at start-up, too late to refuse
@@ -175,6 +183,7 @@ def _usable(dist: str) -> bool:
 
 CHECKS: list[Callable[[Config, PluginHost], None]] = [
     check_plugin_extras, check_data_dir, check_tls, check_storage, check_policy, check_derp,
+    check_dns_records,
 ]
 
 

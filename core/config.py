@@ -19,10 +19,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
 from meshscale import hsconfig
+from meshscale.dns import model as dns_model
+from meshscale.dns.model import DnsConfig
 from meshscale.errors import ConfigError, ConfigErrors
 
 log = logging.getLogger(__name__)
@@ -226,30 +229,6 @@ class DerpConfig:
     paths: tuple[str, ...] = ()
     auto_update_enabled: bool = True
     update_frequency: Duration = Duration(86400)
-
-
-@dataclass(frozen=True)
-class NameserversConfig:
-    # Named "global" in YAML; "global_" here because it is a Python keyword.
-    global_: tuple[str, ...] = ()
-    split: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ExtraRecord:
-    name: str
-    type: str
-    value: str
-
-
-@dataclass(frozen=True)
-class DnsConfig:
-    magic_dns: bool = True
-    base_domain: str = "meshscale.net"
-    override_local_dns: bool = False
-    nameservers: NameserversConfig = field(default_factory=NameserversConfig)
-    search_domains: tuple[str, ...] = ()
-    extra_records: tuple[ExtraRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -540,6 +519,19 @@ def _build(cls: type[T], raw: Any, path: str, errors: list[ConfigError]) -> T:
         raise ConfigError(path, f"missing {', '.join(missing)}") from None
 
 
+def build_section(cls: type[T], raw: Any, path: str) -> T:
+    """One section (a config dataclass) from raw values, checked key by key exactly as in the
+    config file; every problem at once (ConfigErrors), named by its dotted path."""
+    errors: list[ConfigError] = []
+    try:
+        out = _build(cls, raw, path, errors)
+    except ConfigError as exc:
+        errors.append(exc)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return out
+
+
 # -- loading ------------------------------------------------------------------------------------
 
 
@@ -740,17 +732,8 @@ def _check_semantics(cfg: Config) -> Iterator[ConfigError]:
     if bool(cfg.tls_cert_path) != bool(cfg.tls_key_path):
         yield ConfigError("tls_cert_path", "tls_cert_path and tls_key_path go together")
     yield from _check_acme(cfg)
-    if cfg.dns.magic_dns and not cfg.dns.base_domain:
-        yield ConfigError("dns.base_domain", "required when dns.magic_dns is true")
-    if cfg.dns.base_domain and not re.fullmatch(
-        r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
-        cfg.dns.base_domain,
-    ):
-        yield ConfigError("dns.base_domain", f"not a valid DNS name: {cfg.dns.base_domain!r}")
+    yield from dns_model.check(cfg.dns, urlsplit(cfg.server_url).hostname or "")
     yield from _check_limits(cfg.limits)
-    for i, rec in enumerate(cfg.dns.extra_records):
-        if rec.type not in ("A", "AAAA"):
-            yield ConfigError(f"dns.extra_records[{i}].type", "must be A or AAAA")
     limits = cfg.client_limits
     if limits.hostinfo_max_bytes < 1024:
         yield ConfigError("client_limits.hostinfo_max_bytes", "must be at least 1024")

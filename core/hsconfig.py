@@ -80,8 +80,6 @@ LACKING: tuple[Lacking, ...] = (
     Lacking(("derp.server.stun",), "a switch for STUN; meshscale's STUN is the stun plugin"),
     Lacking(("trusted_proxies",), "client addresses from proxy headers (X-Forwarded-For)",
             on=_on_if_set, off="leave trusted_proxies empty"),
-    Lacking(("dns.extra_records_path",), "DNS records from a watched file",
-            on=_on_if_set, off="put the records under dns.extra_records"),
     Lacking(("dns.use_username_in_magic_dns", "dns_config.use_username_in_magic_dns"),
             "user names in MagicDNS names (headscale removed it too)", on=_on_if_set),
     # Only when the oidc plugin is not loaded: a loaded plugin owns its section.

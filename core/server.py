@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import gc
 import logging
@@ -27,11 +28,12 @@ from meshscale.api.openapi import openapi_routes
 from meshscale.api.remoteadmin import remote_admin_routes
 from meshscale.api.rest import rest_routes
 from meshscale.auth import Logins
-from meshscale.config import Config, split_host_port
+from meshscale.config import Config, load_config, split_host_port
 from meshscale.contributions import pick
 from meshscale.control.plane import ControlPlane
 from meshscale.datadir import DataDirLock, ensure_data_dir
 from meshscale.derpmap import DerpMapManager
+from meshscale.dns.settings import DnsSettings
 from meshscale.errors import ConfigError, MeshscaleError, PluginError, PolicyError
 from meshscale.events import PolicyEvent
 from meshscale.limits import connection_ceiling, raise_fd_limit
@@ -41,7 +43,7 @@ from meshscale.noise.handshake import public_bytes
 from meshscale.pluginhost import PluginHost
 from meshscale.policy import Affected, AllowAllEngine, PolicyEngine
 from meshscale.state.apikeys import ApiKeys
-from meshscale.state.changes import DerpMapChanged, PolicyChanged
+from meshscale.state.changes import DerpMapChanged, DnsChanged, PolicyChanged
 from meshscale.state.lifecycle import NodeLifecycle
 from meshscale.state.store import PolicyHooks, State
 from meshscale.storage.base import PutPolicy, Snapshot, Storage
@@ -86,6 +88,7 @@ class Server:
         self.apikeys: ApiKeys | None = None
         self.plane: ControlPlane | None = None
         self.derp: DerpMapManager | None = None
+        self.dns: DnsSettings | None = None
         self.front: FrontDoor | None = None
         self.listeners: list[asyncio.Server | Listener] = []
         self.main_tls: MainTls | None = None
@@ -262,11 +265,12 @@ class Server:
                         "them with `meshscale nodes approve -i ID` (nodes list: Approved no)",
                         len(state.pending), cfg.node.approval)
         self.apikeys = ApiKeys(self.storage, snap)
+        self.dns = self.build_dns(snap)
 
         self.derp = self._make_derp_manager()
         self.mapper = Mapper(
             cfg, state, self.engine, self.derp_map,
-            notify=self.host.hooks.map_sent,
+            notify=self.host.hooks.map_sent, dns=self.dns.in_force,
         )
         self.lifecycle = lifecycle = NodeLifecycle(cfg, state, self.host.hooks)
         self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host, lifecycle,
@@ -280,6 +284,8 @@ class Server:
             self.derp.add_listener(lambda _m: state.publish(DerpMapChanged()))
             if cfg.derp.auto_update_enabled:
                 self.spawn(self.derp.run(), "derp-map-updates")
+        self.dns.add_listener(lambda: state.publish(DnsChanged()))
+        self.spawn(self.dns.watch(), "dns-extra-records-watch")
 
         routes = [*self.host.hooks.http_routes(cfg), *self.plane.logins.routes(),
                   *rest_routes(self), *openapi_routes(),
@@ -360,6 +366,13 @@ class Server:
         )
         state.refresh_auto_approvals()  # the policy is in force now: autoApprovers apply
         return state, engine, text
+
+    def build_dns(self, snap: Snapshot) -> DnsSettings:
+        """The DNS settings in force, as at start-up: the config file's section or the stored
+        replacement, and the records of dns.extra_records_path (a bad file refuses the start)."""
+        dns = DnsSettings(self._config, self.storage, snap.settings)
+        dns.open_records_file()
+        return dns
 
     async def _bind_main(self) -> Listener:
         cfg = self._config
@@ -464,10 +477,30 @@ class Server:
         self._policy_affected(affected)
 
     def reload(self) -> None:
-        """SIGHUP: the policy file and the TLS certificate files, each kept if the new is bad."""
+        """SIGHUP: the policy file, the TLS certificate files and the config file's dns
+        section, each kept if the new is bad."""
         self.reload_policy_file()
         if self.main_tls is not None:
             self.main_tls.reload()
+        self.reload_dns()
+
+    def reload_dns(self) -> None:
+        """The config file's ``dns:`` section again (other keys still need a restart)."""
+        source = self._config.source
+        if self.dns is None or not source:
+            return
+        try:
+            fresh = load_config(source, sections_for=lambda _names: self.host.hooks
+                                .config_sections())
+        except ConfigError as exc:
+            log.error("SIGHUP: %s is invalid, keeping the DNS settings in force: %s",
+                      source, exc)
+            return
+        if fresh.dns != self.dns.file_section:
+            log.info("SIGHUP: the dns section of %s is read again", source)
+        self.dns.reload(dataclasses.replace(self._config, dns=fresh.dns))
+        # The section in force is the server's config from now on (what a start would read).
+        self._config = dataclasses.replace(self._config, dns=self.dns.file_section)
 
     def reload_policy_file(self) -> None:
         cfg = self._config.policy

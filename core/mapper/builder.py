@@ -9,6 +9,7 @@ chunks of peers (architecture.md §3).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -18,6 +19,8 @@ from weakref import WeakKeyDictionary
 
 from meshscale import bitset, tailcfg
 from meshscale.config import Config
+from meshscale.dns import render
+from meshscale.dns.model import DnsConfig
 from meshscale.mapper import wire
 from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
 from meshscale.mapper.session import MapSession
@@ -89,8 +92,12 @@ class MapBuilder:
         state: State,
         engine: PolicyEngine,
         derp_map: Callable[[], Mapping[str, Any]],
+        dns: Callable[[], DnsConfig] | None = None,
     ) -> None:
-        self.config = config
+        # The DNS settings in force (they change at run time: meshscale.dns.settings); the
+        # config's own section when nothing else is given.
+        self.dns_source: Callable[[], DnsConfig] = dns or (lambda: config.dns)
+        self.config = dataclasses.replace(config, dns=self.dns_source())
         self.state = state
         self.engine = engine
         self.derp_map = derp_map
@@ -100,7 +107,7 @@ class MapBuilder:
         # Policy CapMap per node as last seen: a change can change how peers see the node
         # (disable-ipv4), so policy changes compare against it.
         self._caps: dict[int, bytes] = {i: self._caps_json(i) for i in state.nodes}
-        self._dns = wire.dns_config(config)
+        self._dns = self._render_dns()
         # Whether nodes may get certificates for their names (`tailscale cert`): only when a
         # DNS-01 provider can publish the challenge (control/setdns.py); the server sets it.
         self.cert_domains = False
@@ -125,6 +132,39 @@ class MapBuilder:
         return {**self._dns, "CertDomains": [wire.fqdn(node, self.config).rstrip(".")]}
 
     # -- building blocks ---------------------------------------------------------------------------
+
+    def _render_dns(self) -> dict[str, Any]:
+        prefixes = self.config.prefixes
+        self._dns_msg: Message | None = None
+        return render.dns_config(self.config.dns, prefixes.v4, prefixes.v6)
+
+    def refresh_dns(self) -> bool | None:
+        """Take the DNS settings in force (meshscale.dns.settings). True: the base domain
+        changed, so every node's name did (streams need full maps); False: only DNSConfig
+        changed; None: nothing clients hold changed."""
+        new = self.dns_source()
+        renamed = new.base_domain != self.config.dns.base_domain
+        self.config = dataclasses.replace(self.config, dns=new)
+        before, self._dns = self._dns, self._render_dns()
+        if renamed:
+            self._forget_all()
+            return True
+        return False if self._dns != before else None
+
+    def dns_message(self, node: Node) -> Message:
+        """``{"DNSConfig": ...}`` for ``node``'s stream; one shared message unless it carries
+        the node's own CertDomains."""
+        if self.cert_domains and self.config.dns.base_domain:
+            return Message.of({"DNSConfig": self._dns_for(node)})
+        if self._dns_msg is None:
+            self._dns_msg = Message.of({"DNSConfig": self._dns})
+        return self._dns_msg
+
+    def _forget_all(self) -> None:
+        """Every node's cached JSON is stale (a new base domain renames them all)."""
+        self._peer_json.clear()
+        self._variants.clear()
+        self._chunks = ChunkCache()
 
     @property
     def primary_routes(self) -> Mapping[int, list[str]]:

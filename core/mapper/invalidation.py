@@ -19,7 +19,8 @@ whose policy outputs may differ (``Affected``), which arrive as ``POLICY_CHANGED
 scope; the changed node's own stream is always among them. The mapper recomputes those
 outputs and sends each stream only what differs from what it holds.
 
-DNSConfig comes from the config file alone: no runtime event makes it stale (a restart does).
+DNSConfig changes at run time (admin API, SIGHUP, the extra records file): ``DNS`` goes to every
+stream; a new base domain renames every node, so then each stream gets a full map.
 
 The oracle (tests/plugin/test_oracle.py) checks the table's consequences: after any sequence of
 changes every stream's netmap equals what a freshly started server sends.
@@ -45,6 +46,7 @@ class Output(Flag):
     PROFILE = auto()  # the UserProfile of the node's (or the user's) owner
     POLICY = auto()  # packet filter, SSH policy, visible peers, per-viewer AllowedIPs/routes
     DERP = auto()  # DERPMap
+    DNS = auto()  # DNSConfig (and, with a new base domain, every node's name and Domain)
 
 
 class Event(Enum):
@@ -65,6 +67,7 @@ class Event(Enum):
     USER_CHANGED = "user changed"
     POLICY_CHANGED = "policy outputs changed"
     DERP_MAP_CHANGED = "DERP map changed"
+    DNS_CHANGED = "DNS settings changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ TABLE: Mapping[Event, Stale] = {
     Event.USER_CHANGED: Stale(everyone=Out.PROFILE),
     Event.POLICY_CHANGED: Stale(everyone=Out.POLICY),  # scope: the nodes the engine names
     Event.DERP_MAP_CHANGED: Stale(everyone=Out.DERP),
+    Event.DNS_CHANGED: Stale(everyone=Out.DNS),
 }
 
 _WHY = {
@@ -151,6 +155,8 @@ def events_of(change: ch.Change) -> list[Event]:
         return [Event.USER_CHANGED]
     if isinstance(change, ch.PolicyChanged):
         return [Event.POLICY_CHANGED]
+    if isinstance(change, ch.DnsChanged):
+        return [Event.DNS_CHANGED]
     return [Event.DERP_MAP_CHANGED]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from meshscale import bitset
 from meshscale.config import Config
+from meshscale.dns.model import DnsConfig
 from meshscale.events import MapKind, MapSent
 from meshscale.mapper import wire
 from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps, cut_off, digest
@@ -50,8 +51,9 @@ class Mapper(MapBuilder):
         engine: PolicyEngine,
         derp_map: Callable[[], Mapping[str, Any]],
         notify: Notify | None = None,
+        dns: Callable[[], DnsConfig] | None = None,
     ) -> None:
-        super().__init__(config, state, engine, derp_map)
+        super().__init__(config, state, engine, derp_map, dns)
         self.notify = notify or (lambda _e: None)
         self.sessions: dict[int, MapSession] = {}
         self._change_started = 0.0  # when the change being fanned out reached us (MapSent)
@@ -164,6 +166,18 @@ class Mapper(MapBuilder):
             self.policy_changed(change.affected)
         if rows.everyone & Output.DERP:
             self._send(self.sessions.values(), Message.of({"DERPMap": self.derp_map()}))
+        if rows.everyone & Output.DNS:
+            self._dns_changed(self.refresh_dns())
+
+    def _dns_changed(self, renamed: bool | None) -> None:
+        """New DNS settings (builder.refresh_dns): each stream gets its DNSConfig, or, when
+        every node was renamed (a new base domain), a full map."""
+        for s in self.sessions.values() if renamed is not None else ():
+            node = self.state.nodes.get(s.node_id)
+            if renamed or node is None:
+                s.resync()
+            else:
+                self._send([s], self.dns_message(node))
 
     def _remove(self, node_id: int) -> None:
         self._forget(node_id)

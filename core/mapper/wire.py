@@ -1,4 +1,6 @@
-"""tailcfg JSON built from state: a Node as peers and itself see it, UserProfile, DNSConfig.
+"""tailcfg JSON built from state: a Node as peers and itself see it, UserProfile.
+
+DNSConfig is meshscale.dns.render's.
 
 The vocabulary (key and time spellings, the tagged-devices user) is meshscale.tailcfg's.
 """
@@ -78,29 +80,3 @@ def user_profile(user: User) -> dict[str, Any]:
         "LoginName": user.login_name,
         "DisplayName": user.display_name or user.name,
     }
-
-
-def dns_config(config: Config) -> dict[str, Any]:
-    dns = config.dns
-    resolvers = [{"Addr": a} for a in dns.nameservers.global_]
-    domains = list(dns.search_domains)
-    out: dict[str, Any] = {"Proxied": dns.magic_dns}
-    if dns.magic_dns and dns.base_domain:
-        domains.insert(0, dns.base_domain)
-    if dns.override_local_dns:
-        out["Resolvers"] = resolvers
-    else:
-        out["FallbackResolvers"] = resolvers
-    routes: dict[str, Any] = {
-        f"{suffix}.": [{"Addr": a} for a in servers]
-        for suffix, servers in dns.nameservers.split.items()
-    }
-    if routes:
-        out["Routes"] = routes
-    if domains:
-        out["Domains"] = domains
-    if dns.extra_records:
-        out["ExtraRecords"] = [
-            {"Name": r.name, "Type": r.type, "Value": r.value} for r in dns.extra_records
-        ]
-    return out

@@ -71,11 +71,16 @@ class DerpMapChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsChanged:
+    """The DNS settings in force changed (admin API, SIGHUP, the extra records file)."""
+
+
+@dataclass(frozen=True, slots=True)
 class UserChanged:
     user_id: int
 
 
 Change = (
     NodeAdded | NodeRemoved | NodeChanged | NodePatched | PolicyChanged | DerpMapChanged
-    | UserChanged
+    | UserChanged | DnsChanged
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from meshscale.state.models import ApiKey, Node, PreAuthKey, User
@@ -66,8 +67,22 @@ class DeleteApiKey:
     key_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class PutSetting:
+    """A run-time setting (``dns``: the admin API's DNS settings) as JSON; None deletes it."""
+
+    name: str
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    value: str
+    updated_at: datetime
+
+
 Op = (PutUser | DeleteUser | PutKey | DeleteKey | PutNode | DeleteNode | PutPolicy | PutCounter
-      | PutApiKey | DeleteApiKey)
+      | PutApiKey | DeleteApiKey | PutSetting)
 
 
 @dataclass(slots=True)
@@ -78,6 +93,7 @@ class Snapshot:
     policy: str | None = None
     counters: dict[str, int] = field(default_factory=dict)  # highest ID ever used, per kind
     api_keys: list[ApiKey] = field(default_factory=list)
+    settings: dict[str, Setting] = field(default_factory=dict)
 
 
 class Storage(Protocol):

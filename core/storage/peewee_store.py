@@ -25,7 +25,9 @@ from meshscale.storage.base import (
     PutKey,
     PutNode,
     PutPolicy,
+    PutSetting,
     PutUser,
+    Setting,
     Snapshot,
 )
 
@@ -134,6 +136,8 @@ class PeeweeStorage:
         snap.api_keys = [_record_of(ApiKey, r) for r in
                          schema.ApiKeyRow.select().order_by(schema.ApiKeyRow.id).execute(db)]
         snap.counters = {r.name: int(r.value) for r in schema.IdCounterRow.select().execute(db)}
+        snap.settings = {r.name: Setting(r.value, _aware(r.updated_at) or datetime.now(UTC))
+                         for r in schema.SettingRow.select().execute(db)}
         return snap
 
     # -- writing ----------------------------------------------------------------------------------
@@ -169,5 +173,11 @@ class PeeweeStorage:
         elif isinstance(op, PutPolicy):
             schema.PolicyRow.insert(data=op.text, created_at=_naive(datetime.now(UTC))) \
                 .as_rowcount().execute(db)
+        elif isinstance(op, PutSetting):
+            if op.value is None:
+                schema.SettingRow.delete().where(schema.SettingRow.name == op.name).execute(db)
+            else:
+                _upsert(db, schema.SettingRow, name=op.name, value=op.value,
+                        updated_at=_naive(datetime.now(UTC)))
         else:  # pragma: no cover - exhaustive
             raise StorageError(f"unknown storage op {op!r}")

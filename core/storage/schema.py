@@ -111,5 +111,17 @@ class IdCounterRow(BaseModel):
         table_name = "id_counters"
 
 
+class SettingRow(BaseModel):
+    """Settings changed at run time through the admin API (``dns``), JSON; they override the
+    config file's section of the same name until deleted."""
+
+    name = pw.CharField(primary_key=True)
+    value = pw.TextField()
+    updated_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "meshscale_settings"
+
+
 MODELS: list[type[BaseModel]] = [UserRow, PreAuthKeyRow, NodeRow, PolicyRow, IdCounterRow,
-                                 ApiKeyRow]
+                                 ApiKeyRow, SettingRow]

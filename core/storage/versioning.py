@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 7
+CURRENT = 8
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -152,10 +152,18 @@ def _v6_to_v7(db: pw.Database) -> None:
     _sql(db, f'ALTER TABLE "nodes" ADD COLUMN "approved" {kind}')
 
 
+def _v7_to_v8(db: pw.Database) -> None:
+    """Version 8 adds ``meshscale_settings``, settings changed through the admin API (DNS)."""
+    from meshscale.storage import schema  # noqa: PLC0415 - the models bind to db now
+
+    db.create_tables([schema.SettingRow])
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3,
                                                          3: _v3_to_v4, 4: _v4_to_v5,
-                                                         5: _v5_to_v6, 6: _v6_to_v7}
+                                                         5: _v5_to_v6, 6: _v6_to_v7,
+                                                         7: _v7_to_v8}
 
 
 # -- acting on a live database ----------------------------------------------------------------

@@ -80,7 +80,6 @@ def test_switched_on_features_are_refused_all_in_one_run(
     raw = yaml.safe_load((DATA / "config-0.29.2.yaml").read_text())
     raw["oidc"] = {"issuer": "https://sso.example.com", "client_id": "x", "client_secret": "y"}
     raw["trusted_proxies"] = ["10.0.0.0/8"]
-    raw["dns"]["extra_records_path"] = "/var/lib/headscale/extra-records.json"
     raw["listen_adr"] = "typo"
     raw["prefixes"]["v4"] = "100.64.0.1/10"
     path = write(sandbox, raw)
@@ -91,15 +90,13 @@ def test_switched_on_features_are_refused_all_in_one_run(
     assert problems == [
         "meshscale: invalid config: trusted_proxies: client addresses from proxy headers "
         "(X-Forwarded-For) is not available in meshscale; leave trusted_proxies empty",
-        "meshscale: invalid config: dns.extra_records_path: DNS records from a watched file is "
-        "not available in meshscale; put the records under dns.extra_records",
         "meshscale: invalid config: oidc: OIDC login without the oidc plugin is not available in "
         "meshscale; add oidc to plugins (pip install 'meshscale[oidc]'), or remove the oidc "
         "section's issuer",
         "meshscale: invalid config: listen_adr: unknown key",
         "meshscale: invalid config: prefixes.v4: invalid IP prefix '100.64.0.1/10': "
         "100.64.0.1/10 has host bits set",
-        f"configtest: 5 problem(s) with {path}",
+        f"configtest: 4 problem(s) with {path}",
     ]
 
 

@@ -45,7 +45,8 @@ def fresh_maps(server: Server) -> dict[int, dict[str, Any]]:
             state.set_online(node, True)  # as when its client connects to a restarted server
         node.last_seen = now.last_seen
     _adopt_primaries(live.routes, state.routes)
-    mapper = Mapper(server.config, state, engine, server.derp_map)
+    dns = server.build_dns(server.storage.load())
+    mapper = Mapper(server.config, state, engine, server.derp_map, dns=dns.in_force)
     out = {}
     for node_id in state.nodes:
         body = mapper.full_map(MapSession(node_id, False)).body

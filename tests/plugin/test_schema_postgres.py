@@ -80,8 +80,9 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     storage.close()
     # Version 1 is the same tables without the marker, the ID counters (version 3), the
     # API keys (version 4), the users' picture and groups (version 5), the keys' hash
-    # scheme (version 6) and nodes.approved (version 7).
+    # scheme (version 6), nodes.approved (version 7) and the run-time settings (version 8).
     run(pg_server, database, "DROP TABLE meshscale_schema")
+    run(pg_server, database, "DROP TABLE meshscale_settings")
     run(pg_server, database, "DROP TABLE id_counters")
     run(pg_server, database, "DROP TABLE meshscale_api_keys")
     run(pg_server, database, 'ALTER TABLE users DROP COLUMN picture, DROP COLUMN "groups"')
@@ -98,6 +99,7 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     _, counters = after.pop("id_counters")
     assert counters == [("key", 1), ("user", 1)]  # seeded from the highest IDs present
     assert after.pop("meshscale_api_keys")[1] == []
+    assert after.pop("meshscale_settings")[1] == []
     cols, rows = after["users"]
     assert cols[-2:] == [("picture", "text"), ("groups", "text")]
     assert [r[-2:] for r in rows] == [("", "[]")]
@@ -111,6 +113,6 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     after["nodes"] = (node_cols[:-1], node_rows)
     added = set(after.pop("indexes")) - set(before.pop("indexes"))
     assert {name for (name,) in added} == {"id_counters_pkey", "meshscale_api_keys_pkey",
-                                          "apikeyrow_prefix"}
+                                          "apikeyrow_prefix", "meshscale_settings_pkey"}
     assert after == before
     assert [u.name for u in snap.users] == ["alice"] and snap.policy == '{"acls": []}'

@@ -16,6 +16,7 @@ def test_every_event_has_a_row() -> None:
 def test_every_change_kind_maps_to_rows() -> None:
     samples: list[ch.Change] = [
         ch.NodeAdded(1), ch.NodeRemoved(1), ch.UserChanged(1), ch.DerpMapChanged(),
+        ch.DnsChanged(),
         ch.PolicyChanged(Affected.all()),
         *(ch.NodeChanged(1, why) for why in ch.Why),
         *(ch.NodePatched(1, f) for f in ch.Patch if f),

@@ -159,6 +159,7 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     # Version 3: the ID high-water marks, seeded with the highest IDs present.
     assert new.pop("id_counters") == [("key", 1), ("node", 7), ("user", 1)]
     assert new.pop("meshscale_api_keys") == []  # version 4
+    assert new.pop("meshscale_settings") == []  # version 8
     # Version 5: users gain picture and groups, empty for the users there were.
     assert [row[-2:] for row in new["users"]] == [("", "[]")]
     new["users"] = [row[:-2] for row in new["users"]]
@@ -182,7 +183,8 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     assert snap.policy == '{"acls": []}'
     assert versioning.inspect_sqlite_file(db) == Verdict(
         "current", CURRENT,
-        tuple(sorted([*old, "meshscale_schema", "id_counters", "meshscale_api_keys"])))
+        tuple(sorted([*old, "meshscale_schema", "id_counters", "meshscale_api_keys",
+                      "meshscale_settings"])))
 
 
 def test_a_failing_migration_changes_nothing(tmp_path: Path,
@@ -219,7 +221,7 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         conn.close()
         return rows
 
-    assert CURRENT == 7
+    assert CURRENT == 8
     users_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "users"'))
     users_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "users"'))
     # Version 5: the login provider's picture and groups (OIDC).
@@ -242,5 +244,8 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         'CREATE TABLE "meshscale_schema" '
         "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)",
         'CREATE TABLE "id_counters" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
-        '"value" INTEGER NOT NULL)'}
+        '"value" INTEGER NOT NULL)',
+        # Version 8: settings changed through the admin API (DNS).
+        'CREATE TABLE "meshscale_settings" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
+        '"value" TEXT NOT NULL, "updated_at" DATETIME NOT NULL)'}
     assert ddl(old) - {users_v1, keys_v1, nodes_v1} <= ddl(fresh)
