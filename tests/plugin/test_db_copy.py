@@ -36,7 +36,8 @@ def pg_url(database: dict[str, Any]) -> str:
 def comparable(snap: Snapshot) -> Any:
     return (snap.users, snap.keys, [(n.id, n.machine_key, n.node_key, n.hostinfo, n.ipv4,
                                      n.ipv6, n.tags, n.created_at, n.last_seen, n.expiry,
-                                     n.approved_routes) for n in snap.nodes], snap.policy)
+                                     n.approved_routes) for n in snap.nodes], snap.policy,
+            {name: row.value for name, row in snap.settings.items()})
 
 
 async def test_copy_to_postgres_and_back(
@@ -66,6 +67,8 @@ async def test_copy_to_postgres_and_back(
     _, tagged = first.state.create_key(alice, reusable=True, tags=["tag:web"])
     first.set_policy(POLICY, "test", persist=True)
     first.set_policy(POLICY.replace("*:*", "alice@:*"), "test", persist=True)
+    assert first.dns is not None
+    first.dns.set({"base_domain": "ts.example.com"})  # DNS set through the admin API
     nodes = [await join(first, key, "laptop", stream=False),
              await join(first, tagged, "web", stream=False)]
     before = first.storage.load()
@@ -82,8 +85,8 @@ async def test_copy_to_postgres_and_back(
 
     assert main(["-c", str(config_file), "db", "copy", "--to", pg_url(database)]) == 0
     out = capsys.readouterr().out
-    assert ("2 users, 2 pre_auth_keys, 2 nodes, 2 policies, 3 id_counters, 0 meshscale_api_keys; "
-            "every row checked"
+    assert ("2 users, 2 pre_auth_keys, 2 nodes, 2 policies, 3 id_counters, 0 meshscale_api_keys, "
+            "1 meshscale_settings; every row checked"
             in out)
 
     # A server on PostgreSQL loads exactly what SQLite held, and keeps writing (the serial of
