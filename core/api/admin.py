@@ -16,6 +16,7 @@ from quart import Quart, Response, request
 
 from meshscale import tailcfg
 from meshscale.api.apikeys import add_routes as add_apikey_routes
+from meshscale.api.dnsapi import add_routes as add_dns_routes
 from meshscale.errors import MeshscaleError, NotFoundError, StorageError
 from meshscale.policy import check_admin_tags
 from meshscale.state.models import Node, PreAuthKey, User
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from meshscale.config import Config
     from meshscale.control.interactive import InteractiveLogins
     from meshscale.control.plane import ControlPlane
+    from meshscale.dns.settings import DnsSettings
     from meshscale.mapper.mapper import Mapper
     from meshscale.pluginhost import PluginHost
     from meshscale.policy import PolicyEngine
@@ -56,6 +58,8 @@ class AdminServer(Protocol):
     def policy_text(self) -> str | None: ...
     def set_policy(self, text: str, source: str, persist: bool) -> None: ...
     def stats(self) -> Mapping[str, float]: ...
+    @property
+    def dns(self) -> DnsSettings | None: ...
 
 
 def _time(t: Any) -> str | None:
@@ -155,6 +159,13 @@ def create_admin_app(server: AdminServer) -> Quart:
         return server.apikeys
 
     add_apikey_routes(app, apikeys)
+
+    def dns() -> DnsSettings:
+        if server.dns is None:
+            raise MeshscaleError("the server is not running yet")
+        return server.dns
+
+    add_dns_routes(app, dns)
 
     # -- users ---------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from meshscale.checks import explain
 from meshscale.cli import (
     apikeys,
     auth,
+    dns,
     hsjson,
     imporths,
     nodes,
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(sub, "serve", "run the server", common).set_defaults(fn=cmd_serve)
     add(sub, "configtest", "check the config and everything serve checks, then exit",
         common).set_defaults(fn=cmd_configtest)
-    for group in (users, nodes, auth, preauthkeys, apikeys, policy, tools, imporths):
+    for group in (users, nodes, auth, preauthkeys, apikeys, policy, dns, tools, imporths):
         group.register(sub, common)
     return p
 

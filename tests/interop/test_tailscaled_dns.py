@@ -102,5 +102,27 @@ def test_nameservers_split_dns_search_domains_and_extra_records(
                      "the refusal in the server log")
             assert f"{records}: [0].value: not an IP address: 'nope'" in server.log.read_text()
             assert answers(dns_query(a, f"grafana.{BASE_DOMAIN}")) == ["100.100.7.8"]
+
+            # Set through the admin API (meshscale dns set): stored over the config file's
+            # section, sent to the running clients at once.
+            server.cli("dns", "set", "--search-domains", "lab.example", "--extra-record",
+                       f"api.{BASE_DOMAIN}=100.100.6.6")
+            wait_for(lambda: dns_status(a)["SearchDomains"] == [BASE_DOMAIN, "lab.example"],
+                     10, "the new search domain on alpha")
+            assert answers(dns_query(a, f"api.{BASE_DOMAIN}")) == ["100.100.6.6"]
+            assert dns_query(a, f"wiki.{BASE_DOMAIN}")["ResponseCode"] == "RCodeNameError"
+            # A new base domain renames every node: the clients get new full maps.
+            server.cli("dns", "set", "--base-domain", "tailnet.example.org",
+                       "--no-extra-records")
+            wait_for(lambda: answers(dns_query(a, "beta.tailnet.example.org")) == [beta_v4],
+                     10, "beta under the new base domain")
+            assert a.status()["Self"]["DNSName"] == "alpha.tailnet.example.org."
+            assert b.peers()["alpha"]["DNSName"] == "alpha.tailnet.example.org."
+            # And back to the config file's section.
+            server.cli("dns", "reset", "--force")
+            wait_for(lambda: answers(dns_query(a, f"wiki.{BASE_DOMAIN}")) == ["100.100.8.8"],
+                     10, "the config file's records again")
+            assert answers(dns_query(b, f"alpha.{BASE_DOMAIN}")) == [
+                server.nodes()["alpha"]["ip_addresses"][0]]
         finally:
             server.stop()
