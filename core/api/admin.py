@@ -159,13 +159,7 @@ def create_admin_app(server: AdminServer) -> Quart:
         return server.apikeys
 
     add_apikey_routes(app, apikeys)
-
-    def dns() -> DnsSettings:
-        if server.dns is None:
-            raise MeshscaleError("the server is not running yet")
-        return server.dns
-
-    add_dns_routes(app, dns)
+    add_dns_routes(app, lambda: server.dns)
 
     # -- users ---------------------------------------------------------------------------------
 

@@ -6,20 +6,27 @@ section (the config file's keys; left-out keys take their defaults) in the datab
 overrides the config file's section until ``DELETE`` removes it. A bad value is refused with its
 key (``dns.nameservers.global[1]: ...``) and nothing changes; so is a write the database refuses.
 Connected clients get a change at once. The same operations serve the unix socket (``/v1/dns``,
-``meshscale dns``; remote CLIs through /api/meshscale) and ``/api/v1/dns`` (meshscale.api.rest).
+``meshscale dns``; remote CLIs through /api/meshscale) and ``/api/v1/dns`` (meshscale.api.restdns).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import Quart, Response, request
 
-from meshscale.api.resttypes import Call
-from meshscale.dns.settings import DnsSettings
 from meshscale.errors import ConfigError, MeshscaleError, config_problems
+
+if TYPE_CHECKING:
+    from meshscale.dns.settings import DnsSettings
+
+
+def running(settings: DnsSettings | None) -> DnsSettings:
+    if settings is None:
+        raise MeshscaleError("the server is not running yet")
+    return settings
 
 
 def show(dns: DnsSettings) -> dict[str, Any]:
@@ -43,8 +50,11 @@ def delete(dns: DnsSettings) -> dict[str, Any]:
     return dns.view()
 
 
-def add_routes(app: Quart, settings: Callable[[], DnsSettings]) -> None:
+def add_routes(app: Quart, server_dns: Callable[[], DnsSettings | None]) -> None:
     """``/v1/dns`` on the admin socket's app."""
+
+    def settings() -> DnsSettings:
+        return running(server_dns())
 
     def answer(data: Any) -> Response:
         return Response(json.dumps(data), status=200, content_type="application/json")
@@ -62,24 +72,3 @@ def add_routes(app: Quart, settings: Callable[[], DnsSettings]) -> None:
     async def delete_dns() -> Response:
         return answer(delete(settings()))
 
-
-# -- /api/v1/dns (routed by meshscale.api.rest.ROUTES) -----------------------------------------
-
-
-def _of(c: Call) -> DnsSettings:
-    settings: DnsSettings | None = c.server.dns
-    if settings is None:
-        raise MeshscaleError("the server is not running yet")
-    return settings
-
-
-async def rest_get(c: Call) -> dict[str, Any]:
-    return show(_of(c))
-
-
-async def rest_put(c: Call) -> dict[str, Any]:
-    return put(_of(c), c.body)
-
-
-async def rest_delete(c: Call) -> dict[str, Any]:
-    return delete(_of(c))

@@ -20,7 +20,7 @@ from typing import Any
 
 from quart import Response, request
 
-from meshscale.api import dnsapi, restops
+from meshscale.api import restdns, restops
 from meshscale.api.resttypes import Call, RestServer, Unimplemented
 from meshscale.contributions import HttpRoute
 from meshscale.errors import (
@@ -146,12 +146,12 @@ ROUTES: tuple[Route, ...] = (
           "Check a policy against the nodes and users now registered", body=(("policy", S),)),
     Route("GET", "/api/v1/health", "Health", "health", restops.health, "Health"),
     # meshscale's own (docs/api.md, "DNS settings"): not in headscale's API.
-    Route("GET", "/api/v1/dns", "GetDns", "dns", dnsapi.rest_get,
+    Route("GET", "/api/v1/dns", "GetDns", "dns", restdns.get_dns,
           "Get the DNS settings in force (meshscale extension)"),
-    Route("PUT", "/api/v1/dns", "SetDns", "dns", dnsapi.rest_put,
+    Route("PUT", "/api/v1/dns", "SetDns", "dns", restdns.set_dns,
           "Set the DNS settings, stored over the config file's (meshscale extension)",
           body=(("dns", "object"),)),
-    Route("DELETE", "/api/v1/dns", "ResetDns", "dns", dnsapi.rest_delete,
+    Route("DELETE", "/api/v1/dns", "ResetDns", "dns", restdns.reset_dns,
           "Drop the stored DNS settings: the config file's apply (meshscale extension)"),
 )
 

@@ -138,18 +138,24 @@ class MapBuilder:
         self._dns_msg: Message | None = None
         return render.dns_config(self.config.dns, prefixes.v4, prefixes.v6)
 
-    def refresh_dns(self) -> bool | None:
-        """Take the DNS settings in force (meshscale.dns.settings). True: the base domain
-        changed, so every node's name did (streams need full maps); False: only DNSConfig
-        changed; None: nothing clients hold changed."""
+    def dns_changed(self, sessions: list[MapSession]) -> list[tuple[MapSession, Message | None]]:
+        """Take the DNS settings in force (meshscale.dns.settings); what each stream needs:
+        its new DNSConfig, or None for a full map when the base domain, so every node's name,
+        changed. Nothing when clients hold what they need already."""
         new = self.dns_source()
         renamed = new.base_domain != self.config.dns.base_domain
         self.config = dataclasses.replace(self.config, dns=new)
         before, self._dns = self._dns, self._render_dns()
         if renamed:
             self._forget_all()
-            return True
-        return False if self._dns != before else None
+            return [(s, None) for s in sessions]
+        if self._dns == before:
+            return []
+        out: list[tuple[MapSession, Message | None]] = []
+        for s in sessions:
+            node = self.state.nodes.get(s.node_id)
+            out.append((s, None if node is None else self.dns_message(node)))
+        return out
 
     def dns_message(self, node: Node) -> Message:
         """``{"DNSConfig": ...}`` for ``node``'s stream; one shared message unless it carries

@@ -167,17 +167,11 @@ class Mapper(MapBuilder):
         if rows.everyone & Output.DERP:
             self._send(self.sessions.values(), Message.of({"DERPMap": self.derp_map()}))
         if rows.everyone & Output.DNS:
-            self._dns_changed(self.refresh_dns())
-
-    def _dns_changed(self, renamed: bool | None) -> None:
-        """New DNS settings (builder.refresh_dns): each stream gets its DNSConfig, or, when
-        every node was renamed (a new base domain), a full map."""
-        for s in self.sessions.values() if renamed is not None else ():
-            node = self.state.nodes.get(s.node_id)
-            if renamed or node is None:
-                s.resync()
-            else:
-                self._send([s], self.dns_message(node))
+            for s, msg in self.dns_changed(list(self.sessions.values())):
+                if msg is None:
+                    s.resync()
+                else:
+                    self._send([s], msg)
 
     def _remove(self, node_id: int) -> None:
         self._forget(node_id)
