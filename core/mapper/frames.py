@@ -27,10 +27,9 @@ def _compressor() -> zstandard.ZstdCompressor:
 
 
 def dumps(obj: Any) -> bytes:
-    # orjson's bytes keep its whole output buffer (4 KiB at least, up to twice the length):
-    # the mapper keeps thousands of these (peer JSON, per-stream digests' sources, messages
-    # queued for slow streams), so it keeps an exact-size copy (benchmarks/mapper_bench.py:
-    # 4 KiB held by a 20-byte result).
+    # orjson's bytes keep its whole output buffer (4 KiB at least, up to about twice the
+    # length): the mapper keeps thousands of results (peer JSON, CapMaps, self-node
+    # signatures, messages queued for slow streams), so it keeps an exact-size copy.
     return memoryview(orjson.dumps(obj)).tobytes()
 
 
