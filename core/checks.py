@@ -75,9 +75,11 @@ def check_policy(config: Config, host: PluginHost) -> None:
     storage (see meshscale.storage.peek)."""
     cfg = config.policy
     if cfg.mode == "database":
-        from meshscale.storage.peek import stored_policy  # noqa: PLC0415
-
-        text = stored_policy(config)
+        backend = next((b for b in host.hooks.storage_backends()
+                        if b.name == config.database.type), None)
+        if backend is None or backend.stored_policy is None:
+            return  # check_storage reports a missing backend
+        text = backend.stored_policy(config)
         if text is None:
             return
         what = "policy.mode database: the policy stored in the database"

@@ -54,6 +54,9 @@ class StorageBackend:
 
     name: str
     open: Callable[[Config], Storage]
+    # The stored policy read without opening the storage (no migration, no lock), for
+    # ``configtest``; None when it cannot be read. Optional: without it nothing is checked.
+    stored_policy: Callable[[Config], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

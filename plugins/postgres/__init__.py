@@ -16,6 +16,7 @@ from meshscale.context import ServerContext
 from meshscale.contributions import StorageBackend
 from meshscale.errors import StorageError
 from meshscale.storage.base import Storage
+from meshscale.storage.peek import LATEST_POLICY
 
 # libpq waits this long for a connection; a write never waits on a dead server longer.
 CONNECT_TIMEOUT_S = 5
@@ -61,9 +62,9 @@ def open_postgres(config: Config) -> Storage:
     )
 
 
-def stored_policy(config: Config, query: str) -> str | None:
-    """The stored policy (``query`` reads it), read-only and without the one-server lock, for
-    ``configtest`` (meshscale.storage.peek); None when it cannot be read."""
+def stored_policy(config: Config) -> str | None:
+    """The stored policy, read-only and without the one-server lock, for ``configtest``
+    (meshscale.storage.peek); None when it cannot be read."""
     try:
         import psycopg  # noqa: PLC0415
     except ImportError:
@@ -72,7 +73,7 @@ def stored_policy(config: Config, query: str) -> str | None:
     try:
         with psycopg.connect(dbname=pg.name, **connect_params(pg)) as conn:
             conn.read_only = True
-            row = conn.execute(query).fetchone()
+            row = conn.execute(LATEST_POLICY).fetchone()
     except psycopg.Error:
         return None
     return str(row[0]) if row is not None else None
@@ -86,4 +87,4 @@ class PostgresPlugin:
 
     @hookimpl
     def meshscale_storage_backends(self) -> Sequence[StorageBackend]:
-        return [StorageBackend("postgres", open_postgres)]
+        return [StorageBackend("postgres", open_postgres, stored_policy)]

@@ -14,6 +14,7 @@ from meshscale.context import ServerContext
 from meshscale.contributions import StorageBackend
 from meshscale.errors import StorageError
 from meshscale.storage.base import Storage
+from meshscale.storage.peek import sqlite_policy
 
 
 def open_sqlite(config: Config) -> Storage:
@@ -51,4 +52,5 @@ class SqlitePlugin:
 
     @hookimpl
     def meshscale_storage_backends(self) -> Sequence[StorageBackend]:
-        return [StorageBackend("sqlite", open_sqlite), StorageBackend("sqlite3", open_sqlite)]
+        return [StorageBackend("sqlite", open_sqlite, sqlite_policy),
+                StorageBackend("sqlite3", open_sqlite, sqlite_policy)]
