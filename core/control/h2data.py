@@ -22,13 +22,14 @@ _HEAD = struct.Struct(">BHBBI")  # 24-bit length, type 0 (DATA), no flags, strea
 _SENDABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
-def data_frame(stream_id: int, payload: bytes) -> bytes:
+def data_frame(stream_id: int, payload: bytes | memoryview) -> bytes:
     """A DATA frame without flags or padding (RFC 9113 §6.1)."""
     n = len(payload)
     return _HEAD.pack(n >> 16, n & 0xFFFF, 0, 0, stream_id & 0x7FFFFFFF) + payload
 
 
-def lean_data(conn: h2.connection.H2Connection, stream_id: int, payload: bytes) -> bytes | None:
+def lean_data(conn: h2.connection.H2Connection, stream_id: int,
+              payload: bytes | memoryview) -> bytes | None:
     """The bytes to write for ``payload`` as one DATA frame on ``stream_id`` (after whatever h2
     had queued), with both windows debited; None, and nothing changed, if h2 would not send it
     as one frame now (stream not open for sending, a window or the frame size too small)."""
