@@ -56,6 +56,7 @@ class Head:
         self.method = request.method.decode("ascii", "replace")
         self.target = request.target.decode("ascii", "replace")
         self.path = self.target.split("?", 1)[0]
+        self.version = request.http_version.decode("ascii", "replace")
         self.headers = [
             (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers
         ]
@@ -248,6 +249,15 @@ class FrontDoor:
                 408, "Request Timeout", f"request head not complete within {timeout:.0f} s"))
             return
         if head is None:
+            return
+        if head.version not in ("1.0", "1.1"):
+            # h11 parses any HTTP/x.y head; this door speaks HTTP/1.x only (no TLS ALPN h2).
+            # Passing an "HTTP/2 prior knowledge" preface on would let hypercorn serve many
+            # streams on one connection, past the one-request-per-connection routing above.
+            writer.write(plain_response(
+                505, "HTTP Version Not Supported",
+                f"HTTP/{head.version} is not served here; use HTTP/1.1"))
+            await writer.drain()
             return
         upgrade = head.header("upgrade").lower()
         if head.path == TS2021_PATH:

@@ -146,6 +146,18 @@ def _front_door_answer(request: bytes) -> bytes:
     return asyncio.run(run())
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"PRI * HTTP/2.0\n\n",  # found by test_front_door_any_bytes
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # the full HTTP/2 prior-knowledge preface
+    b"GET /key HTTP/2.0\r\nHost: x\r\n\r\n",
+])
+def test_http2_prior_knowledge_is_refused_in_http1(request_bytes: bytes) -> None:
+    # The front door speaks HTTP/1.x only; before, hypercorn answered these with HTTP/2 frames.
+    answer = _front_door_answer(request_bytes)
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:80]
+    assert b"use HTTP/1.1" in answer
+
+
 header_values = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200),
     st.binary(max_size=120).map(lambda b: base64.b64encode(b).decode()),
