@@ -9,7 +9,7 @@ them in order), so the width stays that of the highest ID.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 # For each byte value, the positions of its set bits.
 _POSITIONS: tuple[tuple[int, ...], ...] = tuple(
@@ -64,3 +64,19 @@ def has(bits: int, i: int) -> bool:
 
 def count(bits: int) -> int:
     return bits.bit_count()
+
+
+class SharedEdit:
+    """One edit applied to many holders' bitsets (the mapper's streams): holders that shared
+    one int before share the edited one after (their count stays out of the memory)."""
+
+    def __init__(self, fn: Callable[[int], int]) -> None:
+        self.fn = fn
+        # id(old) -> (old, new); holding ``old`` keeps its id from being reused meanwhile.
+        self.done: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, known: int) -> int:
+        hit = self.done.get(id(known))
+        if hit is None:
+            hit = self.done[id(known)] = (known, self.fn(known))
+        return hit[1]

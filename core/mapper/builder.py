@@ -10,7 +10,6 @@ chunks of peers (architecture.md §3).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from meshscale import bitset, tailcfg
 from meshscale.config import Config
 from meshscale.dns import render
 from meshscale.dns.model import DnsConfig
-from meshscale.mapper import wire
+from meshscale.mapper import frames, wire
 from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
 from meshscale.mapper.session import MapSession
 from meshscale.mapper.uniform import UniformPeers
@@ -61,12 +60,6 @@ def config_caps(config: Config) -> dict[str, Any]:
 Sig = tuple[tuple[str, ...] | None, tuple[str, ...]]
 DEFAULT_SIG: Sig = (None, ())
 CLOSING = (b"]}", compress(b"]}"))
-
-
-def digest(data: bytes) -> bytes:
-    """What a stream keeps of its packet filter and SSH policy to see whether they changed:
-    a server's filter can be tens of KB at 10,000 nodes, its digest is 16 bytes."""
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 @dataclass
@@ -345,8 +338,8 @@ class MapBuilder:
             s.known = visible  # shared with the node's class; its own bit is ignored
         pf = [] if s.cut_off else self.engine.packet_filter(node.id)
         ssh = {"rules": []} if s.cut_off else self.engine.ssh_policy(node.id) or {"rules": []}
-        s.filter_digest = digest(dumps(pf))
-        s.ssh_digest = digest(dumps(ssh))
+        s.filter_digest = frames.digest(dumps(pf))
+        s.ssh_digest = frames.digest(dumps(ssh))
         view = self._views[s] = _StreamView(self_sig=self._self_sig(node))
         frags = []
         for p in peers:

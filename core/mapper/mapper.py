@@ -21,8 +21,8 @@ from meshscale.config import Config
 from meshscale.dns.model import DnsConfig
 from meshscale.events import MapKind, MapSent
 from meshscale.mapper import wire
-from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps, cut_off, digest
-from meshscale.mapper.frames import Message, dumps
+from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps, cut_off
+from meshscale.mapper.frames import Message, digest, dumps
 from meshscale.mapper.invalidation import Output, stale
 from meshscale.mapper.session import MapSession
 from meshscale.policy import Affected, PolicyEngine
@@ -178,7 +178,7 @@ class Mapper(MapBuilder):
         self._caps.pop(node_id, None)
         msg = Message.of({"PeersRemoved": [node_id]})
         targets = []
-        edit = _SharedEdit(lambda known: known & ~(1 << node_id))
+        edit = bitset.SharedEdit(lambda known: known & ~(1 << node_id))
         for s in self.sessions.values():
             if s.node_id == node_id:
                 continue
@@ -273,7 +273,7 @@ class Mapper(MapBuilder):
             if node is None:
                 continue
             self._caps[node.id] = self._caps_json(node.id)
-            edit = _SharedEdit(partial(operator.or_, 1 << node.id))
+            edit = bitset.SharedEdit(partial(operator.or_, 1 << node.id))
             for s in self._viewers(node.id):
                 if s.known is not None:
                     s.known = edit(s.known)
@@ -361,8 +361,7 @@ class Mapper(MapBuilder):
             s.ssh_digest = ssh_digest
         view = self._view(s)
         visible = self.visible_bits(node.id)
-        # Sets of peers as bitsets (meshscale.bitset): what the client holds and what it
-        # should, diffed in a few word-wide operations; the node's own bit never counts.
+        # What the client holds and should hold, as bitsets; its own bit never counts.
         everyone = self.live_bits()
         mine = ~(1 << node.id)
         before = (everyone if s.known is None else s.known) & mine
@@ -405,18 +404,3 @@ class Mapper(MapBuilder):
         if out:
             s.push(Message.of(out))
 
-
-class _SharedEdit:
-    """One edit applied to many streams' ``known`` bitsets: streams that shared one int
-    before share the edited one after (the stream count stays out of the memory)."""
-
-    def __init__(self, fn: Callable[[int], int]) -> None:
-        self.fn = fn
-        # id(old) -> (old, new); holding ``old`` keeps its id from being reused meanwhile.
-        self.done: dict[int, tuple[int, int]] = {}
-
-    def __call__(self, known: int) -> int:
-        hit = self.done.get(id(known))
-        if hit is None:
-            hit = self.done[id(known)] = (known, self.fn(known))
-        return hit[1]

@@ -13,13 +13,13 @@ from typing import Any
 from meshscale.errors import PolicyError
 from meshscale.plugins.policy.addrset import AddrSet
 from meshscale.plugins.policy.compile import CompiledGrant, merge_rules
-from meshscale.plugins.policy.model import Grant, Policy
+from meshscale.plugins.policy.model import Policy
 from meshscale.plugins.policy.parse import parse_policy
 from meshscale.plugins.policy.policytests import run_ssh_tests, run_tests
 from meshscale.plugins.policy.resolve import Resolver
 from meshscale.plugins.policy.ssh import SSHCompiler
 from meshscale.plugins.policy.tailnet import NodeInfo, Tailnet
-from meshscale.plugins.policy.views import Visibility, policy_affected
+from meshscale.plugins.policy.views import Visibility, carry_members, policy_affected
 from meshscale.policy import ALLOW_ALL_FILTER, Affected, PolicyNode, PolicyUser, Rule
 
 # nodeAttrs that stand for several capabilities on the wire.
@@ -30,11 +30,6 @@ ATTR_EXPANSIONS = {
         "https://tailscale.com/cap/warn-funnel-no-https",
     ),
 }
-
-
-def _sides(g: Grant) -> tuple[object, ...]:
-    """What decides a grant's members: its aliases (and ``via``), not its ports or caps."""
-    return (g.src, g.dst, g.via)
 
 
 class _Compiled:
@@ -49,21 +44,10 @@ class _Compiled:
         self.ssh = SSHCompiler(policy.ssh, control_url)
         self.visibility = Visibility(self.grants, tailnet)
         fresh = self.grants
-        if previous is not None and previous.tailnet is tailnet and (
-                previous.policy.groups, previous.policy.hosts) == (policy.groups, policy.hosts):
-            # Over the same tailnet, with groups and hosts as before, a grant with the same
-            # sides has the same members: copied, not re-tested against every node (at 10,000
-            # nodes testing is most of a policy change). Same for the SSH rules' caches.
-            members = {_sides(g.grant): g for g in previous.grants}
-            fresh = []
-            for g in self.grants:
-                old = members.get(_sides(g.grant))
-                if old is None:
-                    fresh.append(g)
-                else:
-                    g.src_nodes, g.dst_nodes = set(old.src_nodes), set(old.dst_nodes)
-            if previous.policy.ssh == policy.ssh:
-                self.ssh = previous.ssh
+        if previous is not None and previous.tailnet is tailnet:
+            fresh = carry_members(previous.policy, previous.grants, policy, self.grants)
+            if previous.policy.ssh == policy.ssh and fresh is not self.grants:
+                self.ssh = previous.ssh  # same rules over the same members: same caches
         for n in tailnet.nodes.values():
             self._place(n, fresh)
 
