@@ -275,7 +275,7 @@ class Server:
         self.lifecycle = lifecycle = NodeLifecycle(cfg, state, self.host.hooks)
         self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host, lifecycle,
                                   policy_loaded=lambda: self.policy_text is not None)
-        self.mapper.cert_domains = bool(self.plane.set_dns.providers)
+        self.mapper.dns.cert_domains = bool(self.plane.set_dns.providers)
 
         await self.host.hooks.startup()
         self._started_plugins = True

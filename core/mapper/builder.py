@@ -9,7 +9,6 @@ chunks of peers (architecture.md §3).
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,9 +17,9 @@ from weakref import WeakKeyDictionary
 
 from meshscale import bitset, tailcfg
 from meshscale.config import Config
-from meshscale.dns import render
 from meshscale.dns.model import DnsConfig
 from meshscale.mapper import frames, wire
+from meshscale.mapper.dnspart import DnsPart
 from meshscale.mapper.frames import COMMA, ChunkCache, FramedMessage, Message, compress, dumps
 from meshscale.mapper.session import MapSession
 from meshscale.mapper.uniform import UniformPeers
@@ -87,10 +86,9 @@ class MapBuilder:
         derp_map: Callable[[], Mapping[str, Any]],
         dns: Callable[[], DnsConfig] | None = None,
     ) -> None:
-        # The DNS settings in force (they change at run time: meshscale.dns.settings); the
-        # config's own section when nothing else is given.
-        self.dns_source: Callable[[], DnsConfig] = dns or (lambda: config.dns)
-        self.config = dataclasses.replace(config, dns=self.dns_source())
+        # DNS settings change at run time (meshscale.dns.settings); the config's by default.
+        self.dns = DnsPart(config, dns or (lambda: config.dns))
+        self.config = self.dns.config
         self.state = state
         self.engine = engine
         self.derp_map = derp_map
@@ -100,10 +98,6 @@ class MapBuilder:
         # Policy CapMap per node as last seen: a change can change how peers see the node
         # (disable-ipv4), so policy changes compare against it.
         self._caps: dict[int, bytes] = {i: self._caps_json(i) for i in state.nodes}
-        self._dns = self._render_dns()
-        # Whether nodes may get certificates for their names (`tailscale cert`): only when a
-        # DNS-01 provider can publish the challenge (control/setdns.py); the server sets it.
-        self.cert_domains = False
         self._chunks = ChunkCache()
         # Bumped whenever a node in the chunk's ID range changes (see _forget).
         self._chunk_versions: defaultdict[int, int] = defaultdict(int)
@@ -117,53 +111,24 @@ class MapBuilder:
         if not isinstance(change, ch.NodePatched):
             self._uniform.changed()  # nodes came or went, or users or nodes changed
 
-    def _dns_for(self, node: Node) -> dict[str, Any]:
-        """The DNSConfig for ``node``: the shared one, plus the node's own name as its
-        CertDomains when certificates are on offer (tailcfg.DNSConfig.CertDomains)."""
-        if not (self.cert_domains and self.config.dns.base_domain):
-            return self._dns
-        return {**self._dns, "CertDomains": [wire.fqdn(node, self.config).rstrip(".")]}
-
     # -- building blocks ---------------------------------------------------------------------------
 
-    def _render_dns(self) -> dict[str, Any]:
-        prefixes = self.config.prefixes
-        self._dns_msg: Message | None = None
-        return render.dns_config(self.config.dns, prefixes.v4, prefixes.v6)
-
     def dns_changed(self, sessions: list[MapSession]) -> list[tuple[MapSession, Message | None]]:
-        """Take the DNS settings in force (meshscale.dns.settings); what each stream needs:
-        its new DNSConfig, or None for a full map when the base domain, so every node's name,
-        changed. Nothing when clients hold what they need already."""
-        new = self.dns_source()
-        renamed = new.base_domain != self.config.dns.base_domain
-        self.config = dataclasses.replace(self.config, dns=new)
-        before, self._dns = self._dns, self._render_dns()
+        """New DNS settings: what each stream needs, its DNSConfig or (None) a full map."""
+        renamed = self.dns.refresh()
+        self.config = self.dns.config
         if renamed:
             self._forget_all()
-            return [(s, None) for s in sessions]
-        if self._dns == before:
+        if renamed is None:
             return []
-        out: list[tuple[MapSession, Message | None]] = []
-        for s in sessions:
-            node = self.state.nodes.get(s.node_id)
-            out.append((s, None if node is None else self.dns_message(node)))
-        return out
-
-    def dns_message(self, node: Node) -> Message:
-        """``{"DNSConfig": ...}`` for ``node``'s stream; one shared message unless it carries
-        the node's own CertDomains."""
-        if self.cert_domains and self.config.dns.base_domain:
-            return Message.of({"DNSConfig": self._dns_for(node)})
-        if self._dns_msg is None:
-            self._dns_msg = Message.of({"DNSConfig": self._dns})
-        return self._dns_msg
+        nodes = self.state.nodes
+        return [(s, None if renamed or s.node_id not in nodes else
+                 self.dns.message(nodes[s.node_id])) for s in sessions]
 
     def _forget_all(self) -> None:
         """Every node's cached JSON is stale (a new base domain renames them all)."""
-        self._peer_json.clear()
-        self._variants.clear()
-        self._chunks = ChunkCache()
+        for node_id in list(self.state.nodes):
+            self._forget(node_id)
 
     @property
     def primary_routes(self) -> Mapping[int, list[str]]:
@@ -353,7 +318,7 @@ class MapBuilder:
             "DERPMap": self.derp_map(),
             "Domain": self.config.dns.base_domain or "meshscale",
             "CollectServices": True,
-            "DNSConfig": self._dns_for(node),
+            "DNSConfig": self.dns.for_node(node),
             "PacketFilter": pf,
             "SSHPolicy": ssh,
             "UserProfiles": (self._uniform.profiles(self.state.nodes, self.state.users, node)
