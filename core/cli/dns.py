@@ -124,15 +124,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
             "section); flags not given keep their values", common)
     s.add_argument("-f", "--file", help="a YAML or JSON file of the dns section's keys "
                    "(replaces every setting; the flags then change it further)")
-    s.add_argument("--magic-dns", type=_bool, metavar="BOOL")
-    s.add_argument("--base-domain", metavar="DOMAIN")
-    s.add_argument("--override-local-dns", type=_bool, metavar="BOOL")
+    s.add_argument("--magic-dns", type=_bool, metavar="BOOL",
+                   help="answer the tailnet's own names at 100.100.100.100 (true or false)")
+    s.add_argument("--base-domain", metavar="DOMAIN",
+                   help="the domain under which nodes are named (renames every node)")
+    s.add_argument("--override-local-dns", type=_bool, metavar="BOOL",
+                   help="clients use the global nameservers instead of their own (true or "
+                   "false; needs --nameservers)")
     s.add_argument("--nameservers", type=_list, metavar="ADDR[,ADDR]",
                    help="the global nameservers: IPs or https:// URLs ('' for none)")
     s.add_argument("--split", type=_split, action="append", metavar="DOMAIN=ADDR[,ADDR]",
                    help="a split DNS domain and its resolvers (repeat; replaces all)")
     s.add_argument("--no-split", action="store_true", help="no split DNS domains")
-    s.add_argument("--search-domains", type=_list, metavar="DOMAIN[,DOMAIN]")
+    s.add_argument("--search-domains", type=_list, metavar="DOMAIN[,DOMAIN]",
+                   help="the search domains clients append to short names ('' for none)")
     s.add_argument("--extra-record", type=_record, action="append", metavar="NAME=IP",
                    help="an A/AAAA record (repeat; replaces all static records)")
     s.add_argument("--no-extra-records", action="store_true", help="no static extra records")
