@@ -19,7 +19,6 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from meshscale.server import Server
 from meshscale.simclient import CAPVER, ControlConnection, fetch_server_key, make_initiation
 from tests.plugin.test_bad_input import still_serving
 
@@ -60,14 +59,6 @@ async def read_all(reader: asyncio.StreamReader, timeout: float) -> bytes:
         while chunk := await reader.read(4096):
             out += chunk
     return bytes(out)
-
-
-@pytest.fixture
-def server_with(meshscale_server_factory: Callable[..., Any]) -> Callable[..., Any]:
-    async def make(**limits: Any) -> Server:
-        srv: Server = await meshscale_server_factory(plugins=["sqlite"], limits=limits)
-        return srv
-    return make
 
 
 # -- item 3: unauthenticated memory growth ------------------------------------------------------

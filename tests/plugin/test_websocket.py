@@ -35,14 +35,6 @@ pytestmark = pytest.mark.asyncio
 SAMPLE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example
 
 
-@pytest.fixture
-def server_with(meshscale_server_factory: Callable[..., Any]) -> Callable[..., Any]:
-    async def make(**limits: Any) -> Server:
-        srv: Server = await meshscale_server_factory(plugins=["sqlite"], limits=limits)
-        return srv
-    return make
-
-
 def key_for(server: Server) -> str:
     assert server.state is not None
     user = server.state.users.get(1) or server.state.create_user("alice")
