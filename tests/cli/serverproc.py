@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -39,6 +40,13 @@ def meshscale(*args: str, cmd: Sequence[str] = IN_TREE, cwd: Path | None = None,
               timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd)
+
+
+def meshscale_json(config: Path, *args: str) -> Any:
+    """``meshscale -c CONFIG ARGS -o json``, which must succeed; its parsed output."""
+    result = meshscale("-c", str(config), *args, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from meshscale.api.openapi import document
-from tests.cli.serverproc import Serve, meshscale, write_config
+from tests.cli.serverproc import Serve, meshscale, meshscale_json, write_config
 
 
 class Api:
@@ -41,9 +41,7 @@ def test_rest_api(tmp_path: Path) -> None:
     base = yaml.safe_load(config.read_text())["server_url"]
 
     def cli(*args: str) -> Any:
-        result = meshscale("-c", str(config), *args, "-o", "json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return meshscale_json(config, *args)
 
     server = Serve(config)
     try:

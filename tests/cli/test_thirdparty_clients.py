@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from meshscale.simclient import SimNode, fetch_server_key
-from tests.cli.serverproc import Serve, meshscale, write_config
+from tests.cli.serverproc import Serve, meshscale_json, write_config
 
 
 def client_python(name: str) -> str:
@@ -199,9 +199,7 @@ def test_third_party_clients(tmp_path: Path) -> None:
     base = yaml.safe_load(config.read_text())["server_url"]
 
     def cli(*args: str) -> Any:
-        result = meshscale("-c", str(config), *args, "-o", "json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return meshscale_json(config, *args)
 
     server = Serve(config)
     try:

@@ -136,6 +136,14 @@ class MeshscaleProcess:
             return json.loads(out.stdout)
         return out.stdout.strip()
 
+    def set_policy(self, policy: dict[str, Any] | str) -> float:
+        """``meshscale policy set --file`` (a dict is written as JSON); returns when the CLI
+        returned (monotonic)."""
+        path = self.workdir / "policy.hujson"
+        path.write_text(policy if isinstance(policy, str) else json.dumps(policy))
+        self.cli("policy", "set", "--file", str(path))
+        return time.monotonic()
+
     def nodes(self) -> dict[str, dict[str, Any]]:
         return {n["given_name"]: n for n in self.cli("nodes", "list", "-o", "json")}
 

@@ -52,14 +52,6 @@ BROKEN = """{
 
 
 
-def set_policy(server: MeshscaleProcess, tmp: Path, policy: dict[str, Any] | str) -> float:
-    """``meshscale policy set --file``; returns when the CLI returned (monotonic)."""
-    path = tmp / "policy.hujson"
-    path.write_text(policy if isinstance(policy, str) else json.dumps(policy))
-    server.cli("policy", "set", "--file", str(path))
-    return time.monotonic()
-
-
 def until(check: Any, timeout: float) -> float:
     """Seconds until ``check()`` is true (polling fast); fails after ``timeout``."""
     started = time.monotonic()
@@ -88,7 +80,7 @@ def test_live_policy_changes_reach_real_clients_without_reconnecting(tmp_path: P
     try:
         server.cli("users", "create", "alice")
         server.cli("users", "create", "mallory")
-        set_policy(server, tmp_path, ALICE_ONLY)
+        server.set_policy(ALICE_ONLY)
         akey = server.cli("preauthkeys", "create", "-u", "alice", "--reusable", "-o", "json")
         mkey = server.cli("preauthkeys", "create", "-u", "mallory", "-o", "json")
         aport, mport = free_port(), free_port()
@@ -121,7 +113,7 @@ def test_live_policy_changes_reach_real_clients_without_reconnecting(tmp_path: P
         assert known_peers(server, "web") == {"aprobe"}
 
         # Open: mallory may reach alice's nodes. Same streams, new PacketFilter and peers.
-        set_policy(server, tmp_path, MALLORY_TOO)
+        server.set_policy(MALLORY_TOO)
         opened = until(lambda: fetch(via_mallory) == "hello from web", 10)
         assert opened < 3.0, f"took {opened:.2f}s"
         assert fetch(via_alice) == "hello from web"
@@ -141,7 +133,7 @@ def test_live_policy_changes_reach_real_clients_without_reconnecting(tmp_path: P
         assert fetch(via_alice) == "hello from web"
 
         # Close again: mallory loses alice's nodes; alice keeps hers; still no reconnect.
-        set_policy(server, tmp_path, ALICE_ONLY)
+        server.set_policy(ALICE_ONLY)
         closed = until(lambda: fetch(via_mallory, 1.0).startswith("failed"), 10)
         assert closed < 3.0, f"took {closed:.2f}s"
         assert fetch(via_alice) == "hello from web"

@@ -7,11 +7,9 @@ names with no records; with it, with the peer's IPv6 address. Changed live by ``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,13 +28,7 @@ def test_magicdns_aaaa_only_with_the_node_attribute(
                               extra="policy:\n  mode: database\n")
     server.start()
     try:
-        policy = tmp_path / "policy.hujson"
-
-        def set_policy(p: dict[str, Any]) -> None:
-            policy.write_text(json.dumps(p))
-            server.cli("policy", "set", "--file", str(policy))
-
-        set_policy(ALLOW)
+        server.set_policy(ALLOW)
         server.cli("users", "create", "alice")
         key = server.cli("preauthkeys", "create", "-u", "alice", "--reusable", "-o", "json")
         a, b = tailscaled("alpha"), tailscaled("beta")
@@ -53,12 +45,12 @@ def test_magicdns_aaaa_only_with_the_node_attribute(
         assert "magicdns-aaaa" not in (a.status()["Self"].get("CapMap") or {})
 
         # nodeAttrs gives it, live: the peer's IPv6 address is answered.
-        set_policy(AAAA)
+        server.set_policy(AAAA)
         wait_for(lambda: answers(dns_query(a, name, "AAAA")) == [v6], 30, "beta's AAAA record")
         assert "magicdns-aaaa" in (a.status()["Self"].get("CapMap") or {})
 
         # And taken away again.
-        set_policy(ALLOW)
+        server.set_policy(ALLOW)
         wait_for(lambda: not dns_query(a, name, "AAAA").get("Answers"), 30, "no AAAA again")
     finally:
         server.stop()

@@ -9,11 +9,9 @@ on the running daemons.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -40,15 +38,9 @@ def test_live_policy_changes_reach_tailscaled(tmp_path: Path,
                               extra="policy:\n  mode: database\n")
     server.start()
     try:
-        policy = tmp_path / "policy.hujson"
-
-        def set_policy(p: dict[str, Any]) -> None:
-            policy.write_text(json.dumps(p))
-            server.cli("policy", "set", "--file", str(policy))
-
         server.cli("users", "create", "alice")
         server.cli("users", "create", "mallory")
-        set_policy(ALICE_ONLY)
+        server.set_policy(ALICE_ONLY)
         akey = server.cli("preauthkeys", "create", "-u", "alice", "--reusable", "-o", "json")
         mkey = server.cli("preauthkeys", "create", "-u", "mallory", "-o", "json")
         web = tailscaled("web")
@@ -69,13 +61,13 @@ def test_live_policy_changes_reach_tailscaled(tmp_path: Path,
             assert not reaches(mprobe, url)
 
             # Open to mallory: the same daemons get web (and aprobe) as peers, and connect.
-            set_policy(MALLORY_TOO)
+            server.set_policy(MALLORY_TOO)
             wait_for(lambda: set(mprobe.peers()) == {"web", "aprobe"}, 10, "mprobe's new peers")
             assert wait_for(lambda: reaches(mprobe, url), 10, "mprobe -> web")
             assert reaches(aprobe, url)
 
             # Closed again: mallory loses them, alice keeps hers.
-            set_policy(ALICE_ONLY)
+            server.set_policy(ALICE_ONLY)
             wait_for(lambda: mprobe.peers() == {}, 10, "mprobe's peers gone")
             assert not reaches(mprobe, url)
             assert reaches(aprobe, url)

@@ -12,7 +12,6 @@ refuses that with EPERM, so the session ends with exit code 1 after sshd granted
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,9 +39,7 @@ def test_tailscale_ssh_accept_mode(tmp_path: Path,
                               extra="policy:\n  mode: database\n")
     server.start()
     try:
-        policy = tmp_path / "policy.hujson"
-        policy.write_text(json.dumps(POLICY))
-        server.cli("policy", "set", "--file", str(policy))
+        server.set_policy(POLICY)
         keys = {}
         for user in ("alice", "bob"):
             server.cli("users", "create", user)
@@ -101,9 +98,7 @@ def test_tailscale_ssh_check_mode(tmp_path: Path,
         return server.log.read_text(errors="replace")
 
     try:
-        policy = tmp_path / "policy.hujson"
-        policy.write_text(json.dumps(CHECK_POLICY))
-        server.cli("policy", "set", "--file", str(policy))
+        server.set_policy(CHECK_POLICY)
         server.cli("users", "create", "alice")
         key = server.cli("preauthkeys", "create", "-u", "alice", "--reusable", "-o",
                          "json")["key"]
