@@ -25,6 +25,12 @@ ROUTE_COLUMNS: list[Column] = [("ID", "id"), ("Hostname", "givenName"),
                                ("Serving (Primary)", "subnetRoutes")]
 
 
+def has_routes(node: dict[str, Any]) -> bool:
+    """Whether list-routes shows the node: as headscale's (cmd/headscale/cli/nodes.go), only
+    nodes with a route served, approved or announced, in the table and in -o json alike."""
+    return any(node.get(k) for k in ("subnetRoutes", "approvedRoutes", "availableRoutes"))
+
+
 def _split(values: list[str]) -> list[str]:
     """headscale's string-slice flags: repeated and/or comma-separated."""
     return [v.strip() for part in values for v in part.split(",") if v.strip()]
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> Out:
                    "node", ROUTE_COLUMNS)
     if args.action == "list-routes":
         result = c.call("GET", node or "/v1/nodes")
-        return Out(result if isinstance(result, list) else [result], "node", ROUTE_COLUMNS)
+        listed = result if isinstance(result, list) else [result]
+        return Out([n for n in listed if has_routes(n)], "node", ROUTE_COLUMNS)
     raise MeshscaleError(f"unknown action {args.action}")
 
 

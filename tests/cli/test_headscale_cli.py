@@ -39,6 +39,20 @@ KEY = {"user": dict, "id": int, "key": str, "reusable": bool, "ephemeral": bool,
 class Env:
     def __init__(self, config: Path) -> None:
         self.config = config
+        self.port = int(yaml.safe_load(config.read_text())["listen_addr"].rpartition(":")[2])
+        self.key = ""  # alice's reusable pre-auth key
+
+    def join(self, name: str, routes: list[str]) -> None:
+        """A simulated node registers with alice's key, announcing ``routes``."""
+
+        async def go() -> None:
+            node = SimNode(name)
+            node.hostinfo["RoutableIPs"] = routes
+            await node.conn.connect("127.0.0.1", self.port)
+            assert (await node.register(self.key)).get("MachineAuthorized") is True
+            await node.conn.close()
+
+        asyncio.run(go())
 
     def run(self, *args: str) -> tuple[int, str, str]:
         result = meshscale("-c", str(self.config), *args)
@@ -58,23 +72,15 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     workdir = tmp_path_factory.mktemp("hscli")
     config = write_config(workdir)
-    port = int(yaml.safe_load(config.read_text())["listen_addr"].rpartition(":")[2])
     server = Serve(config)
     e = Env(config)
     try:
         e.json("users", "create", "alice", "-e", "alice@example.com", "-o", "json")
         e.json("user", "new", "bob", "-d", "Bob", "-o", "json")
-        key = e.json("preauthkeys", "create", "-u", "alice", "--reusable", "-o", "json")["key"]
+        e.key = e.json("preauthkeys", "create", "-u", "alice", "--reusable", "-o", "json")["key"]
         e.json("authkey", "c", "-u", "bob", "-o", "json")
         e.json("pre", "new", "-u", "bob", "-o", "json")
-
-        async def join() -> None:
-            node = SimNode("laptop")
-            await node.conn.connect("127.0.0.1", port)
-            assert (await node.register(key)).get("MachineAuthorized") is True
-            await node.conn.close()
-
-        asyncio.run(join())
+        e.join("laptop", ["10.0.0.0/8"])
         yield e
     finally:
         rc, log = server.stop()
@@ -289,3 +295,29 @@ def test_every_command_and_flag_has_a_description() -> None:
     assert len(seen) > 50
     missing = [f"{path} {a.option_strings or a.dest}" for path, a in seen if not a.help]
     assert missing == []
+
+
+def test_list_routes_shows_only_nodes_with_routes(env: Env) -> None:
+    """headscale's list-routes leaves out nodes with no route served, approved or announced
+    (in the table and in -o json); -i of such a node prints nothing."""
+    env.join("router", ["10.2.0.0/24"])
+    env.join("plain", [])
+    ids = {n["given_name"]: n["id"] for n in env.json("nodes", "list", "-o", "json")}
+    assert len(ids) == 3
+    routed = sorted(i for name, i in ids.items() if name != "plain")
+    assert sorted(n["id"] for n in env.json("nodes", "list-routes", "-o", "json")) == routed
+    _, rows = read_table(env.run("nodes", "list-routes")[1])
+    assert sorted(int(r["ID"]) for r in rows) == routed
+    router = next(r for r in rows if int(r["ID"]) == ids["router"])
+    assert (router["Approved"], router["Available"]) == ("", "10.2.0.0/24")
+    plain = str(ids["plain"])
+    assert env.json("node", "lsr", "-i", plain, "-o", "json") == []
+    rc, out, err = env.run("node", "lsr", "-i", plain)
+    assert rc == 0, err
+    head, none = read_table(out)
+    assert head[0] == "ID" and none == []
+    # An approved route alone (nothing announced) is enough, as in headscale's filter.
+    env.json("nodes", "approve-routes", "-i", plain, "-r", "10.3.0.0/24", "-o", "json")
+    assert [n["id"] for n in env.json("node", "lsr", "-i", plain, "-o", "json")] == [ids["plain"]]
+    env.json("nodes", "approve-routes", "-i", plain, "-r", "", "-o", "json")
+    assert env.json("node", "lsr", "-i", plain, "-o", "json") == []
