@@ -51,6 +51,23 @@ def new_key() -> tuple[str, str, bytes]:
     return f"{KEY_PREFIX}{prefix}-{secret}", prefix, hash_secret(secret)
 
 
+def masked_key(form: str, prefix: str) -> str:
+    """A pre-auth key as listings show it, as headscale 0.28+ does (``hskey-auth-<prefix>-***``):
+    enough to tell keys apart and find one again, never the secret. ``form`` is what the full key
+    starts with ("" for headscale's older 48-hex-digit keys, written ``<prefix>***``)."""
+    return f"{form}{prefix}-***" if form else f"{prefix}***"
+
+
+def unmasked_prefix(text: str) -> str | None:
+    """The prefix in a key as a listing shows it (masked_key's output), or None."""
+    if not text.endswith("***"):
+        return None
+    body = text.removesuffix("***").removesuffix("-")
+    for form in (KEY_PREFIX, "hskey-auth-"):
+        body = body.removeprefix(form)
+    return body or None
+
+
 API_KEY_PREFIX = "mskey-api-"
 _API_FORMAT = re.compile(r"^mskey-api-([A-Za-z0-9]{12})-([A-Za-z0-9_-]{32,128})$")
 

@@ -264,12 +264,13 @@ def _preauth_key(row: dict[str, Any], acl_tags: dict[int, list[str]],
         if not _PREFIX.fullmatch(prefix) or not keyhash.is_bcrypt_hash(stored):
             raise MeshscaleError("its prefix and hash are not headscale's (12 characters and "
                                  "a bcrypt hash)")
-        scheme = keyhash.BCRYPT
+        scheme, form = keyhash.BCRYPT, "hskey-auth-"
     else:
         parts = auth.legacy_headscale_key(str(row.get("key") or ""))
         if parts is None:
             raise MeshscaleError("its key is neither hskey-auth-... nor 48 hex digits")
         prefix, stored, scheme = parts[0], keyhash.sha256(parts[1]), keyhash.SHA256
+        form = ""
     tags = _json_list(row["tags"]) if "tags" in row else acl_tags.get(kid, [])
     bad = [t for t in tags if not t.startswith("tag:") or len(t) <= 4]
     if bad:
@@ -283,7 +284,7 @@ def _preauth_key(row: dict[str, Any], acl_tags: dict[int, list[str]],
         reusable=_flag(row.get("reusable")), ephemeral=_flag(row.get("ephemeral")),
         used=_flag(row.get("used")), expiration=_time(row.get("expiration")),
         created_at=_time(row.get("created_at")) or datetime.now(UTC),
-        tags=tuple(sorted(set(tags))), hash_scheme=scheme,
+        tags=tuple(sorted(set(tags))), hash_scheme=scheme, key_form=form,
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from quart import Quart, Response, request
 
-from meshscale import tailcfg
+from meshscale import auth, tailcfg
 from meshscale.api.apikeys import add_routes as add_apikey_routes
 from meshscale.api.dnsapi import add_routes as add_dns_routes
 from meshscale.errors import MeshscaleError, NotFoundError, StorageError
@@ -82,7 +82,7 @@ def user_view(u: User) -> dict[str, Any]:
 def key_view(k: PreAuthKey, user: User | None) -> dict[str, Any]:
     return {
         "id": k.id,
-        "key": k.prefix,  # the secret is shown once, at creation
+        "key": auth.masked_key(k.key_form, k.prefix),  # the secret is shown once, at creation
         "user": user_view(user) if user else None,
         "reusable": k.reusable,
         "ephemeral": k.ephemeral,

@@ -143,7 +143,8 @@ async def list_nodes(c: Call) -> dict[str, Any]:
     st = _state(c)
     wanted = c.query.get("user")
     uid = st.user(wanted).id if wanted else None
-    return {"nodes": [_node(c, n) for n in st.nodes_sorted() if uid is None or n.user_id == uid]}
+    nodes = [_node(c, n) for n in st.nodes_sorted() if uid is None or n.user_id == uid]
+    return {"nodes": [{**n, "user": v.TAGGED_DEVICES} if n["tags"] else n for n in nodes]}
 
 
 async def get_node(c: Call) -> dict[str, Any]:

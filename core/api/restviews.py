@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from meshscale import tailcfg
+from meshscale import auth, tailcfg
 from meshscale.errors import MeshscaleError
 from meshscale.state.models import ApiKey, Node, PreAuthKey, User
 
@@ -26,8 +26,18 @@ def user(u: User | None) -> dict[str, Any] | None:
             "provider": u.provider, "profilePicUrl": ""}
 
 
+# headscale's ListNodes (hscontrol/grpcv1.go nodesToProto) shows a tagged node as owned by the
+# tagged-devices pseudo-user (a zero creation time), whoever registered it.
+TAGGED_DEVICES: dict[str, Any] = {
+    "id": str(tailcfg.TAGGED_USER_ID), "name": tailcfg.TAGGED_USER["LoginName"],
+    "createdAt": "0001-01-01T00:00:00Z", "displayName": tailcfg.TAGGED_USER["DisplayName"],
+    "email": "", "providerId": "", "provider": "", "profilePicUrl": "",
+}
+
+
 def preauthkey(k: PreAuthKey, owner: User | None, full: str | None = None) -> dict[str, Any]:
-    return {"user": user(owner), "id": str(k.id), "key": full or k.prefix,
+    return {"user": user(owner), "id": str(k.id),
+            "key": full or auth.masked_key(k.key_form, k.prefix),
             "reusable": k.reusable, "ephemeral": k.ephemeral, "used": k.used,
             "expiration": ts(k.expiration), "createdAt": ts(k.created_at),
             "aclTags": list(k.tags)}

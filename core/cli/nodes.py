@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from meshscale import tailcfg
 from meshscale.cli.common import Out, add, client, confirm
 from meshscale.cli.output import Column, choice, short_key, when
 from meshscale.errors import MeshscaleError
@@ -23,6 +24,20 @@ COLUMNS: list[Column] = [
 ROUTE_COLUMNS: list[Column] = [("ID", "id"), ("Hostname", "givenName"),
                                ("Approved", "approvedRoutes"), ("Available", "availableRoutes"),
                                ("Serving (Primary)", "subnetRoutes")]
+
+
+# headscale's ListNodes shows a tagged node as owned by Tailscale's tagged-devices pseudo-user
+# (hscontrol/grpcv1.go nodesToProto), whoever registered it: the tag is its identity.
+TAGGED_DEVICES: dict[str, Any] = {
+    "id": tailcfg.TAGGED_USER_ID, "name": tailcfg.TAGGED_USER["LoginName"],
+    "displayName": tailcfg.TAGGED_USER["DisplayName"], "email": "", "profilePicUrl": "",
+    "groups": [], "provider": "", "createdAt": None,
+}
+
+
+def as_listed(node: dict[str, Any]) -> dict[str, Any]:
+    """A node as headscale's nodes list prints it: a tagged one's user is tagged-devices."""
+    return {**node, "user": TAGGED_DEVICES} if node.get("tags") else node
 
 
 def has_routes(node: dict[str, Any]) -> bool:
@@ -61,7 +76,7 @@ def run(args: argparse.Namespace) -> Out:
     node = f"/v1/nodes/{args.identifier}" if getattr(args, "identifier", None) else ""
     if args.action == "list":
         path = "/v1/nodes" + (f"?user={args.user}" if args.user else "")
-        return Out(c.call("GET", path), "node", COLUMNS)
+        return Out([as_listed(n) for n in c.call("GET", path)], "node", COLUMNS)
     if args.action == "delete":
         confirm(args, f"Delete the node {args.identifier}?")
         return Out(c.call("DELETE", node), "node", COLUMNS)
@@ -86,7 +101,7 @@ def run(args: argparse.Namespace) -> Out:
     if args.action == "list-routes":
         result = c.call("GET", node or "/v1/nodes")
         listed = result if isinstance(result, list) else [result]
-        return Out([n for n in listed if has_routes(n)], "node", ROUTE_COLUMNS)
+        return Out([as_listed(n) for n in listed if has_routes(n)], "node", ROUTE_COLUMNS)
     raise MeshscaleError(f"unknown action {args.action}")
 
 

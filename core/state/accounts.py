@@ -165,13 +165,14 @@ class Accounts(PolicyBridge):
         return key
 
     def find_key(self, ref: str | int) -> PreAuthKey:
-        """A key by id, prefix, or the full key (whose secret must then match)."""
+        """A key by id, prefix, the key as listed (masked), or the full key (whose secret must
+        then match)."""
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
             k = self.keys.get(int(ref))
             if k is not None:
                 return k
         text = str(ref).strip()
-        by_prefix = self._key_by_prefix(text)
+        by_prefix = self._key_by_prefix(auth.unmasked_prefix(text) or text)
         if by_prefix is not None:
             return by_prefix
         parts = auth.split_key(text)

@@ -49,6 +49,9 @@ class PreAuthKey:
     # How secret_hash was made (meshscale.keyhash): "sha256", or "bcrypt" for a key imported
     # from headscale that has not been presented since.
     hash_scheme: str = "sha256"
+    # What the full key starts with (meshscale.auth.masked_key): "mskey-auth-" for ours,
+    # "hskey-auth-" for one imported from headscale 0.28+, "" for headscale's older plain keys.
+    key_form: str = "mskey-auth-"
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expiration is not None and self.expiration <= (now or utcnow())

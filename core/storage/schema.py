@@ -44,6 +44,7 @@ class PreAuthKeyRow(BaseModel):
     created_at = pw.DateTimeField()
     tags = pw.TextField(default="[]")
     hash_scheme = pw.CharField(default="sha256")
+    key_form = pw.CharField(default="mskey-auth-")
 
     class Meta:
         table_name = "pre_auth_keys"

@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 8
+CURRENT = 9
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -159,11 +159,27 @@ def _v7_to_v8(db: pw.Database) -> None:
     db.create_tables([schema.SettingRow])
 
 
+def _v8_to_v9(db: pw.Database) -> None:
+    """Version 9 adds ``pre_auth_keys.key_form``, what the full key starts with, so listings
+    show it masked as headscale does. Keys still holding headscale's bcrypt hash, or whose
+    12-character prefix is not hex (ours always is), came from headscale 0.28+; the rest are
+    taken as ours (a plain-text key of headscale before 0.28, imported and used since, cannot
+    be told apart and is listed as mskey-auth-<prefix>-***)."""
+    _sql(db, 'ALTER TABLE "pre_auth_keys" ADD COLUMN "key_form" VARCHAR(255) NOT NULL '
+             "DEFAULT 'mskey-auth-'")
+    hexdigits = set("0123456789abcdef")
+    rows = _sql(db, 'SELECT id, prefix, hash_scheme FROM "pre_auth_keys"').fetchall()
+    for key_id, prefix, scheme in rows:
+        if scheme == "bcrypt" or (len(str(prefix)) == 12 and not set(str(prefix)) <= hexdigits):
+            _sql(db, f'UPDATE "pre_auth_keys" SET "key_form" = {db.param} '  # noqa: S608
+                     f"WHERE id = {db.param}", ("hskey-auth-", key_id))
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3,
                                                          3: _v3_to_v4, 4: _v4_to_v5,
                                                          5: _v5_to_v6, 6: _v6_to_v7,
-                                                         7: _v7_to_v8}
+                                                         7: _v7_to_v8, 8: _v8_to_v9}
 
 
 # -- acting on a live database ----------------------------------------------------------------

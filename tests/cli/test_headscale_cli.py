@@ -207,6 +207,7 @@ def test_table_cells_are_written_as_headscale_writes_them(env: Env) -> None:
     assert row["IP addresses"] == "\n".join(node["ip_addresses"])  # one a line
     assert row["Tags"] == "\n".join(node["tags"]) and node["tags"] == ["tag:db", "tag:web"]
     assert (row["ID"], row["Hostname"], row["Name"]) == ("1", "laptop", node["given_name"])
+    assert row["User"] == "tagged-devices"  # tagged: headscale's ListNodes pseudo-user
     assert (row["Ephemeral"], row["Connected"], row["Expired"]) == ("false", "offline", "no")
     assert row["Approved"] == "yes"  # meshscale's column, after headscale's
     assert row["Expiration"] == "N/A" or CLOCK.fullmatch(row["Expiration"])
@@ -225,6 +226,9 @@ def test_table_cells_are_written_as_headscale_writes_them(env: Env) -> None:
     assert CLOCK.fullmatch(first["Expiration"]) and CLOCK.fullmatch(first["Created"])
     listed = env.json("preauthkeys", "list", "-o", "json")
     assert [k["Key/Prefix"] for k in keys] == [k["key"] for k in listed]
+    # masked as headscale 0.28+ lists its keys (hskey-auth-<prefix>-***); the secret never
+    assert all(re.fullmatch(r"mskey-auth-[0-9a-f]{12}-\*\*\*", k["key"]) for k in listed)
+    assert keys[0]["Key/Prefix"] == env.key[:len("mskey-auth-") + 12] + "-***"
 
     _, (api,) = read_table(env.run("apikeys", "list")[1])
     assert CLOCK.fullmatch(api["Expiration"]) and CLOCK.fullmatch(api["Created"])
@@ -232,7 +236,9 @@ def test_table_cells_are_written_as_headscale_writes_them(env: Env) -> None:
 
 def test_values_are_what_headscale_prints(env: Env) -> None:
     (node,) = env.json("nodes", "list", "-o", "json")
-    assert node["user"]["name"] == "alice" and node["register_method"] == 1  # AUTH_KEY
+    # Tagged (by the table test): listed as headscale's ListNodes does, the tag its identity.
+    assert (node["user"]["id"], node["user"]["name"]) == (2147455555, "tagged-devices")
+    assert node["register_method"] == 1  # AUTH_KEY
     assert node["ip_addresses"] == ["100.64.0.1", "fd7a:115c:a1e0::1"]
     assert node["machine_key"].startswith("mkey:") and node["node_key"].startswith("nodekey:")
     tagged = env.json("nodes", "tags", "-i", "1", "-t", "tag:web", "-t", "tag:db", "-o", "json")
@@ -245,6 +251,7 @@ def test_values_are_what_headscale_prints(env: Env) -> None:
     assert [k["id"] for k in keys] == [1, 2, 3] and keys[0]["reusable"] is True
     revoked = env.json("preauthkeys", "expire", "-i", "2", "-o", "json")
     assert revoked["id"] == 2
+    assert env.json("preauthkeys", "expire", keys[1]["key"], "-o", "json")["id"] == 2  # as listed
     gone = env.json("preauthkeys", "del", "-i", "3", "-o", "json")
     assert gone["id"] == 3
     assert [k["id"] for k in env.json("preauthkeys", "list", "-o", "json")] == [1, 2]

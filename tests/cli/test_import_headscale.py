@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from meshscale.auth import masked_key
 from meshscale.bench.pgserver import PgServer
 from meshscale.cli.main import main
 from meshscale.errors import AuthError
@@ -173,6 +174,14 @@ def check_keys(config: Path, version: str, snap: Snapshot, issued: Issued) -> No
     assert [keys[i].hash_scheme for i in (1, 2, 4)] == [scheme] * 3
     for k in snap.keys:  # no secret is stored: only hashes of it
         assert issued.auth[k.id].encode() not in k.secret_hash
+        # listed as headscale lists it: hskey-auth-<prefix>-*** (0.28+); older plain keys
+        # (headscale showed them whole) as <prefix>***
+        full = issued.auth[k.id]
+        shown = masked_key(k.key_form, k.prefix)
+        if full.startswith("hskey-auth-"):
+            assert shown == full[:len("hskey-auth-") + 12] + "-***"
+        else:
+            assert shown == full[:12] + "***"
     apis = {k.id: k for k in snap.api_keys}
     assert sorted(apis) == [1, 2] and snap.counters["apikey"] == 2
     assert (apis[1].expiration, apis[1].last_seen) == (LATER, T0)

@@ -82,6 +82,13 @@ async def test_set_tags_reaches_the_peers_and_is_checked_against_tag_owners(
     seen = await _peer_entry(sb, a_id)
     assert sorted(seen["Tags"]) == ["tag:db", "tag:web"]
     assert server.state.node(a_id).tags == ("tag:db", "tag:web")
+    # ListNodes shows a tagged node as headscale v0.29 does: owned by tagged-devices (GetNode
+    # keeps the user); the untagged one keeps alice.
+    listed = {n["givenName"]: n["user"] for n in (await api("GET", "/api/v1/node"))[1]["nodes"]}
+    assert (listed["web1"]["id"], listed["web1"]["name"], listed["web1"]["displayName"]) == (
+        "2147455555", "tagged-devices", "Tagged Devices")
+    assert listed["laptop"]["name"] == "alice"
+    assert (await api("GET", f"/api/v1/node/{a_id}"))[1]["node"]["user"]["name"] == "alice"
 
     # Refusals, as headscale words them; the node keeps its tags and no peer hears of it.
     for tags, status_wanted, words in (

@@ -163,9 +163,9 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     # Version 5: users gain picture and groups, empty for the users there were.
     assert [row[-2:] for row in new["users"]] == [("", "[]")]
     new["users"] = [row[:-2] for row in new["users"]]
-    # Version 6: every key there was is a SHA-256 one.
-    assert [row[-1] for row in new["pre_auth_keys"]] == ["sha256"]
-    new["pre_auth_keys"] = [row[:-1] for row in new["pre_auth_keys"]]
+    # Version 6: every key there was is a SHA-256 one; version 9: and one of ours.
+    assert [row[-2:] for row in new["pre_auth_keys"]] == [("sha256", "mskey-auth-")]
+    new["pre_auth_keys"] = [row[:-2] for row in new["pre_auth_keys"]]
     # Version 7: nodes gain "approved", true for the nodes there were.
     assert [row[-1] for row in new["nodes"]] == [1]
     new["nodes"] = [row[:-1] for row in new["nodes"]]
@@ -185,6 +185,29 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
         "current", CURRENT,
         tuple(sorted([*old, "meshscale_schema", "id_counters", "meshscale_api_keys",
                       "meshscale_settings"])))
+
+
+def test_version_9_tells_keys_imported_from_headscale_0_28_from_ours(tmp_path: Path) -> None:
+    """Keys written before version 9: one still holding headscale's bcrypt hash and one whose
+    prefix is not hex are headscale 0.28+'s (hskey-auth-), a hex prefix with SHA-256 is ours."""
+    db = tmp_path / "db.sqlite"
+    storage = open_sqlite(config_for(db))
+    now = datetime.now(UTC)
+    storage.apply([PutUser(User(1, "bob")),
+                   PutKey(PreAuthKey(1, "0123456789ab", b"h", 1, created_at=now)),
+                   PutKey(PreAuthKey(2, "Ab_-CdEfGhIj", b"h", 1, created_at=now)),
+                   PutKey(PreAuthKey(3, "fedcba987654", b"$2a$", 1, created_at=now,
+                                     hash_scheme="bcrypt"))])
+    storage.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute('ALTER TABLE "pre_auth_keys" DROP COLUMN "key_form"')
+        conn.execute("UPDATE meshscale_schema SET version = 8")
+    conn.close()
+    storage = open_sqlite(config_for(db))
+    forms = [k.key_form for k in storage.load().keys]
+    storage.close()
+    assert forms == ["mskey-auth-", "hskey-auth-", "hskey-auth-"]
+    assert versioning.inspect_sqlite_file(db).version == CURRENT
 
 
 def test_a_failing_migration_changes_nothing(tmp_path: Path,
@@ -221,7 +244,7 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         conn.close()
         return rows
 
-    assert CURRENT == 8
+    assert CURRENT == 9
     users_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "users"'))
     users_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "users"'))
     # Version 5: the login provider's picture and groups (OIDC).
@@ -229,8 +252,10 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         ', "picture" TEXT NOT NULL, "groups" TEXT NOT NULL)')
     keys_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "pre_auth_keys"'))
     keys_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "pre_auth_keys"'))
-    # Version 6: how each key's secret is hashed (headscale's bcrypt for imported keys).
-    assert keys_now == keys_v1.removesuffix(")") + ', "hash_scheme" VARCHAR(255) NOT NULL)'
+    # Version 6: how each key's secret is hashed (headscale's bcrypt for imported keys);
+    # version 9: what the full key starts with (listings mask it).
+    assert keys_now == keys_v1.removesuffix(")") + (
+        ', "hash_scheme" VARCHAR(255) NOT NULL, "key_form" VARCHAR(255) NOT NULL)')
     nodes_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "nodes"'))
     nodes_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "nodes"'))
     # Version 7: device approval.
