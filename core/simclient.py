@@ -66,6 +66,13 @@ def finish_handshake(
     return ss.split()  # (send, receive) for the initiator
 
 
+def upgrade_request(host: str, port: int, init: bytes) -> bytes:
+    """The HTTP/1.1 request that upgrades to the control protocol, carrying the initiation."""
+    return (f"POST /ts2021 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
+            "Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
+            f"X-Tailscale-Handshake: {base64.b64encode(init).decode()}\r\n\r\n").encode()
+
+
 async def fetch_server_key(host: str, port: int) -> bytes:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -130,18 +137,20 @@ class ControlConnection:
         if self.websocket:
             response, extra = await self._websocket_upgrade(host, port, init)
         else:
-            self.writer.write(
-                f"POST /ts2021 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
-                "Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
-                f"X-Tailscale-Handshake: {base64.b64encode(init).decode()}\r\n\r\n".encode())
+            self.writer.write(upgrade_request(host, port, init))
             head = await self.reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 101"):
                 raise ConnectionError(f"upgrade refused: {head[:80]!r}")
             response, extra = await self.reader.readexactly(51), b""
-        send, recv = finish_handshake(ss, e, self.machine, response)
-        self.encoder = RecordEncoder(send)
-        self.decoder = RecordDecoder(recv)
+        self._start(finish_handshake(ss, e, self.machine, response))
         self._extra = extra  # records that came with the handshake response
+        self._reader_task = asyncio.create_task(self._read_loop())
+
+    def _start(self, keys: tuple[bytes, bytes]) -> None:
+        """The Noise session's codecs and HTTP/2's preface and settings, once the handshake
+        gave the (send, receive) keys."""
+        self.encoder = RecordEncoder(keys[0])
+        self.decoder = RecordDecoder(keys[1])
         self.h2.initiate_connection()
         # Windows as tailscale's Go client (x/net/http2's Transport) grants them: 4 MiB per
         # stream, 1 GiB for the connection; a full map at thousands of peers then flows without
@@ -149,7 +158,6 @@ class ControlConnection:
         self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
         self.h2.increment_flow_control_window(2**30)
         self._flush()
-        self._reader_task = asyncio.create_task(self._read_loop())
 
     async def _websocket_upgrade(self, host: str, port: int, init: bytes) -> tuple[bytes, bytes]:
         """GET /ts2021 with Upgrade: websocket; (handshake response, stream bytes after it)."""

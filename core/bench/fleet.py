@@ -1,8 +1,10 @@
 """Many simulated nodes in one process: register, stream, and watch for markers.
 
 Each node has its own TCP connection, Noise session and HTTP/2 connection, exactly as a real
-client does. Of a large full map only the head frame is decoded (the generator shares the two
-cores with the server, and a full map's content is checked by the tests, not here).
+client does; its map stream is received through the lean path of leanconn.py. Every delta is
+decompressed and parsed; of a large full map only the head frame is decoded (the generator
+shares the two cores with the server, and a full map's content is checked by the tests, not
+here).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import zstandard
 
+from meshscale.bench.leanconn import LeanConnection
 from meshscale.simclient import SimNode, decompress_all
 
 PARSE_LIMIT = 64 * 1024  # messages above this are counted, not parsed
@@ -59,7 +63,8 @@ class Member:
     def __init__(self, fleet: Fleet, index: int, hostname: str) -> None:
         self.fleet = fleet
         self.index = index
-        self.node = SimNode(hostname)
+        self.conn = LeanConnection()
+        self.node = SimNode(hostname, self.conn)
         self.node_id = 0
         self.stream_id = 0
         self.full_maps = 0
@@ -77,41 +82,18 @@ class Member:
 
     def open_stream(self) -> None:
         self.first_map.clear()
-        old = self.node.conn.replies.get(self.stream_id)
+        old = self.conn.replies.get(self.stream_id)
         if old is not None:
             old.on_data = _discard  # the replaced stream's last bytes must not mix in
-        sid = self.node.conn.start_request(
+            self.conn.release(self.stream_id)
+        sid = self.conn.start_request(
             "/machine/map", json.dumps(self.node.map_body(True)).encode())
-        self.node.conn.replies[sid].on_data = self._reader()
+        self.conn.replies[sid].on_data = MapReader(self).feed
+        self.conn.claim(sid)
         self.stream_id = sid
 
     async def close_stream(self) -> None:
-        await self.node.conn.close()
-
-    def _reader(self) -> Callable[[bytes | None], None]:
-        """A frame reader with its own buffer and decompressor, for one stream."""
-        buf = bytearray()
-        dctx = zstandard.ZstdDecompressor()
-
-        def feed(chunk: bytes | None) -> None:
-            if chunk is None:
-                return
-            self.fleet.bytes_received += len(chunk)
-            buf.extend(chunk)
-            while len(buf) >= 4:
-                (n,) = struct.unpack_from("<I", buf)
-                if len(buf) < 4 + n:
-                    break
-                frame = bytes(buf[4:4 + n])
-                del buf[:4 + n]
-                if n > HEAD_ONLY:
-                    # A big full map: its first zstd frame is the head (self node, DERP map,
-                    # filter); the peer chunks after it are counted in bytes, not decoded.
-                    self._message(dctx.decompressobj().decompress(frame), head_only=True)
-                else:
-                    self._message(decompress_all(dctx, frame))
-
-        return feed
+        await self.conn.close()
 
     def _message(self, body: bytes, head_only: bool = False) -> None:
         now = time.perf_counter()
@@ -124,7 +106,7 @@ class Member:
             for raw_observer in self.fleet.raw_observers:
                 raw_observer(body, now, self)
             return
-        msg = json.loads(body)
+        msg = orjson.loads(body)
         if msg.get("KeepAlive") and len(msg) == 1:
             self.messages -= 1  # keep-alives are not activity: settle() ignores them
             return
@@ -139,6 +121,70 @@ class Member:
         self.first_map_at = now
         self.first_map.set()
         self.fleet.full_map_seen(self, now)
+
+
+class MapReader:
+    """One stream's messages (u32 LE length + zstd) from its DATA payloads, with its own buffer
+    and decompressor. A message above HEAD_ONLY (a big full map) is not buffered: its head
+    frame is decompressed as its bytes arrive, the rest is counted until the message ends."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.fleet = member.fleet
+        self.buf = bytearray()
+        self.dctx = zstandard.ZstdDecompressor()
+        self.skip = 0  # bytes of the current big message still to come
+        self.head: Any = None  # its head's decompressor until the head frame ended
+        self.head_parts: list[bytes] = []
+
+    def feed(self, chunk: bytes | None) -> None:
+        if chunk is None:
+            return
+        self.fleet.bytes_received += len(chunk)
+        if self.skip:
+            take = min(self.skip, len(chunk))
+            self._big(chunk[:take] if take < len(chunk) else chunk)
+            if take == len(chunk):
+                return
+            chunk = chunk[take:]
+        if self.buf:
+            self.buf += chunk
+            data = bytes(self.buf)
+            self.buf.clear()
+        else:
+            data = chunk
+        size = len(data)
+        pos = 0
+        while size - pos >= 4:
+            (n,) = struct.unpack_from("<I", data, pos)
+            if n > HEAD_ONLY:
+                # A big full map: its first zstd frame is the head (self node, DERP map,
+                # filter); the peer chunks after it are counted in bytes, not decoded.
+                self.skip = n
+                self.head = self.dctx.decompressobj()
+                self.head_parts = []
+                take = min(n, size - pos - 4)
+                self._big(data[pos + 4:pos + 4 + take])
+                pos += 4 + take
+                continue
+            if size - pos - 4 < n:
+                break
+            self.member._message(decompress_all(self.dctx, data[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+        if pos < size:
+            self.buf += data[pos:] if pos else data
+
+    def _big(self, part: bytes) -> None:
+        self.skip -= len(part)
+        if self.head is not None:
+            self.head_parts.append(self.head.decompress(part))
+            if self.head.eof:
+                self.head = None
+        if not self.skip:
+            if self.head is not None:
+                raise ValueError("a full map ended inside its head frame")
+            self.member._message(b"".join(self.head_parts), head_only=True)
+            self.head_parts = []
 
 
 class Fleet:

@@ -92,7 +92,7 @@ class Bench:
         if self.fleet is not None:
             await self.fleet.close()
         if self._server is not None:
-            self._server.stop()
+            self._server.remove()
         if self.pg is not None:
             self.pg.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,3 +85,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def remove(self) -> None:
+        """Stop the server and delete its temporary data directory."""
+        self.stop()
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -96,3 +96,10 @@ async def test_shards_small() -> None:
     out = run(nodes=20, events=3, workers=2)
     assert out["workers"] == 2 and out["wall_ms_per_event_median"] > 0
     assert out["workers_cpu_s_per_event"] > 0
+
+
+async def test_bench_removes_its_server_directory() -> None:
+    async with scenarios.Bench(["sqlite"]) as b:
+        folder = b.server.dir
+        assert (folder / "config.yaml").exists()
+    assert not folder.exists()
