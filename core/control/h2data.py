@@ -45,3 +45,38 @@ def lean_data(conn: h2.connection.H2Connection, stream_id: int,
     stream.outbound_flow_control_window -= n
     conn.outbound_flow_control_window -= n
     return conn.data_to_send() + data_frame(stream_id, payload)
+
+
+class LeanStream:
+    """``lean_data`` for one stream, with the stream's h2 objects looked up once.
+
+    A map stream takes thousands of deltas over its life; looking up the h2 stream, its state
+    machine and the frame header's stream ID per delta was a quarter of the per-recipient cost
+    above the floor. The h2 stream object lives as long as the stream (h2 keeps its state in
+    it: once closed or reset it stays CLOSED), so holding it is safe; the books kept are the
+    same as ``lean_data``'s, and the same tests hold it to h2's own ``send_data``."""
+
+    __slots__ = ("_conn", "_machine", "_sid", "_stream")
+
+    def __init__(self, conn: h2.connection.H2Connection, stream_id: int) -> None:
+        self._conn = conn
+        self._stream = conn.streams[stream_id]  # KeyError: not an open stream
+        self._machine = self._stream.state_machine
+        self._sid = (stream_id & 0x7FFFFFFF).to_bytes(4, "big")
+
+    def data(self, payload: bytes) -> bytes | None:
+        """As ``lean_data(conn, stream_id, payload)``."""
+        conn = self._conn
+        stream = self._stream
+        n = len(payload)
+        if (n == 0 or self._machine.state not in _SENDABLE
+                or n > stream.outbound_flow_control_window
+                or n > conn.outbound_flow_control_window
+                or n > conn.max_outbound_frame_size
+                or conn.state_machine.state is ConnectionState.CLOSED):
+            return None
+        stream.outbound_flow_control_window -= n
+        conn.outbound_flow_control_window -= n
+        # Type 0 (DATA) and no flags: the two zero bytes after the 24-bit length.
+        return b"".join((conn.data_to_send(), n.to_bytes(3, "big"), b"\x00\x00", self._sid,
+                         payload))

@@ -159,15 +159,21 @@ class MapPoll:
         session.ticker = asyncio.get_running_loop().call_later(
             self._keepalive_delay(), self._keepalive_tick, session)
 
-        def direct(msg: Message) -> bool:
-            if not resp.write_now(msg.frame(compress)):
-                return False
-            session.sent["delta"] += 1
-            session.sent_since_tick = True
-            return True
+        sent = session.sent
 
         try:
             await resp.start(200)
+            # One writer for the stream's life: a delta to a waiting stream then costs little
+            # more than its seal and its write.
+            write_now = resp.direct_writer()
+
+            def direct(msg: Message) -> bool:
+                if write_now is None or not write_now(msg.frame(compress)):
+                    return False
+                sent["delta"] += 1
+                session.sent_since_tick = True
+                return True
+
             while not session.closed:
                 if session.needs_full:
                     # Full maps are the big messages (MBs at thousands of nodes): a storm of

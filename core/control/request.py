@@ -27,7 +27,7 @@ class Connection(Protocol):
     def send_headers(self, stream_id: int, headers: list[tuple[str, str]],
                      end: bool) -> None: ...
     async def send_data(self, stream_id: int, data: bytes) -> None: ...
-    def send_now(self, stream_id: int, data: bytes) -> bool: ...
+    def direct_writer(self, stream_id: int) -> Callable[[bytes], bool] | None: ...
     def end_stream(self, stream_id: int) -> None: ...
     def stream_open(self, stream_id: int) -> bool: ...
 
@@ -53,9 +53,10 @@ class ResponseWriter:
     async def write(self, data: bytes) -> None:
         await self._conn.send_data(self.stream_id, data)
 
-    def write_now(self, data: bytes) -> bool:
-        """Write without waiting if the connection can take it at once; False: not written."""
-        return self._conn.send_now(self.stream_id, data)
+    def direct_writer(self) -> Callable[[bytes], bool] | None:
+        """A function that writes without waiting if the connection can take the bytes at once
+        (False: not written); made once per stream. None: the stream is not open."""
+        return self._conn.direct_writer(self.stream_id)
 
     async def end(self) -> None:
         if not self.finished:

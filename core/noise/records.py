@@ -23,6 +23,8 @@ _MAX_NONCE = 2**64 - 1
 
 
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
+_NONCE = struct.Struct(">4xQ")  # the same 12 bytes as _nonce(), in one call
+_RECORD_HEAD = struct.Struct(">BH")
 
 
 def _nonce(counter: int) -> bytes:
@@ -46,11 +48,9 @@ class RecordEncoder:
         if self._counter + count > _MAX_NONCE:
             raise ProtocolError("nonce space exhausted")
         if count == 1:
-            # One record (every delta of a fan-out): plain encrypt is the cheaper call.
-            ct = self._aead.encrypt(_NONCE_PREFIX + self._counter.to_bytes(8, "big"), data, None)
-            self._counter += 1
-            n = len(ct)
-            return bytes((MSG_RECORD, n >> 8, n & 0xFF)) + ct
+            return self.seal(data)
+        if count == 0:
+            return b""
         out = bytearray(size + count * (HEADER_LEN + TAG_LEN))
         dst = memoryview(out)
         src = memoryview(data)
@@ -69,6 +69,19 @@ class RecordEncoder:
             counter += 1
         self._counter = counter
         return out
+
+
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        """One record of at most MAX_PLAINTEXT bytes (every delta of a fan-out): plain
+        ``encrypt`` is the cheaper call there."""
+        if len(data) > MAX_PLAINTEXT:
+            raise ValueError(f"{len(data)} bytes do not fit one Noise record")
+        counter = self._counter
+        if counter >= _MAX_NONCE:
+            raise ProtocolError("nonce space exhausted")
+        ct = self._aead.encrypt(_NONCE.pack(counter), data, None)
+        self._counter = counter + 1
+        return _RECORD_HEAD.pack(MSG_RECORD, len(ct)) + ct
 
 
 class RecordDecoder:

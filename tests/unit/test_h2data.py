@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import h2.config
 import h2.connection
 import h2.errors
@@ -9,7 +11,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from meshscale.control.h2data import data_frame, lean_data
+from meshscale.control.h2data import LeanStream, data_frame, lean_data
 
 REQUEST = [(":method", "POST"), (":path", "/machine/map"), (":scheme", "http"),
            (":authority", "x")]
@@ -40,13 +42,29 @@ def test_data_frame_bytes() -> None:
     assert data_frame(0x7FFFFFFF, bytes(70000))[:9] == b"\x01\x11\x70\x00\x00\x7f\xff\xff\xff"
 
 
+Lean = Callable[[h2.connection.H2Connection, int], Callable[[bytes], bytes | None]]
+
+
+def by_function(conn: h2.connection.H2Connection, sid: int) -> Callable[[bytes], bytes | None]:
+    return lambda payload: lean_data(conn, sid, payload)
+
+
+def by_stream(conn: h2.connection.H2Connection, sid: int) -> Callable[[bytes], bytes | None]:
+    return LeanStream(conn, sid).data
+
+
+BOTH = pytest.mark.parametrize("make", [by_function, by_stream], ids=["lean_data", "LeanStream"])
+
+
+@BOTH
 @pytest.mark.parametrize("sizes", [[1], [70, 81, 200], [16384], [5000] * 20])
-def test_same_bytes_and_windows_as_h2(sizes: list[int]) -> None:
+def test_same_bytes_and_windows_as_h2(sizes: list[int], make: Lean) -> None:
     lean, client, sid = pair()
     ref, _, _ = pair()
+    send = make(lean, sid)
     for n in sizes:
         payload = bytes(range(256)) * (n // 256) + bytes(n % 256)
-        wire = lean_data(lean, sid, payload)
+        wire = send(payload)
         ref.send_data(sid, payload)
         assert wire == ref.data_to_send()
         assert lean.local_flow_control_window(sid) == ref.local_flow_control_window(sid)
@@ -61,29 +79,42 @@ def test_same_bytes_and_windows_as_h2(sizes: list[int]) -> None:
                for e in client.receive_data(lean.data_to_send()))
 
 
-def test_pending_h2_bytes_go_first() -> None:
+@BOTH
+def test_pending_h2_bytes_go_first(make: Lean) -> None:
     lean, client, sid = pair()
+    send = make(lean, sid)
     lean.ping(b"12345678")  # queued by h2, not yet taken
-    wire = lean_data(lean, sid, b"delta")
+    wire = send(b"delta")
     assert wire is not None
     kinds = [type(e) for e in client.receive_data(wire)]
     assert kinds == [h2.events.PingReceived, h2.events.DataReceived]
 
 
-def test_refusals_change_nothing() -> None:
+@BOTH
+def test_refusals_change_nothing(make: Lean) -> None:
     server, client, sid = pair(window=100)
+    send = make(server, sid)
     before = server.local_flow_control_window(sid)
-    assert lean_data(server, sid, bytes(101)) is None  # the stream's window
-    assert lean_data(server, sid, b"") is None
-    assert lean_data(server, sid + 2, b"x") is None  # no such stream
+    conn_before = server.outbound_flow_control_window
+    assert send(bytes(101)) is None  # the stream's window
+    assert send(b"") is None
     big, _, bsid = pair()
-    assert lean_data(big, bsid, bytes(big.max_outbound_frame_size + 1)) is None
+    assert make(big, bsid)(bytes(big.max_outbound_frame_size + 1)) is None
     assert server.local_flow_control_window(sid) == before
+    assert server.outbound_flow_control_window == conn_before
     # A stream the client reset is not open for sending.
     client.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
     server.receive_data(client.data_to_send())
-    assert lean_data(server, sid, b"x") is None
+    assert send(b"x") is None
     # Nor is anything after the connection closed.
     other, _, osid = pair()
+    other_send = make(other, osid)
     other.close_connection()
-    assert lean_data(other, osid, b"x") is None
+    assert other_send(b"x") is None
+
+
+def test_no_such_stream() -> None:
+    server, _, sid = pair()
+    assert lean_data(server, sid + 2, b"x") is None
+    with pytest.raises(KeyError):
+        LeanStream(server, sid + 2)

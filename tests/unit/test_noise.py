@@ -109,3 +109,14 @@ def test_encoder_matches_one_seal_per_record(size: int) -> None:
     # A memoryview is taken as is, and the counter went on by the records above.
     assert bytes(enc.encode(memoryview(b"tail!"))) == seal(
         key, 1 + len(range(0, size, MAX_PLAINTEXT)), b"tail!")
+
+
+def test_seal_is_one_record_and_shares_the_counter() -> None:
+    key = bytes(range(32))
+    enc = RecordEncoder(key)
+    assert enc.seal(b"first") == seal(key, 0, b"first")
+    assert bytes(enc.encode(b"second")) == seal(key, 1, b"second")
+    assert enc.seal(bytes(MAX_PLAINTEXT)) == seal(key, 2, bytes(MAX_PLAINTEXT))
+    with pytest.raises(ValueError, match="do not fit"):
+        enc.seal(bytes(MAX_PLAINTEXT + 1))
+    assert enc.seal(b"") == seal(key, 3, b"")  # the refusal above used no nonce
