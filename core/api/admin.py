@@ -90,6 +90,7 @@ def key_view(k: PreAuthKey, user: User | None) -> dict[str, Any]:
         "expiration": _time(k.expiration),
         "createdAt": _time(k.created_at),
         "aclTags": list(k.tags),
+        "preauthorized": k.preauthorized,  # its nodes skip device approval
     }
 
 
@@ -239,6 +240,9 @@ def create_admin_app(server: AdminServer) -> Quart:
         if not isinstance(seconds, (int, float)) or seconds < 0:
             raise MeshscaleError("expiration must be a non-negative number of seconds")
         tags = [str(t) for t in body.get("tags") or []]
+        preauthorized = body.get("preauthorized", False)
+        if not isinstance(preauthorized, bool):
+            raise MeshscaleError("preauthorized must be true or false")
         if tags and not server.engine.tags_permitted(
             st.policy_user(user) if user else None, tags
         ) and user is not None:
@@ -249,6 +253,7 @@ def create_admin_app(server: AdminServer) -> Quart:
             ephemeral=bool(body.get("ephemeral")),
             expiration=timedelta(seconds=seconds) if seconds else None,
             tags=tags,
+            preauthorized=preauthorized,
         )
         view = key_view(key, user)
         view["key"] = full

@@ -85,7 +85,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/preauthkey", "CreatePreAuthKey", "preauthkeys",
           restops.create_preauthkey, "Create a pre-auth key (the key is shown once)",
           body=(("user", U64), ("reusable", B), ("ephemeral", B), ("expiration", "date-time"),
-                ("aclTags", L))),
+                ("aclTags", L), ("preauthorized", B))),
     Route("POST", "/api/v1/preauthkey/expire", "ExpirePreAuthKey", "preauthkeys",
           restops.expire_preauthkey, "Expire a pre-auth key", body=(("id", U64), ("user", U64),
                                                                        ("key", S))),

@@ -103,6 +103,9 @@ async def create_preauthkey(c: Call) -> dict[str, Any]:
     user = _user(c, c.body["user"]) if c.body.get("user") else None
     expiration = v.timestamp(c.body.get("expiration"), "expiration")
     tags = v.string_list(c.body.get("aclTags"), "aclTags")
+    preauthorized = c.body.get("preauthorized", False)  # meshscale's (Tailscale's name)
+    if not isinstance(preauthorized, bool):
+        raise MeshscaleError("preauthorized must be true or false")
     if tags and user is not None and not c.server.engine.tags_permitted(
             st.policy_user(user), tags):
         raise MeshscaleError(f"user {user.name!r} may not own tags {tags} (tagOwners)")
@@ -113,7 +116,7 @@ async def create_preauthkey(c: Call) -> dict[str, Any]:
             raise MeshscaleError("expiration must be in the future")
     key, full = st.create_key(user, reusable=bool(c.body.get("reusable")),
                               ephemeral=bool(c.body.get("ephemeral")),
-                              expiration=lifetime, tags=tags)
+                              expiration=lifetime, tags=tags, preauthorized=preauthorized)
     return {"preAuthKey": _key(c, key, full)}
 
 

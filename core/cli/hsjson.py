@@ -82,6 +82,7 @@ def preauthkey(k: dict[str, Any]) -> dict[str, Any]:
         "expiration": timestamp(k.get("expiration")),
         "created_at": timestamp(k.get("createdAt")),
         "acl_tags": list(k.get("aclTags", [])),
+        "preauthorized": bool(k.get("preauthorized")),  # meshscale's pre-approved keys
     }
 
 

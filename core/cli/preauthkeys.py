@@ -23,7 +23,9 @@ def _owner(row: dict[str, Any]) -> str:
 COLUMNS: list[Column] = [("ID", "id"), ("Key/Prefix", "key"), ("Reusable", "reusable"),
                          ("Ephemeral", "ephemeral"), ("Used", "used"),
                          ("Expiration", when("expiration", "-")),
-                         ("Created", when("createdAt")), ("Owner", _owner)]
+                         ("Created", when("createdAt")), ("Owner", _owner),
+                         # meshscale's, after headscale's: nodes skip device approval
+                         ("Pre-approved", "preauthorized")]
 
 
 def _ref(args: argparse.Namespace) -> str:
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> Out:
         tags = [t for part in args.tags for t in part.split(",") if t]
         result = c.call("POST", "/v1/preauthkeys", {
             "user": args.user, "reusable": args.reusable, "ephemeral": args.ephemeral,
-            "expiration": seconds, "tags": tags,
+            "expiration": seconds, "tags": tags, "preauthorized": args.pre_approved,
         })
         if args.output in ("table", ""):
             return Out(result["key"])
@@ -76,6 +78,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="how long the key is valid: 30m, 1h, 90d; 0 = never")
     c.add_argument("--tags", action="append", default=[],
                    help="tag:x for the nodes it registers (repeat or comma-separate)")
+    c.add_argument("--pre-approved", "--preauthorized", dest="pre_approved",
+                   action="store_true",
+                   help="nodes it registers need no device approval (node.approval: manual)")
     ls = add(ks, "list", "list keys (by prefix; the secret is never shown again)", common,
              aliases=["ls", "show"])
     ls.add_argument("-u", "--user", default=None, help="only this user's keys (name or ID)")

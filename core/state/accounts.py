@@ -126,8 +126,10 @@ class Accounts(PolicyBridge):
         ephemeral: bool = False,
         expiration: timedelta | None = timedelta(hours=1),
         tags: Sequence[str] = (),
+        preauthorized: bool = False,
     ) -> tuple[PreAuthKey, str]:
-        """Make a key; returns the record and the full key, which is shown once."""
+        """Make a key; returns the record and the full key, which is shown once.
+        ``preauthorized``: the nodes it registers need no device approval."""
         for tag in tags:
             if not tag.startswith("tag:") or len(tag) <= 4:
                 raise MeshscaleError(f"invalid tag {tag!r}: tags look like tag:name")
@@ -145,6 +147,7 @@ class Accounts(PolicyBridge):
             expiration=now + expiration if expiration else None,
             created_at=now,
             tags=tuple(sorted(set(tags))),
+            preauthorized=preauthorized,
         )
         self._write([PutKey(key), PutCounter("key", key.id)])
         self._hwm["key"] = key.id

@@ -96,7 +96,12 @@ class NodeLifecycle:
         existed = self.state.by_machine_key(machine_key) is not None
         node = self.state.register_with_key(key, machine_key, node_key, hostinfo, tags, capver)
         self.node_event(NodeEventKind.UPDATED if existed else NodeEventKind.REGISTERED, node)
-        self._audit(node, ("logged in again" if existed else "registered") + _waiting(node))
+        manual = self.config.node.approval == "manual"
+        how = " (pre-approved key)" if key.preauthorized and manual and not existed else ""
+        self._audit(node, ("logged in again" if existed else "registered") + how
+                    + ("" if key.preauthorized else _waiting(node)))
+        if key.preauthorized and not node.approved:  # it waited; its new key lets it in
+            node = self.approve(node.id, by="its pre-approved pre-auth key")
         return node
 
     def register_for_user(

@@ -52,6 +52,9 @@ class PreAuthKey:
     # What the full key starts with (meshscale.auth.masked_key): "mskey-auth-" for ours,
     # "hskey-auth-" for one imported from headscale 0.28+, "" for headscale's older plain keys.
     key_form: str = "mskey-auth-"
+    # Nodes it registers join approved although node.approval is manual (Tailscale's
+    # "pre-approved" keys, ``preauthorized`` in its API).
+    preauthorized: bool = False
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expiration is not None and self.expiration <= (now or utcnow())

@@ -103,7 +103,7 @@ class State(Accounts):
             machine_key, node_key, hostinfo, tags, capver,
             user_id=None if tags else key.user_id, auth_key_id=key.id,
             ephemeral=key.ephemeral, method="authkey",
-            ops=[] if key.used else [PutKey(consumed)],
+            ops=[] if key.used else [PutKey(consumed)], preapproved=key.preauthorized,
         )
         self.keys[key.id] = consumed
         return node
@@ -137,7 +137,10 @@ class State(Accounts):
         ephemeral: bool,
         method: str,
         ops: list[Op],
+        preapproved: bool = False,
     ) -> Node:
+        """``preapproved``: a new node joins approved whatever node.approval says (an existing
+        node keeps its state; NodeLifecycle approves it through approve_node)."""
         hostname = str(hostinfo.get("Hostname") or "node")
         existing = self._by_machine_key.get(machine_key)
         if existing is not None:
@@ -177,7 +180,7 @@ class State(Accounts):
             ephemeral=ephemeral,
             register_method=method,
             capver=capver,
-            approved=self.config.node.approval != "manual",
+            approved=preapproved or self.config.node.approval != "manual",
         )
         try:
             self._write([*ops, PutNode(node), PutCounter("node", node.id)])

@@ -45,6 +45,7 @@ class PreAuthKeyRow(BaseModel):
     tags = pw.TextField(default="[]")
     hash_scheme = pw.CharField(default="sha256")
     key_form = pw.CharField(default="mskey-auth-")
+    preauthorized = pw.BooleanField(default=False)
 
     class Meta:
         table_name = "pre_auth_keys"

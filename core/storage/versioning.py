@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 9
+CURRENT = 10
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -175,11 +175,20 @@ def _v8_to_v9(db: pw.Database) -> None:
                      f"WHERE id = {db.param}", ("hskey-auth-", key_id))
 
 
+def _v9_to_v10(db: pw.Database) -> None:
+    """Version 10 adds ``pre_auth_keys.preauthorized`` (pre-approved keys: their nodes skip
+    device approval); the keys there were are not. Typed as peewee's BooleanField makes it."""
+    kind = ("BOOLEAN NOT NULL DEFAULT FALSE" if isinstance(db, pw.PostgresqlDatabase)
+            else "INTEGER NOT NULL DEFAULT 0")
+    _sql(db, f'ALTER TABLE "pre_auth_keys" ADD COLUMN "preauthorized" {kind}')
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3,
                                                          3: _v3_to_v4, 4: _v4_to_v5,
                                                          5: _v5_to_v6, 6: _v6_to_v7,
-                                                         7: _v7_to_v8, 8: _v8_to_v9}
+                                                         7: _v7_to_v8, 8: _v8_to_v9,
+                                                         9: _v9_to_v10}
 
 
 # -- acting on a live database ----------------------------------------------------------------

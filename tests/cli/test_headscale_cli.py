@@ -79,7 +79,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         e.json("user", "new", "bob", "-d", "Bob", "-o", "json")
         e.key = e.json("preauthkeys", "create", "-u", "alice", "--reusable", "-o", "json")["key"]
         e.json("authkey", "c", "-u", "bob", "-o", "json")
-        e.json("pre", "new", "-u", "bob", "-o", "json")
+        e.json("pre", "new", "-u", "bob", "--pre-approved", "-o", "json")
         e.join("laptop", ["10.0.0.0/8"])
         yield e
     finally:
@@ -229,6 +229,9 @@ def test_table_cells_are_written_as_headscale_writes_them(env: Env) -> None:
     # masked as headscale 0.28+ lists its keys (hskey-auth-<prefix>-***); the secret never
     assert all(re.fullmatch(r"mskey-auth-[0-9a-f]{12}-\*\*\*", k["key"]) for k in listed)
     assert keys[0]["Key/Prefix"] == env.key[:len("mskey-auth-") + 12] + "-***"
+    # meshscale's column after headscale's: the third key was made --pre-approved
+    assert [k["Pre-approved"] for k in keys] == ["false", "false", "true"]
+    assert [k["preauthorized"] for k in listed] == [False, False, True]
 
     _, (api,) = read_table(env.run("apikeys", "list")[1])
     assert CLOCK.fullmatch(api["Expiration"]) and CLOCK.fullmatch(api["Created"])

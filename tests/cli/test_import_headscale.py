@@ -172,6 +172,7 @@ def check_keys(config: Path, version: str, snap: Snapshot, issued: Issued) -> No
     assert keys[4].tags == ("tag:ci", "tag:server")
     scheme = "bcrypt" if hashed_keys(version) else "sha256"
     assert [keys[i].hash_scheme for i in (1, 2, 4)] == [scheme] * 3
+    assert not any(k.preauthorized for k in snap.keys)  # headscale has no pre-approved keys
     for k in snap.keys:  # no secret is stored: only hashes of it
         assert issued.auth[k.id].encode() not in k.secret_hash
         # listed as headscale lists it: hskey-auth-<prefix>-*** (0.28+); older plain keys

@@ -3,7 +3,8 @@
 A new node waits whether it logged in with a pre-auth key or interactively: the client is in
 NeedsMachineAuth ("Machine is not yet approved by tailnet admin."), the peers' netmaps do not
 hold it and no traffic passes. ``meshscale nodes approve -i ID`` lets it in: the waiting
-``tailscale up`` finishes by itself, both see each other and pings work.
+``tailscale up`` finishes by itself, both see each other and pings work. A key made with
+``--pre-approved`` registers a node that is Running at once.
 """
 
 from __future__ import annotations
@@ -120,3 +121,16 @@ def test_key_and_interactive_logins_wait_for_approval(server: MeshscaleProcess,
     wait_for(lambda: "alpha" in b.peers(), 20, "beta to see alpha")
     assert "pong from alpha" in b.cli("ping", "--until-direct=false", "-c", "3", "alpha").stdout
     assert "pong from beta" in a.cli("ping", "--until-direct=false", "-c", "3", "beta").stdout
+
+    # A pre-approved key (Tailscale's "preauthorized"): the node is Running at once, no admin.
+    c = tailscaled("gamma")
+    c.start()
+    pre = server.cli("preauthkeys", "create", "--user", "alice", "--pre-approved", "-o", "json")
+    assert pre["preauthorized"] is True
+    started = time.monotonic()
+    c.up(server.url, pre["key"])  # returns once Running: it never waited for approval
+    assert time.monotonic() - started < 30
+    assert c.status()["BackendState"] == "Running"
+    assert server.nodes()["gamma"]["approved"] is True
+    wait_for(lambda: "gamma" in a.peers(), 20, "alpha to see gamma")
+    assert "pong from alpha" in c.cli("ping", "--until-direct=false", "-c", "3", "alpha").stdout

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale.cli.client import AdminClient
 from meshscale.errors import MeshscaleError
@@ -47,9 +48,9 @@ def node_id(server: Server, node: SimNode) -> int:
     return found.id
 
 
-async def admin(server: Server, method: str, path: str) -> Any:
+async def admin(server: Server, method: str, path: str, body: Any = None) -> Any:
     client = AdminClient(str(server.admin_socket_path))
-    return await asyncio.to_thread(client.call, method, path)
+    return await asyncio.to_thread(client.call, method, path, body)
 
 
 @pytest.fixture
@@ -109,6 +110,47 @@ async def test_a_waiting_node_sees_nobody_and_nobody_sees_it(
         await n.conn.close()
 
 
+async def test_a_pre_approved_key_lets_its_nodes_in_at_once(
+        manual: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """A key made with preauthorized (Tailscale's name; ``--pre-approved``) registers nodes
+    approved; a node that waits is let in when it logs in again with such a key; an ordinary
+    key's node still waits."""
+    alice_key(manual)
+    made = await admin(manual, "POST", "/v1/preauthkeys",
+                       {"user": "alice", "reusable": True, "preauthorized": True})
+    assert made["preauthorized"] is True
+    listed = await admin(manual, "GET", "/v1/preauthkeys")
+    assert [k["preauthorized"] for k in listed] == [False, True]
+    with pytest.raises(MeshscaleError, match="preauthorized must be true or false"):
+        await admin(manual, "POST", "/v1/preauthkeys", {"user": "alice", "preauthorized": "yes"})
+    caplog.set_level(logging.INFO, "meshscale.audit")
+
+    a, resp = await register(manual, made["key"], "laptop")
+    assert resp["MachineAuthorized"] is True, resp
+    assert "registered (pre-approved key)" in caplog.text and "waits for" not in caplog.text
+    sa, first = await first_map(a)
+    assert first["Node"]["MachineAuthorized"] is True and first["PacketFilter"] != []
+    await quiet(sa)  # its own coming online
+
+    assert manual.state is not None
+    ordinary = manual.state.create_key(manual.state.user("alice"))[1]
+    b, resp = await register(manual, ordinary, "phone")
+    assert resp["MachineAuthorized"] is False
+    assert await quiet(sa) == []  # a waiting node: a's map does not hear of it
+    b_id = node_id(manual, b)
+    # The same machine logs in again with the pre-approved key (a new node key, as
+    # `tailscale up --force-reauth --authkey` does).
+    b.node_key = X25519PrivateKey.generate()
+    resp = await b.register(made["key"])
+    assert resp["MachineAuthorized"] is True, resp
+    assert "approved by its pre-approved pre-auth key" in caplog.text
+    assert manual.state.nodes[b_id].approved and manual.state.pending == set()
+    delta = await next_with(sa, "PeersChanged")
+    assert [p["ID"] for p in delta["PeersChanged"]] == [b_id]
+    for n in (a, b):
+        await n.conn.close()
+
+
 async def test_waiting_survives_a_restart_and_logging_in_again(
         meshscale_server_factory: Callable[..., Any], tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -146,6 +188,14 @@ async def test_the_rest_api_approves(manual: Server) -> None:
         assert got.json()["node"]["id"] == str(a_id)
         again = await api.post(f"/api/v1/node/{a_id}/approve")
         assert again.status_code == 400 and "already approved" in again.text, again.text
+        # CreatePreAuthKey takes Tailscale's preauthorized (a meshscale addition)
+        made = await api.post("/api/v1/preauthkey", json={"user": "1", "preauthorized": True})
+        assert made.status_code == 200, made.text
+        bad = await api.post("/api/v1/preauthkey", json={"user": "1", "preauthorized": "yes"})
+        assert bad.status_code == 400 and "preauthorized" in bad.text
+    b, resp = await register(manual, made.json()["preAuthKey"]["key"], "phone")
+    assert resp["MachineAuthorized"] is True
+    await b.conn.close()
     assert manual.state is not None and manual.state.nodes[a_id].approved
     await a.conn.close()
 

@@ -80,13 +80,15 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     storage.close()
     # Version 1 is the same tables without the marker, the ID counters (version 3), the
     # API keys (version 4), the users' picture and groups (version 5), the keys' hash
-    # scheme (version 6), nodes.approved (version 7) and the run-time settings (version 8).
+    # scheme (version 6), nodes.approved (version 7), the run-time settings (version 8), the
+    # keys' form (version 9) and pre-approval (version 10).
     run(pg_server, database, "DROP TABLE meshscale_schema")
     run(pg_server, database, "DROP TABLE meshscale_settings")
     run(pg_server, database, "DROP TABLE id_counters")
     run(pg_server, database, "DROP TABLE meshscale_api_keys")
     run(pg_server, database, 'ALTER TABLE users DROP COLUMN picture, DROP COLUMN "groups"')
-    run(pg_server, database, "ALTER TABLE pre_auth_keys DROP COLUMN hash_scheme")
+    run(pg_server, database, "ALTER TABLE pre_auth_keys DROP COLUMN hash_scheme, "
+                             "DROP COLUMN key_form, DROP COLUMN preauthorized")
     run(pg_server, database, "ALTER TABLE nodes DROP COLUMN approved")  # version 7
     before = dump(pg_server, database)
 
@@ -105,9 +107,10 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
     assert [r[-2:] for r in rows] == [("", "[]")]
     after["users"] = (cols[:-2], [r[:-2] for r in rows])
     cols, rows = after["pre_auth_keys"]
-    assert cols[-1] == ("hash_scheme", "character varying")
-    assert [r[-1] for r in rows] == ["sha256"]
-    after["pre_auth_keys"] = (cols[:-1], [r[:-1] for r in rows])
+    assert cols[-3:] == [("hash_scheme", "character varying"),
+                         ("key_form", "character varying"), ("preauthorized", "boolean")]
+    assert [r[-3:] for r in rows] == [("sha256", "mskey-auth-", False)]
+    after["pre_auth_keys"] = (cols[:-3], [r[:-3] for r in rows])
     node_cols, node_rows = after["nodes"]
     assert node_cols[-1] == ("approved", "boolean")  # as a new database has it
     after["nodes"] = (node_cols[:-1], node_rows)

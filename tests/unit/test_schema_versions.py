@@ -163,9 +163,10 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     # Version 5: users gain picture and groups, empty for the users there were.
     assert [row[-2:] for row in new["users"]] == [("", "[]")]
     new["users"] = [row[:-2] for row in new["users"]]
-    # Version 6: every key there was is a SHA-256 one; version 9: and one of ours.
-    assert [row[-2:] for row in new["pre_auth_keys"]] == [("sha256", "mskey-auth-")]
-    new["pre_auth_keys"] = [row[:-2] for row in new["pre_auth_keys"]]
+    # Version 6: every key there was is a SHA-256 one; version 9: and one of ours; version 10:
+    # not pre-approved.
+    assert [row[-3:] for row in new["pre_auth_keys"]] == [("sha256", "mskey-auth-", 0)]
+    new["pre_auth_keys"] = [row[:-3] for row in new["pre_auth_keys"]]
     # Version 7: nodes gain "approved", true for the nodes there were.
     assert [row[-1] for row in new["nodes"]] == [1]
     new["nodes"] = [row[:-1] for row in new["nodes"]]
@@ -174,8 +175,8 @@ def test_a_version_1_database_is_upgraded_losing_nothing(tmp_path: Path) -> None
     assert (user.id, user.name, user.email) == (1, "alice", "a@example.com")
     assert (user.picture, user.groups) == ("", ())
     (key,) = snap.keys
-    assert (key.prefix, key.used, key.tags, key.hash_scheme) == (
-        "mskey-auth-abc", True, ("tag:ci",), "sha256")
+    assert (key.prefix, key.used, key.tags, key.hash_scheme, key.preauthorized) == (
+        "mskey-auth-abc", True, ("tag:ci",), "sha256", False)
     (node,) = snap.nodes
     assert (node.id, node.given_name, node.ipv4, node.hostinfo, node.approved_routes,
             node.capver, node.approved) == (7, "laptop", "100.64.0.1", {"OS": "linux"},
@@ -200,6 +201,7 @@ def test_version_9_tells_keys_imported_from_headscale_0_28_from_ours(tmp_path: P
                                      hash_scheme="bcrypt"))])
     storage.close()
     with sqlite3.connect(db) as conn:
+        conn.execute('ALTER TABLE "pre_auth_keys" DROP COLUMN "preauthorized"')
         conn.execute('ALTER TABLE "pre_auth_keys" DROP COLUMN "key_form"')
         conn.execute("UPDATE meshscale_schema SET version = 8")
     conn.close()
@@ -244,7 +246,7 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         conn.close()
         return rows
 
-    assert CURRENT == 9
+    assert CURRENT == 10
     users_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "users"'))
     users_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "users"'))
     # Version 5: the login provider's picture and groups (OIDC).
@@ -253,9 +255,10 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
     keys_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "pre_auth_keys"'))
     keys_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "pre_auth_keys"'))
     # Version 6: how each key's secret is hashed (headscale's bcrypt for imported keys);
-    # version 9: what the full key starts with (listings mask it).
+    # version 9: what the full key starts with (listings mask it); version 10: pre-approved.
     assert keys_now == keys_v1.removesuffix(")") + (
-        ', "hash_scheme" VARCHAR(255) NOT NULL, "key_form" VARCHAR(255) NOT NULL)')
+        ', "hash_scheme" VARCHAR(255) NOT NULL, "key_form" VARCHAR(255) NOT NULL, '
+        '"preauthorized" INTEGER NOT NULL)')
     nodes_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "nodes"'))
     nodes_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "nodes"'))
     # Version 7: device approval.
