@@ -105,6 +105,40 @@ async def test_delivers_signed_events_in_order(
     await a.conn.close()
 
 
+async def test_approving_a_waiting_node_sends_node_approved(
+    meshscale_server_factory: Factory, receiver: Receiver
+) -> None:
+    """node.approval: manual: a node that waits gets node.approved when an admin lets it in; one
+    registered with a pre-approved key never waited and gets none."""
+    server = await meshscale_server_factory(
+        plugins=["sqlite", "webhooks"], node={"approval": "manual"},
+        webhooks={"urls": [receiver.url], "secret": SECRET})
+    await admin(server, "POST", "/v1/users", {"name": "alice"})
+    key = (await admin(server, "POST", "/v1/preauthkeys", {"user": "alice"}))["key"]
+    pre = (await admin(server, "POST", "/v1/preauthkeys",
+                       {"user": "alice", "preauthorized": True}))["key"]
+    waiting = SimNode("waiting")
+    await waiting.conn.connect("127.0.0.1", server.main_port)
+    assert (await waiting.register(key))["MachineAuthorized"] is False
+    nodes = {n["name"]: n["id"] for n in await admin(server, "GET", "/v1/nodes")}
+    await admin(server, "POST", f"/v1/nodes/{nodes['waiting']}/approve")
+    ready = SimNode("ready")
+    await ready.conn.connect("127.0.0.1", server.main_port)
+    assert (await ready.register(pre))["MachineAuthorized"] is True
+
+    events = [r.event for r in await receiver.wait_for(4)]
+    assert [(e["type"], e["data"].get("hostname")) for e in events] == [
+        ("user.created", None), ("node.registered", "waiting"), ("node.approved", "waiting"),
+        ("node.registered", "ready")]
+    assert events[2]["data"]["node_id"] == nodes["waiting"]
+    assert events[2]["data"]["user"] == "alice"
+    await until(lambda: server.stats()["webhooks_delivered_total"] == 4)
+    await asyncio.sleep(0.2)
+    assert len(receiver.got) == 4  # and nothing more
+    for n in (waiting, ready):
+        await n.conn.close()
+
+
 async def test_retries_with_backoff_then_delivers_once(
     meshscale_server_factory: Factory, receiver: Receiver
 ) -> None:

@@ -23,6 +23,9 @@ SIGNATURE_HEADER = "X-Meshscale-Signature"
 
 NODE_TYPES = {
     NodeEventKind.REGISTERED: "node.registered",
+    # It waited for device approval (node.approval: manual) and was let in: by an admin, or by
+    # logging in again with a pre-approved key. A node that joins approved gets none.
+    NodeEventKind.APPROVED: "node.approved",
     NodeEventKind.DELETED: "node.deleted",
     NodeEventKind.ONLINE: "node.online",
     NodeEventKind.OFFLINE: "node.offline",
