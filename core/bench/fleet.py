@@ -88,8 +88,11 @@ class Member:
             self.conn.release(self.stream_id)
         sid = self.conn.start_request(
             "/machine/map", json.dumps(self.node.map_body(True)).encode())
-        self.conn.replies[sid].on_data = MapReader(self).feed
-        self.conn.claim(sid)
+        reader = MapReader(self)
+        # The stream's last DATA frame comes through h2 (which closes the stream): the same
+        # reader takes it.
+        self.conn.replies[sid].on_data = reader.feed
+        self.conn.claim(sid, reader.feed)
         self.stream_id = sid
 
     async def close_stream(self) -> None:
@@ -169,7 +172,7 @@ class MapReader:
                 continue
             if size - pos - 4 < n:
                 break
-            self.member._message(decompress_all(self.dctx, data[pos + 4:pos + 4 + n]))
+            self.member._message(_decompress(self.dctx, data[pos + 4:pos + 4 + n]))
             pos += 4 + n
         if pos < size:
             self.buf += data[pos:] if pos else data
@@ -259,6 +262,16 @@ class Fleet:
                 w.hit(now, member.index)
         if self.full_map_hook is not None:
             self.full_map_hook(member, now)
+
+
+def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes) -> bytes:
+    """A delta is one zstd frame (with its size): one call. Several frames (a full map of
+    head, peer chunks and tail): each decoded."""
+    try:
+        out: bytes = dctx.decompress(frame, allow_extra_data=False)
+    except zstandard.ZstdError:
+        return decompress_all(dctx, frame)
+    return out
 
 
 def _discard(_chunk: bytes | None) -> None:

@@ -6,7 +6,8 @@ the bottleneck of ``meshscale bench``. ``LeanFrames`` splits the decrypted byte 
 frames and routes them:
 
 - DATA frames of a *claimed* stream (the member's map stream, once its response HEADERS went
-  by) are handed to ``on_data`` as bytes (padding removed), and their flow control is ours;
+  by) are handed to the claim's sink as bytes (padding removed), and their flow control is
+  ours;
 - every other frame (SETTINGS, PING, GOAWAY, WINDOW_UPDATE, RST_STREAM, all HEADERS and
   CONTINUATION, DATA of other streams, and the DATA frame that ends a claimed stream) is
   handed, unchanged and in order, to ``on_frames`` for h2, which answers what must be
@@ -39,9 +40,10 @@ def window_update(stream_id: int, increment: int) -> bytes:
 
 
 class _Claim:
-    __slots__ = ("open", "unacked", "window")
+    __slots__ = ("open", "sink", "unacked", "window")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, sink: Callable[[bytes], None]) -> None:
+        self.sink = sink
         self.open = False  # response HEADERS seen: DATA may follow
         self.window = window  # what the server may still send on this stream
         self.unacked = 0  # consumed since our last WINDOW_UPDATE for it
@@ -50,13 +52,10 @@ class _Claim:
 class LeanFrames:
     """Frames in, routed out; ``data_to_send()`` holds the WINDOW_UPDATEs we owe."""
 
-    def __init__(self, stream_window: int,
-                 on_data: Callable[[int, bytes], None],
-                 on_frames: Callable[[bytes], None],
+    def __init__(self, stream_window: int, on_frames: Callable[[bytes], None],
                  max_frame_size: int = 16384) -> None:
         self.stream_window = stream_window
         self.step = stream_window // 2
-        self.on_data = on_data
         self.on_frames = on_frames
         self.max_frame_size = max_frame_size
         self.claims: dict[int, _Claim] = {}
@@ -65,14 +64,19 @@ class LeanFrames:
         self._out = bytearray()
         self._in_header_block = False
 
-    def claim(self, stream_id: int) -> None:
-        """This stream's DATA is ours from its response HEADERS on (the request was sent)."""
-        self.claims[stream_id] = _Claim(self.stream_window)
+    def claim(self, stream_id: int, sink: Callable[[bytes], None]) -> None:
+        """This stream's DATA payloads go to ``sink`` from its response HEADERS on (the
+        request was sent)."""
+        self.claims[stream_id] = _Claim(self.stream_window, sink)
 
     def release(self, stream_id: int) -> None:
         """Its DATA goes to h2 again (which has seen none of it: its window is larger than
         the server's, so nothing the server may send trips it)."""
         self.claims.pop(stream_id, None)
+
+    @property
+    def owed(self) -> bool:
+        return bool(self._out)
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -153,4 +157,4 @@ class LeanFrames:
             self._out += window_update(0, self.connection_unacked)
             self.connection_unacked = 0
         if end > start:
-            self.on_data(sid, data[start:end])
+            claim.sink(data[start:end])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import h2.exceptions
 
@@ -46,10 +47,11 @@ class LeanConnection(ControlConnection):
     def __init__(self) -> None:
         super().__init__()
         self.transport: asyncio.Transport | None = None
-        self.frames = LeanFrames(STREAM_WINDOW, self._lean_data, self._h2_frames)
+        self.frames = LeanFrames(STREAM_WINDOW, self._h2_frames)
         self._handshake = bytearray()  # bytes before the Noise session is up
         self._answer: asyncio.Future[None] | None = None
         self._up = False
+        self._h2_fed = False  # h2 was given frames: it may have something to send
 
     async def connect(self, host: str, port: int, server_pub: bytes | None = None) -> None:
         server_pub = server_pub or await fetch_server_key(host, port)
@@ -81,7 +83,8 @@ class LeanConnection(ControlConnection):
             plain = self.decoder.feed(data)
             if plain:
                 self.frames.feed(plain)
-            self._flush()
+            if self._h2_fed or self.frames.owed:
+                self._flush()
         except (ProtocolError, h2.exceptions.ProtocolError):
             # As the StreamReader client: the server broke the connection, this node is done.
             if self.transport is not None:
@@ -102,18 +105,13 @@ class LeanConnection(ControlConnection):
         elif len(self._handshake) >= head_end + 4 + HANDSHAKE_RESPONSE:
             answer.set_result(None)
 
-    def _lean_data(self, stream_id: int, data: bytes) -> None:
-        r = self.replies.get(stream_id)
-        if r is not None:
-            if r.on_data is None:
-                r.body += data
-            r.feed(data)
-
     def _h2_frames(self, data: bytes) -> None:
+        self._h2_fed = True
         for ev in self.h2.receive_data(data):
             self._event(ev)
 
     def _flush(self) -> None:
+        self._h2_fed = False
         data = self.h2.data_to_send() + self.frames.data_to_send()
         if data:
             self.send_records(self.encoder.encode(data))
@@ -122,8 +120,9 @@ class LeanConnection(ControlConnection):
         if self.transport is not None:
             self.transport.write(records)
 
-    def claim(self, stream_id: int) -> None:
-        self.frames.claim(stream_id)
+    def claim(self, stream_id: int, sink: Callable[[bytes], None]) -> None:
+        """The stream's DATA payloads go to ``sink`` past h2 (the request was sent)."""
+        self.frames.claim(stream_id, sink)
 
     def release(self, stream_id: int) -> None:
         self.frames.release(stream_id)

@@ -40,10 +40,10 @@ RST = frame(0x3, 0, SID, b"\x00\x00\x00\x08")
 class Recorder:
     def __init__(self, window: int = 1 << 20, **kw: int) -> None:
         self.events: list[tuple[str, int, bytes]] = []
-        self.lean = LeanFrames(window, self.on_data, self.on_frames, **kw)
+        self.lean = LeanFrames(window, self.on_frames, **kw)
 
-    def on_data(self, sid: int, payload: bytes) -> None:
-        self.events.append(("data", sid, payload))
+    def claim(self, sid: int = SID) -> None:
+        self.lean.claim(sid, lambda payload: self.events.append(("data", sid, payload)))
 
     def on_frames(self, raw: bytes) -> None:
         self.events.append(("h2", 0, raw))
@@ -62,7 +62,7 @@ class Recorder:
 def run(wire: bytes, cuts: list[int], claim: bool = True) -> Recorder:
     rec = Recorder()
     if claim:
-        rec.lean.claim(SID)
+        rec.claim()
     last = 0
     for cut in [*cuts, len(wire)]:
         rec.lean.feed(wire[last:cut])
@@ -152,7 +152,7 @@ def test_push_promise_header_block_goes_to_h2() -> None:
 
 def test_window_updates_byte_for_byte() -> None:
     rec = Recorder(window=64)
-    rec.lean.claim(SID)
+    rec.claim()
     rec.lean.feed(HEADERS + data(b"a" * 10) + data(b"b" * 10) + data(b"c" * 5, pad=4))
     # 10 + 10 + (1 + 5 + 4) = 30 consumed: below half of 64, nothing owed yet.
     assert rec.lean.data_to_send() == b""
@@ -172,12 +172,12 @@ def test_window_updates_byte_for_byte() -> None:
 
 def test_padding_longer_than_frame_is_an_error() -> None:
     rec = Recorder()
-    rec.lean.claim(SID)
+    rec.claim()
     bad = frame(0x0, 0x8, SID, bytes((5,)) + b"abcd")  # pad length 5 in a 5-byte payload
     with pytest.raises(ProtocolError, match="padding"):
         rec.lean.feed(HEADERS + bad)
     rec = Recorder()
-    rec.lean.claim(SID)
+    rec.claim()
     with pytest.raises(ProtocolError, match="padding"):
         rec.lean.feed(HEADERS + frame(0x0, 0x8, SID, b""))
 
@@ -195,7 +195,7 @@ def test_frame_larger_than_max_is_an_error() -> None:
 
 def test_release_hands_the_stream_back() -> None:
     rec = Recorder()
-    rec.lean.claim(SID)
+    rec.claim()
     rec.lean.feed(HEADERS + data(b"a"))
     rec.lean.release(SID)
     rec.lean.feed(data(b"b"))
@@ -219,7 +219,7 @@ def pair(window: int) -> tuple[h2.connection.H2Connection, h2.connection.H2Conne
     def to_h2(raw: bytes) -> None:
         client.receive_data(raw)
 
-    lean = LeanFrames(window, lambda _sid, b: got.append(b), to_h2)
+    lean = LeanFrames(window, to_h2)
     lean.feed(server.data_to_send())
     server.receive_data(client.data_to_send())  # settings ACK
     return client, server, got, lean
@@ -231,7 +231,7 @@ def test_against_h2_server_flow_control_and_pings() -> None:
     sid = client.get_next_available_stream_id()
     client.send_headers(sid, [(":method", "POST"), (":scheme", "https"),
                               (":authority", "x"), (":path", "/machine/map")], end_stream=True)
-    lean.claim(sid)
+    lean.claim(sid, got.append)
     server.receive_data(client.data_to_send())
     server.send_headers(sid, [(":status", "200")])
     lean.feed(server.data_to_send())

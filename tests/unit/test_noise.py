@@ -120,3 +120,18 @@ def test_seal_is_one_record_and_shares_the_counter() -> None:
     with pytest.raises(ValueError, match="do not fit"):
         enc.seal(bytes(MAX_PLAINTEXT + 1))
     assert enc.seal(b"") == seal(key, 3, b"")  # the refusal above used no nonce
+
+
+def test_records_split_at_every_cut(server_key: X25519PrivateKey) -> None:
+    # Reads cut anywhere: inside a header, inside a record, exactly at a record's end (the
+    # one-record fast path), or several records at once.
+    client = Initiator(X25519PrivateKey.generate(), handshake.public_bytes(server_key))
+    result = handshake.respond(server_key, client.initiation())
+    c_send, _ = client.finish(result.response)
+    plain = [b"a" * 70, b"", b"b" * MAX_PLAINTEXT, b"c"]
+    wire = b"".join(seal(c_send, i, p) for i, p in enumerate(plain))
+    for first in range(len(wire) + 1):
+        for second in (first, min(first + 89, len(wire)), len(wire)):
+            dec = RecordDecoder(result.recv_key)
+            got = dec.feed(wire[:first]) + dec.feed(wire[first:second]) + dec.feed(wire[second:])
+            assert got == b"".join(plain) and dec.pending == 0
