@@ -7,14 +7,16 @@ for what plugins provide) and changes nothing on disk.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import re
+import socket
 import tempfile
 from collections.abc import Callable
 from importlib import metadata
 
 from meshscale import PROJECT
-from meshscale.config import Config
+from meshscale.config import Config, split_host_port
 from meshscale.errors import MeshscaleError, PluginError, PolicyError
 from meshscale.pluginhost import PluginHost
 
@@ -132,6 +134,47 @@ def check_derp(config: Config, host: PluginHost) -> None:
             "embedded DERP (plugin derp, derp.server.enabled: true) or list derp.paths or "
             "derp.urls"
         )
+
+
+def listen_refusal(addr: str, exc: OSError, key: str = "listen_addr") -> str:
+    """One line for a listener that cannot bind."""
+    if exc.errno == errno.EADDRINUSE:
+        return (f"refusing to start: {key} {addr} is already in use by another program; "
+                f"stop it or choose another port with {key}")
+    if exc.errno == errno.EACCES:
+        return (f"refusing to start: {key} {addr}: permission denied (ports below 1024 "
+                "need privileges; see docs/production.md)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"refusing to start: {key} {addr} is not an address of this machine"
+    return f"refusing to start: cannot listen on {addr}: {exc.strerror or exc}"
+
+
+def check_derp_ports(config: Config, host: PluginHost) -> None:
+    """The embedded DERP's own ports are free: STUN (UDP) and, when the main listener is plain
+    HTTP, DERP's TLS port. Checked by ``serve`` with the main port, before keys, database and
+    DERP files are touched, so a port in use is refused in one line leaving the data directory
+    as it was. A probe bind released at once (the plugins bind for real at startup); port 0
+    is always free. Not a configtest check: it would fail next to the running server."""
+    srv = config.derp.server
+    if not srv.enabled:
+        return
+    wanted: list[tuple[str, str, socket.SocketKind]] = []
+    if "stun" in host.names() and srv.stun_listen_addr:
+        wanted.append(("derp.server.stun_listen_addr", srv.stun_listen_addr, socket.SOCK_DGRAM))
+    if "derp" in host.names() and srv.tls_listen_addr and not config.tls_enabled:
+        wanted.append(("derp.server.tls_listen_addr", srv.tls_listen_addr, socket.SOCK_STREAM))
+    for key, addr, kind in wanted:
+        name, port = split_host_port(addr)
+        if port == 0:
+            continue
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(name, port, type=kind)[0]
+            with socket.socket(family, kind) as probe:
+                if kind == socket.SOCK_STREAM:  # as asyncio.start_server binds
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+        except OSError as exc:
+            raise MeshscaleError(listen_refusal(addr, exc, key)) from None
 
 
 def check_dns_records(config: Config, host: PluginHost) -> None:

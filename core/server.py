@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import gc
 import logging
 import os
@@ -253,6 +252,8 @@ class Server:
         if cfg.tls_enabled and cfg.plain_http_addr:
             bound.append(await self._bind_plain(cfg.plain_http_addr))
             self.listeners.append(bound[-1])
+        # The embedded DERP's own ports, too (the plugins bind them at startup).
+        checks.check_derp_ports(cfg, self.host)
         self._admin_socket_is_stale()  # refused here, before keys, database and plugins
         noise_key = load_private_key(cfg.resolve(cfg.noise.private_key_path))
 
@@ -380,7 +381,7 @@ class Server:
         try:
             return Listener.bind(host, port, self._accepted, self._exhausted)
         except OSError as exc:
-            raise MeshscaleError(listen_refusal(cfg.listen_addr, exc)) from None
+            raise MeshscaleError(checks.listen_refusal(cfg.listen_addr, exc)) from None
     async def _bind_plain(self, addr: str) -> asyncio.base_events.Server:
         assert self.main_tls is not None
         key = ("tls_redirect_listen_addr" if self._config.tls_redirect_listen_addr
@@ -391,7 +392,7 @@ class Server:
             plain = await asyncio.start_server(port_handler, host, port, backlog=1024,
                                                start_serving=False)
         except OSError as exc:
-            raise MeshscaleError(listen_refusal(addr, exc, key)) from None
+            raise MeshscaleError(checks.listen_refusal(addr, exc, key)) from None
         self.plain_port = plain.sockets[0].getsockname()[1]
         return plain
 
@@ -570,19 +571,6 @@ class Server:
             if (st.st_dev, st.st_ino) == self._admin_inode:
                 path.unlink()
         self._admin_inode = None
-
-
-def listen_refusal(addr: str, exc: OSError, key: str = "listen_addr") -> str:
-    """One line for a listener that cannot bind."""
-    if exc.errno == errno.EADDRINUSE:
-        return (f"refusing to start: {key} {addr} is already in use by another program; "
-                f"stop it or choose another port with {key}")
-    if exc.errno == errno.EACCES:
-        return (f"refusing to start: {key} {addr}: permission denied (ports below 1024 "
-                "need privileges; see docs/production.md)")
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"refusing to start: {key} {addr} is not an address of this machine"
-    return f"refusing to start: cannot listen on {addr}: {exc.strerror or exc}"
 
 
 def _socket_answers(path: Path) -> bool:

@@ -230,3 +230,25 @@ def test_an_unavailable_oidc_issuer_is_one_line(data_copy: Path, tmp_path: Path)
     assert line.endswith("cannot be reached (All connection attempts failed). Fix oidc.issuer "
                          "(or the provider), or set oidc.only_start_if_oidc_is_available: false "
                          "to start without OIDC login"), line
+
+
+@pytest.mark.parametrize(("key", "kind"), [("stun_listen_addr", socket.SOCK_DGRAM),
+                                           ("tls_listen_addr", socket.SOCK_STREAM)])
+def test_a_derp_port_in_use_is_refused_before_anything_is_opened(
+        data_copy: Path, tmp_path: Path, key: str, kind: int) -> None:
+    """The STUN (UDP) and DERP TLS ports are checked with the main port: before the database,
+    keys or DERP files are touched, so the data directory stays byte for byte as it was."""
+    with socket.socket(socket.AF_INET, kind) as holder:
+        holder.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            holder.listen()
+        port = holder.getsockname()[1]
+        derp = {"server": {"stun_listen_addr": "127.0.0.1:0", key: f"127.0.0.1:{port}"}}
+        config = write_config(tmp_path, data_dir=str(data_copy), derp=derp)
+        before = snapshot(data_copy)
+        result = meshscale("-c", str(config), "serve")
+    assert result.returncode == 1
+    assert only_line(result) == (
+        f"meshscale: refusing to start: derp.server.{key} 127.0.0.1:{port} is already in use "
+        f"by another program; stop it or choose another port with derp.server.{key}")
+    assert snapshot(data_copy) == before
