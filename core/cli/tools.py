@@ -100,6 +100,17 @@ def cmd_plugins(args: argparse.Namespace) -> Out:
                  ("Distribution", "distribution"), ("Hooks", "hooks")])
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(r) for r in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give events per second, e.g. 10 or 2,5,10") from None
+    if any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: rates must be above 0")
+    return rates
+
+
 def cmd_bench(args: argparse.Namespace) -> Out | int:
     import resource  # noqa: PLC0415
 
@@ -122,7 +133,7 @@ def cmd_bench(args: argparse.Namespace) -> Out | int:
     if args.scenario == "storm" and args.self_policy:
         kwargs["policy"] = "self"
     if args.scenario == "churn":
-        kwargs["rate"] = args.rate
+        kwargs["rate"] = args.rate[0] if len(args.rate) == 1 else args.rate
     if args.profile:
         if args.scenario not in ("storm", "fanout"):
             raise MeshscaleError("--profile is for the storm and fanout scenarios")
@@ -168,7 +179,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="storage: SQLite, or a throw-away PostgreSQL started for the run")
     bench.add_argument("--nodes", type=int, default=100, help="simulated nodes")
     bench.add_argument("--events", type=int, default=20, help="changes to send")
-    bench.add_argument("--rate", type=float, default=10.0, help="churn: events per second")
+    bench.add_argument("--rate", type=_rates, default=[10.0],
+                       help="churn: events per second; several (2,5,10) run one after the "
+                       "other on the same fleet")
     bench.add_argument("--policy", choices=["allow-all", "restrictive"], default="allow-all",
                        help="allow-all, or a company-like policy (teams, tag groups, "
                        "autogroup:self) where each node sees about 10 %% of the others")
