@@ -8,7 +8,6 @@ Only a new stream, or one that fell too far behind, gets a full map.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import operator
 import time
@@ -24,6 +23,7 @@ from meshscale.mapper import wire
 from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps, cut_off
 from meshscale.mapper.frames import Message, digest, dumps
 from meshscale.mapper.invalidation import Output, stale
+from meshscale.mapper.pacing import FlushPacer
 from meshscale.mapper.session import MapSession
 from meshscale.policy import Affected, PolicyEngine
 from meshscale.state import changes as ch
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Mapper", "config_caps"]  # config_caps: where tests have long imported it from
 
 Notify = Callable[[MapSent], None]
-
-STORM_GAP = 0.02  # flushes closer than this, each carrying many changes, mean a storm...
-STORM_MIN_CHANGES = 8
-STORM_DELAY = 0.05  # ...and the next one gathers changes for this long
 
 
 class Mapper(MapBuilder):
@@ -61,9 +57,9 @@ class Mapper(MapBuilder):
         self._pending_patch: dict[int, ch.Patch] = {}
         self._pending_upsert: dict[int, bool] = {}  # node id -> newly added
         self._pending_own: dict[int, Output] = {}  # node id -> what its own stream lacks
+        self._pending_remove: dict[int, None] = {}  # deleted node ids, in order
         self._flush_handle: asyncio.Handle | None = None
-        self._last_flush = -1.0
-        self._last_flush_size = 0
+        self._pacer = FlushPacer()  # when the next flush runs (pacing.py)
         state.subscribe(self.on_change)
 
     # -- sessions --------------------------------------------------------------------------------
@@ -91,6 +87,7 @@ class Mapper(MapBuilder):
         """No change waits for delivery: nothing pending, every stream's queue written out."""
         return (self._flush_handle is None and not self._pending_patch
                 and not self._pending_upsert and not self._pending_own
+                and not self._pending_remove
                 and all(not s.queue and not s.needs_full for s in self.sessions.values()))
 
     # -- fan-out -----------------------------------------------------------------------------------
@@ -151,10 +148,15 @@ class Mapper(MapBuilder):
                 self._pending_own[node_id] = self._pending_own.get(node_id, Output.NONE) | rows.own
             self._schedule_flush()
             return
+        if isinstance(change, ch.NodeRemoved):
+            # Its peers hear of it with the other changes of the batch (pending changes of
+            # the node itself are dropped by the flush: it is gone from the state).
+            self._remove_now(change.node_id)
+            self._pending_remove[change.node_id] = None
+            self._schedule_flush()
+            return
         # Everything else is ordered after what is pending.
         self.flush()
-        if isinstance(change, ch.NodeRemoved):
-            self._remove(change.node_id)
         if rows.everyone & Output.PROFILE and isinstance(change, ch.UserChanged):
             u = self.state.users.get(change.user_id)
             if u is not None:
@@ -173,25 +175,37 @@ class Mapper(MapBuilder):
                 else:
                     self._send([s], msg)
 
-    def _remove(self, node_id: int) -> None:
+    def _remove_now(self, node_id: int) -> None:
+        """What a deletion changes at once: caches, and the node's own stream ends."""
         self._forget(node_id)
         self._caps.pop(node_id, None)
-        msg = Message.of({"PeersRemoved": [node_id]})
-        targets = []
-        edit = bitset.SharedEdit(lambda known: known & ~(1 << node_id))
-        for s in self.sessions.values():
-            if s.node_id == node_id:
-                continue
-            self._view(s).peers.pop(node_id, None)
-            if s.known is not None:
-                if not bitset.has(s.known, node_id):
-                    continue
-                s.known = edit(s.known)
-            targets.append(s)
-        self._send(targets, msg)
         own = self.sessions.pop(node_id, None)
         if own is not None:
             own.close()
+
+    def _flush_removes(self, gone: list[int]) -> None:
+        """One PeersRemoved per stream for the batch's deleted nodes it holds."""
+        mask = bitset.of(gone)
+        edit = bitset.SharedEdit(lambda known: known & ~mask)
+        every = Message.of({"PeersRemoved": gone})
+        groups: dict[int, tuple[Message, list[MapSession]]] = {}  # held bits -> message
+        for s in self.sessions.values():
+            view = self._view(s)
+            for i in gone:
+                view.peers.pop(i, None)
+            if s.known is None:  # holds every live node
+                groups.setdefault(-1, (every, []))[1].append(s)
+                continue
+            held = s.known & mask
+            if not held:
+                continue
+            s.known = edit(s.known)
+            group = groups.get(held)
+            if group is None:
+                group = groups[held] = (Message.of({"PeersRemoved": bitset.members(held)}), [])
+            group[1].append(s)
+        for msg, sessions in groups.values():
+            self._send(sessions, msg)
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is not None:
@@ -201,12 +215,11 @@ class Mapper(MapBuilder):
         except RuntimeError:  # no loop (tools, sync tests): deliver at once
             self.flush()
             return
-        # A quiet server delivers at the end of this turn. Under a storm (big flushes close
-        # together) it gathers changes for a moment, so every stream gets one message for many
-        # changes: bounded extra latency, far fewer writes.
-        busy = (loop.time() - self._last_flush < STORM_GAP
-                and self._last_flush_size >= STORM_MIN_CHANGES)
-        self._flush_handle = (loop.call_later(STORM_DELAY, self.flush) if busy
+        # A quiet server delivers at the end of this turn. A busy one gathers changes while
+        # the last flush's cost says so (pacing.py), so every stream gets one message for
+        # many changes: bounded extra latency, far fewer writes.
+        delay = self._pacer.delay(time.monotonic())
+        self._flush_handle = (loop.call_later(delay, self.flush) if delay
                               else loop.call_soon(self.flush))
 
     def flush(self) -> None:
@@ -214,22 +227,25 @@ class Mapper(MapBuilder):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        with contextlib.suppress(RuntimeError):
-            self._last_flush = asyncio.get_running_loop().time()
+        start = time.monotonic()
         patches, self._pending_patch = self._pending_patch, {}
         upserts, self._pending_upsert = self._pending_upsert, {}
         owns, self._pending_own = self._pending_own, {}
-        self._last_flush_size = len(patches) + len(upserts)
-        if not patches and not upserts and not owns:
+        removes, self._pending_remove = list(self._pending_remove), {}
+        if not patches and not upserts and not owns and not removes:
+            self._pacer.flushed(start, start, 0)
             return
         try:
             self._flush_upserts(upserts)
             self._flush_patches(patches)
             self._flush_own(owns)
+            if removes:
+                self._flush_removes(removes)
         except Exception:  # a bug here must not leave clients silently stale
             log.exception("mapper flush failed; resyncing all streams")
             for s in self.sessions.values():
                 s.resync()
+        self._pacer.flushed(start, time.monotonic(), len(patches) + len(upserts) + len(removes))
 
     def _flush_patches(self, patches: dict[int, ch.Patch]) -> None:
         broadcast: list[bytes] = []  # patches of nodes every stream sees: one shared message
