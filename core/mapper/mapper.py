@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Mapper", "config_caps"]  # config_caps: where tests have long imported it from
 
 Notify = Callable[[MapSent], None]
+# One kind of news in a flush's message, as '"Field":value' bytes: the part every stream gets
+# (or None) and, per stream ID, the part that stream gets instead (None: nothing).
+Parts = tuple[bytes | None, dict[int, bytes | None]]
 
 
 class Mapper(MapBuilder):
@@ -183,29 +186,53 @@ class Mapper(MapBuilder):
         if own is not None:
             own.close()
 
-    def _flush_removes(self, gone: list[int]) -> None:
-        """One PeersRemoved per stream for the batch's deleted nodes it holds."""
+    def _remove_parts(self, gone: list[int]) -> Parts:
+        """PeersRemoved: the batch's deleted nodes each stream holds."""
         mask = bitset.of(gone)
         edit = bitset.SharedEdit(lambda known: known & ~mask)
-        every = Message.of({"PeersRemoved": gone})
-        groups: dict[int, tuple[Message, list[MapSession]]] = {}  # held bits -> message
+        held_part: dict[int, bytes] = {}  # held bits -> part
+        per: dict[int, bytes | None] = {}
         for s in self.sessions.values():
             view = self._view(s)
             for i in gone:
                 view.peers.pop(i, None)
-            if s.known is None:  # holds every live node
-                groups.setdefault(-1, (every, []))[1].append(s)
+            if s.known is None:  # holds every live node: the default part
                 continue
             held = s.known & mask
-            if not held:
+            if held:
+                s.known = edit(s.known)
+                part = held_part.get(held)
+                if part is None:
+                    part = held_part[held] = b'"PeersRemoved":' + dumps(bitset.members(held))
+                per[s.node_id] = part
+            else:
+                per[s.node_id] = None
+        return b'"PeersRemoved":' + dumps(gone), per
+
+    def _send_parts(self, batch: list[Parts]) -> None:
+        """One message per stream of the parts it gets; streams with the same parts share it."""
+        common = [default for default, _ in batch if default is not None]
+        special: set[int] = set()
+        for _, per in batch:
+            special.update(per)
+        if common:
+            plain = [s for i, s in self.sessions.items() if i not in special]
+            self._send(plain, Message(b"{" + b",".join(common) + b"}"))
+        groups: dict[tuple[int, ...], tuple[list[bytes], list[MapSession]]] = {}
+        for i in special:
+            s = self.sessions.get(i)
+            if s is None:
                 continue
-            s.known = edit(s.known)
-            group = groups.get(held)
+            parts = [p for default, per in batch if (p := per.get(i, default)) is not None]
+            if not parts:
+                continue
+            key = tuple(map(id, parts))
+            group = groups.get(key)
             if group is None:
-                group = groups[held] = (Message.of({"PeersRemoved": bitset.members(held)}), [])
+                group = groups[key] = (parts, [])
             group[1].append(s)
-        for msg, sessions in groups.values():
-            self._send(sessions, msg)
+        for parts, sessions in groups.values():
+            self._send(sessions, Message(b"{" + b",".join(parts) + b"}"))
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is not None:
@@ -236,20 +263,24 @@ class Mapper(MapBuilder):
             self._pacer.flushed(start, start, 0)
             return
         try:
-            self._flush_upserts(upserts)
-            self._flush_patches(patches)
-            self._flush_own(owns)
+            # Peers' news, one message per stream: whole nodes, patches, deletions (the
+            # deleted are gone from the state: none of their own changes is among the others).
+            batch = [self._upsert_parts(upserts), self._patch_parts(patches)]
             if removes:
-                self._flush_removes(removes)
+                batch.append(self._remove_parts(removes))
+            self._send_parts(batch)
+            self._flush_own(owns)
         except Exception:  # a bug here must not leave clients silently stale
             log.exception("mapper flush failed; resyncing all streams")
             for s in self.sessions.values():
                 s.resync()
         self._pacer.flushed(start, time.monotonic(), len(patches) + len(upserts) + len(removes))
 
-    def _flush_patches(self, patches: dict[int, ch.Patch]) -> None:
-        broadcast: list[bytes] = []  # patches of nodes every stream sees: one shared message
-        specific: dict[int, list[bytes]] = {}  # per stream, for nodes policy restricts
+    def _patch_parts(self, patches: dict[int, ch.Patch]) -> Parts:
+        """PeersChangedPatch: one shared part for nodes every stream sees, plus per stream
+        the patches of nodes policy restricts."""
+        broadcast: list[bytes] = []
+        specific: dict[int, list[bytes]] = {}
         for node_id in sorted(patches):
             node = self.state.nodes.get(node_id)
             if node is None or node_id in self.state.pending:
@@ -265,23 +296,15 @@ class Mapper(MapBuilder):
                 for i in visible:
                     if i != node_id and i in self.sessions:
                         specific.setdefault(i, []).append(body)
-        self._deliver("PeersChangedPatch", broadcast, specific)
+        head = b'"PeersChangedPatch":['
+        default = head + b",".join(broadcast) + b"]" if broadcast else None
+        per: dict[int, bytes | None] = {
+            i: head + b",".join([*broadcast, *items]) + b"]" for i, items in specific.items()}
+        return default, per
 
-    def _deliver(self, field: str, broadcast: list[bytes],
-                 specific: dict[int, list[bytes]]) -> None:
-        """One ``{field: [...]}`` message per stream; streams with the same list share bytes."""
-        if broadcast:
-            shared = Message(b'{"' + field.encode() + b'":[' + b",".join(broadcast) + b"]}")
-            plain = [s for i, s in self.sessions.items() if i not in specific]
-            self._send(plain, shared)
-        for node_id, items in specific.items():
-            s = self.sessions.get(node_id)
-            if s is not None:
-                self._send([s], Message(b'{"' + field.encode() + b'":['
-                                        + b",".join([*broadcast, *items]) + b"]}"))
-
-    def _flush_upserts(self, upserts: dict[int, bool]) -> None:
-        """Whole nodes in PeersChanged; streams holding the same view share one message."""
+    def _upsert_parts(self, upserts: dict[int, bool]) -> Parts:
+        """PeersChanged (whole nodes) and their UserProfiles; shared by streams with the same
+        view."""
         per_stream: dict[int, list[bytes]] = {}
         profiles_for: dict[int, list[Node]] = {}
         for node_id in sorted(upserts):
@@ -297,21 +320,17 @@ class Mapper(MapBuilder):
                 self._record(s, node.id, sig)
                 per_stream.setdefault(s.node_id, []).append(self._fragment(node, sig))
                 profiles_for.setdefault(s.node_id, []).append(node)
-        groups: dict[tuple[int, ...], tuple[Message, list[MapSession]]] = {}
+        shared: dict[tuple[int, ...], bytes] = {}
+        per: dict[int, bytes | None] = {}
         for stream_id, frags in per_stream.items():
-            target = self.sessions.get(stream_id)
-            if target is None:
-                continue
             key = tuple(id(f) for f in frags)
-            group = groups.get(key)
-            if group is None:
+            part = shared.get(key)
+            if part is None:
                 profiles = dumps(self._profiles(profiles_for[stream_id]))
-                msg = Message(b'{"PeersChanged":[' + b",".join(frags)
-                              + b'],"UserProfiles":' + profiles + b"}")
-                group = groups[key] = (msg, [])
-            group[1].append(target)
-        for msg, sessions in groups.values():
-            self._send(sessions, msg)
+                part = shared[key] = (b'"PeersChanged":[' + b",".join(frags)
+                                      + b'],"UserProfiles":' + profiles)
+            per[stream_id] = part
+        return None, per
 
     def _flush_own(self, owns: dict[int, Output]) -> None:
         """What changed nodes' own streams lack: their policy outputs, self Node, profile."""

@@ -33,6 +33,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshscale.mapper.pacing import FlushPacer
 from meshscale.pluginhost import PluginHost
 from meshscale.server import Server
 from meshscale.state.models import utcnow
@@ -201,14 +202,25 @@ class Scenario:
             await self.fleet.open(node_id)
 
 
+class Gather(FlushPacer):
+    """Every flush waits 20 ms: changes of several steps meet in one batch (the window a busy
+    server opens, pacing.py), deletions among them."""
+
+    def delay(self, now: float) -> float:
+        return 0.02
+
+
 async def _scenario(policy: int, steps: list[Step], data_dir: Path,
-                    manual: bool = False) -> None:
+                    manual: bool = False, paced: bool = False) -> None:
     host = PluginHost()
     host.load(["sqlite", "policy"])
     cfg = make_config(data_dir, host, plugins=["sqlite", "policy"], policy={"mode": "database"},
                       node={"approval": "manual" if manual else "auto"})
     server = Server(cfg, host)
     await server.start()
+    if paced:
+        assert server.mapper is not None
+        server.mapper._pacer = Gather()
     fleet = Fleet(server)
     try:
         scenario = Scenario(server, fleet)
@@ -232,9 +244,10 @@ async def _scenario(policy: int, steps: list[Step], data_dir: Path,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(policy=st.integers(-1, len(POLICIES) - 1),
        steps=st.lists(step, min_size=1, max_size=MAX_STEPS),
-       manual=st.sampled_from([False, False, True]))
+       manual=st.sampled_from([False, False, True]), paced=st.booleans())
 def test_incremental_maps_equal_a_fresh_server(policy: int, steps: list[Step],
-                                               manual: bool) -> None:
-    """``manual``: new nodes wait for approval (``admit`` lets one in)."""
+                                               manual: bool, paced: bool) -> None:
+    """``manual``: new nodes wait for approval (``admit`` lets one in); ``paced``: every
+    flush gathers changes for 20 ms."""
     with tempfile.TemporaryDirectory(prefix="meshscale-oracle-") as tmp:
-        asyncio.run(_scenario(policy, steps, Path(tmp), manual))
+        asyncio.run(_scenario(policy, steps, Path(tmp), manual, paced))
