@@ -158,6 +158,7 @@ class Bench:
             "bytes_received": self.fleet.bytes_received - bytes0,
             "bytes_per_event": (self.fleet.bytes_received - bytes0) // max(events, 1),
             "server_rss_mb": round(self.server.rss() / 2**20, 1),
+            "server_peak_rss_mb": round(self.server.peak_rss() / 2**20, 1),
         }
 
 
@@ -292,6 +293,7 @@ async def memory(nodes: int, events: int, database: str = "sqlite",
                 "empty_rss_mb": round(rss0 / 2**20, 1),
                 "registered_rss_mb": round(registered_rss / 2**20, 1),
                 "server_rss_mb": points[-1]["rss_mb"], "curve": points,
+                "server_peak_rss_mb": round(b.server.peak_rss() / 2**20, 1),
                 "rss_kb_per_node": round((points[-1]["rss_mb"] - rss0 / 2**20) * 1024 / nodes, 1)}
 
 
@@ -525,7 +527,7 @@ async def policy(nodes: int, events: int, groups: int = 10, timeout: float = 600
         await settle(fleet, quiet=2.0, limit=300)
         await drained(fleet)
         overflows = sum(x["overflows"] for x in admin.call("GET", "/v1/debug/sessions"))
-        rss_before = b.server.rss()
+        rss_before, peak_before = b.server.rss(), b.server.peak_rss()
         full_maps0 = sum(m.full_maps for m in fleet.members)
         done = asyncio.Event()
         arrivals: dict[int, float] = {}
@@ -550,7 +552,8 @@ async def policy(nodes: int, events: int, groups: int = 10, timeout: float = 600
                                "policy": "restrictive" if policy == "restrictive" else
                                f"{groups} tag groups", "affected_nodes": len(expect),
                                "all_updated_s": round(seconds, 3),
-                               "server_rss_before_mb": round(rss_before / 2**20, 1)}
+                               "server_rss_before_mb": round(rss_before / 2**20, 1),
+                               "server_peak_rss_before_mb": round(peak_before / 2**20, 1)}
         out.update(b.figures(cpu0, gen0, bytes0, 1))
         out["mb_sent"] = round(out["bytes_received"] / 2**20, 2)
         out["full_maps_during_change"] = sum(m.full_maps for m in fleet.members) - full_maps0

@@ -31,6 +31,14 @@ def rss_bytes(pid: int) -> int:
     return int(fields[1]) * _PAGE
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """The highest RSS the process had so far (VmHWM in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class ServerProcess:
     def __init__(self, plugins: list[str], extra: dict[str, Any] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="meshscale-bench-"))
@@ -76,6 +84,9 @@ class ServerProcess:
 
     def rss(self) -> int:
         return rss_bytes(self.pid)
+
+    def peak_rss(self) -> int:
+        return peak_rss_bytes(self.pid)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

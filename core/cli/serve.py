@@ -45,7 +45,10 @@ def serve(config: Config, host: PluginHost, config_arg: str | None) -> int:
     check_plugin_extras(config, host)  # the server checks the rest itself, in order
 
     async def main() -> None:
+        from meshscale.memdebug import install_from_env  # noqa: PLC0415
+
         server = Server(config, host)
+        memdebug = install_from_env()  # off unless MESHSCALE_MEMDEBUG is set
         try:
             await server.start()
             server.install_signal_handlers()
@@ -54,6 +57,8 @@ def serve(config: Config, host: PluginHost, config_arg: str | None) -> int:
             await server.serve_forever()
             log.info("stopping")
         finally:
+            if memdebug is not None:
+                memdebug.stop()
             await server.stop()
 
     asyncio.run(main())
