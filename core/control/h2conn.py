@@ -119,6 +119,11 @@ class NoiseH2Connection:
             self.h2.end_stream(stream_id)
         self.flush()
 
+    def abort(self) -> None:
+        """Close the socket now and free what it had not sent; the read loop then ends."""
+        self.closed = True
+        self.writer.transport.abort()
+
     async def send_data(self, stream_id: int, data: bytes) -> None:
         view = memoryview(data)
         while view:

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
 FULL_MAPS_AT_ONCE = 16
+# A stream may hold one of the FULL_MAPS_AT_ONCE places this long: a client that does not take
+# its full map in time (or keeps its HTTP/2 window shut) is cut off, so it cannot hold the
+# other streams' full maps back for longer, and the bytes it left unread are freed.
+FULL_MAP_DEADLINE = 30.0
 
 
 class MapPoll:
@@ -59,6 +63,7 @@ class MapPoll:
         self.lifecycle = lifecycle
         self.limits = limits
         self.keepalive_base = KEEPALIVE_BASE
+        self.full_map_deadline = FULL_MAP_DEADLINE
         self._full_map_gate = asyncio.Semaphore(FULL_MAPS_AT_ONCE)
         self._limiter = UpdateLimiter(config.client_limits.updates_per_second,
                                       config.client_limits.update_burst)
@@ -179,7 +184,7 @@ class MapPoll:
                     # Full maps are the big messages (MBs at thousands of nodes): a storm of
                     # new streams builds and sends only a few at a time, so memory stays
                     # bounded however many clients arrive at once.
-                    async with self._full_map_gate:
+                    async with self._full_map_gate, asyncio.timeout(self.full_map_deadline):
                         session.needs_full = False
                         session.queue.clear()
                         frame = self._full_frame(session)
@@ -216,6 +221,10 @@ class MapPoll:
                     session.direct = None
         except (ConnectionResetError, LookupError):
             pass
+        except TimeoutError:
+            log.info("map stream of node %d closed: its full map was not taken within %.0f s",
+                     node.id, self.full_map_deadline)
+            resp.abort()
         finally:
             if session.ticker is not None:
                 session.ticker.cancel()

@@ -29,6 +29,7 @@ class Connection(Protocol):
     async def send_data(self, stream_id: int, data: bytes) -> None: ...
     def direct_writer(self, stream_id: int) -> Callable[[bytes], bool] | None: ...
     def end_stream(self, stream_id: int) -> None: ...
+    def abort(self) -> None: ...
     def stream_open(self, stream_id: int) -> bool: ...
 
 
@@ -62,6 +63,11 @@ class ResponseWriter:
         if not self.finished:
             self._conn.end_stream(self.stream_id)
             self.finished = True
+
+    def abort(self) -> None:
+        """Drop the whole connection now, with whatever it has not sent (a client too slow)."""
+        self.finished = True
+        self._conn.abort()
 
     async def send(self, status: int, body: bytes = b"", content_type: str = "") -> None:
         await self.start(status, content_type)
