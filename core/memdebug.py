@@ -15,8 +15,6 @@ docs/performance.md (restrictive policy at 10,000 nodes).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -26,30 +24,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from meshscale.alloc import mallinfo
+
 log = logging.getLogger(__name__)
 
 ENV_DIR = "MESHSCALE_MEMDEBUG"
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
-def mallinfo() -> dict[str, int]:
-    """glibc's view of its heap (empty where the C library is not glibc 2.33+)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return {}
-    try:
-        fn = ctypes.CDLL(name).mallinfo2
-    except (OSError, AttributeError):
-        return {}
-    fn.restype = _MallInfo2
-    info = fn()
-    return {"arena_heap": info.arena, "mmapped": info.hblkhd, "in_use": info.uordblks,
-            "free_in_heap": info.fordblks, "releasable_top": info.keepcost}
 
 
 def proc_status() -> dict[str, int]:

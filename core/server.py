@@ -23,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale import checks, files
+from meshscale.alloc import trim_periodically
 from meshscale.api.openapi import openapi_routes
 from meshscale.api.remoteadmin import remote_admin_routes
 from meshscale.api.rest import rest_routes
@@ -316,6 +317,7 @@ class Server:
         gc.set_threshold(50_000, 20, 50)
         lifecycle.schedule_offline_ephemerals()
         self.spawn(lifecycle.run_expiry(), "key-expiry")
+        self.spawn(trim_periodically(), "heap-trim")  # after storms and fan-outs (alloc.py)
         log.info(
             "meshscale listening on %s (port %d), data in %s, plugins: %s",
             cfg.listen_addr, self.main_port, data, ", ".join(self.host.names()) or "none",
