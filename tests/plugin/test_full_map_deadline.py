@@ -1,4 +1,4 @@
-"""Clients that do not take their full map cannot hold the other streams' full maps back.
+"""What a slow client can hold: a full map place for a while, a bounded transport buffer.
 
 Full maps are built and written a few at a time (poll.FULL_MAPS_AT_ONCE), which bounds the
 memory of a storm; a stream holds its place only until poll.full_map_deadline, then its
@@ -8,12 +8,16 @@ connection is dropped with whatever it had not sent (issue 19).
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import h2.settings
 import pytest
 
+from meshscale.control.h2conn import TRANSPORT_HIGH
+from meshscale.noise.handshake import public_bytes
 from meshscale.server import Server
 from meshscale.simclient import SimNode
 from tests.plugin.simnodes import join
@@ -55,3 +59,47 @@ async def test_shut_windows_cannot_hold_full_maps_back(
     msg = await stream.next(timeout=5)
     assert msg is not None, "stream ended"
     print(msg)
+
+
+def _server_transports(port: int) -> list[asyncio.WriteTransport]:
+    """The server's side of the control connections (this process holds both sides)."""
+    return [t for t in gc.get_objects() if isinstance(t, asyncio.Transport)
+            and hasattr(t, "get_write_buffer_size") and not t.is_closing()
+            and (t.get_extra_info("sockname") or ("", 0))[1] == port]
+
+
+async def test_a_client_that_stops_reading_holds_little_of_our_output(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """Deltas to a client that reads nothing wait in its stream's queue (shared messages),
+    not as bytes in its connection's transport beyond h2conn.TRANSPORT_HIGH."""
+    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+    assert server.state is not None and server.mapper is not None
+    user = server.state.create_user("alice")
+    _, key = server.state.create_key(user, reusable=True)
+    slow, _, first = await join(server, key, "slow")
+    assert first is not None
+    busy, _, _ = await join(server, key, "busy")
+    (ours,) = [t for t in _server_transports(server.main_port)
+               if t.get_extra_info("peername")[1]
+               == slow.conn.writer.get_extra_info("sockname")[1]]
+    # Small socket buffers on both sides, and the slow client stops reading: our output
+    # soon waits in the transport.
+    ours.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    slow.conn.writer.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    transport = slow.conn.writer.transport
+    assert isinstance(transport, asyncio.ReadTransport)
+    transport.pause_reading()
+    node = server.state.by_node_key(public_bytes(busy.node_key))
+    assert node is not None
+    session = server.mapper.sessions[first["Node"]["ID"]]
+    most = 0
+    for i in range(3000):  # each a new endpoint of "busy": a delta of ~150 bytes to "slow"
+        server.state.client_update(node, [f"10.1.{i // 250}.{i % 250}:41641"], None, None)
+        await asyncio.sleep(0)
+        most = max(most, ours.get_write_buffer_size())
+        if session.overflows:
+            break
+    assert session.overflows, "the slow client's backlog never overflowed"
+    assert most <= TRANSPORT_HIGH + 4096, most  # one write may go past the mark
+    await slow.conn.close()
