@@ -96,7 +96,12 @@ class PolicyEngine(Protocol):
     def remove_node(self, node_id: int) -> Affected: ...
 
     def packet_filter(self, node_id: int) -> list[Rule]:
-        """The node's inbound PacketFilter ([] denies all inbound)."""
+        """The node's inbound PacketFilter ([] denies all inbound).
+
+        An engine may also offer ``packet_filter_json(node_id) -> (bytes, bytes)``: the filter
+        as the JSON ``orjson.dumps`` gives and a 16-byte digest that changes whenever the JSON
+        does (not necessarily a hash of it). The mapper prefers it (optional, like
+        ``visible_peer_bits``): an engine can then render parts many nodes share only once."""
 
     def visible_peers(self, node_id: int) -> Iterable[int] | None:
         """IDs of the peers this node may see (either direction); None means every node.

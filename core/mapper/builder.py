@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import orjson
+
 from meshscale import bitset, tailcfg
 from meshscale.config import Config
 from meshscale.dns.model import DnsConfig
@@ -104,6 +106,7 @@ class MapBuilder:
         self._sub_versions: defaultdict[int, int] = defaultdict(int)  # the same, per sub-chunk
         self._live: int | None = None  # bitset of every node ID (see live_bits)
         self._engine_bits = getattr(engine, "visible_peer_bits", None)
+        self._engine_filter = getattr(engine, "packet_filter_json", None)
         self._uniform = UniformPeers(self._chunks, self._chunk_versions, self._sub_versions)
         state.subscribe(self._membership)
 
@@ -209,6 +212,17 @@ class MapBuilder:
         else:
             peers[peer_id] = sig
 
+    def policy_json(self, node_id: int) -> tuple[bytes, bytes, bytes, bytes]:
+        """The node's PacketFilter and SSHPolicy as JSON, each with the digest a stream keeps
+        of it. An engine with ``packet_filter_json`` renders the filter from shared parts."""
+        if self._engine_filter is not None:
+            pf_json, pf_digest = self._engine_filter(node_id)
+        else:
+            pf_json = dumps(self.engine.packet_filter(node_id))
+            pf_digest = frames.digest(pf_json)
+        ssh_json = dumps(self.engine.ssh_policy(node_id) or {"rules": []})
+        return pf_json, pf_digest, ssh_json, frames.digest(ssh_json)
+
     def visible_bits(self, node_id: int) -> int | None:
         """The node's visible peers as a bitset (None: every node). It may hold the node
         itself; from an engine with ``visible_peer_bits`` it is the int shared by the node's
@@ -301,10 +315,11 @@ class MapBuilder:
             peers = [nodes[i] for i in bitset.members(visible) if i != node.id and i in nodes
                      and i not in pending]
             s.known = visible  # shared with the node's class; its own bit is ignored
-        pf = [] if s.cut_off else self.engine.packet_filter(node.id)
-        ssh = {"rules": []} if s.cut_off else self.engine.ssh_policy(node.id) or {"rules": []}
-        s.filter_digest = frames.digest(dumps(pf))
-        s.ssh_digest = frames.digest(dumps(ssh))
+        if s.cut_off:
+            pf_json, s.filter_digest = b"[]", frames.digest(b"[]")
+            ssh_json, s.ssh_digest = b'{"rules":[]}', frames.digest(b'{"rules":[]}')
+        else:
+            pf_json, s.filter_digest, ssh_json, s.ssh_digest = self.policy_json(node.id)
         view = self._views[s] = _StreamView(self_sig=self._self_sig(node))
         frags = []
         for p in peers:
@@ -319,8 +334,8 @@ class MapBuilder:
             "Domain": self.config.dns.base_domain or "meshscale",
             "CollectServices": True,
             "DNSConfig": self.dns.for_node(node),
-            "PacketFilter": pf,
-            "SSHPolicy": ssh,
+            "PacketFilter": orjson.Fragment(pf_json),
+            "SSHPolicy": orjson.Fragment(ssh_json),
             "UserProfiles": (self._uniform.profiles(self.state.nodes, self.state.users, node)
                              if uniform else self._profiles([node, *peers])),
             "ControlTime": tailcfg.gotime(utcnow()),

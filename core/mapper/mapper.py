@@ -20,10 +20,11 @@ from meshscale.config import Config
 from meshscale.dns.model import DnsConfig
 from meshscale.events import MapKind, MapSent
 from meshscale.mapper import wire
-from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder, config_caps, cut_off
-from meshscale.mapper.frames import Message, digest, dumps
+from meshscale.mapper.builder import MapBuilder, config_caps, cut_off
+from meshscale.mapper.frames import Message, dumps
 from meshscale.mapper.invalidation import Output, stale
 from meshscale.mapper.pacing import FlushPacer
+from meshscale.mapper.policydelta import PolicyDelta
 from meshscale.mapper.session import MapSession
 from meshscale.policy import Affected, PolicyEngine
 from meshscale.state import changes as ch
@@ -334,6 +335,7 @@ class Mapper(MapBuilder):
 
     def _flush_own(self, owns: dict[int, Output]) -> None:
         """What changed nodes' own streams lack: their policy outputs, self Node, profile."""
+        delta: PolicyDelta | None = None
         for node_id in sorted(owns):
             node = self.state.nodes.get(node_id)
             s = self.sessions.get(node_id)
@@ -347,7 +349,8 @@ class Mapper(MapBuilder):
                 s.resync()
                 continue
             if out & Output.POLICY:
-                self._refresh_stream(s, node, set())
+                delta = delta or PolicyDelta(self, set())
+                delta.refresh(s, node)
             if out & Output.SELF:
                 self._view(s).self_sig = self._self_sig(node)
                 msg: dict[str, Any] = {"Node": self.self_node(node)}
@@ -377,65 +380,8 @@ class Mapper(MapBuilder):
             if affected.everyone
             else [self.sessions[i] for i in affected.nodes if i in self.sessions]
         )
+        delta = PolicyDelta(self, caps_changed)
         for s in sessions:
             node = self.state.nodes.get(s.node_id)
             if node is not None:
-                self._refresh_stream(s, node, caps_changed)
-
-    def _refresh_stream(self, s: MapSession, node: Node, caps_changed: set[int]) -> None:
-        out: dict[str, Any] = {}
-        pf = self.engine.packet_filter(node.id)
-        pf_digest = digest(dumps(pf))
-        if pf_digest != s.filter_digest:
-            out["PacketFilter"] = pf
-            s.filter_digest = pf_digest
-        ssh = self.engine.ssh_policy(node.id) or {"rules": []}
-        ssh_digest = digest(dumps(ssh))
-        if ssh_digest != s.ssh_digest:
-            out["SSHPolicy"] = ssh
-            s.ssh_digest = ssh_digest
-        view = self._view(s)
-        visible = self.visible_bits(node.id)
-        # What the client holds and should hold, as bitsets; its own bit never counts.
-        everyone = self.live_bits()
-        mine = ~(1 << node.id)
-        before = (everyone if s.known is None else s.known) & mine
-        after = (everyone if visible is None else visible & everyone) & mine
-        removed = bitset.members(before & ~after)
-        added_bits = after & ~before
-        added = bitset.members(added_bits)
-        for i in removed:
-            view.peers.pop(i, None)
-        # Peers already held whose view may differ now: routers (route visibility), peers seen
-        # differently before, peers whose CapMap changed; all of them if ours changed.
-        if node.id in caps_changed:
-            recheck_bits = after & ~added_bits
-        else:
-            recheck_bits = (bitset.of([*self.state.routes.subnets, *view.peers, *caps_changed])
-                            & after & ~added_bits)
-        changed: list[dict[str, Any]] = []
-        for i in bitset.members(recheck_bits):
-            peer = self.state.nodes[i]
-            sig = self.peer_sig(peer, node.id)
-            if sig != view.peers.get(i, DEFAULT_SIG):
-                self._record(s, i, sig)
-                changed.append(self._peer_obj(peer, sig))
-        for i in added:
-            peer = self.state.nodes[i]
-            sig = self.peer_sig(peer, node.id)
-            self._record(s, i, sig)
-            changed.append(self._peer_obj(peer, sig))
-        if removed:
-            out["PeersRemoved"] = removed
-        if changed:
-            out["PeersChanged"] = changed
-            if added:
-                out["UserProfiles"] = self._profiles(self.state.nodes[i] for i in added)
-        s.known = visible  # the class's shared int when the engine gives one
-        self_sig = self._self_sig(node)
-        if self_sig != view.self_sig:
-            view.self_sig = self_sig
-            out["Node"] = self.self_node(node)
-        if out:
-            s.push(Message.of(out))
-
+                delta.refresh(s, node)

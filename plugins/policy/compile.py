@@ -12,6 +12,7 @@ from typing import Any
 
 from meshscale.plugins.policy.addrset import INTERNET, AddrSet
 from meshscale.plugins.policy.model import Alias, Grant, IPSpec
+from meshscale.plugins.policy.render import SrcList
 from meshscale.plugins.policy.resolve import Resolver
 from meshscale.plugins.policy.tailnet import NodeInfo
 
@@ -34,7 +35,10 @@ class CompiledGrant:
     src_nodes: set[int] = field(default_factory=set)
     dst_nodes: set[int] = field(default_factory=set)  # non-self destinations
     _src_addrs: AddrSet | None = None
-    _src_strings: list[str] | None = None
+    _src_strings: SrcList | None = None
+    # autogroup:self: user id -> the SrcIPs of that user's source devices, shared by all of
+    # the user's devices (dropped with the other caches whenever a member changes).
+    _self_src: dict[int, SrcList] = field(default_factory=dict)
 
     @staticmethod
     def of(grant: Grant) -> CompiledGrant:
@@ -46,18 +50,29 @@ class CompiledGrant:
             danger_all=any(a.name == "autogroup:danger-all" for a in grant.src),
         )
 
+    def carry(self, prev: CompiledGrant) -> None:
+        """Take the members and rendered sources of ``prev``, the same sides compiled over the
+        same tailnet, groups and hosts (views.carry_members): what depends only on the
+        members stays valid, and nodes keep sharing the same SrcIPs objects."""
+        self.src_nodes, self.dst_nodes = set(prev.src_nodes), set(prev.dst_nodes)
+        self._src_addrs, self._src_strings = prev._src_addrs, prev._src_strings
+        self._self_src = dict(prev._self_src)
+
     def invalidate(self) -> None:
         self._src_addrs = None
         self._src_strings = None
+        self._self_src.clear()
 
     def src_addrs(self, r: Resolver) -> AddrSet:
         if self._src_addrs is None:
             self._src_addrs = r.addrs(self.grant.src)
         return self._src_addrs
 
-    def src_strings(self, r: Resolver) -> list[str]:
+    def src_strings(self, r: Resolver) -> SrcList:
+        # One object per grant until its members change: its JSON is made once (render.py).
         if self._src_strings is None:
-            self._src_strings = ["*"] if self.danger_all else self.src_addrs(r).strings()
+            self._src_strings = SrcList(["*"] if self.danger_all
+                                        else self.src_addrs(r).strings())
         return self._src_strings
 
     # -- membership -------------------------------------------------------------------------
@@ -158,7 +173,7 @@ class CompiledGrant:
         if not g.src or not g.dst:
             return rules
         if n.id in self.dst_nodes or (self.dst_all and not g.via):
-            src = self.src_strings(r)
+            src: list[str] = self.src_strings(r)
             if src or g.app:
                 entries = self.dst_entries(r, n)
                 if entries and src:
@@ -177,10 +192,8 @@ class CompiledGrant:
             same = [
                 r.tailnet.nodes[i] for i in r.tailnet.nodes_by_user.get(n.node.user_id, ())
             ]
-            srcs = [m for m in same if m.id in self.src_nodes or self.src_all]
-            if srcs:
-                src_set = AddrSet.union_all(m.addrs for m in srcs)
-                src = src_set.strings()
+            src = self._self_src_of(n.node.user_id, same)
+            if src:
                 rules.extend(_port_rules(src, list(n.ips), g.ip))
                 if g.app:
                     rules.append(
@@ -195,6 +208,14 @@ class CompiledGrant:
         if g.app and n.id in self.src_nodes and not g.via:
             rules.extend(self._companion_rules(r, n))
         return rules
+
+    def _self_src_of(self, user_id: int, same: list[NodeInfo]) -> SrcList:
+        src = self._self_src.get(user_id)
+        if src is None:
+            srcs = [m for m in same if m.id in self.src_nodes or self.src_all]
+            src = self._self_src[user_id] = SrcList(
+                AddrSet.union_all(m.addrs for m in srcs).strings() if srcs else [])
+        return src
 
     def _companion_rules(self, r: Resolver, n: NodeInfo) -> list[Rule]:
         """Reverse rules for companion capabilities, delivered to the grant's sources."""

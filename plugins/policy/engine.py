@@ -16,6 +16,7 @@ from meshscale.plugins.policy.compile import CompiledGrant, merge_rules
 from meshscale.plugins.policy.model import Policy
 from meshscale.plugins.policy.parse import parse_policy
 from meshscale.plugins.policy.policytests import run_ssh_tests, run_tests
+from meshscale.plugins.policy.render import render_filter
 from meshscale.plugins.policy.resolve import Resolver
 from meshscale.plugins.policy.ssh import SSHCompiler
 from meshscale.plugins.policy.tailnet import NodeInfo, Tailnet
@@ -296,6 +297,11 @@ class TailscalePolicyEngine:
 
     def packet_filter(self, node_id: int) -> list[Rule]:
         return ALLOW_ALL_FILTER if self.compiled is None else self.compiled.packet_filter(node_id)
+
+    def packet_filter_json(self, node_id: int) -> tuple[bytes, bytes]:
+        """``packet_filter`` as JSON and a digest of it (render.py), each grant's SrcIPs
+        rendered once for every node: the mapper's fast path (policy.py)."""
+        return render_filter(self.packet_filter(node_id))
 
     def visible_peers(self, node_id: int) -> Iterable[int] | None:
         return None if self.compiled is None else self.compiled.visible_peers(node_id)

@@ -143,5 +143,5 @@ def carry_members(old: Policy, old_grants: Sequence[CompiledGrant], new: Policy,
         if prev is None:
             fresh.append(g)
         else:
-            g.src_nodes, g.dst_nodes = set(prev.src_nodes), set(prev.dst_nodes)
+            g.carry(prev)
     return fresh

@@ -1,0 +1,89 @@
+"""A policy change's deltas share what streams have in common (core/mapper/policydelta.py), and
+each stream still ends up holding exactly what a fresh full map gives."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshscale.bench.tailnets import restrictive_policy, role, user_name, users_for
+from meshscale.mapper.session import MapSession
+from meshscale.pluginhost import PluginHost
+from meshscale.server import Server
+from meshscale.testing import make_config
+
+NODES = 96
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    host = PluginHost()
+    host.load(["sqlite", "policy"])
+    cfg = make_config(tmp_path, host, plugins=["sqlite", "policy"],
+                      policy={"mode": "database"}, log={"level": "warn"})
+    srv = Server(cfg, host)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def fleet(srv: Server) -> dict[int, MapSession]:
+    state, mapper = srv.state, srv.mapper
+    assert state is not None and mapper is not None
+    users = {u: state.create_user(user_name(u)) for u in range(users_for(NODES))}
+    for i in range(NODES):
+        r = role(i)
+        tags = [r.tag] if r.server else []
+        state.register_for_user(None if tags else users[r.user].id, os.urandom(32),
+                                os.urandom(32), {"Hostname": f"n{i}"}, tags, 106, "cli")
+    srv.set_policy(json.dumps(restrictive_policy(NODES)), "test", persist=False)
+    mapper.flush()
+    sessions = {}
+    for node_id in sorted(state.nodes):
+        s = mapper.open(node_id, True)
+        mapper.full_map(s)
+        s.needs_full = False
+        sessions[node_id] = s
+    return sessions
+
+
+def held(srv: Server, s: MapSession) -> dict[str, Any]:
+    """What a stream's client holds that policy decides: peers, filter, SSH policy."""
+    assert srv.mapper is not None
+    return {"peers": s.known_ids(), "filter": s.filter_digest, "ssh": s.ssh_digest}
+
+
+async def test_streams_alike_share_one_delta_and_hold_what_a_fresh_map_gives(
+        server: Server) -> None:
+    sessions = fleet(server)
+    mapper = server.mapper
+    assert mapper is not None
+    server.set_policy(json.dumps(restrictive_policy(NODES, cut=True)), "test", persist=False)
+    mapper.flush()
+    team0_users = [i for i in sessions if not role(i - 1).server and role(i - 1).team == 0]
+    team0_servers = [i for i in sessions if role(i - 1).server and role(i - 1).team == 0]
+    assert len(team0_users) > 3
+    msgs = [sessions[i].queue[-1] for i in team0_users]
+    # Every user of team 0 loses the same servers: one message object, serialized once.
+    assert all(m is msgs[0] for m in msgs)
+    assert json.loads(msgs[0].body) == {"PeersRemoved": team0_servers}
+    # Servers get their own filters (their own addresses in DstPorts): no shared message.
+    server_msgs = [sessions[i].queue[-1] for i in team0_servers]
+    assert len({id(m) for m in server_msgs}) == len(server_msgs)
+    for m in server_msgs:
+        assert set(json.loads(m.body)) == {"PacketFilter", "PeersRemoved"}
+    # Each stream holds what a new stream opened now is given.
+    for node_id, s in sessions.items():
+        fresh = MapSession(node_id, True)
+        mapper.full_map(fresh)
+        assert held(server, s) == held(server, fresh), node_id
+    # Streams hold their new class's shared int, not a copy.
+    for node_id in team0_users + team0_servers:
+        assert sessions[node_id].known is mapper.visible_bits(node_id)
