@@ -34,8 +34,6 @@ LONG_MODULES: dict[str, str] = {
     "share the connection tables",
     "meshscale.control.h2conn": "the HTTP/2-over-Noise adapter: one connection's event loop "
     "with the per-connection limits and deadlines it enforces on every h2 event",
-    "meshscale.mapper.mapper": "the event-loop side of the map path: batching, fan-out and "
-    "the per-stream policy refresh share the open streams and their batches",
     "meshscale.plugins.policy.engine": "the PolicyEngine protocol's one implementation: each "
     "per-node answer next to the compiled grants it reads (views.py holds the per-class "
     "bitsets and the policy diff)",
