@@ -7,7 +7,8 @@ An in-process server (SQLite in a temporary directory) gets the tailnet of
 is opened and its full map built (and dropped, as if sent). Reported: the process's RSS and
 Python heap (tracemalloc with ``--trace``; slower) per open stream, and for the policy change
 of ``meshscale bench policy --policy restrictive`` (team 0's users lose team 0's servers) the
-CPU seconds of the change and the bytes queued for the streams (compressed frames).
+CPU seconds of the change, then of compressing its distinct messages (``frames``), and the
+bytes queued for the streams (compressed frames).
 
 It measures what the map path holds and does (state, policy engine, mapper); connections'
 own buffers (Noise, HTTP/2, sockets) are ``meshscale bench memory``'s business. CPU seconds
@@ -121,6 +122,14 @@ async def _measure(server: Server, nodes: int, policy: str, trace: bool,
         out["policy_change_cpu_s"] = round(time.process_time() - t0, 3)
         out["policy_change_wall_s"] = round(time.perf_counter() - w0, 3)
         queued = [m for s in sessions for m in s.queue]
+        # The writers' share of the change in the server: compressing each distinct message
+        # (a message shared by many streams is compressed once).
+        t0 = time.process_time()
+        distinct = {id(m): m for m in queued}
+        for m in distinct.values():
+            m.frame(True)
+        out["policy_change_frames_cpu_s"] = round(time.process_time() - t0, 3)
+        out["policy_change_messages"] = len(distinct)
         out["policy_change_streams"] = sum(1 for s in sessions if s.queue)
         out["policy_change_mb"] = round(sum(len(m.frame(True)) for m in queued) / 2**20, 2)
         out["rss_after_change_mb"] = round(_rss_mb(), 1)

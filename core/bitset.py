@@ -3,12 +3,15 @@
 At 10,000 nodes such a set is 1.25 KB whatever it holds, where a Python set of 1,000 IDs is
 about 40 KB; union, difference and comparison are single C loops over machine words. Being
 immutable, one int is shared by every holder of the same set (the policy engine hands the same
-object to every node of a class). Node IDs are small, dense and never reused (state allocates
-them in order), so the width stays that of the highest ID.
+object to every node of a class). Bits are not node IDs but ``Slots``: dense positions handed
+out to node IDs and reused after a node leaves. Node IDs are never reused, so with ephemeral
+nodes coming and going they grow without bound; slots keep every int as wide as the most nodes
+alive at once.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 
 # For each byte value, the positions of its set bits.
@@ -80,3 +83,56 @@ class SharedEdit:
         if hit is None:
             hit = self.done[id(known)] = (known, self.fn(known))
         return hit[1]
+
+
+class Slots:
+    """Node ID -> bit position, dense: a new node takes the lowest free position.
+
+    One per server (the policy engine's, shared with the mapper), so every int means the same
+    nodes to everyone. ``release`` a node's slot only once no int in use has its bit set any
+    more (the mapper clears it from every stream when the node leaves): a slot given to the
+    next node would make such a bit mean that node.
+    """
+
+    def __init__(self) -> None:
+        self._slot: dict[int, int] = {}
+        self._ids: list[int] = []  # slot -> node ID (-1: free)
+        self._free: list[int] = []  # a heap of free slots
+
+    def slot(self, node_id: int) -> int:
+        """The node's position, given out on first use."""
+        k = self._slot.get(node_id)
+        if k is None:
+            if self._free:
+                k = heapq.heappop(self._free)
+                self._ids[k] = node_id
+            else:
+                k = len(self._ids)
+                self._ids.append(node_id)
+            self._slot[node_id] = k
+        return k
+
+    def bit(self, node_id: int) -> int:
+        return 1 << self.slot(node_id)
+
+    def release(self, node_id: int) -> None:
+        k = self._slot.pop(node_id, None)
+        if k is not None:
+            self._ids[k] = -1
+            heapq.heappush(self._free, k)
+
+    def of(self, ids: Iterable[int]) -> int:
+        """The set of node ``ids``."""
+        slot = self.slot
+        return of([slot(i) for i in ids])
+
+    def ids(self, bits: int) -> list[int]:
+        """The node IDs in ``bits``, ascending."""
+        ids = self._ids
+        out = [ids[k] for k in members(bits)]
+        out.sort()
+        return out
+
+    def width(self) -> int:
+        """Positions in use or free: the widest an int can be, in bits."""
+        return len(self._ids)

@@ -107,9 +107,10 @@ class PolicyEngine(Protocol):
         """IDs of the peers this node may see (either direction); None means every node.
 
         An engine may also offer ``visible_peer_bits(node_id) -> int | None``, the same set as
-        a bitset (``meshscale.bitset``; it may hold the node itself). The mapper prefers it: an
-        engine handing one shared int to every node alike spares a set per open stream. It is
-        optional (not part of this Protocol), so engines without it keep working."""
+        a bitset (it may hold the node itself) over the positions of its ``node_slots``
+        attribute (a ``meshscale.bitset.Slots``, which the mapper then shares). The mapper
+        prefers it: an engine handing one shared int to every node alike spares a set per open
+        stream. It is optional (not part of this Protocol), so engines without it keep working."""
 
     def peer_allowed_ips(self, viewer_id: int, peer: PolicyNode) -> list[str] | None:
         """AllowedIPs of ``peer`` as ``viewer`` sees it; None: the peer's addresses only."""

@@ -106,6 +106,9 @@ class MapBuilder:
         self._sub_versions: defaultdict[int, int] = defaultdict(int)  # the same, per sub-chunk
         self._live: int | None = None  # bitset of every node ID (see live_bits)
         self._engine_bits = getattr(engine, "visible_peer_bits", None)
+        # Bit positions of every bitset here: the engine's when it gives bitsets (its class
+        # ints use them), else our own.
+        self.slots: bitset.Slots = getattr(engine, "node_slots", None) or bitset.Slots()
         self._engine_filter = getattr(engine, "packet_filter_json", None)
         self._uniform = UniformPeers(self._chunks, self._chunk_versions, self._sub_versions)
         state.subscribe(self._membership)
@@ -231,19 +234,19 @@ class MapBuilder:
             bits: int | None = self._engine_bits(node_id)
             return bits
         ids = self.engine.visible_peers(node_id)
-        return None if ids is None else bitset.of(ids)
+        return None if ids is None else self.slots.of(ids)
 
     def visible_ids(self, node_id: int) -> Iterable[int] | None:
         bits = self.visible_bits(node_id)
-        return None if bits is None else bitset.members(bits)
+        return None if bits is None else self.slots.ids(bits)
 
     def live_bits(self) -> int:
         """Every node ID but those awaiting approval, as a bitset; dropped by the mapper when
         a node joins, leaves or is approved."""
         if self._live is None:
             pending = self.state.pending
-            self._live = bitset.of(self.state.nodes.keys() - pending if pending
-                                   else self.state.nodes)
+            self._live = self.slots.of(self.state.nodes.keys() - pending if pending
+                                       else self.state.nodes)
         return self._live
 
     def _profiles(self, nodes: Iterable[Node]) -> list[dict[str, Any]]:
@@ -291,6 +294,7 @@ class MapBuilder:
             raise LookupError(f"node {s.node_id} is gone")
         visible = self.visible_bits(node.id)
         s.cut_off = cut_off(node)
+        s.slots = self.slots
         pending = self.state.pending  # nodes awaiting approval are nobody's peers
         # Every viewer sees every peer the same way: the peer list comes from cached chunks
         # (mapper/uniform.py), with no per-peer work (at 10,000 nodes that work is most of a
@@ -312,7 +316,7 @@ class MapBuilder:
             s.known = None
         else:
             nodes = self.state.nodes
-            peers = [nodes[i] for i in bitset.members(visible) if i != node.id and i in nodes
+            peers = [nodes[i] for i in self.slots.ids(visible) if i != node.id and i in nodes
                      and i not in pending]
             s.known = visible  # shared with the node's class; its own bit is ignored
         if s.cut_off:

@@ -189,7 +189,7 @@ class Mapper(MapBuilder):
 
     def _remove_parts(self, gone: list[int]) -> Parts:
         """PeersRemoved: the batch's deleted nodes each stream holds."""
-        mask = bitset.of(gone)
+        mask = self.slots.of(gone)
         edit = bitset.SharedEdit(lambda known: known & ~mask)
         held_part: dict[int, bytes] = {}  # held bits -> part
         per: dict[int, bytes | None] = {}
@@ -204,10 +204,14 @@ class Mapper(MapBuilder):
                 s.known = edit(s.known)
                 part = held_part.get(held)
                 if part is None:
-                    part = held_part[held] = b'"PeersRemoved":' + dumps(bitset.members(held))
+                    part = held_part[held] = b'"PeersRemoved":' + dumps(self.slots.ids(held))
                 per[s.node_id] = part
             else:
                 per[s.node_id] = None
+        # No stream's int has their bits now (the engine's classes were dropped when it heard
+        # of the removals): their slots may go to the next nodes.
+        for i in gone:
+            self.slots.release(i)
         return b'"PeersRemoved":' + dumps(gone), per
 
     def _send_parts(self, batch: list[Parts]) -> None:
@@ -313,7 +317,7 @@ class Mapper(MapBuilder):
             if node is None:
                 continue
             self._caps[node.id] = self._caps_json(node.id)
-            edit = bitset.SharedEdit(partial(operator.or_, 1 << node.id))
+            edit = bitset.SharedEdit(partial(operator.or_, self.slots.bit(node.id)))
             for s in self._viewers(node.id):
                 if s.known is not None:
                     s.known = edit(s.known)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from meshscale import bitset
 from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder
 from meshscale.mapper.frames import Message, dumps
 
@@ -63,7 +62,7 @@ class PolicyDelta:
         # all of a team's users lose the same servers (equal ints, hashed in C).
         ids = self._lists.get(bits)
         if ids is None:
-            ids = self._lists[bits] = bitset.members(bits)
+            ids = self._lists[bits] = self.b.slots.ids(bits)
         return ids
 
     def _fragment(self, data: bytes, dig: bytes) -> orjson.Fragment:
@@ -96,7 +95,8 @@ class PolicyDelta:
                 hit = self._after[id(visible)] = (visible, visible & everyone)
             after = hit[1]
         d = self._diff(before, after)
-        me = 1 << node.id
+        slots = b.slots
+        me = slots.bit(node.id)
         removed, added, added_bits = d.removed, d.added, d.added_bits
         if d.removed_bits & me:
             removed = [i for i in removed if i != node.id]
@@ -105,7 +105,7 @@ class PolicyDelta:
             added = [i for i in added if i != node.id]
             added_bits &= ~me
         if view.peers and removed:
-            for i in [i for i in view.peers if d.removed_bits >> i & 1]:
+            for i in [i for i in view.peers if d.removed_bits & slots.bit(i)]:
                 del view.peers[i]
         # Peers already held whose view may differ now: routers (route visibility), peers seen
         # differently before, peers whose CapMap changed; all of them if ours changed.
@@ -113,9 +113,9 @@ class PolicyDelta:
             recheck_bits = after & ~added_bits & ~me
         else:
             recheck = [*b.state.routes.subnets, *view.peers, *self.caps_changed]
-            recheck_bits = bitset.of(recheck) & after & ~added_bits & ~me if recheck else 0
+            recheck_bits = slots.of(recheck) & after & ~added_bits & ~me if recheck else 0
         changed: list[dict[str, Any]] = []
-        for i in bitset.members(recheck_bits):
+        for i in self._members(recheck_bits):
             peer = b.state.nodes[i]
             sig = b.peer_sig(peer, node.id)
             if sig != view.peers.get(i, DEFAULT_SIG):

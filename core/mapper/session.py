@@ -25,6 +25,7 @@ class MapSession:
         # means nothing); None means "every node" (no policy restricts visibility). Usually the
         # very int the policy engine gives every node of the same class.
         self.known: int | None = None
+        self.slots: bitset.Slots | None = None  # what ``known``'s bits mean (set by full maps)
         self.filter_digest = b""  # of the PacketFilter and SSHPolicy the client holds
         self.ssh_digest = b""
         self.overflows = 0
@@ -43,7 +44,9 @@ class MapSession:
         """The peers the client holds (None: every node), for debugging views."""
         if self.known is None:
             return None
-        return [i for i in bitset.members(self.known) if i != self.node_id]
+        ids = (bitset.members(self.known) if self.slots is None
+               else self.slots.ids(self.known))
+        return [i for i in ids if i != self.node_id]
 
     def push(self, msg: Message) -> None:
         if self.closed or self.needs_full or self.cut_off:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from meshscale import bitset
 from meshscale.errors import PolicyError
 from meshscale.plugins.policy.addrset import AddrSet
 from meshscale.plugins.policy.compile import CompiledGrant, merge_rules
@@ -36,14 +37,14 @@ ATTR_EXPANSIONS = {
 class _Compiled:
     """One policy compiled against one tailnet."""
 
-    def __init__(self, policy: Policy, tailnet: Tailnet, control_url: str,
+    def __init__(self, policy: Policy, tailnet: Tailnet, control_url: str, slots: bitset.Slots,
                  previous: _Compiled | None = None) -> None:
         self.policy = policy
         self.tailnet = tailnet
         self.resolver = Resolver(policy, tailnet)
         self.grants = [CompiledGrant.of(g) for g in policy.grants]
         self.ssh = SSHCompiler(policy.ssh, control_url)
-        self.visibility = Visibility(self.grants, tailnet)
+        self.visibility = Visibility(self.grants, tailnet, slots)
         fresh = self.grants
         if previous is not None and previous.tailnet is tailnet:
             fresh = carry_members(previous.policy, previous.grants, policy, self.grants)
@@ -218,6 +219,9 @@ class TailscalePolicyEngine:
     def __init__(self, control_url: str = "") -> None:
         self.control_url = control_url
         self.tailnet = Tailnet()
+        # Bit positions of ``visible_peer_bits``, for the server's lifetime: the mapper uses
+        # the same object and releases a node's slot once no stream holds its bit.
+        self.node_slots = bitset.Slots()
         self.compiled: _Compiled | None = None
 
     # -- policy -------------------------------------------------------------------------------
@@ -225,7 +229,7 @@ class TailscalePolicyEngine:
     def _compile(self, text: str, tailnet: Tailnet, tests: bool = True,
                  previous: _Compiled | None = None) -> _Compiled:
         policy = parse_policy(text, tailnet.domains())
-        compiled = _Compiled(policy, tailnet, self.control_url, previous)
+        compiled = _Compiled(policy, tailnet, self.control_url, self.node_slots, previous)
         if not tests:
             return compiled
         run_tests(policy, compiled.resolver, compiled.grants)
@@ -260,7 +264,8 @@ class TailscalePolicyEngine:
         for node in nodes:
             self.tailnet.upsert_node(node)
         if self.compiled is not None:
-            self.compiled = _Compiled(self.compiled.policy, self.tailnet, self.control_url)
+            self.compiled = _Compiled(self.compiled.policy, self.tailnet, self.control_url,
+                                      self.node_slots)
 
     # -- topology changes ---------------------------------------------------------------------
 
@@ -307,8 +312,9 @@ class TailscalePolicyEngine:
         return None if self.compiled is None else self.compiled.visible_peers(node_id)
 
     def visible_peer_bits(self, node_id: int) -> int | None:
-        """``visible_peers`` as a bitset (meshscale.bitset), shared by every node of the same
-        class; it may hold the node itself. The mapper's fast path (policy.py)."""
+        """``visible_peers`` as a bitset over ``node_slots`` (meshscale.bitset), shared by
+        every node of the same class; it may hold the node itself. The mapper's fast path
+        (policy.py)."""
         c = self.compiled
         if c is None or not c.policy.has_rules:
             return None

@@ -2,8 +2,9 @@
 
 Visibility depends only on which grants a node is a source or destination of (and, under
 ``autogroup:self``, on its user): nodes alike in that form one class and share one peer set, an
-int bitset (``meshscale.bitset``) computed once per class. At 10,000 nodes in a company-like
-tailnet there are a few hundred classes where there were 10,000 Python sets.
+int bitset over the engine's node slots (``meshscale.bitset``) computed once per class. At
+10,000 nodes in a company-like tailnet there are a few hundred classes where there were 10,000
+Python sets.
 
 ``policy_affected`` compares two compilations of policies over the same tailnet: a node's
 filter, visible peers and routes depend only on the grants it belongs to, in their order, so a
@@ -29,9 +30,11 @@ from meshscale.policy import Affected
 class Visibility:
     """Per-class peer bitsets over one compilation; ``clear()`` after any membership change."""
 
-    def __init__(self, grants: Sequence[CompiledGrant], tailnet: Tailnet) -> None:
+    def __init__(self, grants: Sequence[CompiledGrant], tailnet: Tailnet,
+                 slots: bitset.Slots) -> None:
         self.grants = grants
         self.tailnet = tailnet
+        self.slots = slots  # node ID -> bit (the engine's, shared with the mapper)
         self._self_grants = [k for k, g in enumerate(grants) if g.self_dst]
         self._sides: dict[tuple[int, bool], int] = {}  # (grant, source side) -> members
         self._classes: dict[tuple[Any, ...], int] = {}
@@ -44,7 +47,7 @@ class Visibility:
         bits = self._sides.get((k, src))
         if bits is None:
             g = self.grants[k]
-            bits = self._sides[(k, src)] = bitset.of(g.src_nodes if src else g.dst_nodes)
+            bits = self._sides[(k, src)] = self.slots.of(g.src_nodes if src else g.dst_nodes)
         return bits
 
     def bits(self, node_id: int) -> int | None:
@@ -75,7 +78,7 @@ class Visibility:
             for k in dst:
                 bits |= self._side(k, True)
             if user is not None:
-                bits |= bitset.of(self.tailnet.nodes_by_user.get(user, ()))
+                bits |= self.slots.of(self.tailnet.nodes_by_user.get(user, ()))
             hit = self._classes[key] = bits
         return hit
 

@@ -87,3 +87,35 @@ async def test_streams_alike_share_one_delta_and_hold_what_a_fresh_map_gives(
     # Streams hold their new class's shared int, not a copy.
     for node_id in team0_users + team0_servers:
         assert sessions[node_id].known is mapper.visible_bits(node_id)
+
+
+async def test_churn_reuses_bit_positions_and_streams_stay_right(server: Server) -> None:
+    sessions = fleet(server)
+    state, mapper = server.state, server.mapper
+    assert state is not None and mapper is not None
+    users = {u.name: u for u in state.users.values()}
+    for round_ in range(4):
+        # A third of the fleet leaves and as many new nodes join (new, higher IDs).
+        for node_id in sorted(sessions)[::3]:
+            state.delete_node(node_id)
+            del sessions[node_id]
+        mapper.flush()
+        for i in range(NODES // 3):
+            r = role(i)
+            tags = [r.tag] if r.server else []
+            node = state.register_for_user(
+                None if tags else users[user_name(r.user)].id, os.urandom(32),
+                os.urandom(32), {"Hostname": f"r{round_}-{i}"}, tags, 106, "cli")
+            mapper.flush()
+            s = mapper.open(node.id, True)
+            mapper.full_map(s)
+            s.needs_full = False
+            sessions[node.id] = s
+        mapper.flush()
+    assert max(sessions) > 2 * NODES  # IDs far past the live count...
+    widest = max((s.known or 0).bit_length() for s in sessions.values())
+    assert widest <= len(state.nodes) + 1  # ...but the ints as wide as the live nodes
+    for node_id, s in sessions.items():
+        fresh = MapSession(node_id, True)
+        mapper.full_map(fresh)
+        assert held(server, s) == held(server, fresh), node_id

@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 import pytest
 
-from meshscale import bitset
 from meshscale.bench.tailnets import restrictive_policy, role, user_name, users_for
 from meshscale.plugins.policy.engine import TailscalePolicyEngine
 from meshscale.policy import PolicyNode, PolicyUser
@@ -43,7 +42,7 @@ def test_class_bitsets_equal_per_node_peers() -> None:
     for i in range(1, NODES + 1):
         bits = e.visible_peer_bits(i)
         assert bits is not None
-        assert [p for p in bitset.members(bits) if p != i] == sorted(e.visible_peers(i) or ())
+        assert [p for p in e.node_slots.ids(bits) if p != i] == sorted(e.visible_peers(i) or ())
     # Nodes alike share one int.
     assert e.visible_peer_bits(2) is e.visible_peer_bits(2 + 2 * 8)
 
