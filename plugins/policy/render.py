@@ -33,7 +33,9 @@ class SrcList(list[str]):
         try:
             return self._json, self._digest
         except AttributeError:
-            self._json = orjson.dumps(list(self))
+            # An exact-size copy: orjson's bytes keep its whole output buffer (4 KiB at
+            # least), and a user's autogroup:self sources are a few dozen bytes.
+            self._json = memoryview(orjson.dumps(list(self))).tobytes()
             self._digest = hashlib.blake2b(self._json, digest_size=16).digest()
             return self._json, self._digest
 
