@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import h2.config
@@ -25,7 +27,7 @@ import h2.settings
 
 from meshscale.config import LimitsConfig
 from meshscale.control.framing import RAW, Framing
-from meshscale.control.h2data import LeanStream, lean_data
+from meshscale.control.h2data import LeanStream, lean_frames
 from meshscale.control.h2guard import FrameGuard, FrameSizeError, InboundBudget, WindowCounter
 from meshscale.control.request import ControlRequest, Handler, ResponseWriter
 from meshscale.errors import ProtocolError
@@ -40,6 +42,20 @@ WRITE_BUFFER_HIGH = 1 << 20  # stop reading while this much output waits for a s
 # messages (a pointer each; a resync after MAX_BACKLOG) instead of as bytes per connection:
 # 64 KiB each allowed 640 MB at 10,000 lagging streams, and fragmented the heap (issue 19).
 TRANSPORT_HIGH = 16 << 10
+SEND_CHUNK = 1 << 20  # at most this much of a response is framed and sealed per write
+
+_local = threading.local()
+
+
+def _scratch() -> bytearray:
+    """This thread's buffer for the frames of one write: filled, sealed and done with before
+    anything else runs, so every connection of the thread's event loop can share it, and a
+    full map's frames cost no fresh allocation (issue 19)."""
+    buf: bytearray | None = getattr(_local, "scratch", None)
+    if buf is None:
+        # SEND_CHUNK of data in frames of at least 16 KiB, and what h2 had queued.
+        buf = _local.scratch = bytearray(SEND_CHUNK + (64 << 10))
+    return buf
 
 
 @dataclass(slots=True)
@@ -130,19 +146,22 @@ class NoiseH2Connection:
         self.closed = True
         self.writer.transport.abort()
 
-    async def send_data(self, stream_id: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
+    async def send_data(self, stream_id: int, data: bytes | Sequence[bytes]) -> None:
+        """Send ``data`` (one buffer, or parts sent as their concatenation: a full map's cached
+        chunks, never joined) on the stream as flow control allows."""
+        parts = deque(memoryview(p) for p in
+                      ((data,) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+                      if len(p))
+        while parts:
             st = self.streams.get(stream_id)
             if self.closed or st is None:
                 raise ConnectionResetError("stream closed")
             # Every frame the windows allow now, then one seal and one write for all of them:
             # a full map is dozens of frames, and a write per frame cost a syscall each.
-            sent, wire = self._frames(stream_id, view)
-            if sent:
-                view = view[sent:]
+            wire = self._frames(stream_id, parts)
+            if wire:
                 if not self.closed:
-                    self.writer.write(self.framing.wrap(self.encoder.encode(wire)))
+                    self.writer.write(self.framing.wrap(wire))
                 continue
             st.window.clear()
             self.conn_window.clear()
@@ -193,27 +212,29 @@ class NoiseH2Connection:
 
         return send
 
-    def _frames(self, stream_id: int, view: memoryview) -> tuple[int, bytes]:
-        """DATA frames of ``view`` as far as flow control allows: bytes taken, wire bytes.
+    def _frames(self, stream_id: int, parts: deque[memoryview]) -> bytes | bytearray:
+        """Sealed records of DATA frames of the next bytes of ``parts`` (taken from it), as
+        far as flow control allows and at most SEND_CHUNK bytes; empty if none fit now.
 
-        Built by lean_data (h2's books kept, none of its per-frame objects: a full map of
-        700 KB is 45 frames); should it decline, h2's own send_data decides, raising if the
-        stream cannot take data."""
+        The frames are built by lean_frames (h2's books kept, none of its per-frame objects)
+        into this thread's reused buffer, sealed from there; should it decline, h2's own
+        send_data decides, raising if the stream cannot take data."""
         h2c = self.h2
-        room = min(h2c.local_flow_control_window(stream_id), len(view))
-        frame = h2c.max_outbound_frame_size
-        sent = 0
-        wire: list[bytes] = []
-        while sent < room:
-            step = min(frame, room - sent)
-            chunk = view[sent : sent + step]
-            lean = lean_data(h2c, stream_id, chunk)
-            if lean is None:
-                h2c.send_data(stream_id, chunk)
-                lean = h2c.data_to_send()
-            wire.append(lean)
-            sent += step
-        return sent, b"".join(wire)
+        buf, n = lean_frames(h2c, stream_id, parts, SEND_CHUNK, _scratch())
+        if n:
+            return self.encoder.encode(memoryview(buf)[:n])
+        room = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
+        if room <= 0:
+            return b""
+        chunk = bytearray()
+        while parts and len(chunk) < room:
+            part = parts.popleft()
+            take = min(len(part), room - len(chunk))
+            chunk += part[:take]
+            if take < len(part):
+                parts.appendleft(part[take:])
+        h2c.send_data(stream_id, bytes(chunk))
+        return self.encoder.encode(h2c.data_to_send())
 
     # -- input ----------------------------------------------------------------------------------
 

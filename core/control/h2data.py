@@ -13,6 +13,7 @@ keeps these books elsewhere fails there, not in production.
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 import h2.connection
 from h2.connection import ConnectionState
@@ -33,18 +34,11 @@ def lean_data(conn: h2.connection.H2Connection, stream_id: int,
     """The bytes to write for ``payload`` as one DATA frame on ``stream_id`` (after whatever h2
     had queued), with both windows debited; None, and nothing changed, if h2 would not send it
     as one frame now (stream not open for sending, a window or the frame size too small)."""
-    if conn.state_machine.state is ConnectionState.CLOSED:
+    try:
+        stream = LeanStream(conn, stream_id)
+    except KeyError:
         return None
-    stream = conn.streams.get(stream_id)
-    if stream is None or stream.state_machine.state not in _SENDABLE:
-        return None
-    n = len(payload)
-    if n == 0 or n > min(conn.outbound_flow_control_window, stream.outbound_flow_control_window,
-                         conn.max_outbound_frame_size):
-        return None
-    stream.outbound_flow_control_window -= n
-    conn.outbound_flow_control_window -= n
-    return conn.data_to_send() + data_frame(stream_id, payload)
+    return stream.data(payload)
 
 
 class LeanStream:
@@ -64,7 +58,7 @@ class LeanStream:
         self._machine = self._stream.state_machine
         self._sid = (stream_id & 0x7FFFFFFF).to_bytes(4, "big")
 
-    def data(self, payload: bytes) -> bytes | None:
+    def data(self, payload: bytes | memoryview) -> bytes | None:
         """As ``lean_data(conn, stream_id, payload)``."""
         conn = self._conn
         stream = self._stream
@@ -80,3 +74,52 @@ class LeanStream:
         # Type 0 (DATA) and no flags: the two zero bytes after the 24-bit length.
         return b"".join((conn.data_to_send(), n.to_bytes(3, "big"), b"\x00\x00", self._sid,
                          payload))
+
+
+def lean_frames(conn: h2.connection.H2Connection, stream_id: int, parts: deque[memoryview],
+                limit: int, out: bytearray) -> tuple[bytearray, int]:
+    """DATA frames of the next bytes of ``parts`` (taken from its left), written into ``out``
+    after whatever h2 had queued: as many as the windows allow, up to ``limit`` bytes of data,
+    frames of at most the peer's frame size, both windows debited. Returns the length written
+    into ``out`` and ``out`` (a new buffer if it was too small; 0: nothing was written and
+    nothing changed, then h2's own ``send_data`` decides).
+
+    A full map (hundreds of KB, cached zstd chunks) goes from its parts straight into one
+    buffer of frames (``out``, reused by the caller) with one copy, instead of being joined
+    into one bytes object, cut into frames and joined again (issue 19)."""
+    if conn.state_machine.state is ConnectionState.CLOSED:
+        return out, 0
+    stream = conn.streams.get(stream_id)
+    if stream is None or stream.state_machine.state not in _SENDABLE:
+        return out, 0
+    size = conn.max_outbound_frame_size
+    room = min(stream.outbound_flow_control_window, conn.outbound_flow_control_window, limit,
+               sum(len(p) for p in parts))
+    if room <= 0:
+        return out, 0
+    pending = conn.data_to_send()
+    need = len(pending) + room + _HEAD.size * -(-room // size)
+    if need > len(out):
+        out = bytearray(need)
+    out[: len(pending)] = pending
+    pos = len(pending)
+    stream.outbound_flow_control_window -= room
+    conn.outbound_flow_control_window -= room
+    left = room
+    while left:
+        n = min(size, left)
+        _HEAD.pack_into(out, pos, n >> 16, n & 0xFFFF, 0, 0, stream_id & 0x7FFFFFFF)
+        pos += _HEAD.size
+        left -= n
+        while n:
+            part = parts[0]
+            take = len(part)
+            if take > n:
+                take = n
+                parts[0] = part[n:]
+            else:
+                parts.popleft()
+            out[pos : pos + take] = part[:take]
+            pos += take
+            n -= take
+    return out, pos

@@ -187,9 +187,9 @@ class MapPoll:
                     async with self._full_map_gate, asyncio.timeout(self.full_map_deadline):
                         session.needs_full = False
                         session.queue.clear()
-                        frame = self._full_frame(session)
-                        await resp.write(frame)
-                        del frame  # do not hold megabytes while the stream idles
+                        parts = self._full_parts(session)
+                        await resp.write(parts)
+                        del parts  # do not hold megabytes while the stream idles
                     session.sent["full"] += 1
                     continue
                 if session.queue:
@@ -234,11 +234,17 @@ class MapPoll:
                 await resp.end()
 
     def _full_frame(self, session: MapSession) -> bytes:
-        """A full map for ``session``, framed, with its build time reported to plugins."""
+        """A full map for ``session``, framed."""
+        return b"".join(self._full_parts(session))
+
+    def _full_parts(self, session: MapSession) -> list[bytes]:
+        """A full map for ``session`` as the parts of its frame (a stream sends them without
+        joining them), with its build time reported to plugins."""
         started = time.monotonic()
-        frame = self.mapper.full_map(session).frame(session.compress)
-        self.hooks.map_sent(MapSent(MapKind.FULL, 1, len(frame), time.monotonic() - started))
-        return frame
+        parts = self.mapper.full_map(session).parts(session.compress)
+        size = sum(len(p) for p in parts)
+        self.hooks.map_sent(MapSent(MapKind.FULL, 1, size, time.monotonic() - started))
+        return parts
 
     def _keepalive_tick(self, session: MapSession) -> None:
         """Every ~50-59 s: ask the writer for a keep-alive (skipped if a delta went out)."""

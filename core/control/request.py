@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,7 +26,7 @@ class Connection(Protocol):
 
     def send_headers(self, stream_id: int, headers: list[tuple[str, str]],
                      end: bool) -> None: ...
-    async def send_data(self, stream_id: int, data: bytes) -> None: ...
+    async def send_data(self, stream_id: int, data: bytes | Sequence[bytes]) -> None: ...
     def direct_writer(self, stream_id: int) -> Callable[[bytes], bool] | None: ...
     def end_stream(self, stream_id: int) -> None: ...
     def abort(self) -> None: ...
@@ -51,7 +51,8 @@ class ResponseWriter:
         self._conn.send_headers(self.stream_id, headers, end=False)
         self.started = True
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | Sequence[bytes]) -> None:
+        """Send ``data``: one buffer, or parts sent as their concatenation."""
         await self._conn.send_data(self.stream_id, data)
 
     def direct_writer(self) -> Callable[[bytes], bool] | None:

@@ -68,6 +68,10 @@ class Message:
             self._raw_frame = struct.pack("<I", len(body)) + body
         return self._raw_frame
 
+    def parts(self, compress: bool) -> list[bytes]:
+        """The frame as buffers whose concatenation it is (see FramedMessage)."""
+        return [self.frame(compress)]
+
 
 class FramedMessage(Message):
     """A message whose zstd form is several concatenated frames (a full map's head, cached
@@ -95,6 +99,14 @@ class FramedMessage(Message):
                 self._zstd_frame = struct.pack("<I", len(data)) + data
             return self._zstd_frame
         return super().frame(False)
+
+    def parts(self, compress: bool) -> list[bytes]:
+        """The zstd frame as its length prefix and the parts' cached frames, not joined: the
+        connection seals them into records straight from these buffers (issue 19)."""
+        if not compress or self._zstd_frame is not None:
+            return [self.frame(compress)]
+        zstd = [z for _, z in self._parts]
+        return [struct.pack("<I", sum(map(len, zstd))), *zstd]
 
 
 def compress(data: bytes) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Callable
 
 import h2.config
@@ -11,7 +13,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from meshscale.control.h2data import LeanStream, data_frame, lean_data
+from meshscale.control.h2data import LeanStream, data_frame, lean_data, lean_frames
 
 REQUEST = [(":method", "POST"), (":path", "/machine/map"), (":scheme", "http"),
            (":authority", "x")]
@@ -118,3 +120,57 @@ def test_no_such_stream() -> None:
     assert lean_data(server, sid + 2, b"x") is None
     with pytest.raises(KeyError):
         LeanStream(server, sid + 2)
+
+
+def split(data: bytes, cuts: list[int]) -> deque[memoryview]:
+    edges = [0, *cuts, len(data)]
+    return deque(memoryview(data[a:b]) for a, b in itertools.pairwise(edges))
+
+
+@pytest.mark.parametrize(("size", "cuts", "window", "limit"), [
+    (70, [], 4 << 20, 1 << 20),  # one small frame
+    (50_000, [0, 3, 16384, 16390, 40_000], 4 << 20, 1 << 20),  # parts across frame edges
+    (100_000, [7_700 * i for i in range(1, 13)], 30_000, 1 << 20),  # the window stops it
+    (100_000, [50_000], 4 << 20, 20_000),  # the limit stops it
+])
+def test_frames_from_parts_as_h2_sends_them(size: int, cuts: list[int], window: int,
+                                            limit: int) -> None:
+    lean, client, sid = pair(window)
+    ref, _, _ = pair(window)
+    data = bytes(i % 253 for i in range(size))
+    parts = split(data, cuts)
+    lean.ping(b"12345678")  # queued by h2: it goes first
+    ref.ping(b"12345678")
+    out = bytearray(2 << 20)
+    buf, n = lean_frames(lean, sid, parts, limit, out)
+    assert buf is out
+    room = min(window, limit, size)
+    frame = ref.max_outbound_frame_size
+    for start in range(0, room, frame):
+        ref.send_data(sid, data[start : min(start + frame, room)])
+    assert bytes(out[:n]) == ref.data_to_send()
+    assert lean.local_flow_control_window(sid) == ref.local_flow_control_window(sid)
+    assert lean.outbound_flow_control_window == ref.outbound_flow_control_window
+    # What was taken left the parts; the rest is still there, in order.
+    assert b"".join(parts) == data[room:]
+    events = client.receive_data(bytes(out[:n]))
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == (
+        data[:room])
+
+
+def test_frames_from_parts_refusals_and_a_small_buffer() -> None:
+    server, client, sid = pair(window=100)
+    data = bytes(300)
+    parts = split(data, [150])
+    out = bytearray(1000)
+    buf, n = lean_frames(server, sid, parts, 1 << 20, out)
+    assert n == 100 + 9 and buf is out
+    assert lean_frames(server, sid, parts, 1 << 20, out) == (out, 0)  # window used up
+    assert sum(map(len, parts)) == 200
+    big, _, bsid = pair()
+    buf, n = lean_frames(big, bsid, split(bytes(5000), []), 1 << 20, bytearray(10))
+    assert n == 5009 and len(buf) >= n  # a bigger buffer than the one given
+    client.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    server.receive_data(client.data_to_send())
+    assert lean_frames(server, sid, parts, 1 << 20, out)[1] == 0
+    assert sum(map(len, parts)) == 200  # nothing taken

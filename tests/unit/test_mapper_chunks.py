@@ -39,6 +39,9 @@ def tailnet(tmp_path: Path, nodes: int) -> State:
 
 def decoded(mapper: Mapper, node_id: int) -> dict:
     msg = mapper.full_map(MapSession(node_id, True))
+    parts = msg.parts(True)  # a stream sends these unjoined: they must be the frame, in order
+    assert len(parts) > 2 and b"".join(parts) == msg.frame(True)
+    assert msg.parts(False) == [msg.frame(False)]
     frame = msg.frame(True)[4:]
     body = decompress_all(zstandard.ZstdDecompressor(), frame)
     assert body == msg.body  # the zstd frames and the JSON say the same
