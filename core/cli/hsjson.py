@@ -6,8 +6,8 @@ field names are the proto names (``ip_addresses``, ``given_name``, ``created_at`
 numbers, times are ``{"seconds": N, "nanos": N}`` and ``register_method`` is the enum's number.
 Its YAML (yaml.v3 on the same structs) names fields by the lower-cased Go name (``ipaddresses``).
 headscale leaves out empty fields; meshscale prints every field (``online: false`` rather than
-nothing), which a reader of headscale's output also accepts, plus a few of its own (``expired``,
-``ephemeral``).
+nothing), which a reader of headscale's output also accepts, plus a few of its own (nodes'
+``expired``, ``ephemeral`` and ``approved``, keys' ``preauthorized``).
 """
 
 from __future__ import annotations
