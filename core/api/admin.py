@@ -17,6 +17,7 @@ from quart import Quart, Response, request
 from meshscale import auth, tailcfg
 from meshscale.api.apikeys import add_routes as add_apikey_routes
 from meshscale.api.dnsapi import add_routes as add_dns_routes
+from meshscale.api.restviews import json_bool
 from meshscale.errors import MeshscaleError, NotFoundError, StorageError
 from meshscale.policy import check_admin_tags
 from meshscale.state.models import Node, PreAuthKey, User
@@ -84,11 +85,8 @@ def key_view(k: PreAuthKey, user: User | None) -> dict[str, Any]:
         "id": k.id,
         "key": auth.masked_key(k.key_form, k.prefix),  # the secret is shown once, at creation
         "user": user_view(user) if user else None,
-        "reusable": k.reusable,
-        "ephemeral": k.ephemeral,
-        "used": k.used,
-        "expiration": _time(k.expiration),
-        "createdAt": _time(k.created_at),
+        "reusable": k.reusable, "ephemeral": k.ephemeral, "used": k.used,
+        "expiration": _time(k.expiration), "createdAt": _time(k.created_at),
         "aclTags": list(k.tags),
         "preauthorized": k.preauthorized,  # its nodes skip device approval
     }
@@ -240,9 +238,6 @@ def create_admin_app(server: AdminServer) -> Quart:
         if not isinstance(seconds, (int, float)) or seconds < 0:
             raise MeshscaleError("expiration must be a non-negative number of seconds")
         tags = [str(t) for t in body.get("tags") or []]
-        preauthorized = body.get("preauthorized", False)
-        if not isinstance(preauthorized, bool):
-            raise MeshscaleError("preauthorized must be true or false")
         if tags and not server.engine.tags_permitted(
             st.policy_user(user) if user else None, tags
         ) and user is not None:
@@ -253,7 +248,7 @@ def create_admin_app(server: AdminServer) -> Quart:
             ephemeral=bool(body.get("ephemeral")),
             expiration=timedelta(seconds=seconds) if seconds else None,
             tags=tags,
-            preauthorized=preauthorized,
+            preauthorized=json_bool(body.get("preauthorized"), "preauthorized"),
         )
         view = key_view(key, user)
         view["key"] = full

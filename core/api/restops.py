@@ -103,9 +103,7 @@ async def create_preauthkey(c: Call) -> dict[str, Any]:
     user = _user(c, c.body["user"]) if c.body.get("user") else None
     expiration = v.timestamp(c.body.get("expiration"), "expiration")
     tags = v.string_list(c.body.get("aclTags"), "aclTags")
-    preauthorized = c.body.get("preauthorized", False)  # meshscale's (Tailscale's name)
-    if not isinstance(preauthorized, bool):
-        raise MeshscaleError("preauthorized must be true or false")
+    preauthorized = v.json_bool(c.body.get("preauthorized"), "preauthorized")  # meshscale's
     if tags and user is not None and not c.server.engine.tags_permitted(
             st.policy_user(user), tags):
         raise MeshscaleError(f"user {user.name!r} may not own tags {tags} (tagOwners)")

@@ -101,6 +101,15 @@ def string_list(value: object, name: str) -> list[str]:
     return list(value)
 
 
+def json_bool(value: object, name: str) -> bool:
+    """A bool in a JSON body: true, false or absent (false); nothing else."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise MeshscaleError(f"{name} must be true or false")
+    return value
+
+
 def boolean(value: object, name: str) -> bool:
     """A bool query parameter as grpc-gateway reads one (Go's strconv.ParseBool)."""
     if value is None or value == "" or value is False:
