@@ -1,0 +1,162 @@
+"""Issue 19's targets, measured one after the other, with a table of figure against target.
+
+    python benchmarks/targets.py [--only NAME ...] [--out FILE] [--time-limit S]
+
+Each scenario is one ``meshscale bench ... --json`` run in its own process (so one run's
+memory does not carry into the next), run serially: server and generator share the machine,
+and two runs at once would measure each other. The JSON of every run is appended to ``--out``
+(JSON lines) as it finishes, so a run that is cut short keeps what it measured. The table
+marks each figure met or missed against the issue's target; a run that failed or timed out is
+shown as such, never as a figure.
+
+It takes a while: the 10,000-node runs each register 10,000 nodes and send them their first
+full maps before measuring (several minutes each on a 2-core machine). Run it on a machine
+with nothing else running if the wall times are to mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Check:
+    label: str
+    get: Callable[[dict[str, Any]], float]
+    limit: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    args: list[str]
+    checks: list[Check]
+
+
+def _phase(rate: float) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def pick(out: dict[str, Any]) -> dict[str, Any]:
+        for phase in out.get("phases", [out]):
+            if float(phase["rate_per_s"]) == rate:
+                return dict(phase)
+        raise KeyError(f"no churn phase at rate {rate}")
+    return pick
+
+
+def _churn_checks(rate: float) -> list[Check]:
+    at = _phase(rate)
+    return [
+        Check(f"churn K={rate:g}/s: p99", lambda o: at(o)["latency_p99_ms"], 1000, "ms"),
+        Check(f"churn K={rate:g}/s: achieved rate (>= {rate * 0.95:g})",
+              lambda o: -at(o)["achieved_rate_per_s"], -rate * 0.95, "/s"),
+        Check(f"churn K={rate:g}/s: failed events", lambda o: at(o)["failed_events"], 0, ""),
+    ]
+
+
+RUNS = [
+    Run("floor", ["floor", "--nodes", "10000", "--events", "10"], []),
+    Run("fanout", ["fanout", "--nodes", "10000", "--events", "200"], [
+        Check("fanout 10k allow-all: p99", lambda o: o["latency_p99_ms"], 300, "ms"),
+        Check("fanout 10k allow-all: server CPU/event",
+              lambda o: o["server_cpu_s_per_event"], 0.15, "s"),
+    ]),
+    Run("fanout-restrictive",
+        ["fanout", "--nodes", "10000", "--events", "200", "--policy", "restrictive"], [
+            Check("fanout 10k restrictive: p99", lambda o: o["latency_p99_ms"], 200, "ms"),
+        ]),
+    Run("storm", ["storm", "--nodes", "5000"], [
+        Check("storm 5k allow-all: all full maps", lambda o: o["all_full_maps_s"], 10, "s"),
+    ]),
+    Run("policy", ["policy", "--nodes", "10000", "--policy", "restrictive"], [
+        Check("policy change 10k restrictive: all updated", lambda o: o["all_updated_s"], 1,
+              "s"),
+        Check("policy change 10k restrictive: sent", lambda o: o["mb_sent"], 20, "MB"),
+        Check("policy 10k restrictive: server peak RSS",
+              lambda o: o["server_peak_rss_mb"], 1024, "MB"),
+    ]),
+    Run("memory", ["memory", "--nodes", "10000", "--policy", "restrictive"], [
+        Check("memory 10k restrictive: server RSS", lambda o: o["server_rss_mb"], 1024, "MB"),
+        Check("memory 10k restrictive: server peak RSS",
+              lambda o: o["server_peak_rss_mb"], 1024, "MB"),
+    ]),
+    Run("churn", ["churn", "--nodes", "10000", "--rate", "2,5,10", "--events", "300"],
+        _churn_checks(2) + _churn_checks(5) + _churn_checks(10)),
+]
+
+
+def _scaled(args: list[str], divisor: int) -> list[str]:
+    """``--nodes N`` divided by ``divisor`` (a quick check that every run works)."""
+    out = list(args)
+    for i, a in enumerate(out[:-1]):
+        if a == "--nodes":
+            out[i + 1] = str(max(int(out[i + 1]) // divisor, 20))
+    return out
+
+
+def _run(args: list[str], time_limit: float) -> dict[str, Any]:
+    cmd = ["meshscale", "bench", *args, "--json", "--time-limit", str(time_limit)]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=time_limit + 120,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no answer within {time_limit + 120:.0f} s"}
+    took = round(time.monotonic() - started, 1)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"exit {proc.returncode}: {last}", "run_s": took}
+    out: dict[str, Any] = json.loads(proc.stdout)
+    out["run_s"] = took
+    return out
+
+
+def _row(check: Check, out: dict[str, Any]) -> str:
+    if "error" in out:
+        return f"| {check.label} | {out['error']} | | not measured |"
+    try:
+        value = check.get(out)
+    except (KeyError, TypeError) as exc:
+        return f"| {check.label} | missing: {exc} | | not measured |"
+    shown, limit = (-value, -check.limit) if check.limit < 0 else (value, check.limit)
+    verdict = "met" if value <= check.limit else "MISSED"
+    cmp = ">=" if check.limit < 0 else "<="
+    return f"| {check.label} | {shown:g} {check.unit} | {cmp} {limit:g} {check.unit} | {verdict} |"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="+", choices=[r.name for r in RUNS],
+                        help="run these scenarios only")
+    parser.add_argument("--out", type=Path, default=Path("targets.jsonl"),
+                        help="JSON lines, one per run (appended)")
+    parser.add_argument("--time-limit", type=float, default=1500.0,
+                        help="seconds per run, then it is stopped")
+    parser.add_argument("--divide-nodes", type=int, default=1, metavar="D",
+                        help="run every scenario with N/D nodes (a quick check; the targets "
+                             "are for the full N)")
+    args = parser.parse_args()
+    rows = ["| figure | measured | target | |", "|---|---:|---:|---|"]
+    for run in RUNS:
+        if args.only and run.name not in args.only:
+            continue
+        bench_args = _scaled(run.args, args.divide_nodes)
+        print(f"running {run.name}: meshscale bench {' '.join(bench_args)}", file=sys.stderr)
+        out = _run(bench_args, args.time_limit)
+        with args.out.open("a") as f:
+            f.write(json.dumps({"run": run.name, "args": bench_args} | out) + "\n")
+        print(f"  {run.name}: {json.dumps(out)[:400]}", file=sys.stderr)
+        rows.extend(_row(check, out) for check in run.checks)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
