@@ -14,14 +14,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from meshscale.mapper.builder import DEFAULT_SIG, MapBuilder
 from meshscale.mapper.frames import Message, dumps
 
 if TYPE_CHECKING:
     from meshscale.mapper.session import MapSession
     from meshscale.state.models import Node
+
+
+def _body(out: dict[str, Any]) -> bytes:
+    """``orjson.dumps(out)`` where bytes values are JSON already: a server's 25 KB filter is
+    copied once into the message, not through orjson's buffer and an exact-size copy."""
+    parts: list[bytes] = []
+    for k, v in out.items():
+        parts += (b',"' if parts else b'{"', k.encode(), b'":',
+                  v if type(v) is bytes else dumps(v))
+    parts.append(b"}")
+    return b"".join(parts)
 
 
 class _Diff:
@@ -47,7 +56,7 @@ class PolicyDelta:
         self._after: dict[int, tuple[int, int]] = {}  # id(visible) -> (visible, & everyone)
         self._diffs: dict[tuple[int, int], _Diff] = {}
         self._lists: dict[int, list[int]] = {}  # bits -> members, one list per value
-        self._json: dict[bytes, orjson.Fragment] = {}  # digest -> the JSON, one object
+        self._json: dict[bytes, bytes] = {}  # digest -> the JSON, one object
         self._messages: dict[tuple[tuple[str, int], ...], Message] = {}
 
     def _diff(self, before: int, after: int) -> _Diff:
@@ -65,10 +74,10 @@ class PolicyDelta:
             ids = self._lists[bits] = self.b.slots.ids(bits)
         return ids
 
-    def _fragment(self, data: bytes, dig: bytes) -> orjson.Fragment:
+    def _fragment(self, data: bytes, dig: bytes) -> bytes:
         frag = self._json.get(dig)
         if frag is None:
-            frag = self._json[dig] = orjson.Fragment(data)
+            frag = self._json[dig] = data
         return frag
 
     def refresh(self, s: MapSession, node: Node) -> None:
@@ -142,10 +151,10 @@ class PolicyDelta:
         if not out:
             return
         if not shared:
-            s.push(Message(dumps(out)))
+            s.push(Message(_body(out)))
             return
         key = tuple((k, id(v)) for k, v in out.items())
         msg = self._messages.get(key)
         if msg is None:
-            msg = self._messages[key] = Message(dumps(out))
+            msg = self._messages[key] = Message(_body(out))
         s.push(msg)

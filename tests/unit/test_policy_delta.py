@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from meshscale.bench.tailnets import restrictive_policy, role, user_name, users_for
@@ -119,3 +120,15 @@ async def test_churn_reuses_bit_positions_and_streams_stay_right(server: Server)
         fresh = MapSession(node_id, True)
         mapper.full_map(fresh)
         assert held(server, s) == held(server, fresh), node_id
+
+
+def test_a_delta_body_is_what_orjson_gives_with_json_spliced_in() -> None:
+    from meshscale.mapper.policydelta import _body
+
+    rules = [{"SrcIPs": ["100.64.0.1"], "DstPorts": [{"IP": "*", "Ports": {"First": 0,
+                                                                          "Last": 65535}}]}]
+    out = {"PacketFilter": orjson.dumps(rules), "SSHPolicy": b'{"rules":[]}',
+           "PeersRemoved": [3, 5], "Node": {"ID": 7, "Name": "n\u00e9"}}
+    assert _body(out) == orjson.dumps({**out, "PacketFilter": rules,
+                                       "SSHPolicy": {"rules": []}})
+    assert _body({"PeersRemoved": [1]}) == b'{"PeersRemoved":[1]}'
