@@ -123,6 +123,10 @@ class Slots:
 
     def of(self, ids: Iterable[int]) -> int:
         """The set of node ``ids``."""
+        ids = list(ids)
+        found = list(map(self._slot.get, ids))  # C-speed when every node has its slot already
+        if None not in found:
+            return of(found)  # type: ignore[arg-type]  # no None: checked just above
         slot = self.slot
         return of([slot(i) for i in ids])
 

@@ -52,7 +52,7 @@ class PolicyDelta:
     def __init__(self, builder: MapBuilder, caps_changed: set[int]) -> None:
         self.b = builder
         self.caps_changed = caps_changed
-        self.everyone = builder.live_bits()
+        self._everyone: int | None = None  # every live node: made on first use
         self._after: dict[int, tuple[int, int]] = {}  # id(visible) -> (visible, & everyone)
         self._diffs: dict[tuple[int, int], _Diff] = {}
         self._lists: dict[int, list[int]] = {}  # bits -> members, one list per value
@@ -94,7 +94,9 @@ class PolicyDelta:
         view = b._view(s)
         visible = b.visible_bits(node.id)
         # What the client holds and should hold, as bitsets; its own bit never counts.
-        everyone = self.everyone
+        everyone = self._everyone
+        if everyone is None:
+            everyone = self._everyone = b.live_bits()
         before = everyone if s.known is None else s.known
         if visible is None:
             after = everyone
