@@ -29,6 +29,7 @@ from meshscale.config import LimitsConfig
 from meshscale.control.framing import RAW, Framing
 from meshscale.control.h2data import LeanStream, lean_frames
 from meshscale.control.h2guard import FrameGuard, FrameSizeError, InboundBudget, WindowCounter
+from meshscale.control.h2slim import slim_settings
 from meshscale.control.request import ControlRequest, Handler, ResponseWriter
 from meshscale.errors import ProtocolError
 from meshscale.noise.records import MAX_PLAINTEXT, RecordDecoder, RecordEncoder
@@ -115,6 +116,7 @@ class NoiseH2Connection:
         self._started = self._loop.time()
         self._idle_since = self._started
         self._incomplete = 0  # streams whose body is still arriving
+        self._slim = False
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
 
@@ -376,6 +378,9 @@ class NoiseH2Connection:
             self.h2.increment_flow_control_window(room)
 
     def _open(self, stream_id: int, st: _Stream) -> None:
+        if not self._slim:  # both sides' SETTINGS are in before a request (h2slim.py)
+            slim_settings(self.h2)
+            self._slim = True
         if not self.streams and self.on_busy is not None:
             self.on_busy(True)
         self.streams[stream_id] = st
