@@ -36,10 +36,9 @@ HANDSHAKE_RESPONSE = 51
 # One receive buffer for every connection: asyncio fills it and calls buffer_updated at once,
 # in one turn of the (single-threaded) loop, and received() keeps only copies. A plain Protocol
 # makes asyncio allocate a 256 KiB bytes object per read (``max_size``), which glibc serves
-# with mmap and page faults. Reads stay at 64 KiB (as the StreamReader client's), so the
-# copies of a read stay small: with 256 KiB reads a 10,000-node fanout left the generator at
-# 12 GB of RSS, while the live Python objects are a few MB (suspected: glibc heap
-# fragmentation by the large transient copies; see docs/performance.md).
+# with mmap and page faults. Reads are 64 KiB, as the StreamReader client's were (the
+# generator's 11 to 12 GB at 10,000 nodes came with 256 KiB reads, but also with asyncio's own
+# Protocol path; not yet explained, see docs/performance.md).
 _RECEIVE_SIZE = 64 * 1024
 _shared: memoryview | None = None
 
