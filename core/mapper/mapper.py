@@ -64,6 +64,7 @@ class Mapper(MapBuilder):
         self._pending_remove: dict[int, None] = {}  # deleted node ids, in order
         self._flush_handle: asyncio.Handle | None = None
         self._pacer = FlushPacer()  # when the next flush runs (pacing.py)
+        self._flush_waits = False  # the scheduled flush runs after a window
         state.subscribe(self.on_change)
 
     # -- sessions --------------------------------------------------------------------------------
@@ -251,6 +252,7 @@ class Mapper(MapBuilder):
         # the last flush's cost says so (pacing.py), so every stream gets one message for
         # many changes: bounded extra latency, far fewer writes.
         delay = self._pacer.delay(time.monotonic())
+        self._flush_waits = delay > 0
         self._flush_handle = (loop.call_later(delay, self.flush) if delay
                               else loop.call_soon(self.flush))
 
@@ -260,6 +262,7 @@ class Mapper(MapBuilder):
             self._flush_handle.cancel()
             self._flush_handle = None
         start = time.monotonic()
+        waited, self._flush_waits = self._flush_waits, False
         patches, self._pending_patch = self._pending_patch, {}
         upserts, self._pending_upsert = self._pending_upsert, {}
         owns, self._pending_own = self._pending_own, {}
@@ -279,7 +282,8 @@ class Mapper(MapBuilder):
             log.exception("mapper flush failed; resyncing all streams")
             for s in self.sessions.values():
                 s.resync()
-        self._pacer.flushed(start, time.monotonic(), len(patches) + len(upserts) + len(removes))
+        self._pacer.flushed(start, time.monotonic(), len(patches) + len(upserts) + len(removes),
+                            waited)
 
     def _patch_parts(self, patches: dict[int, ch.Patch]) -> Parts:
         """PeersChangedPatch: one shared part for nodes every stream sees, plus per stream
