@@ -7,7 +7,6 @@ Tailscale client: no WireGuard, no DERP, only the control protocol.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import struct
@@ -25,65 +24,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale.control.framing import RAW, Framing
 from meshscale.errors import ProtocolError
-from meshscale.noise.handshake import (
-    PROLOGUE_PREFIX,
-    SymmetricState,
-    dh,
-    public_bytes,
-)
+from meshscale.noise.handshake import public_bytes
 from meshscale.noise.records import RecordDecoder, RecordEncoder
+from meshscale.simhandshake import (
+    CAPVER,
+    fetch_server_key,
+    finish_handshake,
+    make_initiation,
+    upgrade_request,
+)
 from meshscale.websocket import ClientUpgrade
 
-CAPVER = 130  # Tailscale v1.90
 STREAM_WINDOW = 4 << 20  # x/net/http2 transportDefaultStreamFlow
-
-
-def make_initiation(
-    machine: X25519PrivateKey, server_pub: bytes, version: int
-) -> tuple[bytes, SymmetricState, X25519PrivateKey]:
-    ss = SymmetricState(PROLOGUE_PREFIX + str(version).encode())
-    ss.mix_hash(server_pub)
-    e = X25519PrivateKey.generate()
-    e_pub = public_bytes(e)
-    ss.mix_hash(e_pub)
-    key = ss.mix_dh(dh(e, server_pub))
-    enc_s = ss.encrypt_and_hash(key, public_bytes(machine))
-    key = ss.mix_dh(dh(machine, server_pub))
-    tag = ss.encrypt_and_hash(key, b"")
-    return struct.pack(">HBH", version, 1, 96) + e_pub + enc_s + tag, ss, e
-
-
-def finish_handshake(
-    ss: SymmetricState, e: X25519PrivateKey, machine: X25519PrivateKey, response: bytes
-) -> tuple[bytes, bytes]:
-    if len(response) != 51 or response[0] != 2:
-        raise ConnectionError(f"bad handshake response {response[:8].hex()}")
-    e_s = response[3:35]
-    ss.mix_hash(e_s)
-    ss.mix_dh(dh(e, e_s))
-    key = ss.mix_dh(dh(machine, e_s))
-    ss.decrypt_and_hash(key, response[35:51])
-    return ss.split()  # (send, receive) for the initiator
-
-
-def upgrade_request(host: str, port: int, init: bytes) -> bytes:
-    """The HTTP/1.1 request that upgrades to the control protocol, carrying the initiation."""
-    return (f"POST /ts2021 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
-            "Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
-            f"X-Tailscale-Handshake: {base64.b64encode(init).decode()}\r\n\r\n").encode()
-
-
-async def fetch_server_key(host: str, port: int) -> bytes:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(f"GET /key?v={CAPVER} HTTP/1.1\r\nHost: {host}\r\n"
-                     "Connection: close\r\n\r\n".encode())
-        data = await reader.read()
-    finally:
-        writer.close()
-    body = data.split(b"\r\n\r\n", 1)[1]
-    key: str = json.loads(body)["publicKey"]
-    return bytes.fromhex(key.removeprefix("mkey:"))
 
 
 def decompress_all(dctx: zstandard.ZstdDecompressor, data: bytes) -> bytes:

@@ -210,7 +210,7 @@ class Fleet:
     async def add(self, count: int, key: str, prefix: str = "n", concurrency: int = 64,
                   keys: Callable[[int], str] | None = None) -> list[Member]:
         """Connect and register ``count`` nodes, ``concurrency`` at a time."""
-        from meshscale.simclient import fetch_server_key  # noqa: PLC0415
+        from meshscale.simhandshake import fetch_server_key  # noqa: PLC0415
 
         if self.server_pub is None:
             self.server_pub = await fetch_server_key(self.host, self.port)

@@ -21,9 +21,8 @@ import h2.exceptions
 
 from meshscale.bench.h2lean import LeanFrames
 from meshscale.errors import ProtocolError
-from meshscale.simclient import (
-    STREAM_WINDOW,
-    ControlConnection,
+from meshscale.simclient import STREAM_WINDOW, ControlConnection
+from meshscale.simhandshake import (
     fetch_server_key,
     finish_handshake,
     make_initiation,

@@ -201,7 +201,7 @@ async def soak(nodes: int = 200, events: int = 0, idle: int = 2000, loris: int =
         fleet = b.fleet
         assert fleet is not None
         key = b.key("soak")
-        from meshscale.simclient import fetch_server_key  # noqa: PLC0415
+        from meshscale.simhandshake import fetch_server_key  # noqa: PLC0415
 
         fleet.server_pub = await fetch_server_key("127.0.0.1", b.server.port)
         cpu0 = b.server.cpu()

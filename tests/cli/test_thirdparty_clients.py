@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from meshscale.simclient import SimNode, fetch_server_key
+from meshscale.simclient import SimNode
+from meshscale.simhandshake import fetch_server_key
 from tests.cli.serverproc import Serve, meshscale_json, write_config
 
 

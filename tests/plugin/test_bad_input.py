@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from meshscale.server import Server
-from meshscale.simclient import ControlConnection, SimNode, fetch_server_key
+from meshscale.simclient import ControlConnection, SimNode
+from meshscale.simhandshake import fetch_server_key
 from tests.conftest import Backend
 from tests.noiseclient import seal
 

@@ -19,7 +19,8 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from meshscale.simclient import CAPVER, ControlConnection, fetch_server_key, make_initiation
+from meshscale.simclient import ControlConnection
+from meshscale.simhandshake import CAPVER, fetch_server_key, make_initiation
 from tests.plugin.test_bad_input import still_serving
 
 pytestmark = pytest.mark.asyncio

@@ -19,13 +19,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale.server import Server
-from meshscale.simclient import (
-    CAPVER,
-    ControlConnection,
-    SimNode,
-    fetch_server_key,
-    make_initiation,
-)
+from meshscale.simclient import ControlConnection, SimNode
+from meshscale.simhandshake import CAPVER, fetch_server_key, make_initiation
 from tests.plugin.simnodes import next_with
 from tests.plugin.test_bad_input import still_serving
 from tests.plugin.test_transport_limits import ATTACKER, attacker_socket, read_all
