@@ -8,15 +8,16 @@ and a quiet server still delivers in the same event-loop turn:
 
 - **Storm**: flushes closer than ``storm_gap`` that carried ``storm_changes`` or more changes
   (nodes coming online by the hundred) make the next one gather for ``storm_delay``.
-- **Busy**: when the last flush (of ``busy_cost`` or more) took over ``busy_share`` of the
-  time since the one before it ended, or when it had itself waited and its window gathered
-  more than one change (changes still come faster than flushes go out), the next flush waits
+- **Busy**: when the last flush carried more than one change (changes come faster than
+  flushes go out) and either took (at ``busy_cost`` or more) over ``busy_share`` of the time
+  since the one before it ended, or had itself waited for a window, the next flush waits
   until ``ratio`` times the last one's cost has passed since it ended, at most ``max_delay``.
   Flushing then takes about 1 / (1 + ratio) of the loop's time, and the cost per second stops
   growing with the change rate: at 10,000 nodes, 0.2 s of flushing then 0.4 s of gathering,
   whether 2 or 20 changes came meanwhile. Otherwise a change is not held back: a quiet server,
-  or changes that leave the loop mostly free (the fan-out benchmark waits for each change to
-  arrive everywhere before the next; a join is two changes in one turn) gain nothing from it.
+  changes that leave the loop mostly free (a join is two changes in one turn), or one change
+  at a time however busy (the fan-out benchmark waits for each change to arrive everywhere
+  before the next) gain nothing from it.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class FlushPacer:
             wait = self.storm_delay
         cost = self.last_end - self.last_start
         share = cost / max(self.last_end - self.prev_end, 1e-9)  # since the one before
-        if ((self.last_waited and self.last_changes > 1)
-                or (cost >= self.busy_cost and share > self.busy_share)):
+        if self.last_changes > 1 and (
+                self.last_waited or (cost >= self.busy_cost and share > self.busy_share)):
             due = self.last_end + min(self.max_delay, self.ratio * cost)
             wait = max(wait, due - now)
         wait = min(wait, self.max_delay)
