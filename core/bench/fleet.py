@@ -127,14 +127,15 @@ class Member:
 
 
 class MapReader:
-    """One stream's messages (u32 LE length + zstd) from its DATA payloads, with its own
-    buffer. A message above HEAD_ONLY (a big full map) is not buffered: its head
+    """One stream's messages (u32 LE length + zstd) from its DATA payloads, with its own buffer
+    and decompressor. A message above HEAD_ONLY (a big full map) is not buffered: its head
     frame is decompressed as its bytes arrive, the rest is counted until the message ends."""
 
     def __init__(self, member: Member) -> None:
         self.member = member
         self.fleet = member.fleet
         self.buf = bytearray()
+        self.dctx = zstandard.ZstdDecompressor()
         self.skip = 0  # bytes of the current big message still to come
         self.head: Any = None  # its head's decompressor until the head frame ended
         self.head_parts: list[bytes] = []
@@ -163,10 +164,7 @@ class MapReader:
                 # A big full map: its first zstd frame is the head (self node, DERP map,
                 # filter); the peer chunks after it are counted in bytes, not decoded.
                 self.skip = n
-                # A context of its own, dropped when the head ends: a decompression context
-                # keeps the buffers of the largest frame it ever streamed (about 0.9 MB after
-                # an 800 KB one), and one per stream held gigabytes at 10,000 nodes.
-                self.head = zstandard.ZstdDecompressor().decompressobj()
+                self.head = self.dctx.decompressobj()
                 self.head_parts = []
                 take = min(n, size - pos - 4)
                 self._big(data[pos + 4:pos + 4 + take])
@@ -174,7 +172,7 @@ class MapReader:
                 continue
             if size - pos - 4 < n:
                 break
-            self.member._message(_decompress(_shared_dctx(), data[pos + 4:pos + 4 + n]))
+            self.member._message(_decompress(self.dctx, data[pos + 4:pos + 4 + n]))
             pos += 4 + n
         if pos < size:
             self.buf += data[pos:] if pos else data
@@ -264,17 +262,6 @@ class Fleet:
                 w.hit(now, member.index)
         if self.full_map_hook is not None:
             self.full_map_hook(member, now)
-
-
-_dctx: zstandard.ZstdDecompressor | None = None
-
-
-def _shared_dctx() -> zstandard.ZstdDecompressor:
-    """One context for every whole message: each is decoded in one call (one thread)."""
-    global _dctx  # noqa: PLW0603 - made on first use, never at import
-    if _dctx is None:
-        _dctx = zstandard.ZstdDecompressor()
-    return _dctx
 
 
 def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes) -> bytes:
