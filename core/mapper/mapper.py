@@ -307,8 +307,13 @@ class Mapper(MapBuilder):
                         specific.setdefault(i, []).append(body)
         head = b'"PeersChangedPatch":['
         default = head + b",".join(broadcast) + b"]" if broadcast else None
-        per: dict[int, bytes | None] = {
-            i: head + b",".join([*broadcast, *items]) + b"]" for i, items in specific.items()}
+        # Streams seeing the same changed nodes (a team's servers) share one part, so one
+        # message: compressed once, queued once however many lag (restrictive storms).
+        shared: dict[tuple[int, ...], bytes] = {}
+        per: dict[int, bytes | None] = {}
+        for i, items in specific.items():
+            part = shared.get(key := tuple(map(id, items)))
+            per[i] = part or shared.setdefault(key, head + b",".join([*broadcast, *items]) + b"]")
         return default, per
 
     def _upsert_parts(self, upserts: dict[int, bool]) -> Parts:

@@ -90,6 +90,27 @@ async def test_streams_alike_share_one_delta_and_hold_what_a_fresh_map_gives(
         assert sessions[node_id].known is mapper.visible_bits(node_id)
 
 
+async def test_a_restricted_nodes_patch_is_one_message_for_all_its_viewers(
+        server: Server) -> None:
+    sessions = fleet(server)
+    state, mapper = server.state, server.mapper
+    assert state is not None and mapper is not None
+    sender = next(i for i in sessions if role(i - 1).server and role(i - 1).team == 0)
+    viewers = [i for i in sessions if i != sender and sender in sessions[i].known_ids()]
+    assert len(viewers) > 3  # the team's users' devices and its other servers
+    for i in viewers:
+        sessions[i].queue.clear()
+    state.client_update(state.nodes[sender], ("127.0.0.1:4242",), None, None)
+    mapper.flush()
+    msgs = [sessions[i].queue[-1] for i in viewers]
+    # The same news for every viewer: one message object, serialized and compressed once.
+    assert all(m is msgs[0] for m in msgs)
+    patch = json.loads(msgs[0].body)["PeersChangedPatch"]
+    assert [p["NodeID"] for p in patch] == [sender]
+    assert patch[0]["Endpoints"] == ["127.0.0.1:4242"]
+    assert not any(sessions[i].queue for i in sessions if i not in viewers and i != sender)
+
+
 async def test_churn_reuses_bit_positions_and_streams_stay_right(server: Server) -> None:
     sessions = fleet(server)
     state, mapper = server.state, server.mapper
