@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
 KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
 FULL_MAPS_AT_ONCE = 16
-# A stream may hold one of the FULL_MAPS_AT_ONCE places this long: a client that does not take
-# its full map in time (or keeps its HTTP/2 window shut) is cut off, so it cannot hold the
-# other streams' full maps back for longer, and the bytes it left unread are freed.
+# A stream may hold one of the FULL_MAPS_AT_ONCE places this long, plus the map's size at
+# FULL_MAP_MIN_RATE: a client that does not take its full map in time (or keeps its HTTP/2
+# window shut) is cut off, so it cannot hold the other streams' full maps back for longer, and
+# the bytes it left unread are freed; a client on a slow link (a 1.4 MB map of 10,000 peers
+# over 128 kbit/s) still gets its map.
 FULL_MAP_DEADLINE = 30.0
+FULL_MAP_MIN_RATE = 16 << 10  # bytes per second
 
 
 class MapPoll:
@@ -64,6 +67,7 @@ class MapPoll:
         self.limits = limits
         self.keepalive_base = KEEPALIVE_BASE
         self.full_map_deadline = FULL_MAP_DEADLINE
+        self.full_map_min_rate = FULL_MAP_MIN_RATE
         self._full_map_gate = asyncio.Semaphore(FULL_MAPS_AT_ONCE)
         self._limiter = UpdateLimiter(config.client_limits.updates_per_second,
                                       config.client_limits.update_burst)
@@ -184,11 +188,14 @@ class MapPoll:
                     # Full maps are the big messages (MBs at thousands of nodes): a storm of
                     # new streams builds and sends only a few at a time, so memory stays
                     # bounded however many clients arrive at once.
-                    async with self._full_map_gate, asyncio.timeout(self.full_map_deadline):
+                    async with self._full_map_gate:
                         session.needs_full = False
                         session.queue.clear()
                         parts = self._full_parts(session)
-                        await resp.write(parts)
+                        size = sum(map(len, parts))
+                        async with asyncio.timeout(
+                                self.full_map_deadline + size / self.full_map_min_rate):
+                            await resp.write(parts)
                         del parts  # do not hold megabytes while the stream idles
                     session.sent["full"] += 1
                     continue
@@ -222,8 +229,9 @@ class MapPoll:
         except (ConnectionResetError, LookupError):
             pass
         except TimeoutError:
-            log.info("map stream of node %d closed: its full map was not taken within %.0f s",
-                     node.id, self.full_map_deadline)
+            log.info("map stream of node %d closed: its full map was not taken in time "
+                     "(%.0f s plus 1 s per %d bytes)", node.id, self.full_map_deadline,
+                     self.full_map_min_rate)
             resp.abort()
         finally:
             if session.ticker is not None:

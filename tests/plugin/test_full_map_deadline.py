@@ -62,6 +62,25 @@ async def test_shut_windows_cannot_hold_full_maps_back(
     print(msg)
 
 
+async def test_a_bigger_map_gets_more_time(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """The deadline grows with the map (poll.full_map_min_rate): a client on a slow link is
+    not cut off from a big map by the fixed part alone."""
+    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+    assert server.state is not None and server.plane is not None
+    poll = server.plane.poll
+    poll.full_map_deadline = 0.2
+    poll.full_map_min_rate = 200  # bytes per second: a map of 400 bytes or more gets 2 s more
+    user = server.state.create_user("alice")
+    _, key = server.state.create_key(user, reusable=True)
+    started = asyncio.get_running_loop().time()
+    stuck = await _shut_window_node(server, key, "stuck")
+    await asyncio.wait_for(stuck.conn.closed.wait(), 20)
+    held = asyncio.get_running_loop().time() - started
+    await stuck.conn.close()
+    assert held > 0.2 + 2.0, held  # the size's share counted, not only the fixed 0.2 s
+
+
 def _server_transports(port: int) -> list[asyncio.WriteTransport]:
     """The server's side of the control connections (this process holds both sides)."""
     return [t for t in gc.get_objects() if isinstance(t, asyncio.Transport)
