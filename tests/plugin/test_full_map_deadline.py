@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 from meshscale.api.admin import create_admin_app
 from meshscale.control.h2conn import TRANSPORT_HIGH
+from meshscale.control.poll import QUEUE_WRITE
 from meshscale.noise.handshake import public_bytes
 from meshscale.server import Server
 from meshscale.simclient import SimNode
@@ -122,6 +124,53 @@ async def test_a_client_that_stops_reading_holds_little_of_our_output(
             break
     assert session.overflows, "the slow client's backlog never overflowed"
     assert most <= TRANSPORT_HIGH + 4096, most  # one write may go past the mark
+    await slow.conn.close()
+
+
+async def test_a_backlog_goes_out_in_bounded_writes(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """A client that paused while deltas queued gets its backlog in writes of about
+    poll.QUEUE_WRITE, each drained before the next, not the whole backlog in one write (a
+    per-connection copy of shared messages in every lagging client's transport)."""
+    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+    assert server.state is not None and server.mapper is not None
+    user = server.state.create_user("alice")
+    _, key = server.state.create_key(user, reusable=True)
+    slow, stream, first = await join(server, key, "slow")
+    assert first is not None and stream is not None
+    busy, _, _ = await join(server, key, "busy")
+    (ours,) = [t for t in _server_transports(server.main_port)
+               if t.get_extra_info("peername")[1]
+               == slow.conn.writer.get_extra_info("sockname")[1]]
+    ours.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    slow.conn.writer.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    transport = slow.conn.writer.transport
+    assert isinstance(transport, asyncio.ReadTransport)
+    transport.pause_reading()
+    node = server.state.by_node_key(public_bytes(busy.node_key))
+    assert node is not None
+    session = server.mapper.sessions[first["Node"]["ID"]]
+    rng = random.Random(1)
+    for _ in range(200):  # deltas of 100 random endpoints each (little to compress)
+        eps = [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}:"
+               f"{rng.randrange(1024, 65536)}" for _ in range(100)]
+        server.state.client_update(node, eps, None, None)
+        await asyncio.sleep(0)
+    assert len(session.queue) > 100 and not session.overflows
+    bound = TRANSPORT_HIGH + QUEUE_WRITE + 8192
+    backlog = sum(len(m.frame(True)) for m in session.queue)
+    assert backlog > 2 * bound, backlog  # else this test could not tell
+    transport.resume_reading()
+    most, loop = 0, asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while loop.time() < deadline:
+        most = max(most, ours.get_write_buffer_size())
+        if not session.queue and ours.get_write_buffer_size() == 0:
+            break
+        await asyncio.sleep(0)
+    assert not session.queue and not session.overflows
+    assert most <= bound, (most, backlog)
     await slow.conn.close()
 
 
