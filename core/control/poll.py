@@ -204,7 +204,7 @@ class MapPoll:
                     # What is queued goes out in writes of about QUEUE_WRITE bytes, each
                     # drained before the next: fewer records and syscalls than one per message,
                     # while a whole backlog at once (up to MAX_BACKLOG shared messages) put a
-                    # copy of it into each lagging client's transport: GBs at 10,000 streams.
+                    # copy of all of it into a lagging client's transport.
                     queue, size = session.queue, 0
                     frames: list[bytes] = []
                     while queue and size < QUEUE_WRITE:
