@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,6 +44,13 @@ WRITE_BUFFER_HIGH = 1 << 20  # stop reading while this much output waits for a s
 # messages (a pointer each; a resync after MAX_BACKLOG) instead of as bytes per connection:
 # 64 KiB each allowed 640 MB at 10,000 lagging streams, and fragmented the heap (issue 19).
 TRANSPORT_HIGH = 16 << 10
+# The kernel's send buffer of a control connection. Left to autotuning, loopback and LAN
+# sockets grow to megabytes: a full map the kernel takes whole lets the full-map gate's drain
+# return at once, so in a storm every stream's map was handed over while the clients had read
+# little (issue 19: 10,000 at once held GBs). Fixed, the rest of a map waits in the transport,
+# the drain waits for the client, and FULL_MAPS_AT_ONCE bounds what is in flight. 256 KiB
+# still fills a 20 Mbit/s link at 100 ms round trip.
+SEND_BUFFER = 256 << 10
 SEND_CHUNK = 1 << 20  # at most this much of a response is framed and sealed per write
 
 _local = threading.local()
@@ -89,6 +97,10 @@ class NoiseH2Connection:
         self.framing = framing
         self.writer = writer
         writer.transport.set_write_buffer_limits(high=TRANSPORT_HIGH)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.decoder = decoder
         self.encoder = encoder
         self.machine_key = machine_key

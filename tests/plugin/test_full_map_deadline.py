@@ -12,13 +12,14 @@ import gc
 import random
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import h2.settings
 import pytest
 
 from meshscale.api.admin import create_admin_app
-from meshscale.control.h2conn import TRANSPORT_HIGH
+from meshscale.control.h2conn import SEND_BUFFER, TRANSPORT_HIGH
 from meshscale.control.poll import QUEUE_WRITE
 from meshscale.noise.handshake import public_bytes
 from meshscale.server import Server
@@ -172,6 +173,29 @@ async def test_a_backlog_goes_out_in_bounded_writes(
     assert not session.queue and not session.overflows
     assert most <= bound, (most, backlog)
     await slow.conn.close()
+
+
+def _wmem_max() -> int:
+    return int(Path("/proc/sys/net/core/wmem_max").read_text())
+
+
+async def test_control_connections_have_a_fixed_send_buffer(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """Not left to autotuning (which grows loopback and LAN buffers to megabytes, so a whole
+    full map vanished into the kernel and the full-map gate bounded nothing): h2conn.SEND_BUFFER,
+    which Linux doubles and caps at twice net.core.wmem_max."""
+    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+    assert server.state is not None
+    user = server.state.create_user("alice")
+    _, key = server.state.create_key(user, reusable=True)
+    node, _, _ = await join(server, key, "a")
+    (ours,) = [t for t in _server_transports(server.main_port)
+               if t.get_extra_info("peername")[1]
+               == node.conn.writer.get_extra_info("sockname")[1]]
+    sock = ours.get_extra_info("socket")
+    expected = 2 * min(SEND_BUFFER, _wmem_max())
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == expected
+    await node.conn.close()
 
 
 async def test_debug_sessions_without_peer_lists(
