@@ -21,9 +21,11 @@ import pytest
 from meshscale.api.admin import create_admin_app
 from meshscale.control.h2conn import SEND_BUFFER, TRANSPORT_HIGH
 from meshscale.control.poll import QUEUE_WRITE
+from meshscale.mapper.session import MapSession
 from meshscale.noise.handshake import public_bytes
 from meshscale.server import Server
 from meshscale.simclient import SimNode
+from meshscale.state.models import Node
 from tests.plugin.simnodes import join
 
 pytestmark = pytest.mark.asyncio
@@ -91,11 +93,11 @@ def _server_transports(port: int) -> list[asyncio.WriteTransport]:
             and (t.get_extra_info("sockname") or ("", 0))[1] == port]
 
 
-async def test_a_client_that_stops_reading_holds_little_of_our_output(
-        meshscale_server_factory: Callable[..., Any]) -> None:
-    """Deltas to a client that reads nothing wait in its stream's queue (shared messages),
-    not as bytes in its connection's transport beyond h2conn.TRANSPORT_HIGH."""
-    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+async def _paused_client(server: Server) -> tuple[
+        SimNode, asyncio.WriteTransport, asyncio.ReadTransport, Node, MapSession]:
+    """A streaming client "slow" that stops reading, with small socket buffers on both sides
+    (our output soon waits in the transport), and the node "busy" whose changes it is sent:
+    (slow, the server's transport to it, slow's own transport, busy, slow's map session)."""
     assert server.state is not None and server.mapper is not None
     user = server.state.create_user("alice")
     _, key = server.state.create_key(user, reusable=True)
@@ -105,8 +107,6 @@ async def test_a_client_that_stops_reading_holds_little_of_our_output(
     (ours,) = [t for t in _server_transports(server.main_port)
                if t.get_extra_info("peername")[1]
                == slow.conn.writer.get_extra_info("sockname")[1]]
-    # Small socket buffers on both sides, and the slow client stops reading: our output
-    # soon waits in the transport.
     ours.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     slow.conn.writer.get_extra_info("socket").setsockopt(
         socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -115,7 +115,16 @@ async def test_a_client_that_stops_reading_holds_little_of_our_output(
     transport.pause_reading()
     node = server.state.by_node_key(public_bytes(busy.node_key))
     assert node is not None
-    session = server.mapper.sessions[first["Node"]["ID"]]
+    return slow, ours, transport, node, server.mapper.sessions[first["Node"]["ID"]]
+
+
+async def test_a_client_that_stops_reading_holds_little_of_our_output(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """Deltas to a client that reads nothing wait in its stream's queue (shared messages),
+    not as bytes in its connection's transport beyond h2conn.TRANSPORT_HIGH."""
+    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+    assert server.state is not None
+    slow, ours, _, node, session = await _paused_client(server)
     most = 0
     for i in range(3000):  # each a new endpoint of "busy": a delta of ~150 bytes to "slow"
         server.state.client_update(node, [f"10.1.{i // 250}.{i % 250}:41641"], None, None)
@@ -134,24 +143,8 @@ async def test_a_backlog_goes_out_in_bounded_writes(
     poll.QUEUE_WRITE, each drained before the next, not the whole backlog in one write (a
     per-connection copy of shared messages in every lagging client's transport)."""
     server: Server = await meshscale_server_factory(plugins=["sqlite"])
-    assert server.state is not None and server.mapper is not None
-    user = server.state.create_user("alice")
-    _, key = server.state.create_key(user, reusable=True)
-    slow, stream, first = await join(server, key, "slow")
-    assert first is not None and stream is not None
-    busy, _, _ = await join(server, key, "busy")
-    (ours,) = [t for t in _server_transports(server.main_port)
-               if t.get_extra_info("peername")[1]
-               == slow.conn.writer.get_extra_info("sockname")[1]]
-    ours.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    slow.conn.writer.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    transport = slow.conn.writer.transport
-    assert isinstance(transport, asyncio.ReadTransport)
-    transport.pause_reading()
-    node = server.state.by_node_key(public_bytes(busy.node_key))
-    assert node is not None
-    session = server.mapper.sessions[first["Node"]["ID"]]
+    assert server.state is not None
+    slow, ours, transport, node, session = await _paused_client(server)
     rng = random.Random(1)
     for _ in range(200):  # deltas of 100 random endpoints each (little to compress)
         eps = [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}:"
