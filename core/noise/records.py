@@ -22,13 +22,9 @@ MAX_PLAINTEXT = MAX_RECORD - HEADER_LEN - TAG_LEN  # 4077
 _MAX_NONCE = 2**64 - 1
 
 
-_NONCE_PREFIX = b"\x00\x00\x00\x00"
-_NONCE = struct.Struct(">4xQ")  # the same 12 bytes as _nonce(), in one call
+# ChaCha20-Poly1305's 12-byte nonce: four zero bytes, then the record counter big-endian.
+_nonce = struct.Struct(">4xQ").pack
 _RECORD_HEAD = struct.Struct(">BH")
-
-
-def _nonce(counter: int) -> bytes:
-    return _NONCE_PREFIX + counter.to_bytes(8, "big")
 
 
 class RecordEncoder:
@@ -64,7 +60,7 @@ class RecordEncoder:
             out[pos + 1] = length >> 8
             out[pos + 2] = length & 0xFF
             pos += HEADER_LEN
-            seal(_NONCE_PREFIX + counter.to_bytes(8, "big"), chunk, None, dst[pos : pos + length])
+            seal(_nonce(counter), chunk, None, dst[pos : pos + length])
             pos += length
             counter += 1
         self._counter = counter
@@ -79,7 +75,7 @@ class RecordEncoder:
         counter = self._counter
         if counter >= _MAX_NONCE:
             raise ProtocolError("nonce space exhausted")
-        ct = self._aead.encrypt(_NONCE.pack(counter), data, None)
+        ct = self._aead.encrypt(_nonce(counter), data, None)
         self._counter = counter + 1
         return _RECORD_HEAD.pack(MSG_RECORD, len(ct)) + ct
 
