@@ -52,23 +52,28 @@ def new_key() -> tuple[str, str, bytes]:
 
 
 def masked_key(form: str, prefix: str) -> str:
-    """A pre-auth key as listings show it, as headscale 0.28+ does (``hskey-auth-<prefix>-***``):
-    enough to tell keys apart and find one again, never the secret. ``form`` is what the full key
-    starts with ("" for headscale's older 48-hex-digit keys, written ``<prefix>***``)."""
+    """A pre-auth or API key as listings show it, as headscale 0.28+ does
+    (``hskey-auth-<prefix>-***``, ``hskey-api-<prefix>-***``): enough to tell keys apart and find
+    one again, never the secret. ``form`` is what the full key starts with ("" for headscale's
+    older keys, 48 hex digits or ``<7>.<32>``, written ``<prefix>***``)."""
     return f"{form}{prefix}-***" if form else f"{prefix}***"
 
 
-def unmasked_prefix(text: str) -> str | None:
-    """The prefix in a key as a listing shows it (masked_key's output), or None."""
-    if not text.endswith("***"):
-        return None
-    body = text.removesuffix("***").removesuffix("-")
-    for form in (KEY_PREFIX, "hskey-auth-"):
-        body = body.removeprefix(form)
-    return body or None
+def unmasked_prefix(text: str, forms: tuple[str, ...] = (KEY_PREFIX, "hskey-auth-")
+                    ) -> str | None:
+    """The prefix in a key as a listing shows it (masked_key's output for one of ``forms``, or
+    a form-less ``<prefix>***``), or None."""
+    for form in forms:
+        if text.startswith(form) and text.endswith("-***"):
+            return text[len(form):-4] or None
+    if text.endswith("***") and not text.startswith(forms):
+        return text[:-3] or None
+    return None
 
 
 API_KEY_PREFIX = "mskey-api-"
+#: The forms an API key's full text starts with (ApiKey.key_form): ours, headscale 0.28+'s.
+API_KEY_FORMS = (API_KEY_PREFIX, "hskey-api-")
 _API_FORMAT = re.compile(r"^mskey-api-([A-Za-z0-9]{12})-([A-Za-z0-9_-]{32,128})$")
 
 

@@ -297,7 +297,8 @@ def _api_key(row: dict[str, Any]) -> ApiKey:
     return ApiKey(id=int(row["id"]), prefix=prefix, secret_hash=stored,
                   expiration=_time(row.get("expiration")),
                   created_at=_time(row.get("created_at")) or datetime.now(UTC),
-                  last_seen=_time(row.get("last_seen")), hash_scheme=keyhash.BCRYPT)
+                  last_seen=_time(row.get("last_seen")), hash_scheme=keyhash.BCRYPT,
+                  key_form="hskey-api-" if len(prefix) == 12 else "")
 
 
 def _keys(reader: Reader, plan: Plan, user_ids: set[int]) -> set[int]:

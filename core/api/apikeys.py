@@ -9,17 +9,18 @@ from typing import Any
 
 from quart import Quart, Response, request
 
-from meshscale import tailcfg
+from meshscale import auth, tailcfg
 from meshscale.errors import MeshscaleError
 from meshscale.state.apikeys import ApiKeys
 from meshscale.state.models import ApiKey
 
 
 def apikey_view(k: ApiKey) -> dict[str, Any]:
-    """headscale's ApiKey message (its JSON names); never the secret or its hash."""
+    """headscale's ApiKey message (its JSON names), the prefix masked as headscale 0.29 lists it;
+    never the secret or its hash."""
     return {
         "id": k.id,
-        "prefix": k.prefix,
+        "prefix": auth.masked_key(k.key_form, k.prefix),
         "expiration": tailcfg.gotime(k.expiration) if k.expiration else None,
         "createdAt": tailcfg.gotime(k.created_at),
         "lastSeen": tailcfg.gotime(k.last_seen) if k.last_seen else None,

@@ -20,6 +20,7 @@ from typing import Any
 
 from quart import Response, request
 
+from meshscale import auth
 from meshscale.api import restdns, restops
 from meshscale.api.resttypes import Call, RestServer, Unimplemented
 from meshscale.contributions import HttpRoute
@@ -186,7 +187,7 @@ def authenticated(server: RestServer) -> bool:
     except StorageError:
         # The request may only read; a lastSeen that could not be stored must not refuse it.
         log.warning("API key %s: its lastSeen was not stored (database unavailable)",
-                    key.prefix)
+                    auth.masked_key(key.key_form, key.prefix))
     return True
 
 

@@ -56,7 +56,8 @@ def node(n: Node, owner: User | None, approved: list[str], primary: list[str]) -
 
 
 def apikey(k: ApiKey) -> dict[str, Any]:
-    return {"id": str(k.id), "prefix": k.prefix, "expiration": ts(k.expiration),
+    return {"id": str(k.id), "prefix": auth.masked_key(k.key_form, k.prefix),
+            "expiration": ts(k.expiration),
             "createdAt": ts(k.created_at), "lastSeen": ts(k.last_seen)}
 
 

@@ -46,12 +46,16 @@ class ApiKeys:
         return key, full
 
     def find(self, ref: str | int) -> ApiKey:
-        """A key by id or prefix (``mskey-api-<prefix>`` or the bare prefix)."""
+        """A key by id or prefix: as listed (``mskey-api-<prefix>-***``, ``<prefix>***``),
+        ``mskey-api-<prefix>`` or the bare prefix."""
         text = str(ref).strip()
         if text.isdigit() and int(text) in self.keys:
             return self.keys[int(text)]
         if text in self._by_prefix:  # headscale's prefixes may hold "-"
             return self._by_prefix[text]
+        listed = auth.unmasked_prefix(text, auth.API_KEY_FORMS)
+        if listed is not None and listed in self._by_prefix:
+            return self._by_prefix[listed]
         parts = auth.split_api_key(text)
         # A listing's "mskey-api-<prefix>" or headscale's "hskey-api-<prefix>-***": both
         # prefixes are 12 characters.

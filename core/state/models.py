@@ -71,6 +71,9 @@ class ApiKey:
     created_at: datetime = field(default_factory=utcnow)
     last_seen: datetime | None = None
     hash_scheme: str = "sha256"  # as PreAuthKey.hash_scheme
+    # What the full key starts with (meshscale.auth.masked_key): "mskey-api-" for ours,
+    # "hskey-api-" for one imported from headscale 0.28+, "" for headscale's older <7>.<32> keys.
+    key_form: str = "mskey-api-"
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expiration is not None and self.expiration <= (now or utcnow())

@@ -96,6 +96,7 @@ class ApiKeyRow(BaseModel):
     created_at = pw.DateTimeField()
     last_seen = pw.DateTimeField(null=True)
     hash_scheme = pw.CharField(default="sha256")
+    key_form = pw.CharField(default="mskey-api-")
 
     class Meta:
         table_name = "meshscale_api_keys"  # not headscale's "api_keys": see storage.versioning

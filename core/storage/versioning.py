@@ -30,7 +30,7 @@ import peewee as pw
 from meshscale.errors import StorageError
 
 MARKER_TABLE = "meshscale_schema"
-CURRENT = 10
+CURRENT = 11
 
 #: The tables (and a few telling columns) of schema version 1, the first release's schema.
 V1_TABLES = {
@@ -183,12 +183,37 @@ def _v9_to_v10(db: pw.Database) -> None:
     _sql(db, f'ALTER TABLE "pre_auth_keys" ADD COLUMN "preauthorized" {kind}')
 
 
+def _v10_to_v11(db: pw.Database) -> None:
+    """Version 11 adds ``meshscale_api_keys.key_form``, what the full key starts with, so
+    listings show it masked as headscale 0.29 does (as version 9 did for pre-auth keys). A
+    7-character prefix is headscale's older ``<7>.<32>`` form (""); a key still holding
+    headscale's bcrypt hash, or whose 12-character prefix is not hex (ours always is), came from
+    headscale 0.28+; the rest are taken as ours. (An upgrade from before version 4 made the table
+    from today's model, with the column already, and empty.)"""
+    if "key_form" in {c.name for c in db.get_columns("meshscale_api_keys")}:
+        return
+    _sql(db, 'ALTER TABLE "meshscale_api_keys" ADD COLUMN "key_form" VARCHAR(255) NOT NULL '
+             "DEFAULT 'mskey-api-'")
+    hexdigits = set("0123456789abcdef")
+    rows = _sql(db, 'SELECT id, prefix, hash_scheme FROM "meshscale_api_keys"').fetchall()
+    for key_id, prefix, scheme in rows:
+        text = str(prefix)
+        if len(text) != 12:
+            form = ""
+        elif scheme == "bcrypt" or not set(text) <= hexdigits:
+            form = "hskey-api-"
+        else:
+            continue
+        _sql(db, f'UPDATE "meshscale_api_keys" SET "key_form" = {db.param} '  # noqa: S608
+                 f"WHERE id = {db.param}", (form, key_id))
+
+
 #: MIGRATIONS[n] turns a version-n database into version n + 1.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3,
                                                          3: _v3_to_v4, 4: _v4_to_v5,
                                                          5: _v5_to_v6, 6: _v6_to_v7,
                                                          7: _v7_to_v8, 8: _v8_to_v9,
-                                                         9: _v9_to_v10}
+                                                         9: _v9_to_v10, 10: _v10_to_v11}
 
 
 # -- acting on a live database ----------------------------------------------------------------

@@ -27,10 +27,17 @@ def test_apikeys_lifecycle(tmp_path: Path) -> None:
         prefix = key.removeprefix("mskey-api-").split("-")[0]
         second = json.loads(cli("apikeys", "create", "-e", "1h", "-o", "json"))
         listed = json.loads(cli("apikeys", "list", "-o", "json"))
-        assert [k["prefix"] for k in listed] == [prefix, second["prefix"]]
+        # listed masked, as headscale 0.29 lists its keys (hskey-api-<prefix>-***)
+        masked = f"mskey-api-{prefix}-***"
+        assert [k["prefix"] for k in listed] == [masked, second["prefix"]]
+        assert second["prefix"] == second["key"][:len("mskey-api-") + 12] + "-***"
         assert key not in json.dumps(listed) and "key" not in listed[0]
+        (row,) = [line for line in cli("apikeys", "list").splitlines() if masked in line]
+        assert row.split("|")[1].strip() == masked  # the table's Prefix column
         expired = json.loads(cli("apikeys", "expire", "--prefix", prefix, "-o", "json"))
-        assert expired["expiration"] is not None
+        assert expired["expiration"] is not None and expired["prefix"] == masked
+        # the text a listing shows finds the key too, as the bare prefix and the ID do
+        assert json.loads(cli("apikeys", "expire", "-p", masked, "-o", "json"))["id"] == 1
         cli("apikeys", "delete", "--prefix", second["prefix"])
         bad = meshscale("-c", str(config), "apikeys", "delete", "--prefix", "nosuchprefix")
         assert bad.returncode != 0 and "not found" in bad.stderr and "Traceback" not in bad.stderr
@@ -53,7 +60,7 @@ def test_apikeys_lifecycle(tmp_path: Path) -> None:
     server = Serve(config)
     try:
         (kept,) = json.loads(cli("apikeys", "list", "-o", "json"))
-        assert kept["prefix"] == prefix and kept["expiration"] == expired["expiration"]
+        assert kept["prefix"] == masked and kept["expiration"] == expired["expiration"]
     finally:
         rc, log = server.stop()
     assert rc == 0, log

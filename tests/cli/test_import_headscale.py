@@ -187,6 +187,13 @@ def check_keys(config: Path, version: str, snap: Snapshot, issued: Issued) -> No
     assert sorted(apis) == [1, 2] and snap.counters["apikey"] == 2
     assert (apis[1].expiration, apis[1].last_seen) == (LATER, T0)
     assert all(k.hash_scheme == "bcrypt" for k in apis.values())
+    for k in apis.values():  # listed as headscale 0.29 lists them: the prefix masked
+        full = issued.api[k.id]
+        shown = masked_key(k.key_form, k.prefix)
+        if full.startswith("hskey-api-"):
+            assert shown == full[:len("hskey-api-") + 12] + "-***"
+        else:
+            assert shown == full[:7] + "***"  # headscale's <7>.<32> keys
 
     cfg, storage = open_store(config)
     try:
@@ -200,6 +207,8 @@ def check_keys(config: Path, version: str, snap: Snapshot, issued: Issued) -> No
         with pytest.raises(AuthError, match="invalid pre-auth key"):
             state.check_auth_key(wrong)
         api = ApiKeys(storage, snap)
+        for k in apis.values():  # found by the text a listing shows
+            assert api.find(masked_key(k.key_form, k.prefix)).id == k.id
         for kid, full in issued.api.items():
             assert api.check(full).id == kid
             assert api.check(full).hash_scheme == "sha256"

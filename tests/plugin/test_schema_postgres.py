@@ -11,8 +11,8 @@ import pytest
 
 from meshscale.bench.pgserver import PgServer
 from meshscale.errors import StorageError
-from meshscale.state.models import PreAuthKey, User
-from meshscale.storage.base import PutKey, PutPolicy, PutUser
+from meshscale.state.models import ApiKey, PreAuthKey, User
+from meshscale.storage.base import PutApiKey, PutKey, PutPolicy, PutUser
 from meshscale.storage.versioning import CURRENT
 from tests.conftest import Backend, new_pg_database
 
@@ -119,3 +119,25 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(pg_server: PgServer,
                                           "apikeyrow_prefix", "meshscale_settings_pkey"}
     assert after == before
     assert [u.name for u in snap.users] == ["alice"] and snap.policy == '{"acls": []}'
+
+
+def test_version_10_api_keys_gain_their_form(pg_server: PgServer, tmp_path: Path) -> None:
+    """Version 11 on PostgreSQL: the column as a new database has it, and each key's form told
+    from its prefix and hash scheme (ours, headscale 0.28+'s, headscale's older <7>.<32>)."""
+    database = new_pg_database(pg_server)
+    backend = Backend("postgres", database, pg_server)
+    storage = backend.storage(tmp_path)
+    storage.apply([PutApiKey(ApiKey(1, "0123456789ab", b"h")),
+                   PutApiKey(ApiKey(2, "Ab_-CdEfGhIj", b"$2a$", hash_scheme="bcrypt",
+                                    key_form="hskey-api-")),
+                   PutApiKey(ApiKey(3, "aB-_9xZ", b"h", key_form=""))])
+    storage.close()
+    fresh = dump(pg_server, database)["meshscale_api_keys"]
+    run(pg_server, database, "ALTER TABLE meshscale_api_keys DROP COLUMN key_form")
+    run(pg_server, database, "UPDATE meshscale_schema SET version = 10")
+
+    storage = backend.storage(tmp_path)
+    snap = storage.load()
+    storage.close()
+    assert [k.key_form for k in snap.api_keys] == ["mskey-api-", "hskey-api-", ""]
+    assert dump(pg_server, database)["meshscale_api_keys"] == fresh  # columns and rows

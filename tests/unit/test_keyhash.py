@@ -45,6 +45,24 @@ def test_api_key_forms() -> None:
         assert auth.split_api_key(bad) is None, bad
 
 
+def test_keys_are_listed_masked_as_headscale_lists_them_and_found_again() -> None:
+    """headscale v0.29.2 (hscontrol/types/api_key.go, preauth_key.go): a 12-character prefix
+    as hskey-api-<prefix>-*** (hskey-auth-...), a legacy 7-character API prefix as <prefix>***."""
+    api = auth.API_KEY_FORMS
+    for form, prefix, shown in (("mskey-api-", "0123456789ab", "mskey-api-0123456789ab-***"),
+                                ("hskey-api-", PREFIX, f"hskey-api-{PREFIX}-***"),
+                                ("", "aB-_9x-", "aB-_9x-***")):  # a legacy prefix ending in -
+        assert auth.masked_key(form, prefix) == shown
+        assert auth.unmasked_prefix(shown, api) == prefix
+    for form, prefix in (("mskey-auth-", "0123456789ab"), ("hskey-auth-", PREFIX),
+                         ("", "0123456789ab")):
+        assert auth.unmasked_prefix(auth.masked_key(form, prefix)) == prefix
+    # Not a listing's text: a bare prefix, a full key, another kind's form, nothing masked.
+    for text in ("0123456789ab", f"hskey-api-{PREFIX}-{SECRET}", "***", "mskey-api--***",
+                 f"hskey-api-{PREFIX}***"):
+        assert auth.unmasked_prefix(text, api) is None, text
+
+
 def test_a_secret_is_checked_by_its_rows_scheme() -> None:
     budget = keyhash.BcryptBudget()
     stored = go_hash(SECRET)

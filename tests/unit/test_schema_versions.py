@@ -17,9 +17,9 @@ import pytest
 from meshscale.config import Config, DatabaseConfig, SqliteConfig
 from meshscale.errors import StorageError
 from meshscale.plugins.sqlite import open_sqlite
-from meshscale.state.models import Node, PreAuthKey, User
+from meshscale.state.models import ApiKey, Node, PreAuthKey, User
 from meshscale.storage import versioning
-from meshscale.storage.base import PutKey, PutNode, PutPolicy, PutUser
+from meshscale.storage.base import PutApiKey, PutKey, PutNode, PutPolicy, PutUser
 from meshscale.storage.versioning import CURRENT, Verdict, classify
 
 DATA = Path(__file__).parent / "data"
@@ -212,6 +212,28 @@ def test_version_9_tells_keys_imported_from_headscale_0_28_from_ours(tmp_path: P
     assert versioning.inspect_sqlite_file(db).version == CURRENT
 
 
+def test_version_11_tells_api_keys_imported_from_headscale_from_ours(tmp_path: Path) -> None:
+    """API keys written before version 11: a 7-character prefix is headscale's <7>.<32> form,
+    one still holding headscale's bcrypt hash or whose 12-character prefix is not hex is
+    headscale 0.28+'s (hskey-api-), a hex prefix with SHA-256 is ours (mskey-api-)."""
+    db = tmp_path / "db.sqlite"
+    storage = open_sqlite(config_for(db))
+    storage.apply([PutApiKey(ApiKey(1, "0123456789ab", b"h")),
+                   PutApiKey(ApiKey(2, "Ab_-CdEfGhIj", b"h")),
+                   PutApiKey(ApiKey(3, "fedcba987654", b"$2a$", hash_scheme="bcrypt")),
+                   PutApiKey(ApiKey(4, "aB-_9xZ", b"h"))])
+    storage.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute('ALTER TABLE "meshscale_api_keys" DROP COLUMN "key_form"')
+        conn.execute("UPDATE meshscale_schema SET version = 10")
+    conn.close()
+    storage = open_sqlite(config_for(db))
+    forms = [k.key_form for k in storage.load().api_keys]
+    storage.close()
+    assert forms == ["mskey-api-", "hskey-api-", "hskey-api-", ""]
+    assert versioning.inspect_sqlite_file(db).version == CURRENT
+
+
 def test_a_failing_migration_changes_nothing(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "db.sqlite"
@@ -246,7 +268,7 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         conn.close()
         return rows
 
-    assert CURRENT == 10
+    assert CURRENT == 11
     users_v1 = next(d for d in ddl(old) if d.startswith('CREATE TABLE "users"'))
     users_now = next(d for d in ddl(fresh) if d.startswith('CREATE TABLE "users"'))
     # Version 5: the login provider's picture and groups (OIDC).
@@ -267,7 +289,7 @@ def test_the_current_schema_is_version_1_plus_the_marker_and_id_counters(
         'CREATE TABLE "meshscale_api_keys" ("id" INTEGER NOT NULL PRIMARY KEY, "prefix" '
         'VARCHAR(255) NOT NULL, "secret_hash" BLOB NOT NULL, "expiration" DATETIME, '
         '"created_at" DATETIME NOT NULL, "last_seen" DATETIME, '
-        '"hash_scheme" VARCHAR(255) NOT NULL)',
+        '"hash_scheme" VARCHAR(255) NOT NULL, "key_form" VARCHAR(255) NOT NULL)',
         'CREATE UNIQUE INDEX "apikeyrow_prefix" ON "meshscale_api_keys" ("prefix")',
         'CREATE TABLE "meshscale_schema" '
         "(version INTEGER NOT NULL, updated_at VARCHAR(40) NOT NULL)",
