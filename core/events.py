@@ -15,6 +15,7 @@ class NodeEventKind(StrEnum):
     REGISTERED = "registered"  # a new node joined
     UPDATED = "updated"  # renamed, tags changed, key rotated, re-authenticated
     APPROVED = "approved"  # it waited for an admin's approval (node.approval: manual)
+    UNAPPROVED = "unapproved"  # an admin took its approval back: it waits again
     EXPIRED = "expired"
     DELETED = "deleted"
     ONLINE = "online"

@@ -305,9 +305,10 @@ def create_admin_app(server: AdminServer) -> Quart:
         n = lifecycle().approve_routes(node_id(ref), routes)
         return _json(view(n))
 
-    @app.post("/v1/nodes/<ref>/approve")
-    async def approve_node(ref: str) -> Response:
-        return _json(view(lifecycle().approve(node_id(ref))))
+    @app.post("/v1/nodes/<ref>/<any(approve, unapprove):verb>")
+    async def approval(ref: str, verb: str) -> Response:
+        life = lifecycle()
+        return _json(view((life.approve if verb == "approve" else life.unapprove)(node_id(ref))))
 
     @app.delete("/v1/nodes/<ref>")
     async def delete_node(ref: str) -> Response:

@@ -114,6 +114,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/node/{node_id}/approve", "ApproveNode", "nodes",
           restops.approve_node, "Let a node waiting for device approval (node.approval: "
           "manual) join the tailnet (meshscale only)", path_types={"node_id": U64}),
+    Route("POST", "/api/v1/node/{node_id}/unapprove", "UnapproveNode", "nodes",
+          restops.unapprove_node, "Take an approved node out of the tailnet until it is "
+          "approved again; its peers drop it at once (Tailscale's authorized: false; meshscale "
+          "only)", path_types={"node_id": U64}),
     Route("POST", "/api/v1/node/{node_id}/tags", "SetTags", "nodes", restops.set_tags,
           "Set a node's tags (at least one; each defined in the policy's tagOwners)",
           body=(("tags", L),), path_types={"node_id": U64}),

@@ -231,6 +231,10 @@ async def approve_node(c: Call) -> dict[str, Any]:
     return {"node": _node(c, _lifecycle(c).approve(_node_id(c), by="the API"))}
 
 
+async def unapprove_node(c: Call) -> dict[str, Any]:
+    return {"node": _node(c, _lifecycle(c).unapprove(_node_id(c), by="the API"))}
+
+
 def _register(c: Call, user_ref: str, auth_id: str) -> dict[str, Any]:
     plane = c.server.plane
     assert plane is not None

@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> Out:
                    COLUMNS)
     if args.action == "approve":
         return Out(c.call("POST", f"{node}/approve"), "node", COLUMNS)
+    if args.action == "unapprove":
+        confirm(args, f"Take node {args.identifier} out of the tailnet until it is approved "
+                      "again?")
+        return Out(c.call("POST", f"{node}/unapprove"), "node", COLUMNS)
     if args.action == "approve-routes":
         return Out(c.call("POST", f"{node}/approve_routes", {"routes": _split(args.routes)}),
                    "node", ROUTE_COLUMNS)
@@ -135,6 +139,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="tag:name (repeat or comma-separate; none clears)")
     x = add(ns, "approve", "let a node that waits for approval (node.approval: manual) join "
             "the tailnet", common)
+    _node(x)
+    x = add(ns, "unapprove", "take an approved node out of the tailnet until it is approved "
+            "again; its peers drop it at once (asks first)", common)
     _node(x)
     x = add(ns, "approve-routes", "set the routes an admin approves (replaces the list)",
             common)

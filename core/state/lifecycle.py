@@ -126,9 +126,17 @@ class NodeLifecycle:
 
     def approve(self, node_id: int, by: str = "an admin") -> Node:
         """A node that waits for approval (``node.approval: manual``) joins the tailnet."""
-        node = self.state.approve_node(node_id)
+        node = self.state.set_approved(node_id, True)
         self.node_event(NodeEventKind.APPROVED, node)
         self._audit(node, f"approved by {by}")
+        return node
+
+    def unapprove(self, node_id: int, by: str = "an admin") -> Node:
+        """An approved node leaves the tailnet and waits for approval again: its peers drop it
+        at once and it sees none of them (as ``approve``, reversed)."""
+        node = self.state.set_approved(node_id, False)
+        self.node_event(NodeEventKind.UNAPPROVED, node)
+        self._audit(node, f"unapproved by {by}, waits for approval (meshscale nodes approve)")
         return node
 
     def rotate_key(self, node: Node, new_key: bytes) -> Node:

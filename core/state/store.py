@@ -140,7 +140,7 @@ class State(Accounts):
         preapproved: bool = False,
     ) -> Node:
         """``preapproved``: a new node joins approved whatever node.approval says (an existing
-        node keeps its state; NodeLifecycle approves it through approve_node)."""
+        node keeps its state; NodeLifecycle approves it through set_approved)."""
         hostname = str(hostinfo.get("Hostname") or "node")
         existing = self._by_machine_key.get(machine_key)
         if existing is not None:
@@ -208,24 +208,37 @@ class State(Accounts):
         n = self.node(node_id)
         self._write([DeleteNode(n.id)])
         self._unindex(n)
+        self._emit_changed(self._leave_tailnet(n))
+        return n
+
+    def _leave_tailnet(self, n: Node) -> set[int]:
+        """Policy and the route table forget ``n`` and its peers drop it (NodeRemoved: the
+        mapper sends PeersRemoved and ends its stream). Returns the routers that took its
+        routes over (failover), for the caller to emit."""
         self._auto.pop(n.id, None)
         if self.policy_engine_hooks:
             self.policy_engine_hooks.node_removed(n.id)
         takers = self.routes.remove(n.id)  # failover: the next router becomes primary
         self._emit(NodeRemoved(n.id))
-        self._emit_changed(takers)
-        return n
+        return takers
 
-    def approve_node(self, node_id: int) -> Node:
-        """Let a node that waits for approval into the tailnet: peers see it, it sees them."""
+    def set_approved(self, node_id: int, approved: bool) -> Node:
+        """Device approval. Approved, a waiting node joins the tailnet: peers see it, it sees
+        them. Unapproved (Tailscale's ``authorized: false``), an approved node leaves it as a
+        deleted one does (a router's routes fail over) and waits as a new node under
+        ``node.approval: manual`` does: its next map has no peers and no rules."""
         n = self.node(node_id)
-        if n.approved:
-            raise MeshscaleError(f"node {n.id} ({n.given_name}) is already approved")
-        n2 = replace(n, approved=True)
+        if n.approved == approved:
+            now = "is already approved" if approved else "already waits for approval"
+            raise MeshscaleError(f"node {n.id} ({n.given_name}) {now}")
+        n2 = replace(n, approved=approved)
         self._write([PutNode(n2)])
         self._replace(n, n2)
-        others = self._sync_node(n2)
-        self._emit(NodeChanged(n2.id, Why.APPROVED))
+        if approved:
+            others = self._sync_node(n2)
+            self._emit(NodeChanged(n2.id, Why.APPROVED))
+        else:
+            others = self._leave_tailnet(n2)
         self._emit_changed(others)
         return n2
 

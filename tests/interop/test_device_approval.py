@@ -4,7 +4,9 @@ A new node waits whether it logged in with a pre-auth key or interactively: the 
 NeedsMachineAuth ("Machine is not yet approved by tailnet admin."), the peers' netmaps do not
 hold it and no traffic passes. ``meshscale nodes approve -i ID`` lets it in: the waiting
 ``tailscale up`` finishes by itself, both see each other and pings work. A key made with
-``--pre-approved`` registers a node that is Running at once.
+``--pre-approved`` registers a node that is Running at once. ``meshscale nodes unapprove`` takes
+a running node back out: it is in NeedsMachineAuth again, its peers drop it and no traffic
+passes until it is approved again.
 """
 
 from __future__ import annotations
@@ -134,3 +136,19 @@ def test_key_and_interactive_logins_wait_for_approval(server: MeshscaleProcess,
     assert server.nodes()["gamma"]["approved"] is True
     wait_for(lambda: "gamma" in a.peers(), 20, "alpha to see gamma")
     assert "pong from alpha" in c.cli("ping", "--until-direct=false", "-c", "3", "alpha").stdout
+
+    # Unapproved (Tailscale's authorized: false): cut off at once, back when approved again.
+    out = server.cli("nodes", "unapprove", "-i", str(server.nodes()["beta"]["id"]), "--force")
+    assert out.splitlines()[1].rstrip().endswith("no")  # the Approved column
+    waits_for_approval(b)
+    wait_for(lambda: "beta" not in a.peers() and "beta" not in c.peers(), 20,
+             "alpha and gamma to drop beta")
+    wait_for(lambda: not b.peers(), 20, "beta to hold no peers")
+    for node, ip in ((a, beta_ip), (b, alpha_ip)):
+        ping = node.cli("ping", "--until-direct=false", "-c", "1", "--timeout=3s", ip,
+                        check=False, timeout=20)
+        assert "pong" not in ping.stdout, ping.stdout
+    approve(server, "beta")
+    wait_for(lambda: b.status()["BackendState"] == "Running", 20, "beta to run again")
+    wait_for(lambda: "beta" in a.peers(), 20, "alpha to see beta again")
+    assert "pong from alpha" in b.cli("ping", "--until-direct=false", "-c", "3", "alpha").stdout

@@ -112,6 +112,15 @@ class Fleet:
         self.maps[node_id] = NetMap()
         self.maps[node_id].apply(first)
 
+    async def poll_again(self, node_id: int) -> None:
+        """The server ended the node's stream (it was unapproved): its client reads to the
+        end, then polls again on the same connection, as tailscaled does."""
+        stream = self.streams.pop(node_id)
+        self.maps.pop(node_id)
+        while await stream.next(10.0) is not None:
+            pass
+        await self.open(node_id)
+
     async def disconnect(self, node_id: int) -> None:
         """The client goes away (its connection closes); the node stays, offline."""
         await self.nodes[node_id].conn.close()

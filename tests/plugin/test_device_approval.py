@@ -3,13 +3,15 @@
 A new node, however it authenticated, waits: its RegisterResponse and its own map say
 MachineAuthorized false, its map has no peers and no rules, no peer's map holds it and nothing
 it reports reaches anyone. ``nodes approve`` (admin API, REST) lets it in: its peers get it at
-once and it gets a full map with them. The state survives a restart. The real client's side
-(NeedsMachineAuth, traffic) is tests/interop/test_device_approval.py.
+once and it gets a full map with them. ``nodes unapprove`` takes an approved node back out:
+its peers drop it at once and its next map is a waiting node's. The state survives a restart.
+The real client's side (NeedsMachineAuth, traffic) is tests/interop/test_device_approval.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +112,95 @@ async def test_a_waiting_node_sees_nobody_and_nobody_sees_it(
         await n.conn.close()
 
 
+POLICIES = {
+    "allow-all": None,
+    # Restrictive: each stream holds its peers as a bitset and the policy engine's view of who
+    # sees whom changes with the node (another path through the mapper than allow-all's).
+    "restrictive": json.dumps({"acls": [
+        {"action": "accept", "src": ["alice@"], "dst": ["alice@:*"]}]}),
+}
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+async def test_unapproving_cuts_a_node_off_at_once(
+        meshscale_server_factory: Callable[..., Any], policy: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Tailscale's ``authorized: false``: an approved node goes back to waiting. Its peers get
+    PeersRemoved at once; its stream ends and its next map says MachineAuthorized false, with
+    no peers and no rules; nothing it reports reaches anyone; approving it again restores it.
+    Under node.approval: auto too (the node then waits until an admin approves it)."""
+    srv: Server = await meshscale_server_factory(plugins=["sqlite", "policy"],
+                                                 policy={"mode": "database"})
+    if POLICIES[policy] is not None:
+        srv.set_policy(POLICIES[policy], "test", persist=True)
+    key = alice_key(srv)
+    (a, _), (b, _) = [await register(srv, key, name) for name in ("laptop", "phone")]
+    a_id, b_id = node_id(srv, a), node_id(srv, b)
+    (sa, fa), (sb, _) = await first_map(a), await first_map(b)
+    assert [p["ID"] for p in fa.get("Peers", [])] in ([b_id], [])  # b may come as a delta
+    await quiet(sa)
+    await quiet(sb)
+    caplog.set_level(logging.INFO, "meshscale.audit")
+
+    gone = await admin(srv, "POST", f"/v1/nodes/{b_id}/unapprove")
+    assert gone["approved"] is False and gone["id"] == b_id
+    assert f"node {b_id} phone (user alice" in caplog.text
+    assert "unapproved by an admin, waits for approval" in caplog.text
+    delta = await next_with(sa, "PeersRemoved")
+    assert delta["PeersRemoved"] == [b_id]
+    assert srv.state is not None and srv.state.pending == {b_id}
+    assert srv.storage is not None  # stored: a restarted server keeps it waiting
+    assert {n.id: n.approved for n in srv.storage.load().nodes} == {a_id: True, b_id: False}
+    while await sb.next() is not None:  # the server ends its stream; the client polls again
+        pass
+    sb, again = await first_map(b)
+    assert again["Node"]["MachineAuthorized"] is False
+    assert "Peers" not in again and again["PacketFilter"] == []
+    assert await b.lite_update(["192.0.2.9:41641"]) == 200
+    assert await quiet(sa) == []  # nothing it reports reaches anyone
+    with pytest.raises(MeshscaleError, match=f"node {b_id} .* already waits for approval"):
+        await admin(srv, "POST", f"/v1/nodes/{b_id}/unapprove")
+
+    # Approved again: each gets the other at once, as a first approval does.
+    await admin(srv, "POST", f"/v1/nodes/{b_id}/approve")
+    delta = await next_with(sa, "PeersChanged")
+    assert [p["ID"] for p in delta["PeersChanged"]] == [b_id]
+    assert delta["PeersChanged"][0]["Endpoints"] == ["192.0.2.9:41641"]
+    full = await sb.next()
+    assert full is not None and [p["ID"] for p in full["Peers"]] == [a_id]
+    assert full["Node"]["MachineAuthorized"] is True and full["PacketFilter"] != []
+    for n in (a, b):
+        await n.conn.close()
+
+
+async def test_an_unapproved_subnet_router_hands_its_routes_over(manual: Server) -> None:
+    """The route table forgets an unapproved router as a deleted one: the other router of the
+    prefix becomes primary and peers route through it."""
+    key = alice_key(manual)
+    assert manual.state is not None and manual.lifecycle is not None
+    ids, nodes, streams = [], [], []
+    for name in ("r1", "r2", "client"):
+        node = SimNode(name)
+        if name != "client":
+            node.hostinfo["RoutableIPs"] = ["10.9.0.0/24"]
+        await node.conn.connect("127.0.0.1", manual.main_port)
+        await node.register(key)
+        ids.append(node_id(manual, node))
+        manual.lifecycle.approve(ids[-1])
+        if name != "client":
+            manual.lifecycle.approve_routes(ids[-1], ["10.9.0.0/24"])
+        streams.append((await first_map(node))[0])  # online: a router serves only then
+        nodes.append(node)
+    r1, r2, _ = ids
+    assert manual.state.routes.primary == {"10.9.0.0/24": r1}
+    manual.lifecycle.unapprove(r1)
+    assert manual.state.routes.primary == {"10.9.0.0/24": r2}
+    manual.lifecycle.approve(r1)  # back in: r2 stays primary (primaries are sticky)
+    assert manual.state.routes.primary == {"10.9.0.0/24": r2}
+    for n in nodes:
+        await n.conn.close()
+
+
 async def test_a_pre_approved_key_lets_its_nodes_in_at_once(
         manual: Server, caplog: pytest.LogCaptureFixture) -> None:
     """A key made with preauthorized (Tailscale's name; ``--pre-approved``) registers nodes
@@ -188,6 +279,16 @@ async def test_the_rest_api_approves(manual: Server) -> None:
         assert got.json()["node"]["id"] == str(a_id)
         again = await api.post(f"/api/v1/node/{a_id}/approve")
         assert again.status_code == 400 and "already approved" in again.text, again.text
+        # UnapproveNode, the reverse (Tailscale's authorized: false)
+        got = await api.post(f"/api/v1/node/{a_id}/unapprove")
+        assert got.status_code == 200, got.text
+        assert got.json()["node"]["id"] == str(a_id)
+        assert manual.state is not None and manual.state.pending == {a_id}
+        again = await api.post(f"/api/v1/node/{a_id}/unapprove")
+        assert again.status_code == 400 and "already waits" in again.text, again.text
+        missing = await api.post("/api/v1/node/999/unapprove")
+        assert missing.status_code == 404, missing.text
+        assert (await api.post(f"/api/v1/node/{a_id}/approve")).status_code == 200
         # CreatePreAuthKey takes Tailscale's preauthorized (a meshscale addition)
         made = await api.post("/api/v1/preauthkey", json={"user": "1", "preauthorized": True})
         assert made.status_code == 200, made.text

@@ -3,8 +3,9 @@ started server sends (issue 21, architecture.md §6).
 
 Hypothesis draws sequences of joins, leaves, re-tags, user moves, expiries, route
 advertisements and approvals, user renames, stream reconnects and policy changes, some with
-device approval on (new nodes wait until admitted). Each is applied to a running in-process
-server with simulated nodes streaming (real Noise, HTTP/2, zstd); after each step settles,
+device approval on (new nodes wait until admitted; an approved node may be unapproved, in either
+mode). Each is applied to a running in-process server with simulated nodes streaming (real
+Noise, HTTP/2, zstd); after each step settles,
 every stream's accumulated netmap (full map plus every delta and patch, applied as tailscale's
 controlclient does: ``tests/plugin/netmap.py``) must equal the full map a server built from
 the same database sends (``tests/plugin/oracle.py``): self node, peers with
@@ -112,7 +113,7 @@ POLICIES: tuple[dict[str, Any], ...] = (
 
 OPS = ("join", "join_tagged", "leave", "retag", "move", "expire", "extend", "advertise",
        "approve", "policy", "rename_user", "reconnect", "relogin", "disconnect", "rotate",
-       "rename_node", "admit")
+       "rename_node", "admit", "unapprove")
 NETWORK_OPS = ("retag", "move", "relogin", "advertise", "rotate", "reconnect")
 # One step: (operation, a, b, settle) with small integers the runner maps onto the current
 # fleet; without ``settle`` the next step follows at once (changes pile up in one batch).
@@ -195,6 +196,11 @@ class Scenario:
         elif op == "admit":  # device approval (the scenario runs with node.approval: manual)
             if not state.nodes[node_id].approved:
                 life.approve(node_id)
+        elif op == "unapprove":  # the reverse, in either mode (Tailscale's authorized: false)
+            if state.nodes[node_id].approved:
+                life.unapprove(node_id)
+                if node_id in self.fleet.streams:
+                    await self.fleet.poll_again(node_id)
         elif op == "rename_user":
             self.renames += 1
             life.rename_user(b % 3 + 1, f"{USERS[b % 3]}{self.renames}")

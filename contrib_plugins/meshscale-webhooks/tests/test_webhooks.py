@@ -109,7 +109,8 @@ async def test_approving_a_waiting_node_sends_node_approved(
     meshscale_server_factory: Factory, receiver: Receiver
 ) -> None:
     """node.approval: manual: a node that waits gets node.approved when an admin lets it in; one
-    registered with a pre-approved key never waited and gets none."""
+    registered with a pre-approved key never waited and gets none. Taking an approval back
+    (nodes unapprove) sends node.unapproved."""
     server = await meshscale_server_factory(
         plugins=["sqlite", "webhooks"], node={"approval": "manual"},
         webhooks={"urls": [receiver.url], "secret": SECRET})
@@ -125,16 +126,18 @@ async def test_approving_a_waiting_node_sends_node_approved(
     ready = SimNode("ready")
     await ready.conn.connect("127.0.0.1", server.main_port)
     assert (await ready.register(pre))["MachineAuthorized"] is True
+    await admin(server, "POST", f"/v1/nodes/{nodes['waiting']}/unapprove")
 
-    events = [r.event for r in await receiver.wait_for(4)]
+    events = [r.event for r in await receiver.wait_for(5)]
     assert [(e["type"], e["data"].get("hostname")) for e in events] == [
         ("user.created", None), ("node.registered", "waiting"), ("node.approved", "waiting"),
-        ("node.registered", "ready")]
+        ("node.registered", "ready"), ("node.unapproved", "waiting")]
     assert events[2]["data"]["node_id"] == nodes["waiting"]
     assert events[2]["data"]["user"] == "alice"
-    await until(lambda: server.stats()["webhooks_delivered_total"] == 4)
+    assert events[4]["data"]["node_id"] == nodes["waiting"]
+    await until(lambda: server.stats()["webhooks_delivered_total"] == 5)
     await asyncio.sleep(0.2)
-    assert len(receiver.got) == 4  # and nothing more
+    assert len(receiver.got) == 5  # and nothing more
     for n in (waiting, ready):
         await n.conn.close()
 

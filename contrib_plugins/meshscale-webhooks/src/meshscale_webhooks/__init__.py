@@ -6,8 +6,8 @@
       secret: a-long-random-string
       timeout: 5s
 
-Events: node.registered, node.approved, node.deleted, node.online, node.offline, user.created,
-policy.changed.
+Events: node.registered, node.approved, node.unapproved, node.deleted, node.online,
+node.offline, user.created, policy.changed.
 The hooks only build a small envelope and enqueue it (``Deliverer.offer`` never waits); one task
 per URL delivers, so a slow or dead receiver never slows the server. See delivery.py for order
 and the drop policy, payload.py for the body and signature.

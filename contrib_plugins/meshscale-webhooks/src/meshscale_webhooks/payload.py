@@ -26,6 +26,8 @@ NODE_TYPES = {
     # It waited for device approval (node.approval: manual) and was let in: by an admin, or by
     # logging in again with a pre-approved key. A node that joins approved gets none.
     NodeEventKind.APPROVED: "node.approved",
+    # An admin took an approved node's approval back: it waits again, its peers dropped it.
+    NodeEventKind.UNAPPROVED: "node.unapproved",
     NodeEventKind.DELETED: "node.deleted",
     NodeEventKind.ONLINE: "node.online",
     NodeEventKind.OFFLINE: "node.offline",
