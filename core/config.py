@@ -361,6 +361,9 @@ class Config:
     client_limits: ClientLimitsConfig = field(default_factory=ClientLimitsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     randomize_client_port: bool = False
+    # Connection worker processes (meshscale's key; docs/architecture.md, "Connection
+    # workers"): 0, the default, serves every client connection in this one process.
+    workers: int = 0
     # As headscale: Taildrop file sharing is offered to nodes; clients send no logs to
     # Tailscale's log service; clients are not told to update themselves by default.
     taildrop: Switch = field(default_factory=lambda: Switch(enabled=True))
@@ -734,6 +737,8 @@ def _check_semantics(cfg: Config) -> Iterator[ConfigError]:
     yield from _check_acme(cfg)
     yield from dns_model.check(cfg.dns, urlsplit(cfg.server_url).hostname or "")
     yield from _check_limits(cfg.limits)
+    if not 0 <= cfg.workers <= 256:
+        yield ConfigError("workers", "must be between 0 (none: one process) and 256")
     limits = cfg.client_limits
     if limits.hostinfo_max_bytes < 1024:
         yield ConfigError("client_limits.hostinfo_max_bytes", "must be at least 1024")

@@ -52,6 +52,7 @@ from meshscale.tls.listener import peek_hello
 from meshscale.tls.redirect import RedirectPort
 from meshscale.transport import FrontDoor
 from meshscale.web import create_app
+from meshscale.workers.link import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class Server:
         self.derp: DerpMapManager | None = None
         self.dns: DnsSettings | None = None
         self.front: FrontDoor | None = None
+        self.workers: WorkerPool | None = None
         self.listeners: list[asyncio.Server | Listener] = []
         self.main_tls: MainTls | None = None
         self.plain_port = 0  # the plain-HTTP redirect/ACME port, when there is one
@@ -297,9 +299,15 @@ class Server:
         ceiling = connection_ceiling(cfg.limits.max_connections, raise_fd_limit())
         if ceiling < cfg.limits.max_connections:
             log.info("limits.max_connections lowered to %d by the open-file limit", ceiling)
+        if cfg.workers:
+            self.workers = WorkerPool(cfg.workers, noise_key, cfg.limits, self.plane.handle)
+            await self.workers.start()
+            log.info("%d connection workers started (pids %s)", cfg.workers,
+                     ", ".join(map(str, self.workers.pids())))
         self.front = FrontDoor(noise_key, self.plane.handle, app, upgrades, cfg.limits,
                                max_connections=ceiling,
-                               tls=None if self.main_tls is None else self._tls_context)
+                               tls=None if self.main_tls is None else self._tls_context,
+                               workers=self.workers)
         await self._start_admin()
         for listener in bound:
             if isinstance(listener, Listener):
@@ -547,6 +555,8 @@ class Server:
         if self.front is not None:
             for task in list(self.front.connections):
                 task.cancel()
+        if self.workers is not None:
+            await self.workers.stop()  # their connections close; no worker outlives us
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -39,6 +39,8 @@ from meshscale.errors import ProtocolError
 from meshscale.limits import ConnectionTable, Refusal, Slot, SummaryLog
 from meshscale.noise import handshake
 from meshscale.noise.records import RecordDecoder, RecordEncoder
+from meshscale.workers.handover import hand_over
+from meshscale.workers.link import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,7 @@ class FrontDoor:
         limits: LimitsConfig | None = None,
         max_connections: int | None = None,
         tls: TlsChooser | None = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self.noise_key = noise_key
         self.control = control
@@ -150,6 +153,7 @@ class FrontDoor:
         self.upgrades = list(upgrades)
         self.limits = limits or LimitsConfig()
         self.tls = tls  # the main listener's TLS: a context per connection (its ClientHello)
+        self.workers = workers  # connection workers (config ``workers``), or None: served here
         self.hconfig = HypercornConfig()
         self.hconfig.keep_alive_timeout = 75
         # The front door routes a connection by its first request only. A reverse proxy that
@@ -310,6 +314,12 @@ class FrontDoor:
                 init, switching, framing = ws.init, ws.response, ws.framing
             else:
                 init, switching = _raw_upgrade(head, upgrade)
+                if self.workers is not None and await hand_over(
+                        self.workers, init, head.rest, writer,
+                        None if slot is None else (
+                            lambda busy: self.table.set_busy(slot, busy)),
+                        None if slot is None else (lambda: self.table.set_proven(slot))):
+                    return
             hs = handshake.respond(self.noise_key, init)
         except websocket.UpgradeRefused as exc:
             writer.write(plain_response(exc.status, _REASONS.get(exc.status, ""), exc.text))
@@ -354,9 +364,12 @@ def _raw_upgrade(head: Head, upgrade: str) -> tuple[bytes, bytes]:
         init = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
     except binascii.Error:
         raise ValueError("malformed X-Tailscale-Handshake") from None
-    return init, (b"HTTP/1.1 101 Switching Protocols\r\n"
-                  b"Upgrade: tailscale-control-protocol\r\n"
-                  b"Connection: upgrade\r\n\r\n")
+    return init, RAW_SWITCHING
+
+
+RAW_SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\n"
+                 b"Upgrade: tailscale-control-protocol\r\n"
+                 b"Connection: upgrade\r\n\r\n")
 
 
 def _noop() -> None:

@@ -1,0 +1,1 @@
+"""Connection workers: more than one core (docs/architecture.md, "Connection workers")."""

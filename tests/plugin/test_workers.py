@@ -1,0 +1,174 @@
+"""Connection workers (config ``workers``): simulated clients served by worker processes get
+what they get from one process; a worker that dies takes only its connections; a stopped server
+leaves no worker behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from meshscale.server import Server
+from meshscale.simclient import MapStream, SimNode
+from tests.plugin.simnodes import join, next_with, quiet
+
+pytestmark = pytest.mark.asyncio
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not a running worker
+        return f.read().split()[2] != "Z"
+
+
+def _key(server: Server) -> str:
+    assert server.state is not None
+    user = server.state.create_user("alice", email="alice@example.com")
+    return server.state.create_key(user, reusable=True)[1]
+
+
+def _summary(msg: dict[str, Any]) -> Any:
+    """What a map message says, without what differs between runs (keys, times, addresses)."""
+    out: dict[str, Any] = {"fields": sorted(msg)}
+    if "Peers" in msg:
+        out["peers"] = sorted(p["Name"].split(".")[0] for p in msg["Peers"])
+    if "PeersChangedPatch" in msg:
+        out["patch"] = sorted((sorted(p)) for p in msg["PeersChangedPatch"])
+    if "PeersChanged" in msg:
+        out["changed"] = sorted(p["Name"].split(".")[0] for p in msg["PeersChanged"])
+    return out
+
+
+async def _offline(stream: MapStream, timeout: float = 10.0) -> dict[str, Any]:
+    """The next patch saying a peer went offline."""
+    while True:
+        msg = await next_with(stream, "PeersChangedPatch", timeout)
+        if any(p.get("Online") is False for p in msg["PeersChangedPatch"]):
+            return msg
+
+
+async def _scenario(server: Server) -> list[Any]:
+    """Three nodes stream maps; one reports new endpoints twice (a fan-out each) and leaves."""
+    key = _key(server)
+    nodes: list[tuple[SimNode, MapStream]] = []
+    transcript: list[Any] = []
+    for name in ("alpha", "bravo", "charlie"):
+        node, stream, first = await join(server, key, name)
+        assert stream is not None and first is not None
+        transcript.append((name, _summary(first)))
+        nodes.append((node, stream))
+    for _, stream in nodes:
+        transcript.append([_summary(m) for m in await quiet(stream)])
+    alpha = nodes[0][0]
+    for i in range(2):
+        assert await alpha.lite_update([f"192.0.2.1:{4000 + i}"]) == 200
+        raw = []
+        for _, stream in nodes[1:]:
+            msg = await next_with(stream, "PeersChangedPatch")
+            transcript.append(_summary(msg))
+            raw.append(msg)
+        assert raw[0] == raw[1]  # one shared frame for every recipient
+    await alpha.conn.close()
+    for _, stream in nodes[1:]:
+        transcript.append(_summary(await _offline(stream)))
+    for node, _ in nodes[1:]:
+        await node.conn.close()
+    return transcript
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_workers_serve_as_one_process(meshscale_server_factory: Callable[..., Any],
+                                            workers: int) -> None:
+    single = await meshscale_server_factory(plugins=["sqlite"])
+    pooled = await meshscale_server_factory(plugins=["sqlite"], workers=workers)
+    assert pooled.workers is not None and len(pooled.workers.pids()) == workers
+    expected = await _scenario(single)
+    got = await _scenario(pooled)
+    assert got == expected
+    # The connections were the workers' (not served by the owner's fallback).
+    assert sum(link.messages_out for link in pooled.workers.links) > 0
+
+
+async def test_fanout_is_one_message_per_worker_per_frame(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    assert server.workers is not None
+    key = _key(server)
+    streams = []
+    for i in range(6):
+        _, stream, _ = await join(server, key, f"n{i}")
+        streams.append(stream)
+    for s in streams:
+        await quiet(s)
+    links = server.workers.links
+    assert all(len(link.conns) == 3 for link in links)  # least-loaded: 3 and 3
+    written: list[tuple[bytes, int]] = []
+    for link in links:
+        orig = link.flush
+
+        def spy(link: Any = link, orig: Any = orig) -> None:
+            written.extend((frame, len(keys)) for frame, keys in link._pending.values())
+            orig()
+
+        link.flush = spy  # type: ignore[method-assign]
+    # A lite update from a node with no stream: its endpoints fan out to all six streams.
+    extra, _, _ = await join(server, key, "extra", stream=False)
+    await quiet(streams[0])
+    written.clear()
+    assert await extra.lite_update(["192.0.2.9:41641"]) == 200
+    for s in streams:
+        await next_with(s, "PeersChangedPatch")
+    # Two messages (one per worker), each one frame for that worker's three streams.
+    assert [n for _, n in written] == [3, 3]
+    assert written[0][0] is written[1][0]
+
+
+async def test_a_dead_worker_takes_only_its_connections(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    assert server.workers is not None and server.state is not None
+    key = _key(server)
+    a, sa, _ = await join(server, key, "a")
+    b, sb, _ = await join(server, key, "b")
+    assert sa is not None and sb is not None
+    await quiet(sa)
+    await quiet(sb)
+    victim = next(link for link in server.workers.links if len(link.conns) == 1
+                  and next(iter(link.conns.values())).machine_key == a.conn.machine_public)
+    pid = victim.proc.pid if victim.proc is not None else 0
+    os.kill(pid, signal.SIGKILL)
+    # a's stream ends with its connection; b is told a went offline.
+    assert await sa.next(timeout=10) is None
+    await _offline(sb)
+    # The worker is replaced, and new connections are served.
+    for _ in range(100):
+        if all(link.alive for link in server.workers.links) and pid not in server.workers.pids():
+            break
+        await asyncio.sleep(0.1)
+    assert pid not in server.workers.pids() and len(server.workers.pids()) == 2
+    c, sc, first = await join(server, key, "c")
+    assert first is not None and sc is not None
+    await b.conn.close()
+    await c.conn.close()
+
+
+async def test_stop_leaves_no_worker(meshscale_server_factory: Callable[..., Any]) -> None:
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    assert server.workers is not None
+    pids = server.workers.pids()
+    key = _key(server)
+    node, stream, _ = await join(server, key, "a")
+    assert all(_alive(p) for p in pids)
+    await server.stop()
+    assert not any(_alive(p) for p in pids)
+    assert stream is not None
+    while (await stream.next(timeout=10)) is not None:
+        pass  # what was sent before the stop; then the stream ends
+    await node.conn.close()

@@ -1,0 +1,88 @@
+"""The owner <-> worker messages (meshscale.workers.codec), byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshscale.workers import codec
+
+
+def test_fanout_bytes() -> None:
+    keys = [codec.KEY.pack(1, 3), codec.KEY.pack(2, 5)]
+    wire = codec.fanout(b"\xaa\xbb", keys)
+    assert wire == (b"\x17\x00\x00\x00" b"\x07" b"\x02\x00\x00\x00" b"\xaa\xbb"
+                    b"\x01\x00\x00\x00\x03\x00\x00\x00" b"\x02\x00\x00\x00\x05\x00\x00\x00")
+    (m,) = codec.Decoder(codec.TO_WORKER).feed(wire)
+    assert (m.kind, m.data, m.keys) == (codec.FANOUT, b"\xaa\xbb", b"".join(keys))
+
+
+def test_headers_and_request_bytes() -> None:
+    wire = codec.headers(7, 1, [(":status", "200")], end=False)
+    assert wire == (b"\x1a\x00\x00\x00\x02" b"\x07\x00\x00\x00\x01\x00\x00\x00\x00"
+                    b"\x01\x00" b"\x07\x00:status" b"\x03\x00200")
+    wire = codec.request(7, 1, "POST", "/m", [("a", "b")], b"{}")
+    assert wire == (b"\x1d\x00\x00\x00\x15" b"\x07\x00\x00\x00\x01\x00\x00\x00"
+                    b"\x04\x00POST" b"\x02\x00/m" b"\x01\x00\x01\x00a\x01\x00b" b"{}")
+    (m,) = codec.Decoder(codec.TO_OWNER).feed(wire)
+    assert (m.conn, m.stream, m.method, m.path, m.headers, m.data) == (
+        7, 1, "POST", "/m", [("a", "b")], b"{}")
+
+
+def test_small_messages_bytes() -> None:
+    assert codec.data(1, 3, 9, b"xy") == (b"\x0f\x00\x00\x00\x03" b"\x01\x00\x00\x00"
+                                         b"\x03\x00\x00\x00\x09\x00\x00\x00xy")
+    assert codec.end(1, 3) == b"\x09\x00\x00\x00\x04\x01\x00\x00\x00\x03\x00\x00\x00"
+    assert codec.abort(4) == b"\x05\x00\x00\x00\x06\x04\x00\x00\x00"
+    assert codec.stop() == b"\x01\x00\x00\x00\x08"
+    assert codec.ack(1, 3, 2) == (b"\x0d\x00\x00\x00\x16\x01\x00\x00\x00\x03\x00\x00\x00"
+                                  b"\x02\x00\x00\x00")
+    assert codec.backed(1, 3, True) == b"\x0a\x00\x00\x00\x17\x01\x00\x00\x00\x03\x00\x00\x00\x01"
+    assert codec.busy(1, False) == b"\x06\x00\x00\x00\x19\x01\x00\x00\x00\x00"
+    assert codec.gone(1) == b"\x05\x00\x00\x00\x1a\x01\x00\x00\x00"
+    opened = codec.opened(1, 106, bytes(range(32)))
+    assert opened == b"\x29\x00\x00\x00\x14\x01\x00\x00\x00\x6a\x00\x00\x00" + bytes(range(32))
+
+
+def test_round_trip_split_anywhere() -> None:
+    msgs = [codec.data(1, 3, 0, b"x" * 1000), codec.end(1, 3), codec.done(1, 3),
+            codec.hello(b"k" * 32, '{"a": 1}'), codec.abort(2)]
+    wire = b"".join(msgs)
+    for cut in (1, 3, 4, 5, 17, 1000, len(wire) - 1):
+        dec = codec.Decoder(codec.TO_WORKER)
+        got = dec.feed(wire[:cut]) + dec.feed(wire[cut:])
+        assert [m.kind for m in got] == [codec.DATA, codec.END, codec.DONE, codec.HELLO,
+                                         codec.ABORT]
+    hello = codec.Decoder(codec.TO_WORKER).feed(msgs[3])[0]
+    assert (hello.data, hello.path) == (b"k" * 32, '{"a": 1}')
+
+
+@pytest.mark.parametrize("wire", [
+    b"\x00\x00\x00\x00",  # empty
+    (codec.MAX_MESSAGE + 1).to_bytes(4, "little"),  # over the bound
+    b"\x01\x00\x00\x00\x63",  # unknown type
+    b"\x05\x00\x00\x00\x14\x01\x00\x00\x00",  # a worker's OPENED sent to a worker
+    b"\x02\x00\x00\x00\x04\x01",  # END shorter than its fields
+    b"\x0a\x00\x00\x00\x04\x01\x00\x00\x00\x03\x00\x00\x00\xff",  # END longer than its fields
+    b"\x09\x00\x00\x00\x07\x01\x00\x00\x00\xaa" + b"\x01\x00\x00",  # keys not 8 bytes each
+    b"\x0c\x00\x00\x00\x02" + b"\x00" * 8 + b"\x00" + b"\x01\x00",  # headers cut short
+])
+def test_bad_messages_refused(wire: bytes) -> None:
+    with pytest.raises(codec.IpcError):
+        codec.Decoder(codec.TO_WORKER).feed(wire)
+
+
+def test_bad_text_refused() -> None:
+    wire = codec.request(1, 1, "POST", "/", [], b"")
+    bad = wire.replace(b"POST", b"P\xffST")
+    with pytest.raises(codec.IpcError):
+        codec.Decoder(codec.TO_OWNER).feed(bad)
+
+
+def test_adoption() -> None:
+    raw = codec.adoption(5, b"init", b"rest")
+    assert raw == b"\x05\x00\x00\x00\x04\x00\x00\x00\x04\x00\x00\x00initrest"
+    assert codec.parse_adoption(raw) == (5, b"init", b"rest")
+    with pytest.raises(codec.IpcError):
+        codec.parse_adoption(raw + b"x")
+    with pytest.raises(codec.IpcError):
+        codec.adoption(1, b"", b"x" * codec.MAX_ADOPTION)
