@@ -41,7 +41,8 @@ class Bench:
 
     def __init__(self, plugins: list[str], extra: dict[str, Any] | None = None,
                  database: str = "sqlite", fleet: bool = True,
-                 policy: str = "allow-all", profile: str | None = None) -> None:
+                 policy: str = "allow-all", profile: str | None = None,
+                 workers: int = 0) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r} ({' or '.join(POLICIES)})")
         self.policy = policy
@@ -49,6 +50,10 @@ class Bench:
             plugins = [*plugins, "policy"]
         self.plugins = [database if p == "sqlite" else p for p in plugins]
         self.extra = dict(extra or {})
+        self.workers = workers
+        self._workers0: dict[int, float] = {}
+        if workers:
+            self.extra["workers"] = workers
         if "policy" in self.plugins:
             self.extra.setdefault("policy", {"mode": "database"})
         if fleet and "limits" not in self.extra:
@@ -145,12 +150,24 @@ class Bench:
         assert self.fleet is not None
         if self.sampler is not None:
             self.sampler.start(self.server.pid)
+        self._workers0 = self.server.worker_cpu()
         return self.server.cpu(), _own_cpu(), self.fleet.bytes_received
 
     def figures(self, cpu0: float, gen0: float, bytes0: int, events: int) -> dict[str, Any]:
         assert self.fleet is not None
         cpu = self.server.cpu() - cpu0
         sampled = self.sampler.stop() if self.sampler is not None else {}
+        if self.workers:
+            # The owner's CPU is server_cpu_s (the figure that shows how far the design
+            # scales); each worker's is beside it, and the sum of all.
+            now = self.server.worker_cpu()
+            each = [round(now[p] - self._workers0.get(p, 0.0), 3) for p in sorted(now)]
+            sampled = sampled | {
+                "workers": self.workers,
+                "workers_cpu_s": each,
+                "all_processes_cpu_s": round(cpu + sum(each), 3),
+                "all_processes_cpu_s_per_event": round((cpu + sum(each)) / max(events, 1), 4),
+            }
         return sampled | {
             "server_cpu_s": round(cpu, 3),
             "server_cpu_s_per_event": round(cpu / max(events, 1), 4),
@@ -190,14 +207,16 @@ async def drained(fleet: Fleet, window: float = 2.0, slack: int = 256 * 1024,
 
 
 async def storm(nodes: int, events: int, policy: str = "allow-all", timeout: float = 600,
-                database: str = "sqlite", profile: str | None = None) -> dict[str, Any]:
+                database: str = "sqlite", profile: str | None = None,
+                workers: int = 0) -> dict[str, Any]:
     """N pre-registered nodes open their map streams at once; time until all have full maps.
 
     ``policy``: allow-all, restrictive (tailnets.py), or self (every member reaches only their
     own devices, ten per user: the ``--self-policy`` of the first round)."""
     self_policy = policy == "self"
     async with Bench(["sqlite", "policy"] if self_policy else ["sqlite"], None, database,
-                     policy="allow-all" if self_policy else policy, profile=profile) as b:
+                     policy="allow-all" if self_policy else policy, profile=profile,
+                     workers=workers) as b:
         assert b.fleet is not None
         if self_policy:
             b.server.admin.call("PUT", "/v1/policy", {"policy": json.dumps(SELF_POLICY)})
@@ -223,10 +242,12 @@ async def storm(nodes: int, events: int, policy: str = "allow-all", timeout: flo
 
 
 async def fanout(nodes: int, events: int, timeout: float = 120, database: str = "sqlite",
-                 policy: str = "allow-all", profile: str | None = None) -> dict[str, Any]:
+                 policy: str = "allow-all", profile: str | None = None,
+                 workers: int = 0) -> dict[str, Any]:
     """One node's new endpoint; latency until every streaming peer that sees it received it
     (all N-1 under allow-all)."""
-    async with Bench(["sqlite"], database=database, policy=policy, profile=profile) as b:
+    async with Bench(["sqlite"], database=database, policy=policy, profile=profile,
+                     workers=workers) as b:
         assert b.fleet is not None
         await b.populate(nodes, "fanout")
         await b.fleet.open_streams(b.fleet.members, timeout=600)

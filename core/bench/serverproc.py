@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -37,6 +38,15 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (its connection workers), from every thread's list."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return sorted(out)
 
 
 class ServerProcess:
@@ -81,6 +91,14 @@ class ServerProcess:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def worker_cpu(self) -> dict[int, float]:
+        """CPU seconds of each connection worker (config ``workers``), by pid."""
+        out = {}
+        for child in children(self.pid):
+            with contextlib.suppress(OSError):
+                out[child] = cpu_seconds(child)
+        return out
 
     def rss(self) -> int:
         return rss_bytes(self.pid)

@@ -138,6 +138,10 @@ def cmd_bench(args: argparse.Namespace) -> Out | int:
         if args.scenario not in ("storm", "fanout"):
             raise MeshscaleError("--profile is for the storm and fanout scenarios")
         kwargs["profile"] = args.profile
+    if args.workers:
+        if args.scenario not in ("storm", "fanout"):
+            raise MeshscaleError("--workers is for the storm and fanout scenarios")
+        kwargs["workers"] = args.workers
     if args.scenario == "soak":
         kwargs.update(idle=args.idle, per_ip=args.per_ip, ceiling=args.ceiling)
     result = asyncio.run(asyncio.wait_for(SCENARIOS[args.scenario](**kwargs), args.time_limit))
@@ -187,6 +191,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        "autogroup:self) where each node sees about 10 %% of the others")
     bench.add_argument("--self-policy", action="store_true",
                        help="storm: autogroup:member -> autogroup:self:* policy")
+    bench.add_argument("--workers", type=int, default=0, metavar="N",
+                       help="storm, fanout: the server runs N connection workers (config "
+                            "workers); their CPU is reported beside the owner's")
     bench.add_argument("--time-limit", type=float, default=1800.0, help="seconds, then stop")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--profile", metavar="FILE",
