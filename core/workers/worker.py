@@ -240,6 +240,8 @@ class Worker:
             reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
             writer.write(RAW_SWITCHING + hs.response)
             self.send(codec.opened(conn_id, hs.version, hs.peer_static))
+            log.debug("worker: control connection %d adopted (capability version %d)",
+                      conn_id, hs.version)
             conn = NoiseH2Connection(
                 reader, writer, RecordDecoder(hs.recv_key), RecordEncoder(hs.send_key),
                 hs.peer_static, hs.version, self._handler(conn_id), self.limits,
