@@ -22,9 +22,12 @@ from tests.plugin.simnodes import join
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 async def test_a_stuck_reader_is_bounded_then_resynced(
-        meshscale_server_factory: Callable[..., Any]) -> None:
-    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+        meshscale_server_factory: Callable[..., Any], workers: int) -> None:
+    # With connection workers the worker reports the stream backed up (BACKED), and the
+    # owner's session queues from then on, as it does for a slow connection of its own.
+    server: Server = await meshscale_server_factory(plugins=["sqlite"], workers=workers)
     assert server.state is not None and server.mapper is not None
     user = server.state.create_user("alice")
     _, key = server.state.create_key(user, reusable=True)

@@ -49,7 +49,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("meshscale.storage", "meshscale.state"),
     ("meshscale.mapper",),
     ("meshscale.control",),
-    ("meshscale.transport", "meshscale.web", "meshscale.api", "meshscale.tls"),
+    ("meshscale.transport", "meshscale.web", "meshscale.api", "meshscale.tls",
+     "meshscale.workers"),
     ("meshscale.server",),
     ("meshscale.cli", "meshscale.bench"),
 ]
