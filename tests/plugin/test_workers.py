@@ -144,9 +144,12 @@ async def test_a_dead_worker_takes_only_its_connections(
                   and next(iter(link.conns.values())).machine_key == a.conn.machine_public)
     pid = victim.proc.pid if victim.proc is not None else 0
     os.kill(pid, signal.SIGKILL)
+    assert server.front is not None
+    held = server.front.table.total  # a's and b's connections (and nothing else open)
     # a's stream ends with its connection; b is told a went offline.
     assert await sa.next(timeout=10) is None
     await _offline(sb)
+    assert server.front.table.total == held - 1  # a's slot in the connection table is free
     # The worker is replaced, and new connections are served.
     for _ in range(100):
         if all(link.alive for link in server.workers.links) and pid not in server.workers.pids():
@@ -172,3 +175,30 @@ async def test_stop_leaves_no_worker(meshscale_server_factory: Callable[..., Any
     while (await stream.next(timeout=10)) is not None:
         pass  # what was sent before the stop; then the stream ends
     await node.conn.close()
+
+
+async def test_a_corrupt_message_closes_only_that_worker(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    assert server.workers is not None
+    key = _key(server)
+    a, sa, _ = await join(server, key, "a")
+    b, sb, _ = await join(server, key, "b")
+    assert sa is not None and sb is not None
+    await quiet(sa)
+    await quiet(sb)
+    victim = next(link for link in server.workers.links
+                  if next(iter(link.conns.values())).machine_key == a.conn.machine_public)
+    pid = victim.proc.pid if victim.proc is not None else 0
+    # What the owner would read from a worker gone wrong: a message of an unknown type.
+    victim.data_received(b"\x01\x00\x00\x00\x63")
+    assert await sa.next(timeout=10) is None  # its connections close
+    await _offline(sb)  # and the owner goes on: b hears of it
+    for _ in range(100):
+        if pid not in server.workers.pids() and all(link.alive for link in server.workers.links):
+            break
+        await asyncio.sleep(0.1)
+    assert pid not in server.workers.pids() and not _alive(pid)
+    _, sc, first = await join(server, key, "c")
+    assert first is not None and sc is not None
+    await b.conn.close()
