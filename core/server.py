@@ -300,7 +300,8 @@ class Server:
         if ceiling < cfg.limits.max_connections:
             log.info("limits.max_connections lowered to %d by the open-file limit", ceiling)
         if cfg.workers:
-            self.workers = WorkerPool(cfg.workers, noise_key, cfg.limits, self.plane.handle)
+            self.workers = WorkerPool(cfg.workers, noise_key, cfg.limits, self.plane.handle,
+                                      cfg.log.format)
             await self.workers.start()
             log.info("%d connection workers started (pids %s)", cfg.workers,
                      ", ".join(map(str, self.workers.pids())))

@@ -63,6 +63,7 @@ class WorkerLink(asyncio.Protocol):
                 sys.executable, "-m", "meshscale.workers.main",
                 str(ctrl_child.fileno()), str(adopt_child.fileno()),
                 logging.getLevelName(logging.getLogger("meshscale").getEffectiveLevel()),
+                self.pool.log_format,
                 pass_fds=(ctrl_child.fileno(), adopt_child.fileno()),
                 stdin=asyncio.subprocess.DEVNULL)
         finally:
@@ -179,8 +180,9 @@ class WorkerPool:
     """``count`` workers; connections go to the one holding the fewest."""
 
     def __init__(self, count: int, noise_key: X25519PrivateKey, limits: LimitsConfig,
-                 handler: Handler) -> None:
+                 handler: Handler, log_format: str = "text") -> None:
         self.count = count
+        self.log_format = log_format
         self.key_bytes = noise_key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
             serialization.NoEncryption())

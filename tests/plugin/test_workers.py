@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from meshscale.bench.serverproc import ServerProcess, children
 from meshscale.server import Server
 from meshscale.simclient import MapStream, SimNode
 from tests.plugin.simnodes import join, next_with, quiet
@@ -202,3 +204,28 @@ async def test_a_corrupt_message_closes_only_that_worker(
     _, sc, first = await join(server, key, "c")
     assert first is not None and sc is not None
     await b.conn.close()
+
+
+async def test_an_owner_killed_leaves_no_worker() -> None:
+    """SIGKILL gives the owner no chance to stop its workers: they notice their control socket
+    close and exit by themselves."""
+    srv = ServerProcess(["sqlite"], {"workers": 2})
+    try:
+        srv.start()
+        kids: list[int] = []
+        for _ in range(50):
+            kids = children(srv.pid)
+            if len(kids) == 2:
+                break
+            time.sleep(0.1)
+        assert len(kids) == 2
+        os.kill(srv.pid, signal.SIGKILL)
+        assert srv.proc is not None
+        srv.proc.wait()
+        for _ in range(100):
+            if not any(_alive(k) for k in kids):
+                break
+            time.sleep(0.1)
+        assert not any(_alive(k) for k in kids)
+    finally:
+        srv.remove()
