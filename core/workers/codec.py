@@ -105,6 +105,15 @@ def data(conn: int, stream: int, ack: int, payload: bytes | bytearray | memoryvi
     return _frame(DATA, _CSV.pack(conn, stream, ack) + bytes(payload))
 
 
+def data_parts(conn: int, stream: int, ack: int, parts: list[bytes]) -> list[bytes]:
+    """DATA whose payload is the concatenation of ``parts`` (a full map's cached chunks), as
+    the buffers to write one after the other: the same bytes as ``data``, without joining."""
+    size = 1 + _CSV.size + sum(map(len, parts))
+    if size > MAX_MESSAGE:
+        raise IpcError(f"message of {size} bytes exceeds {MAX_MESSAGE}")
+    return [_LEN.pack(size) + bytes((DATA,)) + _CSV.pack(conn, stream, ack), *parts]
+
+
 def end(conn: int, stream: int) -> bytes:
     return _frame(END, _CS.pack(conn, stream))
 
@@ -177,11 +186,13 @@ def parse_adoption(raw: bytes) -> tuple[int, bytes, bytes]:
 # -- decoding ----------------------------------------------------------------------------------
 
 class _Reader:
+    """Fields of one message, read from ``pos`` on (no copy of the message to skip its type)."""
+
     __slots__ = ("buf", "pos")
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes, pos: int = 0) -> None:
         self.buf = buf
-        self.pos = 0
+        self.pos = pos
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.buf):
@@ -191,7 +202,11 @@ class _Reader:
         return out
 
     def unpack(self, st: struct.Struct) -> tuple[int, ...]:
-        return st.unpack(self.take(st.size))
+        if self.pos + st.size > len(self.buf):
+            raise IpcError("message shorter than its fields")
+        out = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return out
 
     def text(self) -> str:
         (n,) = self.unpack(_H16)
@@ -219,7 +234,7 @@ def parse(body: bytes) -> Msg:
     if not body:
         raise IpcError("empty message")
     kind = body[0]
-    r = _Reader(body[1:])
+    r = _Reader(body, 1)
     m = Msg(kind)
     if kind == HELLO:
         m.data = r.take(32)
@@ -283,7 +298,8 @@ class Decoder:
                 raise IpcError(f"message length {n} outside 1..{MAX_MESSAGE}")
             if len(buf) - pos - 4 < n:
                 break
-            body = bytes(buf[pos + 4:pos + 4 + n])
+            with memoryview(buf) as view:  # one copy of the message, not two
+                body = bytes(view[pos + 4:pos + 4 + n])
             if body[0] not in self._accept:
                 raise IpcError(f"message type {body[0]} not expected here")
             out.append(parse(body))

@@ -125,6 +125,14 @@ class WorkerLink(asyncio.Protocol):
             self.transport.write(message)
             self.messages_out += 1
 
+    def send_parts(self, parts: list[bytes]) -> None:
+        """One message given as consecutive buffers (codec.data_parts)."""
+        if self._pending:
+            self.flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(parts)
+            self.messages_out += 1
+
     def batch(self, frame: bytes, key: bytes) -> None:
         entry = self._pending.get(id(frame))
         if entry is None:

@@ -31,6 +31,7 @@ class Link(Protocol):
     """What a RemoteConnection needs of its worker's link (workers/link.py WorkerLink)."""
 
     def send(self, message: bytes) -> None: ...
+    def send_parts(self, parts: list[bytes]) -> None: ...
     def batch(self, frame: bytes, key: bytes) -> None: ...
 
 
@@ -78,7 +79,22 @@ class RemoteConnection:
         st = self.streams.get(stream_id)
         if self.closed or st is None:
             raise ConnectionResetError("stream closed")
-        payload = data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            parts = [p for p in data if p]
+            if sum(map(len, parts)) <= codec.DATA_CHUNK:
+                # A full map: its parts written as they are (no join, no copy per message).
+                if not parts:
+                    return
+                self._acks = ack = (self._acks % 0xFFFFFFFF) + 1
+                fut = st.acks[ack] = asyncio.get_running_loop().create_future()
+                self.link.send_parts(codec.data_parts(self.id, stream_id, ack, parts))
+                try:
+                    await fut
+                finally:
+                    st.acks.pop(ack, None)
+                return
+            data = b"".join(parts)
+        payload = data
         if not payload:
             return
         view = memoryview(payload)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -217,7 +216,7 @@ async def test_an_owner_killed_leaves_no_worker() -> None:
             kids = children(srv.pid)
             if len(kids) == 2:
                 break
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         assert len(kids) == 2
         os.kill(srv.pid, signal.SIGKILL)
         assert srv.proc is not None
@@ -225,7 +224,7 @@ async def test_an_owner_killed_leaves_no_worker() -> None:
         for _ in range(100):
             if not any(_alive(k) for k in kids):
                 break
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         assert not any(_alive(k) for k in kids)
     finally:
         srv.remove()

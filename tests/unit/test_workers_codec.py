@@ -86,3 +86,11 @@ def test_adoption() -> None:
         codec.parse_adoption(raw + b"x")
     with pytest.raises(codec.IpcError):
         codec.adoption(1, b"", b"x" * codec.MAX_ADOPTION)
+
+
+def test_data_parts_are_the_same_bytes_as_data() -> None:
+    parts = [b"head", b"chunk-one", b"chunk-two"]
+    assert b"".join(codec.data_parts(1, 3, 9, parts)) == codec.data(1, 3, 9, b"".join(parts))
+    (m,) = codec.Decoder(codec.TO_WORKER).feed(b"".join(codec.data_parts(1, 3, 9, parts)))
+    assert (m.kind, m.conn, m.stream, m.value, m.data) == (
+        codec.DATA, 1, 3, 9, b"headchunk-onechunk-two")
