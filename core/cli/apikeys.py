@@ -13,7 +13,8 @@ from meshscale.errors import MeshscaleError
 
 # headscale's apikeys list (cmd/headscale/cli/api_key.go), then meshscale's Last seen.
 COLUMNS: list[Column] = [("ID", "id"), ("Prefix", "prefix"),
-                         ("Expiration", when("expiration", "-")), ("Created", when("createdAt")),
+                         ("Expiration", when("expiration", "-", coloured=True)),
+                         ("Created", when("createdAt")),
                          ("Last seen", when("lastSeen", "-"))]
 
 

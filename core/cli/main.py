@@ -23,7 +23,7 @@ from meshscale.cli import (
     users,
 )
 from meshscale.cli.common import MACHINE_FORMATS, Out, add, global_options, load
-from meshscale.cli.output import emit
+from meshscale.cli.output import emit, use_colour
 from meshscale.errors import ConfigError, MeshscaleError, config_problems
 
 
@@ -55,7 +55,7 @@ def _print(out: Out, fmt: str) -> None:
     elif isinstance(out.data, str):
         print(out.data)
     else:
-        print(emit(out.data, "table", out.columns))
+        print(emit(out.data, "table", out.columns, colour=use_colour(sys.stdout)))
 
 
 def _error(message: str, fmt: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from meshscale import tailcfg
 from meshscale.cli.common import Out, add, client, confirm
-from meshscale.cli.output import Column, choice, short_key, when
+from meshscale.cli.output import GREEN, RED, Column, choice, short_key, when
 from meshscale.errors import MeshscaleError
 
 # headscale's nodes list and list-routes (cmd/headscale/cli/nodes.go); then meshscale's
@@ -17,8 +17,9 @@ COLUMNS: list[Column] = [
     ("MachineKey", short_key("machineKey")), ("NodeKey", short_key("nodeKey")),
     ("User", "user"), ("Tags", "tags"), ("IP addresses", "ipAddresses"),
     ("Ephemeral", "ephemeral"), ("Last seen", when("lastSeen")),
-    ("Expiration", when("expiry", "N/A")), ("Connected", choice("online", "online", "offline")),
-    ("Expired", choice("expired", "yes", "no")),
+    ("Expiration", when("expiry", "N/A")),
+    ("Connected", choice("online", "online", "offline", (GREEN, RED))),
+    ("Expired", choice("expired", "yes", "no", (RED, GREEN))),
     ("Approved", choice("approved", "yes", "no")),
 ]
 ROUTE_COLUMNS: list[Column] = [("ID", "id"), ("Hostname", "givenName"),

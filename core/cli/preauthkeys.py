@@ -22,7 +22,7 @@ def _owner(row: dict[str, Any]) -> str:
 # headscale's preauthkeys list (cmd/headscale/cli/preauthkeys.go).
 COLUMNS: list[Column] = [("ID", "id"), ("Key/Prefix", "key"), ("Reusable", "reusable"),
                          ("Ephemeral", "ephemeral"), ("Used", "used"),
-                         ("Expiration", when("expiration", "-")),
+                         ("Expiration", when("expiration", "-", coloured=True)),
                          ("Created", when("createdAt")), ("Owner", _owner),
                          # meshscale's, after headscale's: nodes skip device approval
                          ("Pre-approved", "preauthorized")]

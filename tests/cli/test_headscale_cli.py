@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import yaml
 
 from meshscale.cli.main import build_parser
 from meshscale.simclient import SimNode
-from tests.cli.serverproc import Serve, meshscale, write_config
+from tests.cli.serverproc import IN_TREE, Serve, meshscale, write_config
 
 # headscale's proto field names (gen/go/headscale/v1/*.pb.go json tags) and value types.
 TIME = dict  # google.protobuf.Timestamp: {"seconds": int, "nanos": int}
@@ -237,6 +239,34 @@ def test_table_cells_are_written_as_headscale_writes_them(env: Env) -> None:
     assert CLOCK.fullmatch(api["Expiration"]) and CLOCK.fullmatch(api["Created"])
     # masked as headscale 0.29 lists its API keys (hskey-api-<prefix>-***)
     assert re.fullmatch(r"mskey-api-[0-9a-f]{12}-\*\*\*", api["Prefix"])
+
+
+def test_tables_are_coloured_on_a_terminal_as_headscales(env: Env) -> None:
+    """On a terminal, the cells headscale colours (Connected, Expired, the keys' Expiration)
+    are light green or red; NO_COLOR, or a pipe (every other test here), prints them plain."""
+
+    def on_a_terminal(*args: str, **env_vars: str) -> str:
+        leader, follower = os.openpty()
+        try:
+            proc = subprocess.run([*IN_TREE, "-c", str(env.config), *args], stdout=follower,
+                                  stderr=subprocess.PIPE, timeout=60, check=True,
+                                  env={**{k: v for k, v in os.environ.items()
+                                          if k != "NO_COLOR"}, "TERM": "xterm", **env_vars})
+            assert proc.returncode == 0
+            return os.read(leader, 1 << 16).decode().replace("\r\n", "\n")
+        finally:
+            os.close(leader)
+            os.close(follower)
+
+    nodes = on_a_terminal("nodes", "list")
+    assert "\x1b[91moffline\x1b[0m" in nodes and "\x1b[92mno\x1b[0m" in nodes  # not expired
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", nodes)
+    assert plain == env.run("nodes", "list")[1]  # the same table, column for column
+    unexpired = r"\x1b\[92m\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\x1b\[0m"
+    assert re.search(unexpired, on_a_terminal("preauthkeys", "list"))
+    env.json("apikeys", "create", "-e", "1h", "-o", "json")
+    assert re.search(unexpired, on_a_terminal("apikeys", "list"))
+    assert "\x1b" not in on_a_terminal("nodes", "list", NO_COLOR="1")
 
 
 def test_values_are_what_headscale_prints(env: Env) -> None:
