@@ -7,15 +7,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale.bench.serverproc import ServerProcess, children
+from meshscale.noise.handshake import public_bytes
+from meshscale.ports import free_port
 from meshscale.server import Server
 from meshscale.simclient import MapStream, SimNode
+from meshscale.simhandshake import CAPVER, finish_handshake, make_initiation, upgrade_request
 from tests.plugin.simnodes import join, next_with, quiet
+from tests.tlsca import TestCA
 
 pytestmark = pytest.mark.asyncio
 
@@ -228,3 +235,27 @@ async def test_an_owner_killed_leaves_no_worker() -> None:
         assert not any(_alive(k) for k in kids)
     finally:
         srv.remove()
+
+
+async def test_tls_on_the_main_listener_stays_in_the_owner(
+        meshscale_server_factory: Callable[..., Any], tmp_path: Path) -> None:
+    """The TLS session is the owner's: a /ts2021 over it is not handed over (served as with
+    ``workers: 0``)."""
+    ca = TestCA(tmp_path / "ca")
+    issued = ca.issue("srv", "localhost", "127.0.0.1")
+    port = free_port()
+    server = await meshscale_server_factory(
+        plugins=["sqlite"], workers=1, port=port, server_url=f"https://localhost:{port}",
+        tls_cert_path=str(issued.cert), tls_key_path=str(issued.key))
+    assert server.workers is not None and server.front is not None
+    ctx = ssl.create_default_context(cafile=str(ca.pem))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                   server_hostname="localhost")
+    machine = X25519PrivateKey.generate()
+    init, ss, e = make_initiation(machine, public_bytes(server.front.noise_key), CAPVER)
+    writer.write(upgrade_request("localhost", port, init))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101")
+    finish_handshake(ss, e, machine, await asyncio.wait_for(reader.readexactly(51), 10))
+    assert [len(link.conns) for link in server.workers.links] == [0]
+    writer.close()
