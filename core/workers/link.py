@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE = 5.0  # a worker told to stop is killed if still there after this
 RESPAWN_DELAY = 1.0  # a worker that died is replaced after this (not in a tight loop)
+# Bytes the owner lets wait for one worker (its transport's buffer plus the pending batch) before
+# the direct writers of that worker's streams refuse: the mapper then queues the deltas per
+# stream (bounded by its MAX_BACKLOG, then a full map) and writes them acknowledged, as for a
+# slow local connection. Without it a fan-out storm to a stalled worker grew the owner's memory
+# by every delta to every one of its streams.
+WRITE_HIGH = 1 << 20
 
 
 class WorkerLink(asyncio.Protocol):
@@ -52,6 +58,7 @@ class WorkerLink(asyncio.Protocol):
         self.alive = False
         # id(frame) -> (frame, keys); the frame object is held, so its id stays unique.
         self._pending: dict[int, tuple[bytes, list[bytes]]] = {}
+        self._pending_bytes = 0
         self._loop = asyncio.get_running_loop()
         self.messages_out = 0  # for tests and the bench: how many messages were written
 
@@ -133,17 +140,26 @@ class WorkerLink(asyncio.Protocol):
             self.transport.writelines(parts)
             self.messages_out += 1
 
+    def congested(self) -> bool:
+        """True while more than WRITE_HIGH bytes wait for this worker: batch nothing more."""
+        t = self.transport
+        return (t is None or t.is_closing()
+                or t.get_write_buffer_size() + self._pending_bytes > WRITE_HIGH)
+
     def batch(self, frame: bytes, key: bytes) -> None:
         entry = self._pending.get(id(frame))
         if entry is None:
             if not self._pending:
                 self._loop.call_soon(self.flush)
             self._pending[id(frame)] = (frame, [key])
+            self._pending_bytes += len(frame)
         else:
             entry[1].append(key)
+        self._pending_bytes += codec.KEY.size
 
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
+        self._pending_bytes = 0
         if self.transport is None or self.transport.is_closing():
             return
         for frame, keys in pending.values():

@@ -5,8 +5,9 @@ and MapPoll answer a request on a worker's connection exactly as on one of their
 data, end and abort become messages to the worker. Two things keep the owner's cost per
 recipient low in a fan-out: ``direct_writer`` appends the stream's 8-byte key to the worker's
 batch for that frame (one message per worker per distinct frame, sent at the end of the loop
-turn; workers/link.py), and it refuses (False) while the worker reports the stream backed up, so
-the mapper's session queues the deltas as it does for a slow local connection.
+turn; workers/link.py), and it refuses (False) while the worker reports the stream backed up or
+more than WRITE_HIGH bytes wait for that worker in the owner (link.py), so the mapper's session
+queues the deltas as it does for a slow local connection.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Link(Protocol):
     def send(self, message: bytes) -> None: ...
     def send_parts(self, parts: list[bytes]) -> None: ...
     def batch(self, frame: bytes, key: bytes) -> None: ...
+    def congested(self) -> bool: ...
 
 
 class _Stream:
@@ -116,10 +118,10 @@ class RemoteConnection:
         if self.closed or st is None:
             return None
         key = codec.KEY.pack(self.id, stream_id)
-        batch = self.link.batch
+        batch, congested = self.link.batch, self.link.congested
 
         def send(data: bytes) -> bool:
-            if st.backed or st.dead or len(data) > MAX_BATCHED_FRAME:
+            if st.backed or st.dead or len(data) > MAX_BATCHED_FRAME or congested():
                 return False
             batch(data, key)
             return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -259,3 +260,58 @@ async def test_tls_on_the_main_listener_stays_in_the_owner(
     finish_handshake(ss, e, machine, await asyncio.wait_for(reader.readexactly(51), 10))
     assert [len(link.conns) for link in server.workers.links] == [0]
     writer.close()
+
+
+async def test_a_stalled_worker_does_not_grow_the_owners_buffer(
+        meshscale_server_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fan-out storm towards a worker that reads nothing (stopped here) stops at the owner's
+    WRITE_HIGH: its streams' deltas queue in their sessions (bounded) instead of in the owner's
+    buffer towards that worker; and the stream catches up once the worker runs again."""
+    from meshscale.control.poll import QUEUE_WRITE
+    from meshscale.workers import link as link_mod
+
+    high = 16 << 10
+    monkeypatch.setattr(link_mod, "WRITE_HIGH", high)
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    assert server.workers is not None
+    key = _key(server)
+    _, sa, _ = await join(server, key, "a")
+    b, sb, _ = await join(server, key, "b")
+    extra, _, _ = await join(server, key, "extra", stream=False)
+    assert sa is not None and sb is not None
+    await quiet(sa)
+    await quiet(sb)
+
+    def holder(node: SimNode) -> Any:
+        return next(link for link in server.workers.links  # type: ignore[union-attr]
+                    if any(c.machine_key == node.conn.machine_public
+                           for c in link.conns.values()))
+
+    victim = holder(b)
+    assert holder(extra) is not victim and victim.proc is not None
+    assert victim.transport is not None
+    # A small kernel buffer, so that the owner's own buffer is what a stall fills.
+    victim.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    try:
+        peak = 0
+        assert server.state is not None
+        node = next(n for n in server.state.nodes.values() if n.hostname == "extra")
+        for i in range(1500):
+            # As many nodes' lite updates would (one node's own are rate-limited): each a
+            # delta fanned out to a and b.
+            server.state.client_update(node, [f"192.0.2.1:{1000 + i}"], None, None)
+            await asyncio.sleep(0)
+            peak = max(peak, victim.transport.get_write_buffer_size())
+        # At most WRITE_HIGH of batches plus one acknowledged write of queued deltas.
+        assert peak <= high + QUEUE_WRITE + 4096, peak
+    finally:
+        os.kill(victim.proc.pid, signal.SIGCONT)
+    for _ in range(2000):
+        msg = await sb.next(timeout=10)
+        assert msg is not None
+        if "192.0.2.1:2499" in str(msg):
+            break
+    else:
+        raise AssertionError("b never got the latest endpoint")
