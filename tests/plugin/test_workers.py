@@ -20,7 +20,7 @@ from meshscale.bench.serverproc import ServerProcess, children
 from meshscale.noise.handshake import public_bytes
 from meshscale.ports import free_port
 from meshscale.server import Server
-from meshscale.simclient import MapStream, SimNode
+from meshscale.simclient import ControlConnection, MapStream, SimNode
 from meshscale.simhandshake import CAPVER, finish_handshake, make_initiation, upgrade_request
 from tests.plugin.simnodes import join, next_with, quiet
 from tests.tlsca import TestCA
@@ -315,3 +315,42 @@ async def test_a_stalled_worker_does_not_grow_the_owners_buffer(
             break
     else:
         raise AssertionError("b never got the latest endpoint")
+
+
+async def test_the_connection_ceiling_evicts_handed_over_connections(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """limits.max_connections sheds idle connections a worker serves as it does the owner's
+    (the front door's table keeps their slots; eviction cancels the task waiting in hand_over,
+    which tells the worker to close), and keeps the busy one (an open map stream)."""
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=1,
+                                            limits={"max_connections": 6})
+    assert server.workers is not None and server.front is not None
+    link = server.workers.links[0]
+    key = _key(server)
+    busy, stream, _ = await join(server, key, "busy")
+    assert stream is not None
+    await quiet(stream)
+    idle = []
+    for _ in range(3):  # Noise done, then nothing: idle, on the worker
+        conn = ControlConnection()
+        await conn.connect("127.0.0.1", server.main_port)
+        idle.append(conn)
+    for _ in range(50):
+        if len(link.conns) == 4:
+            break
+        await asyncio.sleep(0.05)
+    assert len(link.conns) == 4
+    # Past the ceiling: each new connection makes room by closing the longest idle one.
+    plain = [await asyncio.open_connection("127.0.0.1", server.main_port) for _ in range(5)]
+    for conn in idle:  # the worker closed each (its client sees the end)
+        await asyncio.wait_for(conn.closed.wait(), 5)
+    for _ in range(50):
+        if len(link.conns) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert len(link.conns) == 1 and server.front.table.evicted >= 3
+    assert server.front.table.total <= 6
+    assert await busy.lite_update(["192.0.2.1:41641"]) == 200  # the busy one is kept
+    for _, w in plain:
+        w.close()
+    await busy.conn.close()
