@@ -21,8 +21,11 @@ async def hand_over(pool: WorkerPool, init: bytes, rest: bytes, writer: asyncio.
     if (sock is None or writer.get_extra_info("ssl_object") is not None
             or not isinstance(transport, asyncio.Transport)):
         return False
-    # Nothing has awaited since the head was read, so no byte after it waits in the reader
-    # (``rest`` has them all); from now on the socket's bytes are the worker's.
+    # From now on the socket's bytes are the worker's. ``rest`` is what read_head read past the
+    # head; the reader may buffer more if the client sent over 64 KiB at once, and those bytes
+    # are dropped here. No honest client sends them: a Noise IK initiator has no transport keys
+    # before our response, so such bytes can only be garbage, which breaks only that client's
+    # own connection (its records fail to open), as they would in the owner.
     transport.pause_reading()
     remote = pool.adopt(sock, init, rest, on_busy, on_success)
     if remote is None:

@@ -40,9 +40,10 @@ async def _shut_window_node(server: Server, key: str, name: str) -> SimNode:
     return node
 
 
+@pytest.mark.parametrize("workers", [0, 1])  # the deadline holds through a worker too
 async def test_shut_windows_cannot_hold_full_maps_back(
-        meshscale_server_factory: Callable[..., Any]) -> None:
-    server: Server = await meshscale_server_factory(plugins=["sqlite"])
+        meshscale_server_factory: Callable[..., Any], workers: int) -> None:
+    server: Server = await meshscale_server_factory(plugins=["sqlite"], workers=workers)
     assert server.state is not None and server.plane is not None
     poll = server.plane.poll
     poll._full_map_gate = asyncio.Semaphore(2)  # two places, both taken by the stuck nodes
