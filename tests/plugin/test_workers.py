@@ -354,3 +354,36 @@ async def test_the_connection_ceiling_evicts_handed_over_connections(
     for _, w in plain:
         w.close()
     await busy.conn.close()
+
+
+async def test_the_owner_keeps_no_descriptor_of_a_handed_over_connection(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """After a hand-over only the worker holds the client's socket: the owner's descriptors
+    (this process, minus the clients' own sockets) do not grow with the connections."""
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=1)
+    assert server.workers is not None
+    link = server.workers.links[0]
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    conns = []
+    for _ in range(20):
+        conn = ControlConnection()
+        await conn.connect("127.0.0.1", server.main_port)
+        conns.append(conn)
+    for _ in range(50):
+        if len(link.conns) == 20:
+            break
+        await asyncio.sleep(0.05)
+    assert len(link.conns) == 20
+    await asyncio.sleep(0.1)  # the transports' deferred closes have run
+    assert fds() - len(conns) <= before + 2, (fds(), before)
+    for conn in conns:
+        await conn.close()
+    for _ in range(50):
+        if not link.conns:
+            break
+        await asyncio.sleep(0.05)
+    assert not link.conns and fds() <= before + 2
