@@ -39,6 +39,19 @@ from typing import Any, Protocol
 
 from meshscale import keyhash
 
+# The id of a login or an SSH check waiting for someone (``/register/<id>``, ``auth register
+# --auth-id``): 144 random bits in base64url. Never with a leading "-": an admin pastes it after a
+# flag (``nodes register --key ID``), and argparse would read "-abc..." as an option (1 in 64
+# before), so new ids never start with one; ids typed in are still checked by AUTH_ID alone.
+AUTH_ID = re.compile(r"[A-Za-z0-9_-]{24}")
+
+
+def new_auth_id() -> str:
+    while (auth_id := secrets.token_urlsafe(18)).startswith("-"):
+        pass
+    return auth_id
+
+
 KEY_PREFIX = "mskey-auth-"
 _PREFIX_LEN = 12
 _FORMAT = re.compile(r"^mskey-auth-([A-Za-z0-9]{12})-([A-Za-z0-9_-]{32,128})$")

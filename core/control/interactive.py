@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import re
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from quart import Response
 
+from meshscale.auth import AUTH_ID, new_auth_id
 from meshscale.contributions import HttpRoute
 from meshscale.control.register import RegisterRefused, permitted_tags, response_for
 from meshscale.errors import MeshscaleError, NotFoundError
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AUTH_ID = re.compile(r"[A-Za-z0-9_-]{24}")
 
 
 @dataclass(slots=True, eq=False)
@@ -88,7 +86,7 @@ class PendingLogins:
             raise RegisterRefused("too many logins are waiting on this server; try again later")
         loop = asyncio.get_running_loop()
         pending = PendingLogin(
-            auth_id=secrets.token_urlsafe(18), machine_key=machine_key, node_key=node_key,
+            auth_id=new_auth_id(), machine_key=machine_key, node_key=node_key,
             hostinfo=hostinfo, capver=capver, url="",
             outcome=loop.create_future(),
         )

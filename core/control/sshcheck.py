@@ -33,13 +33,13 @@ import asyncio
 import json
 import logging
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+from meshscale.auth import AUTH_ID, new_auth_id
 from meshscale.control.request import ControlRequest, ResponseWriter
 from meshscale.errors import MeshscaleError, NotFoundError
 from meshscale.policy import PolicyEngine
@@ -49,7 +49,6 @@ from meshscale.state.store import State
 log = logging.getLogger(__name__)
 
 PATH = re.compile(r"/machine/ssh/action/(\d{1,19})/to/(\d{1,19})")
-AUTH_ID = re.compile(r"[A-Za-z0-9_-]{24}")
 LOCAL_USER_MAX = 256  # Linux user names are at most 32 bytes; room for other systems
 # A finished check still answers its follow-up this long: the client's long poll may have been
 # cut and retried (fetchSSHAction retries with back-off) while the user approved.
@@ -201,7 +200,7 @@ class SSHChecks:
             raise MeshscaleError("too many SSH checks are waiting on this server; try again "
                                  "later")
         loop = asyncio.get_running_loop()
-        pending = PendingCheck(secrets.token_urlsafe(18), src.id, dst.id, local_user,
+        pending = PendingCheck(new_auth_id(), src.id, dst.id, local_user,
                                loop.create_future(), self.clock() + self.ttl)
         pending.url = self.auth_url(pending.auth_id, src.hostinfo)
         pending.timer = loop.call_later(self.ttl, self._finish, pending,

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from meshscale.control.interactive import AUTH_ID, PendingLogins
+from meshscale import auth
+from meshscale.auth import AUTH_ID
+from meshscale.control.interactive import PendingLogins
 from meshscale.control.register import RegisterRefused
 from meshscale.errors import NotFoundError
 
@@ -57,3 +59,14 @@ def test_expiry_tells_the_waiting_client() -> None:
         assert isinstance(outcome, str) and "expired" in outcome
         assert p.get(a.auth_id) is None and len(p) == 0
     run(go)
+
+
+def test_auth_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin pastes the id after a flag (``nodes register --key ID``): argparse takes one
+    starting with "-" for an option. The random source is made to give such an id first."""
+    given = iter(["-" + "a" * 23, "_" + "b" * 23])
+    monkeypatch.setattr(auth.secrets, "token_urlsafe", lambda n: next(given))
+    assert auth.new_auth_id() == "_" + "b" * 23
+    # And for real: many fresh ids, none with a leading dash (1 in 64 each before).
+    monkeypatch.undo()
+    assert not any(auth.new_auth_id().startswith("-") for _ in range(2000))
