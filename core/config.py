@@ -27,6 +27,7 @@ from meshscale import hsconfig
 from meshscale.dns import model as dns_model
 from meshscale.dns.model import DnsConfig
 from meshscale.errors import ConfigError, ConfigErrors
+from meshscale.workers.codec import MAX_REQUEST_BODY
 
 log = logging.getLogger(__name__)
 
@@ -739,6 +740,11 @@ def _check_semantics(cfg: Config) -> Iterator[ConfigError]:
     yield from _check_limits(cfg.limits)
     if not 0 <= cfg.workers <= 256:
         yield ConfigError("workers", "must be between 0 (none: one process) and 256")
+    if cfg.workers and cfg.limits.max_body_bytes > MAX_REQUEST_BODY:
+        # Else a body over it would reach the worker and fail there with a 500.
+        yield ConfigError("limits.max_body_bytes",
+                          f"must be at most {MAX_REQUEST_BODY} with workers (a request "
+                          "travels to the owner as one message); lower it or set workers: 0")
     limits = cfg.client_limits
     if limits.hostinfo_max_bytes < 1024:
         yield ConfigError("client_limits.hostinfo_max_bytes", "must be at least 1024")

@@ -117,3 +117,19 @@ def test_cli_address_is_headscales_host_port_or_an_https_url(
     address: str, host: str, port: int) -> None:
     assert parse_cli_address(address) == (host, port)
     assert build_config({"cli": {"address": address}}).cli.address == address
+
+
+def test_workers_bound_the_request_body(tmp_path: Path) -> None:
+    """A request travels to the owner as one worker message: a larger body limit is refused
+    up front rather than failing each big request with a 500."""
+    f = tmp_path / "c.yaml"
+    f.write_text("workers: 2\nlimits:\n  max_body_bytes: 16777216\n"
+                 "  max_connection_body_bytes: 16777216\n")
+    with pytest.raises(ConfigError, match=r"limits\.max_body_bytes") as err:
+        load_config(str(f), environ={})
+    assert "workers" in str(err.value)
+    f.write_text("workers: 0\nlimits:\n  max_body_bytes: 16777216\n"
+                 "  max_connection_body_bytes: 16777216\n")
+    assert load_config(str(f), environ={}).limits.max_body_bytes == 16 << 20
+    f.write_text("workers: 2\n")  # the default limit fits
+    assert load_config(str(f), environ={}).workers == 2
