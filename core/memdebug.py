@@ -2,9 +2,11 @@
 
 ``MESHSCALE_MEMDEBUG=DIR`` makes ``meshscale serve`` write a report into DIR on SIGUSR1 and
 whenever its RSS reaches a new peak (checked every ``MESHSCALE_MEMDEBUG_EVERY`` seconds,
-default 2; a peak must be 5 % above the last one reported). ``MESHSCALE_MEMDEBUG_FRAMES=N``
-also starts tracemalloc with N frames per traceback (slows the server two to three times) and
-adds the top allocations by traceback to each report.
+default 2, by a thread of its own: a peak inside one long turn of the event loop, which a loop
+timer would miss, is seen too; a peak must be 5 % above the last one reported). A report made
+by that thread includes the event loop thread's stack: what the server was doing at the peak.
+``MESHSCALE_MEMDEBUG_FRAMES=N`` also starts tracemalloc with N frames per traceback (slows
+the server two to three times) and adds the top allocations by traceback to each report.
 
 A report: VmRSS/VmHWM (/proc/self/status), /proc/self/smaps_rollup, glibc's ``mallinfo2``
 (heap in arenas, mmapped blocks, in use, free), and what the asyncio transports hold in their
@@ -20,7 +22,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+import traceback
 import tracemalloc
 from pathlib import Path
 
@@ -60,8 +64,12 @@ def transports() -> dict[str, int]:
             "messages_queued": queued, "sessions_waiting_for_full_map": needs_full}
 
 
-def report(frames: int) -> str:
+def report(frames: int, loop_thread: int | None = None) -> str:
     lines = [f"time {time.time():.1f}"]
+    frame = sys._current_frames().get(loop_thread) if loop_thread is not None else None
+    if frame is not None and loop_thread != threading.get_ident():
+        lines.append("event loop thread's stack:")
+        lines += [f"   {line.rstrip()}" for line in traceback.format_stack(frame)[-12:]]
     lines += [f"{k} {v / 2**20:.1f} MB" for k, v in proc_status().items()]
     lines += [f"malloc {k} {v / 2**20:.1f} MB" for k, v in mallinfo().items()]
     rollup = Path("/proc/self/smaps_rollup")
@@ -80,7 +88,7 @@ def report(frames: int) -> str:
 
 
 class MemDebug:
-    """Reports into ``directory`` on SIGUSR1 and at each new RSS peak."""
+    """Reports into ``directory`` on SIGUSR1 and at each new RSS peak (seen by a thread)."""
 
     def __init__(self, directory: Path, every: float, frames: int) -> None:
         self.directory = directory
@@ -88,26 +96,29 @@ class MemDebug:
         self.frames = frames
         self.peak = 0
         self.count = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._loop_thread = threading.get_ident()
+        self._thread = threading.Thread(target=self._watch, name="memdebug", daemon=True)
 
     def dump(self, why: str) -> None:
-        self.count += 1
-        path = self.directory / f"mem-{self.count:03d}-{why}.txt"
-        try:
-            path.write_text(report(self.frames))
-        except OSError as exc:
-            log.warning("memory report not written to %s: %s", path, exc)
+        with self._lock:
+            self.count += 1
+            path = self.directory / f"mem-{self.count:03d}-{why}.txt"
+            try:
+                path.write_text(report(self.frames, self._loop_thread))
+            except OSError as exc:
+                log.warning("memory report not written to %s: %s", path, exc)
 
-    def _tick(self) -> None:
-        rss = proc_status().get("VmRSS", 0)
-        if rss > self.peak * 1.05:
-            self.peak = rss
-            self.dump(f"peak-{rss >> 20}MB")
-        self._timer = asyncio.get_running_loop().call_later(self.every, self._tick)
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.every):
+            rss = proc_status().get("VmRSS", 0)
+            if rss > self.peak * 1.05:
+                self.peak = rss
+                self.dump(f"peak-{rss >> 20}MB")
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._stopped.set()
 
 
 def install_from_env() -> MemDebug | None:
@@ -123,6 +134,6 @@ def install_from_env() -> MemDebug | None:
     dbg = MemDebug(directory, float(os.environ.get("MESHSCALE_MEMDEBUG_EVERY", "2")), frames)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, dbg.dump, "signal")
-    dbg._timer = loop.call_later(dbg.every, dbg._tick)
+    dbg._thread.start()
     log.warning("memory reports go to %s (%s)", directory, ENV_DIR)
     return dbg
