@@ -302,8 +302,14 @@ class Mapper(MapBuilder):
                 # hold as peers, and skipping it would cost a message of its own.
                 broadcast.append(body)
             else:
+                # Here too the node's own stream gets its patch (when the engine's class int
+                # holds the node): then every stream of a class gets the same list, one
+                # shared message. Leaving each stream's own patch out made every list
+                # different: at a restrictive storm 10,000 messages of ~100 KB queued at
+                # once, one per stream, instead of one per class (issue 19).
+                sessions = self.sessions
                 for i in visible:
-                    if i != node_id and i in self.sessions:
+                    if i in sessions:
                         specific.setdefault(i, []).append(body)
         head = b'"PeersChangedPatch":['
         default = head + b",".join(broadcast) + b"]" if broadcast else None
