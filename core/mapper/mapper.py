@@ -103,14 +103,8 @@ class Mapper(MapBuilder):
         visible = self.visible_ids(node_id)
         if visible is None:
             return [s for i, s in self.sessions.items() if i != node_id]
-        out = []
-        for i in visible:
-            if i == node_id:
-                continue
-            s = self.sessions.get(i)
-            if s is not None:
-                out.append(s)
-        return out
+        sessions = self.sessions
+        return [sessions[i] for i in visible if i != node_id and i in sessions]
 
     def _send(self, sessions: Iterable[MapSession], msg: Message) -> None:
         count = 0
@@ -290,6 +284,7 @@ class Mapper(MapBuilder):
         the patches of nodes policy restricts."""
         broadcast: list[bytes] = []
         specific: dict[int, list[bytes]] = {}
+        own: dict[int, bytes] = {}
         for node_id in sorted(patches):
             node = self.state.nodes.get(node_id)
             if node is None or node_id in self.state.pending:
@@ -302,14 +297,12 @@ class Mapper(MapBuilder):
                 # hold as peers, and skipping it would cost a message of its own.
                 broadcast.append(body)
             else:
-                # Here too the node's own stream gets its patch (when the engine's class int
-                # holds the node): then every stream of a class gets the same list, one
-                # shared message. Leaving each stream's own patch out made every list
-                # different: at a restrictive storm 10,000 messages of ~100 KB queued at
-                # once, one per stream, instead of one per class (issue 19).
-                sessions = self.sessions
+                # Here too (when the class int holds the node): a class's streams then share
+                # one list, one message; without it each of a restrictive storm's 10,000
+                # streams had a message of its own, ~100 KB each (issue 19).
+                own[node_id] = body
                 for i in visible:
-                    if i in sessions:
+                    if i in self.sessions:
                         specific.setdefault(i, []).append(body)
         head = b'"PeersChangedPatch":['
         default = head + b",".join(broadcast) + b"]" if broadcast else None
@@ -318,6 +311,8 @@ class Mapper(MapBuilder):
         shared: dict[tuple[int, ...], bytes] = {}
         per: dict[int, bytes | None] = {}
         for i, items in specific.items():
+            if len(items) == 1 and items[0] is own.get(i):
+                continue  # only its own patch: no message for it
             part = shared.get(key := tuple(map(id, items)))
             per[i] = part or shared.setdefault(key, head + b",".join([*broadcast, *items]) + b"]")
         return default, per
@@ -394,11 +389,8 @@ class Mapper(MapBuilder):
         """Recompute filter, SSH policy, peers and self node for affected streams; send each
         stream only what differs from what its client holds."""
         caps_changed = self._refresh_caps(affected)
-        sessions = (
-            list(self.sessions.values())
-            if affected.everyone
-            else [self.sessions[i] for i in affected.nodes if i in self.sessions]
-        )
+        sessions = (list(self.sessions.values()) if affected.everyone
+                    else [self.sessions[i] for i in affected.nodes if i in self.sessions])
         delta = PolicyDelta(self, caps_changed)
         for s in sessions:
             node = self.state.nodes.get(s.node_id)

@@ -39,10 +39,10 @@ async def test_a_storm_of_patches_is_one_message_per_class(
     owners: dict[int, str] = {}
     streams = {}
     maps = {}
-    for name in ("alice", "bob"):
+    for name, hosts in (("alice", "abc"), ("bob", "abc"), ("carol", "a")):
         user = state.create_user(name, email=f"{name}@example.com")
         _, key = state.create_key(user, reusable=True)
-        for host in ("a", "b", "c"):
+        for host in hosts:
             _, stream, first = await join(server, key, f"{name}-{host}")
             assert stream is not None and first is not None
             node_id = first["Node"]["ID"]
@@ -53,7 +53,7 @@ async def test_a_storm_of_patches_is_one_message_per_class(
         for msg in await quiet(stream):
             maps[node_id].apply(msg)
 
-    # Every node reports new endpoints in the same turn: one flush carries all six patches.
+    # Every node reports new endpoints in the same turn: one flush carries all seven patches.
     got: dict[int, list[Message]] = {i: [] for i in streams}
 
     def recording(s: MapSession) -> Callable[[Message], None]:
@@ -70,12 +70,14 @@ async def test_a_storm_of_patches_is_one_message_per_class(
         state.client_update(state.nodes[node_id], (f"127.0.0.1:{40000 + node_id}",), None, None)
     mapper.flush()
 
-    assert all(len(msgs) == 1 for msgs in got.values()), got
+    # Carol's one device sees no peer: it gets nothing, not a message of its own patch only.
+    assert [len(got[i]) for i in streams] == [1] * 6 + [0], got
     by_owner: dict[str, set[int]] = {}
-    for node_id, (msg,) in got.items():
-        by_owner.setdefault(owners[node_id], set()).add(id(msg))
+    for node_id, msgs in got.items():
+        by_owner.setdefault(owners[node_id], set()).update(map(id, msgs))
     # Each user's three devices hold one shared message; the two users' messages differ.
-    assert {owner: len(ids) for owner, ids in by_owner.items()} == {"alice": 1, "bob": 1}
+    assert {owner: len(ids) for owner, ids in by_owner.items()} == {
+        "alice": 1, "bob": 1, "carol": 0}
     assert by_owner["alice"] != by_owner["bob"]
 
     # What the clients hold: each device has its own user's other devices' new endpoints and
