@@ -31,7 +31,7 @@ from meshscale.control.framing import RAW, Framing
 from meshscale.control.h2data import LeanStream, lean_frames
 from meshscale.control.h2guard import FrameGuard, FrameSizeError, InboundBudget, WindowCounter
 from meshscale.control.h2slim import slim_settings
-from meshscale.control.request import ControlRequest, Handler, ResponseWriter
+from meshscale.control.request import ControlRequest, Handler, ResponseWriter, serve
 from meshscale.errors import ProtocolError
 from meshscale.noise.records import MAX_PLAINTEXT, RecordDecoder, RecordEncoder
 
@@ -492,34 +492,17 @@ class NoiseH2Connection:
         st.task = asyncio.create_task(self._serve(stream_id, st, body))
 
     async def _serve(self, stream_id: int, st: _Stream, body: bytes) -> None:
-        resp = ResponseWriter(self, stream_id)
+        req = ControlRequest(
+            method=st.headers.get(":method", ""),
+            path=st.headers.get(":path", ""),
+            headers=st.headers,
+            body=body,
+            machine_key=self.machine_key,
+            capver=self.capver,
+            stream_id=stream_id,
+        )
         try:
-            req = ControlRequest(
-                method=st.headers.get(":method", ""),
-                path=st.headers.get(":path", ""),
-                headers=st.headers,
-                body=body,
-                machine_key=self.machine_key,
-                capver=self.capver,
-                stream_id=stream_id,
-            )
-            await self.handler(req, resp)
-            await resp.end()
-        except asyncio.CancelledError:
-            raise
-        except ConnectionResetError:
-            pass
-        except RecursionError:
-            # Client input nested deeper than Python recurses: the client's fault, not ours.
-            log.info("control request on stream %d refused: nested too deeply", stream_id)
-            if not resp.started and not self.closed:
-                with contextlib.suppress(Exception):
-                    await resp.send(400, b"request nested too deeply\n", "text/plain")
-        except Exception:
-            log.exception("control request on stream %d failed", stream_id)
-            if not resp.started and not self.closed:
-                with contextlib.suppress(Exception):
-                    await resp.send(500, b"internal error\n", "text/plain")
+            await serve(self.handler, req, ResponseWriter(self, stream_id))
         finally:
             self._drop(stream_id)
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -82,3 +87,29 @@ class ResponseWriter:
 
 
 Handler = Callable[[ControlRequest, ResponseWriter], Awaitable[None]]
+
+
+async def serve(handler: Handler, req: ControlRequest, resp: ResponseWriter) -> None:
+    """Answer one request with ``handler``, then end its stream: the one home of this for a
+    connection served here (h2conn.py) and one a worker serves (workers/remote.py).
+
+    A reset stream just ends; a handler's failure is logged and, if nothing was sent yet,
+    answered 500, or 400 for input nested deeper than Python recurses (the client's fault)."""
+    sid = req.stream_id
+    try:
+        await handler(req, resp)
+        await resp.end()
+    except asyncio.CancelledError:
+        raise
+    except ConnectionResetError:
+        pass
+    except RecursionError:
+        log.info("control request on stream %d refused: nested too deeply", sid)
+        if not resp.started and not resp.closed:
+            with contextlib.suppress(Exception):
+                await resp.send(400, b"request nested too deeply\n", "text/plain")
+    except Exception:
+        log.exception("control request on stream %d failed", sid)
+        if not resp.started and not resp.closed:
+            with contextlib.suppress(Exception):
+                await resp.send(500, b"internal error\n", "text/plain")

@@ -13,15 +13,11 @@ queues the deltas as it does for a slow local connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from meshscale.control.request import ControlRequest, Handler, ResponseWriter
+from meshscale.control.request import ControlRequest, Handler, ResponseWriter, serve
 from meshscale.workers import codec
-
-log = logging.getLogger(__name__)
 
 # A fan-out frame larger than this goes the send_data way (acknowledged, flow-controlled) rather
 # than into a batch: deltas are tens to hundreds of bytes, a batch is meant for them.
@@ -182,27 +178,10 @@ class RemoteConnection:
     # -- serving -------------------------------------------------------------------------------
 
     async def _serve(self, req: ControlRequest) -> None:
-        """As NoiseH2Connection._serve: the handler, then the end of the stream; DONE tells the
-        worker its request task may finish."""
+        """As NoiseH2Connection._serve; then DONE tells the worker its request task may end."""
         sid = req.stream_id
-        resp = ResponseWriter(self, sid)
         try:
-            await self.handler(req, resp)
-            await resp.end()
-        except asyncio.CancelledError:
-            raise
-        except ConnectionResetError:
-            pass
-        except RecursionError:
-            log.info("control request on stream %d refused: nested too deeply", sid)
-            if not resp.started and self.stream_open(sid):
-                with contextlib.suppress(Exception):
-                    await resp.send(400, b"request nested too deeply\n", "text/plain")
-        except Exception:
-            log.exception("control request on stream %d failed", sid)
-            if not resp.started and self.stream_open(sid):
-                with contextlib.suppress(Exception):
-                    await resp.send(500, b"internal error\n", "text/plain")
+            await serve(self.handler, req, ResponseWriter(self, sid))
         finally:
             st = self.streams.pop(sid, None)
             if st is not None:
