@@ -116,6 +116,12 @@ class WorkerLink(asyncio.Protocol):
             conn.stream_closed(m.stream)
         elif kind == codec.OPENED:
             conn.machine_key, conn.capver = m.data, m.value
+            if conn.closed:
+                # Given up (evicted, or the server stopping) before the worker took it: the
+                # ABORT may have crossed the adoption on the other socket and found no
+                # connection there. The worker registers it as it sends OPENED, so this one
+                # lands; else the client would live on in the worker, outside every limit.
+                self.send(codec.abort(conn.id))
         elif kind == codec.BUSY:
             if conn.on_busy is not None:
                 conn.on_busy(bool(m.value))

@@ -5,6 +5,7 @@ leaves no worker behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -387,3 +388,35 @@ async def test_the_owner_keeps_no_descriptor_of_a_handed_over_connection(
             break
         await asyncio.sleep(0.05)
     assert not link.conns and fds() <= before + 2
+
+
+async def test_an_abort_that_crosses_the_adoption_still_closes_the_connection(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """Evicted right after the hand-over, before the worker took the socket: the ABORT (control
+    socket) reaches the worker before its connection exists there. It must still close, not
+    live on in the worker outside the front door's table."""
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=1)
+    assert server.workers is not None and server.front is not None
+    link = server.workers.links[0]
+    assert link.proc is not None
+    os.kill(link.proc.pid, signal.SIGSTOP)  # the adoption and the ABORT both wait for it
+    try:
+        conn = ControlConnection()
+        connecting = asyncio.create_task(conn.connect("127.0.0.1", server.main_port))
+        for _ in range(100):
+            if link.conns:
+                break
+            await asyncio.sleep(0.02)
+        assert len(link.conns) == 1
+        assert server.front.table.evict_one()  # as the connection ceiling would
+        await asyncio.sleep(0.1)
+    finally:
+        os.kill(link.proc.pid, signal.SIGCONT)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connecting, 5)
+    await asyncio.wait_for(conn.closed.wait(), 5)
+    for _ in range(100):
+        if not link.conns:
+            break
+        await asyncio.sleep(0.05)
+    assert not link.conns
