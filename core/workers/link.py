@@ -59,6 +59,7 @@ class WorkerLink(asyncio.Protocol):
         # id(frame) -> (frame, keys); the frame object is held, so its id stays unique.
         self._pending: dict[int, tuple[bytes, list[bytes]]] = {}
         self._pending_bytes = 0
+        self.paused = False  # the transport holds over WRITE_HIGH (asyncio's flow control)
         self._loop = asyncio.get_running_loop()
         self.messages_out = 0  # for tests and the bench: how many messages were written
 
@@ -87,6 +88,15 @@ class WorkerLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # asyncio calls pause_writing/resume_writing as the buffer crosses these: congested()
+        # then reads a flag, as it is asked once per recipient of a fan-out.
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -148,9 +158,7 @@ class WorkerLink(asyncio.Protocol):
 
     def congested(self) -> bool:
         """True while more than WRITE_HIGH bytes wait for this worker: batch nothing more."""
-        t = self.transport
-        return (t is None or t.is_closing()
-                or t.get_write_buffer_size() + self._pending_bytes > WRITE_HIGH)
+        return self.paused or self._pending_bytes > WRITE_HIGH
 
     def batch(self, frame: bytes, key: bytes) -> None:
         entry = self._pending.get(id(frame))
