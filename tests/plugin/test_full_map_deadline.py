@@ -207,3 +207,33 @@ async def test_debug_sessions_without_peer_lists(
     lean = await (await client.get("/v1/debug/sessions?known=0")).get_json()
     assert len(full) == 2 and all("known" in s for s in full)
     assert lean == [{k: v for k, v in s.items() if k != "known"} for s in full]
+
+
+async def test_a_worker_dying_mid_full_map_frees_its_place(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """A full map waiting for its worker's ACK when the worker dies: the handler ends at once
+    (not at the deadline) and its place in the full-map gate is free for the next stream."""
+    import os
+    import signal
+
+    server: Server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    assert server.state is not None and server.plane is not None
+    assert server.workers is not None
+    poll = server.plane.poll
+    poll._full_map_gate = asyncio.Semaphore(1)  # one place, taken by the stuck node
+    poll.full_map_deadline = 30.0  # far longer than the test may wait
+    user = server.state.create_user("alice")
+    _, key = server.state.create_key(user, reusable=True)
+    stuck = await _shut_window_node(server, key, "stuck")
+    await asyncio.sleep(0.3)  # its full map holds the place, waiting for the ACK
+    victim = next(link for link in server.workers.links
+                  if any(c.machine_key == stuck.conn.machine_public
+                         for c in link.conns.values()))
+    assert victim.proc is not None
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    await asyncio.wait_for(stuck.conn.closed.wait(), 5)
+    started = asyncio.get_running_loop().time()
+    _, stream, first = await join(server, key, "honest")
+    assert first is not None and stream is not None
+    assert asyncio.get_running_loop().time() - started < 5.0
+    assert poll._full_map_gate._value == 1  # type: ignore[attr-defined]
