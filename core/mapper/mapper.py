@@ -294,7 +294,8 @@ class Mapper(MapBuilder):
             visible = self.visible_ids(node_id)
             if visible is None:
                 # The node itself gets it too: a client ignores patches for IDs it does not
-                # hold as peers, and skipping it would cost a message of its own.
+                # hold as peers (after a netmap rebuild: docs/performance.md), and skipping
+                # it would cost a message of its own.
                 broadcast.append(body)
             else:
                 # Here too (when the class int holds the node): a class's streams then share
