@@ -26,6 +26,7 @@ from meshscale.errors import ConfigError, MeshscaleError
 from meshscale.plugins.metrics import exporter_of
 from meshscale.ports import free_port
 from tests.pebble import Pebble
+from tests.waiting import wait_until
 
 ServerFactory = Any
 
@@ -63,14 +64,6 @@ def scrape(exporter: Any) -> str:
     return text
 
 
-async def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
-    for _ in range(int(timeout * 10)):
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -101,7 +94,7 @@ async def test_a_certificate_is_issued_by_each_challenge_type(
     server = await meshscale_server_factory(plugins=["sqlite", "acme"],
                                             **acme_config(pebble, main, plain, challenge))
     assert server.plain_port == (plain if challenge == "HTTP-01" else 0)
-    await wait_until(lambda: server.main_tls.current is not None, 60, "the certificate")
+    await wait_until(lambda: server.main_tls.current is not None, "the certificate", 60)
     _, conn = await handshake(main, pebble.root_pem())
     assert await get_health(conn) == b"HTTP/1.1 200 \r\n"
     conn[1].close()
@@ -133,10 +126,10 @@ async def test_short_certificates_are_renewed_without_restart_and_a_failed_renew
                                             metrics_listen_addr=f"127.0.0.1:{free_port()}",
                                             limits={"header_timeout": 60},
                                             **acme_config(pebble, main, plain, "HTTP-01"))
-    await wait_until(lambda: server.main_tls.current is not None, 60, "the first certificate")
+    await wait_until(lambda: server.main_tls.current is not None, "the first certificate", 60)
     first, before = await handshake(main, root)
-    await wait_until(lambda: server.stats()["acme_certificates_issued_total"] >= 2, 60,
-                     "the renewal")
+    await wait_until(lambda: server.stats()["acme_certificates_issued_total"] >= 2,
+                     "the renewal", 60)
     second, after = await handshake(main, root)
     assert second != first
     # The connection made before the renewal is still served.
@@ -146,7 +139,7 @@ async def test_short_certificates_are_renewed_without_restart_and_a_failed_renew
 
     # The ACME server goes away: the next renewal fails, the current certificate stays.
     pebble.stop()
-    await wait_until(lambda: server.stats()["acme_failing"] == 1, 60, "a failed renewal")
+    await wait_until(lambda: server.stats()["acme_failing"] == 1, "a failed renewal", 60)
     assert "cannot reach the ACME server (Connection refused); keeping the current " \
            "certificate (valid until" in caplog.text
     third, conn = await handshake(main, root)
@@ -169,7 +162,7 @@ async def test_an_acme_server_down_at_start_is_one_line_then_retried(
     pebble = pebbles(http_port=plain, tls_port=main)  # made, not started yet
     server = await meshscale_server_factory(plugins=["sqlite", "acme"],
                                             **acme_config(pebble, main, plain, "HTTP-01"))
-    await wait_until(lambda: server.stats()["acme_failing"] == 1, 20, "the first failure")
+    await wait_until(lambda: server.stats()["acme_failing"] == 1, "the first failure", 20)
     line = next(r.getMessage() for r in caplog.records if "could not get a certificate" in
                 r.getMessage())
     assert line == (f"acme: could not get a certificate for localhost from {pebble.url}: cannot "
@@ -177,7 +170,7 @@ async def test_an_acme_server_down_at_start_is_one_line_then_retried(
                     "self-signed certificate; retrying in 1s")
     assert server.main_tls.current is None
     pebble.start()
-    await wait_until(lambda: server.main_tls.current is not None, 60, "the certificate")
+    await wait_until(lambda: server.main_tls.current is not None, "the certificate", 60)
     assert server.stats()["acme_failing"] == 0
     _, conn = await handshake(main, pebble.root_pem())
     conn[1].close()
@@ -191,7 +184,7 @@ async def test_a_cached_certificate_is_served_at_once_after_a_restart(
     pebble.start()
     cfg = acme_config(pebble, main, plain, "HTTP-01")
     server = await meshscale_server_factory(plugins=["sqlite", "acme"], **cfg)
-    await wait_until(lambda: server.main_tls.current is not None, 60, "the certificate")
+    await wait_until(lambda: server.main_tls.current is not None, "the certificate", 60)
     issued = server.main_tls.current.sha256
     await server.stop()
     pebble.stop()  # no ACME server now: the cache alone must do

@@ -25,6 +25,7 @@ from meshscale.simclient import ControlConnection, MapStream, SimNode
 from meshscale.simhandshake import CAPVER, finish_handshake, make_initiation, upgrade_request
 from tests.plugin.simnodes import join, next_with, quiet
 from tests.tlsca import TestCA
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -336,19 +337,13 @@ async def test_the_connection_ceiling_evicts_handed_over_connections(
         conn = ControlConnection()
         await conn.connect("127.0.0.1", server.main_port)
         idle.append(conn)
-    for _ in range(50):
-        if len(link.conns) == 4:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: len(link.conns) == 4, "the worker to hold 4 connections")
     assert len(link.conns) == 4
     # Past the ceiling: each new connection makes room by closing the longest idle one.
     plain = [await asyncio.open_connection("127.0.0.1", server.main_port) for _ in range(5)]
     for conn in idle:  # the worker closed each (its client sees the end)
         await asyncio.wait_for(conn.closed.wait(), 5)
-    for _ in range(50):
-        if len(link.conns) == 1:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: len(link.conns) == 1, "the worker to close the idle ones")
     assert len(link.conns) == 1 and server.front.table.evicted >= 3
     assert server.front.table.total <= 6
     assert await busy.lite_update(["192.0.2.1:41641"]) == 200  # the busy one is kept
@@ -374,19 +369,13 @@ async def test_the_owner_keeps_no_descriptor_of_a_handed_over_connection(
         conn = ControlConnection()
         await conn.connect("127.0.0.1", server.main_port)
         conns.append(conn)
-    for _ in range(50):
-        if len(link.conns) == 20:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: len(link.conns) == 20, "the worker to hold 20 connections")
     assert len(link.conns) == 20
     await asyncio.sleep(0.1)  # the transports' deferred closes have run
     assert fds() - len(conns) <= before + 2, (fds(), before)
     for conn in conns:
         await conn.close()
-    for _ in range(50):
-        if not link.conns:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: not link.conns, "the worker to see every connection go")
     assert not link.conns and fds() <= before + 2
 
 
