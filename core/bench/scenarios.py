@@ -162,7 +162,10 @@ class Bench:
             # scales); each worker's is beside it, and the sum of all.
             now = self.server.worker_cpu()
             each = [round(now[p] - self._workers0.get(p, 0.0), 3) for p in sorted(now)]
+            mem = self.server.worker_rss()
             sampled = sampled | {
+                "workers_rss_mb": [round(mem[p][0] / 2**20, 1) for p in sorted(mem)],
+                "workers_peak_rss_mb": [round(mem[p][1] / 2**20, 1) for p in sorted(mem)],
                 "workers": self.workers,
                 "workers_cpu_s": each,
                 "all_processes_cpu_s": round(cpu + sum(each), 3),

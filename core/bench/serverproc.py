@@ -100,6 +100,14 @@ class ServerProcess:
                 out[child] = cpu_seconds(child)
         return out
 
+    def worker_rss(self) -> dict[int, tuple[int, int]]:
+        """RSS and peak RSS of each connection worker, by pid."""
+        out = {}
+        for child in children(self.pid):
+            with contextlib.suppress(OSError):
+                out[child] = (rss_bytes(child), peak_rss_bytes(child))
+        return out
+
     def rss(self) -> int:
         return rss_bytes(self.pid)
 
