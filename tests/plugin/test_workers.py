@@ -23,6 +23,7 @@ from meshscale.ports import free_port
 from meshscale.server import Server
 from meshscale.simclient import ControlConnection, MapStream, SimNode
 from meshscale.simhandshake import CAPVER, finish_handshake, make_initiation, upgrade_request
+from meshscale.workers.link import WorkerLink
 from tests.plugin.simnodes import join, next_with, quiet
 from tests.tlsca import TestCA
 from tests.waiting import wait_until
@@ -141,10 +142,12 @@ async def test_fanout_is_one_message_per_worker_per_frame(
     assert written[0][0] is written[1][0]
 
 
-async def test_a_dead_worker_takes_only_its_connections(
-        meshscale_server_factory: Callable[..., Any]) -> None:
-    server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
-    assert server.workers is not None and server.state is not None
+async def _two_nodes_on_two_workers(
+        server: Server) -> tuple[str, tuple[SimNode, MapStream], tuple[SimNode, MapStream],
+                                 WorkerLink]:
+    """Nodes a and b joined and streaming, each on its own worker (the pool gives a new
+    connection to the worker holding the fewest); the worker holding a's connection."""
+    assert server.workers is not None
     key = _key(server)
     a, sa, _ = await join(server, key, "a")
     b, sb, _ = await join(server, key, "b")
@@ -153,6 +156,14 @@ async def test_a_dead_worker_takes_only_its_connections(
     await quiet(sb)
     victim = next(link for link in server.workers.links if len(link.conns) == 1
                   and next(iter(link.conns.values())).machine_key == a.conn.machine_public)
+    return key, (a, sa), (b, sb), victim
+
+
+async def test_a_dead_worker_takes_only_its_connections(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    key, (_a, sa), (b, sb), victim = await _two_nodes_on_two_workers(server)
+    assert server.workers is not None
     pid = victim.proc.pid if victim.proc is not None else 0
     os.kill(pid, signal.SIGKILL)
     assert server.front is not None
@@ -191,15 +202,8 @@ async def test_stop_leaves_no_worker(meshscale_server_factory: Callable[..., Any
 async def test_a_corrupt_message_closes_only_that_worker(
         meshscale_server_factory: Callable[..., Any]) -> None:
     server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    key, (_a, sa), (b, sb), victim = await _two_nodes_on_two_workers(server)
     assert server.workers is not None
-    key = _key(server)
-    a, sa, _ = await join(server, key, "a")
-    b, sb, _ = await join(server, key, "b")
-    assert sa is not None and sb is not None
-    await quiet(sa)
-    await quiet(sb)
-    victim = next(link for link in server.workers.links
-                  if next(iter(link.conns.values())).machine_key == a.conn.machine_public)
     pid = victim.proc.pid if victim.proc is not None else 0
     # What the owner would read from a worker gone wrong: a message of an unknown type.
     victim.data_received(b"\x01\x00\x00\x00\x63")
