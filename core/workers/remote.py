@@ -79,31 +79,34 @@ class RemoteConnection:
             raise ConnectionResetError("stream closed")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             parts = [p for p in data if p]
+            if not parts:
+                return
             if sum(map(len, parts)) <= codec.DATA_CHUNK:
                 # A full map: its parts written as they are (no join, no copy per message).
-                if not parts:
-                    return
-                self._acks = ack = (self._acks % 0xFFFFFFFF) + 1
-                fut = st.acks[ack] = asyncio.get_running_loop().create_future()
+                ack, fut = self._new_ack(st)
                 self.link.send_parts(codec.data_parts(self.id, stream_id, ack, parts))
-                try:
-                    await fut
-                finally:
-                    st.acks.pop(ack, None)
+                await self._acked(st, ack, fut)
                 return
             data = b"".join(parts)
-        payload = data
-        if not payload:
+        if not data:
             return
-        view = memoryview(payload)
+        view = memoryview(data)
         last = len(view) - 1
         for start in range(0, len(view), codec.DATA_CHUNK):
             ack = 0
-            if start + codec.DATA_CHUNK > last:
-                self._acks = ack = (self._acks % 0xFFFFFFFF) + 1
-                fut = st.acks[ack] = asyncio.get_running_loop().create_future()
+            if start + codec.DATA_CHUNK > last:  # the last chunk is acknowledged
+                ack, fut = self._new_ack(st)
             self.link.send(codec.data(self.id, stream_id, ack,
                                       view[start:start + codec.DATA_CHUNK]))
+        await self._acked(st, ack, fut)
+
+    def _new_ack(self, st: _Stream) -> tuple[int, asyncio.Future[None]]:
+        self._acks = ack = (self._acks % 0xFFFFFFFF) + 1
+        fut = st.acks[ack] = asyncio.get_running_loop().create_future()
+        return ack, fut
+
+    @staticmethod
+    async def _acked(st: _Stream, ack: int, fut: asyncio.Future[None]) -> None:
         try:
             await fut
         finally:
