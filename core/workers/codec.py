@@ -44,6 +44,7 @@ DONE = 5  # conn, stream: the owner's handler returned; the worker's request tas
 ABORT = 6  # conn: drop the connection now
 FANOUT = 7  # u32 frame length, frame, then keys (8 bytes each) of the streams to write it to
 STOP = 8  # close every connection and exit
+PING = 9  # u32 sequence: the heartbeat; the worker answers PONG with the same number
 # worker -> owner
 OPENED = 20  # conn, capver, machine key: the handshake is done
 REQUEST = 21  # conn, stream, method, path, headers, body
@@ -52,9 +53,10 @@ BACKED = 23  # conn, stream, flag: fan-out frames for this stream wait in the wo
 CLOSED = 24  # conn, stream: the stream ended on the client's side (reset, connection gone)
 BUSY = 25  # conn, flag: the connection has an open request (or none)
 GONE = 26  # conn: the connection is closed
+PONG = 27  # u32 sequence: the answer to PING (its loop runs)
 
-TO_WORKER = frozenset({HELLO, HEADERS, DATA, END, DONE, ABORT, FANOUT, STOP})
-TO_OWNER = frozenset({OPENED, REQUEST, ACK, BACKED, CLOSED, BUSY, GONE})
+TO_WORKER = frozenset({HELLO, HEADERS, DATA, END, DONE, ABORT, FANOUT, STOP, PING})
+TO_OWNER = frozenset({OPENED, REQUEST, ACK, BACKED, CLOSED, BUSY, GONE, PONG})
 
 
 class IpcError(ValueError):
@@ -137,6 +139,14 @@ def fanout(frame: bytes, keys: list[bytes]) -> bytes:
 
 def stop() -> bytes:
     return _frame(STOP, b"")
+
+
+def ping(seq: int) -> bytes:
+    return _frame(PING, _U32.pack(seq))
+
+
+def pong(seq: int) -> bytes:
+    return _frame(PONG, _U32.pack(seq))
 
 
 def opened(conn: int, capver: int, machine_key: bytes) -> bytes:
@@ -257,6 +267,8 @@ def parse(body: bytes) -> Msg:
         m.conn, m.stream = r.unpack(_CS)
     elif kind in (ABORT, GONE):
         (m.conn,) = r.unpack(_U32)
+    elif kind in (PING, PONG):
+        (m.value,) = r.unpack(_U32)
     elif kind == FANOUT:
         (n,) = r.unpack(_U32)
         m.data = r.take(n)

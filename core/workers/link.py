@@ -42,6 +42,13 @@ RESPAWN_DELAY = 1.0  # a worker that died is replaced after this (not in a tight
 # slow local connection. Without it a fan-out storm to a stalled worker grew the owner's memory
 # by every delta to every one of its streams.
 WRITE_HIGH = 1 << 20
+# The heartbeat: every HEARTBEAT_INTERVAL the owner sends each worker PING; a worker that has not
+# answered one within HEARTBEAT_DEADLINE is hung (stopped, deadlocked, stuck in a loop: alive to
+# the kernel, so its socket never closes) and is killed and replaced as a dead one is; its
+# clients' sockets close with it and they reconnect. A busy worker answers within a loop turn
+# (milliseconds, tens at 10,000 nodes), so the deadline is far from any honest delay.
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_DEADLINE = 15.0
 
 
 class WorkerLink(asyncio.Protocol):
@@ -62,6 +69,9 @@ class WorkerLink(asyncio.Protocol):
         self.paused = False  # the transport holds over WRITE_HIGH (asyncio's flow control)
         self._loop = asyncio.get_running_loop()
         self.messages_out = 0  # for tests and the bench: how many messages were written
+        self.ping_seq = 0
+        self.ping_sent: float | None = None  # when the unanswered PING went out
+        self.hung = False
 
     async def start(self) -> None:
         ctrl, ctrl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -112,6 +122,10 @@ class WorkerLink(asyncio.Protocol):
         self.pool.died(self)
 
     def _dispatch(self, m: codec.Msg) -> None:
+        if m.kind == codec.PONG:
+            if m.value == self.ping_seq:
+                self.ping_sent = None
+            return
         conn = self.conns.get(m.conn)
         if conn is None:
             return  # a connection already given up (ABORT crossed the worker's message)
@@ -197,6 +211,21 @@ class WorkerLink(asyncio.Protocol):
             return False
         return True
 
+    def heartbeat(self, now: float) -> None:
+        """Send a PING, or, if the last one is unanswered past HEARTBEAT_DEADLINE, kill the
+        worker (pool.died then closes its connections and starts a replacement)."""
+        if self.ping_sent is None:
+            self.ping_seq = (self.ping_seq % 0xFFFFFFFF) + 1
+            self.ping_sent = now
+            self.send(codec.ping(self.ping_seq))
+        elif now - self.ping_sent > HEARTBEAT_DEADLINE:
+            pid = self.proc.pid if self.proc is not None else 0
+            log.error("connection worker %d (pid %d) answered no heartbeat for %.0f s: killed "
+                      "and replaced; its clients reconnect", self.index, pid,
+                      now - self.ping_sent)
+            self.hung = True
+            self.kill()
+
     def kill(self) -> None:
         self.alive = False
         if self.transport is not None:
@@ -230,12 +259,23 @@ class WorkerPool:
         self.stopping = False
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for i in range(self.count):
             link = WorkerLink(self, i)
             await link.start()
             self.links.append(link)
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            now = loop.time()
+            for link in list(self.links):
+                if link.alive:
+                    link.heartbeat(now)
 
     def adopt(self, sock: socket.socket, init: bytes, rest: bytes,
               on_busy: Callable[[bool], None] | None,
@@ -262,7 +302,9 @@ class WorkerPool:
                 link.proc.kill()
         if self.stopping or link not in self.links:
             return
-        log.error("connection worker %d exited; its clients reconnect to the others", link.index)
+        if not link.hung:  # a hung one was logged as it was killed
+            log.error("connection worker %d exited; its clients reconnect to the others",
+                      link.index)
         task = asyncio.get_running_loop().create_task(self._respawn(link))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -285,6 +327,8 @@ class WorkerPool:
     async def stop(self) -> None:
         """STOP to each worker, then wait for it (killed after STOP_GRACE): no orphans."""
         self.stopping = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for task in list(self._tasks):
             task.cancel()
         for link in self.links:

@@ -170,6 +170,9 @@ class Worker:
                 if st is not None:
                     st.fan(frame)
             return
+        if kind == codec.PING:
+            self.send(codec.pong(m.value))  # the heartbeat: this loop runs
+            return
         if kind == codec.HELLO:
             self.key = X25519PrivateKey.from_private_bytes(m.data)
             raw = json.loads(m.path)

@@ -184,6 +184,40 @@ async def test_a_dead_worker_takes_only_its_connections(
     await c.conn.close()
 
 
+async def test_a_hung_worker_is_replaced(meshscale_server_factory: Callable[..., Any],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that stops answering (SIGSTOP: alive to the kernel, so its socket stays open)
+    misses its heartbeat; it is killed and replaced, its clients' connections close, and a
+    client that connects again is served."""
+    from meshscale.workers import link as link_mod
+
+    monkeypatch.setattr(link_mod, "HEARTBEAT_INTERVAL", 0.2)
+    monkeypatch.setattr(link_mod, "HEARTBEAT_DEADLINE", 1.0)
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
+    key, (_a, sa), (b, sb), victim = await _two_nodes_on_two_workers(server)
+    assert server.workers is not None and victim.proc is not None
+    pid = victim.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert await sa.next(timeout=10) is None  # killed: a's connection closes
+        await _offline(sb)
+        for _ in range(100):
+            if (pid not in server.workers.pids()
+                    and all(link.alive for link in server.workers.links)):
+                break
+            await asyncio.sleep(0.1)
+        assert pid not in server.workers.pids() and not _alive(pid)
+        assert len(server.workers.pids()) == 2
+        # a connects again (a new connection, to whichever worker has the fewest) and is served.
+        a2, sa2, first = await join(server, key, "a-again")
+        assert first is not None and sa2 is not None
+        await a2.conn.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    await b.conn.close()
+
+
 async def test_stop_leaves_no_worker(meshscale_server_factory: Callable[..., Any]) -> None:
     server = await meshscale_server_factory(plugins=["sqlite"], workers=2)
     assert server.workers is not None

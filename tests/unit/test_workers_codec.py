@@ -43,6 +43,17 @@ def test_small_messages_bytes() -> None:
     assert opened == b"\x29\x00\x00\x00\x14\x01\x00\x00\x00\x6a\x00\x00\x00" + bytes(range(32))
 
 
+def test_heartbeat_bytes() -> None:
+    assert codec.ping(0x01020304) == b"\x05\x00\x00\x00\x09\x04\x03\x02\x01"
+    assert codec.pong(7) == b"\x05\x00\x00\x00\x1b\x07\x00\x00\x00"
+    (m,) = codec.Decoder(codec.TO_WORKER).feed(codec.ping(5))
+    assert (m.kind, m.value) == (codec.PING, 5)
+    (m,) = codec.Decoder(codec.TO_OWNER).feed(codec.pong(5))
+    assert (m.kind, m.value) == (codec.PONG, 5)
+    with pytest.raises(codec.IpcError):  # a PONG is the worker's, never the owner's
+        codec.Decoder(codec.TO_WORKER).feed(codec.pong(5))
+
+
 def test_round_trip_split_anywhere() -> None:
     msgs = [codec.data(1, 3, 0, b"x" * 1000), codec.end(1, 3), codec.done(1, 3),
             codec.hello(b"k" * 32, '{"a": 1}'), codec.abort(2)]
