@@ -63,7 +63,8 @@ class _Context:
 
 
 async def serve(data_dir: str) -> None:
-    from meshscale.config import Config, DerpConfig, DerpServerConfig, HostPort
+    from meshscale.config import Config, DerpConfig, DerpServerConfig
+    from meshscale.configvalues import HostPort
     from meshscale.plugins.derp.service import DerpService
 
     config = Config(

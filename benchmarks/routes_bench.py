@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from meshscale.config import build_config
+from meshscale.configload import build_config
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
 from meshscale.pluginhost import PluginHost

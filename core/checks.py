@@ -16,7 +16,8 @@ from collections.abc import Callable
 from importlib import metadata
 
 from meshscale import PROJECT
-from meshscale.config import Config, split_host_port
+from meshscale.config import Config
+from meshscale.configvalues import split_host_port
 from meshscale.errors import MeshscaleError, PluginError, PolicyError
 from meshscale.pluginhost import PluginHost
 

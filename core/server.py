@@ -28,7 +28,9 @@ from meshscale.api.openapi import openapi_routes
 from meshscale.api.remoteadmin import remote_admin_routes
 from meshscale.api.rest import rest_routes
 from meshscale.auth import Logins
-from meshscale.config import Config, load_config, split_host_port
+from meshscale.config import Config
+from meshscale.configload import load_config
+from meshscale.configvalues import split_host_port
 from meshscale.contributions import pick
 from meshscale.control.plane import ControlPlane
 from meshscale.datadir import DataDirLock, ensure_data_dir

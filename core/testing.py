@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from meshscale.config import Config, build_config
+from meshscale.config import Config
+from meshscale.configload import build_config
 from meshscale.pluginhost import PluginHost
 from meshscale.ports import free_port
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from meshscale.bench.pgserver import PgServer
-from meshscale.config import build_config
+from meshscale.configload import build_config
 from meshscale.errors import MeshscaleError
 from meshscale.storage.base import Storage
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import bcrypt
 
-from meshscale.config import Config, load_config
+from meshscale.config import Config
+from meshscale.configload import load_config
 from meshscale.pluginhost import PluginHost
 from meshscale.state.models import Node, User
 from meshscale.storage.base import Snapshot, Storage

@@ -8,7 +8,7 @@ from typing import Any
 
 from meshscale.cli.common import Out, add, client
 from meshscale.cli.output import Column, when
-from meshscale.config import parse_duration
+from meshscale.configvalues import parse_duration
 from meshscale.errors import MeshscaleError
 
 # headscale's apikeys list (cmd/headscale/cli/api_key.go), then meshscale's Last seen.

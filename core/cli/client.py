@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from meshscale.config import Config, parse_cli_address
+from meshscale.config import Config
+from meshscale.configvalues import parse_cli_address
 from meshscale.errors import MeshscaleError
 
 REMOTE_PREFIX = "/api/meshscale"  # meshscale.api.remoteadmin.PREFIX (not imported: no Quart)

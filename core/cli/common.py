@@ -11,7 +11,8 @@ from typing import Any
 
 from meshscale.cli.client import AdminClient, admin_client
 from meshscale.cli.output import Column
-from meshscale.config import Config, load_config
+from meshscale.config import Config
+from meshscale.configload import load_config
 from meshscale.errors import MeshscaleError
 from meshscale.pluginhost import PluginHost
 

@@ -18,7 +18,8 @@ from urllib.parse import quote
 from meshscale.cli.client import AdminClient
 from meshscale.cli.common import FORMATS, Out, load, refuse_if_running
 from meshscale.cli.hspg import open_postgres
-from meshscale.config import Config, build_config, read_yaml
+from meshscale.config import Config
+from meshscale.configload import build_config, read_yaml
 from meshscale.contributions import pick
 from meshscale.errors import ConfigError, MeshscaleError
 from meshscale.hsimport import Plan, Reader, read_plan

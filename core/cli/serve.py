@@ -10,7 +10,8 @@ from typing import Any
 
 from meshscale import __version__
 from meshscale.checks import check_plugin_extras, explain, run_checks
-from meshscale.config import Config, load_config
+from meshscale.config import Config
+from meshscale.configload import load_config
 from meshscale.errors import ConfigError, MeshscaleError, config_problems
 from meshscale.logs import configure_logging
 from meshscale.pluginhost import PluginHost

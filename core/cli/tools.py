@@ -14,7 +14,8 @@ import yaml
 
 from meshscale import __version__
 from meshscale.cli.common import Out, add, client, load
-from meshscale.config import Config, load_raw
+from meshscale.config import Config
+from meshscale.configload import load_raw
 from meshscale.errors import MeshscaleError
 from meshscale.logs import configure_logging
 from meshscale.pluginhost import PluginHost, available_plugins

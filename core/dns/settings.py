@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshscale.config import Config, build_section
+from meshscale.config import Config
+from meshscale.configload import build_section
 from meshscale.dns import model
 from meshscale.dns.model import DnsConfig, ExtraRecord
 from meshscale.dns.records import POLL_INTERVAL, RecordsFile

@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import peewee as pw
 
-from meshscale.config import Config, PostgresConfig, SqliteConfig, parse_ssl_mode
+from meshscale.config import Config, PostgresConfig, SqliteConfig
+from meshscale.configvalues import parse_ssl_mode
 from meshscale.errors import MeshscaleError
 from meshscale.storage import schema
 from meshscale.storage.base import Storage

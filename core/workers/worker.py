@@ -22,7 +22,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshscale.config import LimitsConfig, Prefix
+from meshscale.config import LimitsConfig
+from meshscale.configvalues import Prefix
 from meshscale.control.h2conn import NoiseH2Connection
 from meshscale.control.request import ControlRequest, ResponseWriter
 from meshscale.errors import ProtocolError

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from meshscale import hookimpl
-from meshscale.config import Duration, parse_duration
+from meshscale.configvalues import Duration, parse_duration
 from meshscale.contributions import ConfigSection
 from meshscale.errors import ConfigError
 

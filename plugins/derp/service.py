@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nacl.public import PrivateKey
 
 from meshscale import files
-from meshscale.config import split_host_port
+from meshscale.configvalues import split_host_port
 from meshscale.contributions import UpgradeRequest
 from meshscale.plugins.derp import http, listener, region, tls
 from meshscale.plugins.derp.connection import ConnectionSettings, serve_connection

@@ -19,7 +19,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from prometheus_client import CollectorRegistry, make_asgi_app
 
-from meshscale.config import split_host_port
+from meshscale.configvalues import split_host_port
 from meshscale.context import ServerContext
 from meshscale.plugins.metrics import debug
 

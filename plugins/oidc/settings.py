@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshscale.config import Duration, parse_duration
+from meshscale.configvalues import Duration, parse_duration
 from meshscale.errors import ConfigError
 
 

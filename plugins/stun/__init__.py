@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from meshscale import hookimpl
-from meshscale.config import split_host_port
+from meshscale.configvalues import split_host_port
 from meshscale.plugins.stun import server as stun_server
 
 if TYPE_CHECKING:

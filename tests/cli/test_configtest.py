@@ -179,7 +179,7 @@ def test_a_policy_stored_in_the_database(tmp_path: Path, capsys: pytest.CaptureF
                                          ) -> None:
     """policy.mode database: the stored policy is checked, read without opening the storage
     (nothing changes; on PostgreSQL it is read while a server holds the database's lock)."""
-    from meshscale.config import build_config
+    from meshscale.configload import build_config
     from meshscale.storage.base import PutPolicy
     from tests.conftest import new_pg_database
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from meshscale.cli.main import main
-from meshscale.config import build_config
+from meshscale.configload import build_config
 from meshscale.errors import ConfigError, config_problems
 from meshscale.mapper.mapper import config_caps
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from nacl.public import PrivateKey
 
-from meshscale.config import Config, DerpConfig, DerpServerConfig, HostPort, Url
+from meshscale.config import Config, DerpConfig, DerpServerConfig
+from meshscale.configvalues import HostPort, Url
 from meshscale.contributions import HttpRoute, UpgradeRequest, UpgradeRoute
 from meshscale.plugins import derp, stun
 from meshscale.plugins.derp import frames

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from meshscale.config import load_config
+from meshscale.configload import load_config
 from meshscale.errors import ConfigError
 from meshscale.pluginhost import PluginHost
 from meshscale.server import Server

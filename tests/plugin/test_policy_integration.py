@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale.cli.main import main
-from meshscale.config import build_config
+from meshscale.configload import build_config
 from meshscale.errors import MeshscaleError, PolicyError
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession

@@ -14,7 +14,7 @@ import pytest
 
 from meshscale.bench.pgserver import PgServer
 from meshscale.cli.client import AdminClient
-from meshscale.config import build_config
+from meshscale.configload import build_config
 from meshscale.errors import ConfigError, MeshscaleError, StorageError
 from meshscale.plugins.postgres import connect_params, open_postgres
 from meshscale.server import Server

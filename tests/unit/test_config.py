@@ -4,15 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from meshscale.config import (
-    ConfigError,
-    apply_env,
-    build_config,
-    load_config,
-    parse_cli_address,
-    parse_duration,
-)
+from meshscale.configload import apply_env, build_config, load_config
+from meshscale.configvalues import parse_cli_address, parse_duration
 from meshscale.contributions import ConfigSection
+from meshscale.errors import ConfigError
 
 
 def test_defaults_match_the_issue() -> None:

@@ -6,7 +6,8 @@ import base64
 import hashlib
 import json
 
-from meshscale.config import Config, DerpConfig, DerpServerConfig, Url
+from meshscale.config import Config, DerpConfig, DerpServerConfig
+from meshscale.configvalues import Url
 from meshscale.plugins.derp import http, region
 
 H = [("upgrade", "DERP"), ("connection", "Upgrade")]

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from meshscale.config import Config, DerpConfig, Url
+from meshscale.config import Config, DerpConfig
+from meshscale.configvalues import Url
 from meshscale.derpmap import DerpMapError, DerpMapManager, normalize_map, parse_document
 from meshscale.errors import PluginError
 

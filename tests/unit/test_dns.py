@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from meshscale.config import build_config
+from meshscale.configload import build_config
 from meshscale.dns import model
 from meshscale.dns.model import DnsConfig, ExtraRecord, NameserversConfig
 from meshscale.dns.records import RecordsFile, parse_records

@@ -9,7 +9,7 @@ from pathlib import Path
 import peewee as pw
 import zstandard
 
-from meshscale.config import build_config
+from meshscale.configload import build_config
 from meshscale.mapper.mapper import Mapper
 from meshscale.mapper.session import MapSession
 from meshscale.policy import AllowAllEngine

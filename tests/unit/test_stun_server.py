@@ -8,7 +8,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from meshscale.config import Config, DerpConfig, DerpServerConfig, HostPort
+from meshscale.config import Config, DerpConfig, DerpServerConfig
+from meshscale.configvalues import HostPort
 from meshscale.plugins import stun
 from meshscale.plugins.stun import codec
 from meshscale.plugins.stun import server as stun_server

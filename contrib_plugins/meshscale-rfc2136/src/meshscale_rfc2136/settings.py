@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshscale.config import parse_duration
+from meshscale.configvalues import parse_duration
 from meshscale.errors import ConfigError
 
 SECTION = "rfc2136"

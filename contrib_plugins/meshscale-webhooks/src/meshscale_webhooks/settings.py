@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshscale.config import parse_duration
+from meshscale.configvalues import parse_duration
 from meshscale.errors import ConfigError
 
 SECTION = "webhooks"
