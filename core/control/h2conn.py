@@ -52,6 +52,13 @@ TRANSPORT_HIGH = 16 << 10
 # still fills a 20 Mbit/s link at 100 ms round trip.
 SEND_BUFFER = 256 << 10
 SEND_CHUNK = 1 << 20  # at most this much of a response is framed and sealed per write
+# Closing a socket whose receive buffer holds unread bytes makes the kernel send RST, and a RST
+# makes the client's kernel discard what the client had not read yet: our GOAWAY (a client
+# flooding resets has its next frames in flight when we close). So close lingers: our side is
+# shut down for writing (FIN after the GOAWAY) and input is read and discarded until the client
+# closes too, LINGER seconds pass, or LINGER_BYTES were discarded; then the socket closes.
+LINGER = 2.0
+LINGER_BYTES = 1 << 20
 
 _local = threading.local()
 
@@ -518,13 +525,33 @@ class NoiseH2Connection:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
-        with contextlib.suppress(Exception):
-            last = self.framing.goodbye()
-            if last and not self.writer.transport.is_closing():
-                self.writer.write(last)
-            self.writer.close()
-            # A client that reads nothing would keep the socket (and our unsent bytes) forever.
-            self._loop.call_later(5.0, self.writer.transport.abort)
+        try:
+            with contextlib.suppress(Exception):
+                last = self.framing.goodbye()
+                if last and not self.writer.transport.is_closing():
+                    self.writer.write(last)
+                await self._linger()
+        finally:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+                # A client that reads nothing would keep the socket (and our unsent bytes)
+                # forever.
+                self._loop.call_later(5.0, self.writer.transport.abort)
+
+    async def _linger(self) -> None:
+        """FIN after what we wrote, then discard input (bounded) so that closing sends no RST
+        that would destroy our last frames in the client's buffer (see LINGER)."""
+        transport = self.writer.transport
+        if transport.is_closing() or not self.writer.can_write_eof():
+            return
+        self.writer.write_eof()
+        discarded = 0
+        async with asyncio.timeout(LINGER):
+            while discarded < LINGER_BYTES:
+                data = await self.reader.read(READ_CHUNK)
+                if not data:
+                    return
+                discarded += len(data)
 
 
 def _size(n: int) -> str:
