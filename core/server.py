@@ -1,7 +1,11 @@
-"""Composition root: builds the PluginHost, storage, state, policy, mapper and listeners.
+"""Composition root: one server's lifespan, building its parts in order and stopping them.
 
 Lifespan in three steps, like Quart's: ``start`` (setup), ``serve_forever`` (yield), ``stop``
-(teardown). Tests build a Server in-process with exactly the plugins they name.
+(teardown); and what changes while it runs (a new policy, SIGHUP's reloads). Tests build a
+Server in-process with exactly the plugins they name. The parts it holds and the views plugins
+read of them are ``serverparts.py``; building storage, state and policy from stored records
+(also the oracle tests' fresh start) is ``assembly.py``; the admin socket file is
+``api/adminsocket.py``.
 """
 
 from __future__ import annotations
@@ -11,27 +15,20 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import os
 import signal
 import socket
 import ssl
-import stat
-from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-from meshscale import checks, files
+from meshscale import assembly, checks
 from meshscale.alloc import trim_periodically
+from meshscale.api.adminsocket import AdminSocket
 from meshscale.api.openapi import openapi_routes
 from meshscale.api.remoteadmin import remote_admin_routes
 from meshscale.api.rest import rest_routes
-from meshscale.auth import Logins
 from meshscale.config import Config
 from meshscale.configload import load_config
 from meshscale.configvalues import split_host_port
-from meshscale.contributions import pick
 from meshscale.control.plane import ControlPlane
 from meshscale.datadir import DataDirLock, ensure_data_dir
 from meshscale.derpmap import DerpMapManager
@@ -43,12 +40,13 @@ from meshscale.listener import Listener
 from meshscale.mapper.mapper import Mapper
 from meshscale.noise.handshake import public_bytes
 from meshscale.pluginhost import PluginHost
-from meshscale.policy import Affected, AllowAllEngine, PolicyEngine
+from meshscale.policy import Affected, PolicyEngine
+from meshscale.serverparts import ServerParts
 from meshscale.state.apikeys import ApiKeys
 from meshscale.state.changes import DerpMapChanged, DnsChanged, PolicyChanged
 from meshscale.state.lifecycle import NodeLifecycle
-from meshscale.state.store import PolicyHooks, State
-from meshscale.storage.base import PutPolicy, Snapshot, Storage
+from meshscale.state.store import State
+from meshscale.storage.base import PutPolicy, Snapshot
 from meshscale.tls import MainTls
 from meshscale.tls.listener import peek_hello
 from meshscale.tls.redirect import RedirectPort
@@ -59,179 +57,19 @@ from meshscale.workers.link import WorkerPool
 log = logging.getLogger(__name__)
 
 
-def load_private_key(path: Path) -> X25519PrivateKey:
-    """Read a ``privkey:<hex>`` file (headscale's format), creating it (0600) if missing."""
-    if path.exists():
-        text = path.read_text().strip()
-        hexpart = text.removeprefix("privkey:")
-        try:
-            return X25519PrivateKey.from_private_bytes(bytes.fromhex(hexpart))
-        except ValueError as exc:
-            raise ConfigError(str(path), f"not a private key: {exc}") from None
-    key = X25519PrivateKey.generate()
-    raw = key.private_bytes_raw()
-    files.private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("privkey:" + raw.hex() + "\n")
-    return key
-
-
-class Server:
-    """One meshscale instance. Implements ServerContext for plugins."""
+class Server(ServerParts):
+    """One meshscale instance: builds its parts (``ServerParts``, which also implements
+    ServerContext for plugins), serves, and stops them."""
 
     def __init__(self, config: Config, host: PluginHost) -> None:
-        self._config = config
-        self.host = host
-        self.storage: Storage | None = None
-        self.state: State | None = None
-        self.engine: PolicyEngine = AllowAllEngine()
-        self.mapper: Mapper | None = None
-        self.lifecycle: NodeLifecycle | None = None
-        self.apikeys: ApiKeys | None = None
-        self.plane: ControlPlane | None = None
-        self.derp: DerpMapManager | None = None
-        self.dns: DnsSettings | None = None
-        self.front: FrontDoor | None = None
-        self.workers: WorkerPool | None = None
-        self.listeners: list[asyncio.Server | Listener] = []
-        self.main_tls: MainTls | None = None
-        self.plain_port = 0  # the plain-HTTP redirect/ACME port, when there is one
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.main_port = 0
-        self.policy_text: str | None = None
+        super().__init__(config, host)
         self._stopped = asyncio.Event()
         self._started_plugins = False
         self._lock: DataDirLock | None = None
-        self._admin_inode: tuple[int, int] | None = None  # the socket file this server made
+        self._admin: AdminSocket | None = None
         host.bind(self)  # the plugins' ServerContext is this server from now on
 
-    # -- ServerContext ---------------------------------------------------------------------------
-
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    @property
-    def data_dir(self) -> Path:
-        return self._config.data_path
-
-    def tls(self) -> MainTls | None:
-        return self.main_tls
-
-    def node_key_known(self, node_key: bytes) -> bool:
-        node = self.state.by_node_key(node_key) if self.state else None
-        return node is not None and not node.expired()
-
-    def derp_map(self) -> Mapping[str, Any]:
-        if self.derp is None:
-            return {"Regions": {}, "omitDefaultRegions": True}
-        result: Mapping[str, Any] = self.derp.current()
-        return result
-
-    def refresh_derp_map(self) -> None:
-        if self.derp is not None:
-            self.spawn(self._refresh_derp(), "derp-map-refresh")
-
-    async def _refresh_derp(self) -> None:
-        if self.derp is not None:
-            await self.derp.refresh()
-
-    def _health_problem(self) -> str | None:
-        # A storage backend that can lose its database says so with ``available``.
-        if self.storage is not None and not getattr(self.storage, "available", True):
-            return "the database is unreachable: changes are refused until it is back"
-        return None
-
-    def stats(self) -> Mapping[str, float]:
-        state = self.state
-        if state is None or self.mapper is None:
-            return {}
-        out = {
-            "nodes_total": float(len(state.nodes)),
-            "nodes_online": float(sum(1 for n in state.nodes.values() if n.online)),
-            "users_total": float(len(state.users)),
-            "map_streams": float(self.mapper.stream_count()),
-        }
-        try:
-            parts = self.host.hooks.stats()
-        except PluginError:
-            # A scrape or health check must still get core's numbers.
-            log.exception("a plugin's meshscale_stats failed; reporting core's values only")
-            parts = []
-        for part in parts:
-            out.update(part)
-        if self.main_tls is not None:
-            out.update(self.main_tls.stats())
-        return out
-
-    def nodes(self) -> Sequence[Mapping[str, Any]]:
-        from meshscale.api.admin import node_view  # noqa: PLC0415 - keeps quart views lazy
-
-        state = self.state
-        if state is None:
-            return []
-        return [node_view(n, state.owner(n.user_id))
-                for n in state.nodes_sorted()]
-
-    def map_sessions(self) -> Sequence[Mapping[str, Any]]:
-        if self.mapper is None:
-            return []
-        return [
-            {"nodeId": s.node_id, "sent": dict(s.sent), "overflows": s.overflows,
-             "known": s.known_ids()}
-            for s in self.mapper.sessions.values()
-        ]
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.tasks.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self.tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("background task %s failed", name, exc_info=t.exception())
-
-        task.add_done_callback(done)
-        return task
-
-    def plugin(self, name: str) -> object | None:
-        return self.host.plugin(name)
-
-    def logins(self) -> Logins:
-        if self.plane is None:
-            raise MeshscaleError("the server is not running yet")
-        return self.plane.logins
-
     # -- setup -------------------------------------------------------------------------------------
-
-    def _open_storage(self) -> Storage:
-        backend = pick(self.host.hooks.storage_backends(), self._config.database.type,
-                       "database.type", "storage backend")
-        return backend.open(self._config)
-
-    def _make_engine(self) -> PolicyEngine:
-        specs = self.host.hooks.policy_engines()
-        wanted = self._config.policy.engine
-        if wanted in ("allow-all", "tailscale") and not self._config.policy.path and not any(
-            s.name == wanted for s in specs
-        ):
-            if wanted != "allow-all":
-                log.warning("no %r policy engine is loaded; everyone may reach everyone", wanted)
-            return AllowAllEngine()
-        return pick(specs, wanted, "policy.engine", "engine").create(self._config)
-
-    def _initial_policy(self, stored: str | None) -> str | None:
-        cfg = self._config.policy
-        if cfg.mode == "file":
-            if not cfg.path:
-                return None
-            path = self._config.resolve(cfg.path)
-            try:
-                return path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError("policy.path", f"cannot read {path}: {exc.strerror}") from None
-        return stored
 
     async def start(self) -> None:
         cfg = self._config
@@ -259,10 +97,11 @@ class Server:
             self.listeners.append(bound[-1])
         # The embedded DERP's own ports, too (the plugins bind them at startup).
         checks.check_derp_ports(cfg, self.host)
-        self._admin_socket_is_stale()  # refused here, before keys, database and plugins
-        noise_key = load_private_key(cfg.resolve(cfg.noise.private_key_path))
+        self._admin = AdminSocket(self.admin_socket_path, cfg.unix_socket_permission)
+        self._admin.is_stale()  # refused here, before keys, database and plugins
+        noise_key = assembly.load_private_key(cfg.resolve(cfg.noise.private_key_path))
 
-        self.storage = self._open_storage()
+        self.storage = assembly.open_storage(cfg, self.host.hooks)
         snap = await asyncio.to_thread(self.storage.load)
         state, engine, text = self.build_core(snap)
         self.state, self.engine, self.policy_text = state, engine, text
@@ -340,53 +179,12 @@ class Server:
         The start-up path, and the oracle tests' "fresh computation": whatever a running
         server derives incrementally must equal what this builds from the same database.
         """
-        cfg = self._config
         assert self.storage is not None
-        state = State(cfg, self.storage)
-        state.load(snap)
-        engine = self._make_engine()
-        users, nodes = state.policy_topology()
-        engine.set_topology(users, nodes)
-        text = self._initial_policy(snap.policy)
-        if text is not None:
-            where = "policy.path" if cfg.policy.mode == "file" else "the stored policy"
-            try:
-                # The policy's tests were checked when it was set; since then nodes may have
-                # gone (the last tag:web node deleted, an ephemeral node left), so at start-up
-                # a failing test is a warning, never a refusal to start.
-                engine.set_policy(text, tests=False)
-            except PolicyError as exc:
-                raise MeshscaleError(
-                    f"refusing to start: {where} is invalid: {exc}. See docs/policy.md "
-                    "('Recovering from an invalid policy')"
-                ) from exc
-            try:
-                engine.check(text, users, nodes)
-            except PolicyError as exc:
-                log.warning("%s: its tests fail against the nodes now registered (%s); the "
-                            "policy is in force anyway. Fix the tests or the nodes; setting "
-                            "the policy again checks them", where, exc)
-
-        def affected(a: Affected) -> None:
-            if a.everyone or a.nodes:
-                state.publish(PolicyChanged(a))
-
-        state.policy_engine_hooks = PolicyHooks(
-            node_upserted=lambda n: affected(engine.upsert_node(n)),
-            node_removed=lambda i: affected(engine.remove_node(i)),
-            user_upserted=lambda u: affected(engine.upsert_user(u)),
-            user_removed=lambda i: affected(engine.remove_user(i)),
-            auto_routes=engine.auto_approved_routes,
-        )
-        state.refresh_auto_approvals()  # the policy is in force now: autoApprovers apply
-        return state, engine, text
+        return assembly.build_core(self._config, self.host.hooks, self.storage, snap)
 
     def build_dns(self, snap: Snapshot) -> DnsSettings:
-        """The DNS settings in force, as at start-up: the config file's section or the stored
-        replacement, and the records of dns.extra_records_path (a bad file refuses the start)."""
-        dns = DnsSettings(self._config, self.storage, snap.settings)
-        dns.open_records_file()
-        return dns
+        """The DNS settings in force, as at start-up (``assembly.build_dns``)."""
+        return assembly.build_dns(self._config, self.storage, snap)
 
     async def _bind_main(self) -> Listener:
         cfg = self._config
@@ -428,34 +226,8 @@ class Server:
     async def _start_admin(self) -> None:
         from meshscale.api.admin import create_admin_app  # noqa: PLC0415
 
-        path = self.admin_socket_path
-        files.private_dir(path.parent)
-        if self._admin_socket_is_stale():
-            path.unlink()  # left behind by a server that died: nobody answers on it
-        app = create_admin_app(self)
-        front = FrontDoor(X25519PrivateKey.generate(), _no_control, app)
-        admin = await asyncio.start_unix_server(front, str(path))
-        st = path.stat()
-        self._admin_inode = (st.st_dev, st.st_ino)
-        os.chmod(path, int(self._config.unix_socket_permission, 8))
-        self.listeners.append(admin)
-
-    def _admin_socket_is_stale(self) -> bool:
-        """False if there is no socket file; refuses a file that is no socket, or a socket
-        another server answers on (its path may lie outside our data directory)."""
-        path = self.admin_socket_path
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISSOCK(mode):
-            raise MeshscaleError(f"refusing to start: unix_socket {path} exists and is not "
-                                 "a socket; remove it or set unix_socket to another path")
-        if _socket_answers(path):
-            raise MeshscaleError(
-                f"refusing to start: the admin socket {path} belongs to another running "
-                "server; stop it, or set unix_socket to another path")
-        return True
+        assert self._admin is not None
+        self.listeners.append(await self._admin.serve(create_admin_app(self)))
 
     @property
     def admin_socket_path(self) -> Path:
@@ -571,32 +343,7 @@ class Server:
                 log.exception("a plugin failed to shut down cleanly")
         if self.storage is not None:
             self.storage.close()
-        self._remove_admin_socket()
+        if self._admin is not None:
+            self._admin.remove()
         if self._lock is not None:
             self._lock.release()
-
-    def _remove_admin_socket(self) -> None:
-        """Unlink the admin socket only if it is still the one this server made: never the
-        socket of another server (one started later on the same path, or a refused start)."""
-        if self._admin_inode is None:
-            return
-        path = self.admin_socket_path
-        with contextlib.suppress(FileNotFoundError):
-            st = path.stat()
-            if (st.st_dev, st.st_ino) == self._admin_inode:
-                path.unlink()
-        self._admin_inode = None
-
-
-def _socket_answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-        return True
-
-
-async def _no_control(req: Any, resp: Any) -> None:
-    await resp.send(404, b"not a control endpoint\n", "text/plain")

@@ -23,8 +23,6 @@ MAX_LINES = 400
 LONG_MODULES: dict[str, str] = {
     "meshscale.plugins.policy.parse": "the policy grammar: every section's validation with "
     "Tailscale's wording; its helpers are shared by all sections",
-    "meshscale.server": "the composition root: start-up order, policy install and shutdown "
-    "are one sequence best read top to bottom",
     "meshscale.bench.scenarios": "the benchmark scenarios, each a short independent function "
     "sharing the fleet set-up",
     "meshscale.plugins.derp.relay": "the sans-IO DERP relay state machine; its frame handlers "
@@ -48,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("meshscale.control",),
     ("meshscale.transport", "meshscale.web", "meshscale.api", "meshscale.tls",
      "meshscale.workers"),
-    ("meshscale.server",),
+    ("meshscale.server", "meshscale.serverparts", "meshscale.assembly"),
     ("meshscale.cli", "meshscale.bench"),
 ]
 
