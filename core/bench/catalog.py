@@ -1,13 +1,15 @@
 """Every benchmark scenario by the name ``meshscale bench`` takes (soak lives in its own module
-and builds on the shared fleet set-up of scenarios, so the list is here, above both)."""
+and builds on the shared fleet set-up of harness.py, so the list is here, above all of them)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from meshscale.bench.churn import churn
 from meshscale.bench.floor import floor
-from meshscale.bench.scenarios import churn, fanout, memory, policy, register, storm
+from meshscale.bench.policychange import policy
+from meshscale.bench.scenarios import fanout, memory, register, storm
 from meshscale.bench.shards import shards
 from meshscale.bench.soak import soak
 

@@ -25,7 +25,7 @@ import h2.events
 import h2.exceptions
 
 from meshscale.bench.fleet import Fleet, Member, percentiles
-from meshscale.bench.scenarios import Bench, settle
+from meshscale.bench.harness import Bench, settle
 from meshscale.simclient import ControlConnection
 
 ATTACKER = "127.0.0.2"

@@ -3,7 +3,7 @@
 The same dataclasses hold the config file's section and what the admin API stores; the same
 ``check`` refuses bad values from either, naming the key
 (``dns.nameservers.split.corp.example[1]``).
-No I/O here: config.py and the API both call it.
+No I/O here: the config's checks (configcheck.py) and the API both call it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ MAX_MESSAGE = 8 << 20  # any one message, type byte included
 DATA_CHUNK = 4 << 20  # a larger response body is sent as several DATA messages
 MAX_ADOPTION = 128 << 10  # Noise initiation plus the bytes read after the request head
 # A request travels whole in one REQUEST message: its body may be this big (the rest of the
-# message is the head, which HTTP/2's header limits keep far smaller). config.py refuses a
+# message is the head, which HTTP/2's header limits keep far smaller). configcheck.py refuses a
 # limits.max_body_bytes above it when workers are on.
 MAX_REQUEST_BODY = MAX_MESSAGE - (1 << 20)
 KEY = struct.Struct("<II")  # (connection id, stream id): a stream's key

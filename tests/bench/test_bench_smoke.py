@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshscale.bench import scenarios
+from meshscale.bench import churn, harness, policychange, scenarios
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,13 +32,13 @@ async def test_fanout_small() -> None:
 
 
 async def test_policy_small() -> None:
-    out = await scenarios.policy(nodes=20, events=1)
+    out = await policychange.policy(nodes=20, events=1)
     assert out["affected_nodes"] == 4 and out["all_updated_s"] > 0
 
 
 async def test_restrictive_policy_runs() -> None:
     # 32 members: users u0-u5 with three devices each (teams 0-5), two servers per team.
-    out = await scenarios.policy(nodes=32, events=1, policy="restrictive")
+    out = await policychange.policy(nodes=32, events=1, policy="restrictive")
     # u0's three devices lose team 0's two servers, and those servers lose them.
     assert out["policy"] == "restrictive" and out["affected_nodes"] == 5
     fan = await scenarios.fanout(nodes=32, events=6, policy="restrictive")
@@ -48,7 +48,7 @@ async def test_restrictive_policy_runs() -> None:
 
 
 async def test_churn_small() -> None:
-    out = await scenarios.churn(nodes=10, events=20, rate=20.0)
+    out = await churn.churn(nodes=10, events=20, rate=20.0)
     assert out["failed_events"] == 0 and out["latency_max_ms"] > 0
 
 
@@ -99,7 +99,7 @@ async def test_shards_small() -> None:
 
 
 async def test_bench_removes_its_server_directory() -> None:
-    async with scenarios.Bench(["sqlite"]) as b:
+    async with harness.Bench(["sqlite"]) as b:
         folder = b.server.dir
         assert (folder / "config.yaml").exists()
     assert not folder.exists()

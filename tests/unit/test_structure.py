@@ -23,8 +23,6 @@ MAX_LINES = 400
 LONG_MODULES: dict[str, str] = {
     "meshscale.plugins.policy.parse": "the policy grammar: every section's validation with "
     "Tailscale's wording; its helpers are shared by all sections",
-    "meshscale.bench.scenarios": "the benchmark scenarios, each a short independent function "
-    "sharing the fleet set-up",
     "meshscale.plugins.derp.relay": "the sans-IO DERP relay state machine; its frame handlers "
     "share the connection tables",
     "meshscale.control.h2conn": "the HTTP/2-over-Noise adapter: one connection's event loop "
