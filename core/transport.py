@@ -33,13 +33,13 @@ from meshscale import websocket
 from meshscale.config import LimitsConfig
 from meshscale.contributions import UpgradeRequest, UpgradeRoute
 from meshscale.control.framing import RAW, Framing
-from meshscale.control.h2conn import NoiseH2Connection
+from meshscale.control.h2conn import NoiseH2Connection, linger
 from meshscale.control.request import Handler
 from meshscale.errors import ProtocolError
 from meshscale.limits import ConnectionTable, Refusal, Slot, SummaryLog
 from meshscale.noise import handshake
 from meshscale.noise.records import RecordDecoder, RecordEncoder
-from meshscale.workers.handover import hand_over
+from meshscale.workers.handover import EARLY_DATA, early_data, hand_over
 from meshscale.workers.link import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -314,6 +314,10 @@ class FrontDoor:
                 init, switching, framing = ws.init, ws.response, ws.framing
             else:
                 init, switching = _raw_upgrade(head, upgrade)
+                if self.workers is not None and early_data(reader):
+                    writer.write(plain_response(400, "Bad Request", EARLY_DATA))
+                    await linger(reader, writer)  # so that the client reads it (no RST)
+                    return
                 if self.workers is not None and await hand_over(
                         self.workers, init, head.rest, writer,
                         None if slot is None else (

@@ -530,7 +530,7 @@ class NoiseH2Connection:
                 last = self.framing.goodbye()
                 if last and not self.writer.transport.is_closing():
                     self.writer.write(last)
-                await self._linger()
+                await linger(self.reader, self.writer)
         finally:
             with contextlib.suppress(Exception):
                 self.writer.close()
@@ -538,17 +538,19 @@ class NoiseH2Connection:
                 # forever.
                 self._loop.call_later(5.0, self.writer.transport.abort)
 
-    async def _linger(self) -> None:
-        """FIN after what we wrote, then discard input (bounded) so that closing sends no RST
-        that would destroy our last frames in the client's buffer (see LINGER)."""
-        transport = self.writer.transport
-        if transport.is_closing() or not self.writer.can_write_eof():
-            return
-        self.writer.write_eof()
-        discarded = 0
+
+
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """FIN after what we wrote, then discard input (bounded) so that closing sends no RST that
+    would destroy our last bytes in the client's buffer before it read them (see LINGER)."""
+    if writer.transport.is_closing() or not writer.can_write_eof():
+        return
+    writer.write_eof()
+    discarded = 0
+    with contextlib.suppress(TimeoutError, ConnectionError):
         async with asyncio.timeout(LINGER):
             while discarded < LINGER_BYTES:
-                data = await self.reader.read(READ_CHUNK)
+                data = await reader.read(READ_CHUNK)
                 if not data:
                     return
                 discarded += len(data)

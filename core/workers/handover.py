@@ -7,6 +7,21 @@ from collections.abc import Callable
 
 from meshscale.workers.link import WorkerPool
 
+# What a client that sent over 64 KiB after its plain /ts2021 upgrade request is told when the
+# connection would go to a worker. A Noise IK initiator has no transport keys before our
+# response, so an honest client sends nothing there.
+EARLY_DATA = ("data sent after the /ts2021 upgrade request, before the server's handshake "
+              "response; a Tailscale client sends nothing until it has the response")
+
+
+def early_data(reader: asyncio.StreamReader) -> bool:
+    """True if ``reader`` holds bytes beyond what read_head returned (``head.rest``): they would
+    not reach a worker (only ``rest`` and the kernel's bytes do), so the caller refuses the
+    connection rather than hand it over short of them. asyncio has no public way to see what a
+    StreamReader holds; nothing awaits between this check and hand_over's pause_reading, so
+    nothing more arrives in between."""
+    return len(reader._buffer) > 0  # type: ignore[attr-defined]
+
 
 async def hand_over(pool: WorkerPool, init: bytes, rest: bytes, writer: asyncio.StreamWriter,
                     on_busy: Callable[[bool], None] | None,
@@ -22,10 +37,9 @@ async def hand_over(pool: WorkerPool, init: bytes, rest: bytes, writer: asyncio.
             or not isinstance(transport, asyncio.Transport)):
         return False
     # From now on the socket's bytes are the worker's. ``rest`` is what read_head read past the
-    # head; the reader may buffer more if the client sent over 64 KiB at once, and those bytes
-    # are dropped here. No honest client sends them: a Noise IK initiator has no transport keys
-    # before our response, so such bytes can only be garbage, which breaks only that client's
-    # own connection (its records fail to open), as they would in the owner.
+    # head (at most its 64 KiB read) and travels with the socket; what is still in the kernel
+    # stays there for the worker. The caller has refused a connection whose reader buffered
+    # more than ``rest`` (early_data, above): those bytes would be lost in between.
     transport.pause_reading()
     remote = pool.adopt(sock, init, rest, on_busy, on_success)
     if remote is None:

@@ -302,6 +302,30 @@ async def test_tls_on_the_main_listener_stays_in_the_owner(
     writer.close()
 
 
+async def test_data_past_64k_after_the_upgrade_is_refused_not_dropped(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """A client that sends over 64 KiB after its /ts2021 upgrade request (no honest client sends
+    any) is refused with a 400 saying so: the bytes the front door's reader held beyond what
+    read_head returned would otherwise be dropped on the way to the worker."""
+    from meshscale.transport import EARLY_DATA
+
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=1)
+    assert server.workers is not None and server.front is not None
+    machine = X25519PrivateKey.generate()
+    init, _, _ = make_initiation(machine, public_bytes(server.front.noise_key), CAPVER)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.main_port)
+    writer.write(upgrade_request("127.0.0.1", server.main_port, init) + b"\x17" * (200 << 10))
+    answer = await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    assert EARLY_DATA.encode() in answer
+    assert [len(link.conns) for link in server.workers.links] == [0]
+    writer.close()
+    # An honest client is still handed over.
+    node, _stream, first = await join(server, _key(server), "a")
+    assert first is not None and [len(link.conns) for link in server.workers.links] == [1]
+    await node.conn.close()
+
+
 async def test_a_stalled_worker_does_not_grow_the_owners_buffer(
         meshscale_server_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """A fan-out storm towards a worker that reads nothing (stopped here) stops at the owner's
