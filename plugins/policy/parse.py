@@ -1,14 +1,15 @@
 """Policy text -> validated ``Policy``. Every refusal is a PolicyError naming where it happened.
 
 The rules follow what Tailscale's control plane accepts and refuses (the conformance corpus is
-the reference); messages reuse its wording where it has one.
+the reference); messages reuse its wording where it has one. This module holds the sections
+(groups, hosts, tagOwners, acls, grants, ssh, nodeAttrs, autoApprovers, tests) and the aliases
+they share; the leaf values (ports, protocols, durations, prefixes) are ``values.py``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshscale.errors import PolicyError
@@ -26,12 +27,21 @@ from meshscale.plugins.policy.model import (
     SSHRule,
     SSHTest,
 )
+from meshscale.plugins.policy.values import (
+    PORT_PROTOCOLS,
+    as_list,
+    as_str,
+    check_tag_name,
+    obj_fields,
+    parse_duration,
+    parse_ip_spec,
+    parse_ports,
+    parse_prefix,
+    parse_proto,
+    split_host_port,
+    str_list,
+)
 
-PROTOCOLS: dict[str, int] = {
-    "icmp": 1, "igmp": 2, "ipv4": 4, "ip-in-ip": 4, "tcp": 6, "egp": 8, "igp": 9, "udp": 17,
-    "gre": 47, "esp": 50, "ah": 51, "ipv6-icmp": 58, "sctp": 132, "fc": 133,
-}
-PORT_PROTOCOLS = frozenset({6, 17, 132})
 AUTOGROUPS = frozenset(
     {"internet", "member", "nonroot", "tagged", "self", "danger-all", "admin", "owner"}
 )
@@ -52,116 +62,6 @@ TOP_LEVEL = {
     "groups", "hosts", "tagowners", "acls", "grants", "ssh", "nodeattrs", "autoapprovers",
     "tests", "sshtests", "randomizeclientport",
 }
-_DURATION = re.compile(r"^[-+]?(\d+(\.\d*)?(ns|us|µs|ms|s|m|h))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-
-
-def _fields(obj: Any, loc: str, allowed: Iterable[str]) -> dict[str, Any]:
-    """Lower-case the keys of a JSON object (Tailscale matches them case-insensitively),
-    drop ``#``-prefixed annotation keys and refuse unknown ones."""
-    if not isinstance(obj, dict):
-        raise PolicyError(loc, "must be an object")
-    allowed_set = set(allowed)
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key.startswith("#"):
-            continue
-        low = key.lower()
-        if low not in allowed_set:
-            raise PolicyError(f"{loc}.{key}" if loc else key, "unknown field")
-        out[low] = value
-    return out
-
-
-def _strings(value: Any, loc: str, *, allow_null: bool = True) -> list[str]:
-    if value is None and allow_null:
-        return []
-    if not isinstance(value, list):
-        raise PolicyError(loc, "must be a list of strings")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise PolicyError(f"{loc}[{i}]", "must be a string")
-    return list(value)
-
-
-def parse_duration(text: str) -> float:
-    """Go ``time.ParseDuration`` (what Tailscale uses for checkPeriod), in seconds."""
-    if text in ("0", "+0", "-0"):
-        return 0.0
-    if not _DURATION.match(text):
-        raise ValueError(f'time: invalid duration "{text}"')
-    total = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-    return -total if text.startswith("-") else total
-
-
-def parse_ports(text: str) -> tuple[PortRange, ...]:
-    """``*``, ``22``, ``80-443`` or a comma list of those. Raises ValueError with the reason."""
-    if text == "*":
-        return ALL_PORTS
-    out: list[PortRange] = []
-    for part in text.split(","):
-        if "-" in part:
-            bounds = [b for b in part.split("-") if b != ""]
-            if len(bounds) != 2:
-                raise ValueError("invalid port range format")
-            first, last = _port(bounds[0]), _port(bounds[1])
-            if first > last:
-                raise ValueError("invalid port range: first port is greater than last port")
-            out.append((first, last))
-        else:
-            port = _port(part)
-            if port < 1:
-                raise ValueError("first port must be >0, or use '*' for wildcard")
-            out.append((port, port))
-    return tuple(out)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError("invalid first integer")
-    value = int(text)
-    if value > 65535:
-        raise ValueError("port number out of range")
-    return value
-
-
-def parse_proto(text: str, loc: str) -> tuple[int, ...]:
-    """A protocol name or IANA number; "" means the client's default set."""
-    low = text.strip().lower()
-    if low == "":
-        return ()
-    if low in PROTOCOLS:
-        return (PROTOCOLS[low],)
-    if low == "*":
-        raise PolicyError(loc, 'proto name "*" not known; use a protocol number 0-255 or name')
-    if not low.isdigit():
-        raise PolicyError(loc, f"invalid protocol {text!r}: use a known name or a number 0-255")
-    if low.startswith("0"):
-        raise PolicyError(loc, f"leading 0 not permitted in protocol number {text!r}")
-    number = int(low)
-    if number > 255:
-        raise PolicyError(loc, f"protocol number {number} out of range (0-255)")
-    return (number,)
-
-
-def split_host_port(text: str) -> tuple[str, str]:
-    """``alias:ports`` -> (alias, ports); IPv6 may be bracketed (``[fd7a::1]:80``)."""
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise ValueError("square brackets are only valid around IPv6 addresses")
-        host = text[1:close]
-        try:
-            if ipaddress.ip_address(host).version != 6:
-                raise ValueError
-        except ValueError:
-            raise ValueError("square brackets are only valid around IPv6 addresses") from None
-        text = host + text[close + 1 :]
-    idx = text.rfind(":")
-    if idx <= 0 or idx == len(text) - 1:
-        raise ValueError("must have the form alias:ports")
-    return text[:idx], text[idx + 1 :]
 
 
 class _Parser:
@@ -225,7 +125,7 @@ class _Parser:
         self, value: Any, loc: str, check: Callable[[Alias, str], None] | None = None
     ) -> tuple[Alias, ...]:
         out = []
-        for i, text in enumerate(_strings(value, loc)):
+        for i, text in enumerate(str_list(value, loc)):
             a = self.alias(text, f"{loc}[{i}]")
             if check is not None:
                 check(a, f"{loc}[{i}]")
@@ -235,31 +135,32 @@ class _Parser:
     # -- sections -----------------------------------------------------------------------------
 
     def parse(self) -> Policy:
-        top = _fields(self.raw, "", TOP_LEVEL)
+        top = obj_fields(self.raw, "", TOP_LEVEL)
         self.parse_groups(top.get("groups"))
         self.parse_hosts(top.get("hosts"))
         self.parse_tag_owners(top.get("tagowners"))
         grants: list[Grant] = []
         acls = top.get("acls")
-        for i, acl in enumerate(_list(acls, "acls")):
+        for i, acl in enumerate(as_list(acls, "acls")):
             grants.extend(self.parse_acl(acl, f"acls[{i}]"))
-        for i, grant in enumerate(_list(top.get("grants"), "grants")):
+        for i, grant in enumerate(as_list(top.get("grants"), "grants")):
             grants.append(self.parse_grant(grant, f"grants[{i}]"))
         ssh = tuple(
-            self.parse_ssh(rule, f"ssh[{i}]") for i, rule in enumerate(_list(top.get("ssh"), "ssh"))
+            self.parse_ssh(rule, f"ssh[{i}]")
+            for i, rule in enumerate(as_list(top.get("ssh"), "ssh"))
         )
         attrs = tuple(
             self.parse_node_attr(na, f"nodeAttrs[{i}]")
-            for i, na in enumerate(_list(top.get("nodeattrs"), "nodeAttrs"))
+            for i, na in enumerate(as_list(top.get("nodeattrs"), "nodeAttrs"))
         )
         routes, exit_node = self.parse_auto_approvers(top.get("autoapprovers"))
         tests = tuple(
             self.parse_test(t, f"tests[{i}]")
-            for i, t in enumerate(_list(top.get("tests"), "tests"))
+            for i, t in enumerate(as_list(top.get("tests"), "tests"))
         )
         ssh_tests = tuple(
             self.parse_ssh_test(t, f"sshTests[{i}]")
-            for i, t in enumerate(_list(top.get("sshtests"), "sshTests"))
+            for i, t in enumerate(as_list(top.get("sshtests"), "sshTests"))
         )
         rcp = top.get("randomizeclientport", False)
         if not isinstance(rcp, bool):
@@ -295,7 +196,7 @@ class _Parser:
         # Tailscale refuses any group inside a group (so cycles cannot happen); report the
         # deepest parent first, as it does.
         for name in sorted(value, reverse=True):
-            members = _strings(value[name], f'groups["{name}"]', allow_null=False)
+            members = str_list(value[name], f'groups["{name}"]', allow_null=False)
             for member in members:
                 if member.strip().startswith("group:"):
                     raise PolicyError(
@@ -323,7 +224,7 @@ class _Parser:
             if not isinstance(addr, str):
                 raise PolicyError(loc, "must be an IP address or prefix")
             try:
-                self.hosts[name] = _prefix(addr)
+                self.hosts[name] = parse_prefix(addr)
             except ValueError as exc:
                 raise PolicyError(loc, f"invalid address {addr!r}: {exc}") from None
             self.host_text[name] = addr
@@ -334,12 +235,12 @@ class _Parser:
         if not isinstance(value, dict):
             raise PolicyError("tagOwners", "must be an object")
         for tag in value:
-            _check_tag_name(tag, f'tagOwners["{tag}"]')
+            check_tag_name(tag, f'tagOwners["{tag}"]')
             self.tags[tag] = ()
         for tag, owners in value.items():
             loc = f'tagOwners["{tag}"]'
             out = []
-            for i, owner in enumerate(_strings(owners, loc)):
+            for i, owner in enumerate(str_list(owners, loc)):
                 a = self.alias(owner, f"{loc}[{i}]")
                 if a.kind not in ("user", "group", "tag") and not (
                     a.kind == "autogroup" and a.name in ("autogroup:admin", "autogroup:owner")
@@ -349,14 +250,14 @@ class _Parser:
             self.tags[tag] = tuple(out)
 
     def parse_acl(self, value: Any, loc: str) -> list[Grant]:
-        acl = _fields(value, loc, ("action", "src", "dst", "proto", "users", "ports"))
+        acl = obj_fields(value, loc, ("action", "src", "dst", "proto", "users", "ports"))
         if acl.get("action") != "accept":
             raise PolicyError(f"{loc}.action", f"action={acl.get('action')!r} is not supported")
-        protos = parse_proto(_str(acl.get("proto", ""), f"{loc}.proto"), f"{loc}.proto")
+        protos = parse_proto(as_str(acl.get("proto", ""), f"{loc}.proto"), f"{loc}.proto")
         src = self.aliases(acl.get("src"), f"{loc}.src", self.check_src)
         grants = []
         dsts: list[tuple[Alias, tuple[PortRange, ...], str]] = []
-        for i, text in enumerate(_strings(acl.get("dst"), f"{loc}.dst")):
+        for i, text in enumerate(str_list(acl.get("dst"), f"{loc}.dst")):
             dloc = f"{loc}.dst[{i}]"
             try:
                 host, ports_text = split_host_port(text.strip())
@@ -405,7 +306,7 @@ class _Parser:
                 )
 
     def parse_grant(self, value: Any, loc: str) -> Grant:
-        g = _fields(value, loc, ("src", "dst", "ip", "app", "via", "srcposture"))
+        g = obj_fields(value, loc, ("src", "dst", "ip", "app", "via", "srcposture"))
         src = self.aliases(g.get("src"), f"{loc}.src", self.check_src)
         dst = self.aliases(g.get("dst"), f"{loc}.dst", self.check_dst)
         for i, a in enumerate(dst):
@@ -415,8 +316,8 @@ class _Parser:
                     f'dst "{a.name}": to allow all IP addresses, use "*" or "autogroup:internet"',
                 )
         ips: list[IPSpec] = []
-        for i, text in enumerate(_strings(g.get("ip"), f"{loc}.ip")):
-            ips.append(_ip_spec(text.strip(), f"{loc}.ip[{i}]"))
+        for i, text in enumerate(str_list(g.get("ip"), f"{loc}.ip")):
+            ips.append(parse_ip_spec(text.strip(), f"{loc}.ip[{i}]"))
         app_raw = g.get("app")
         app: list[tuple[str, Any]] = []
         if app_raw is not None:
@@ -438,7 +339,7 @@ class _Parser:
         if app and any(a.name == "autogroup:internet" for a in dst):
             raise PolicyError(f"{loc}.dst", "cannot use app grants with autogroup:internet")
         via: list[str] = []
-        for i, raw_tag in enumerate(_strings(g.get("via"), f"{loc}.via")):
+        for i, raw_tag in enumerate(str_list(g.get("via"), f"{loc}.via")):
             tag = raw_tag.strip()
             if not tag.startswith("tag:"):
                 raise PolicyError(f"{loc}.via[{i}]", "via can only be a tag")
@@ -450,14 +351,14 @@ class _Parser:
         return Grant(loc, src, dst, tuple(ips), tuple(app), tuple(via))
 
     def parse_ssh(self, value: Any, loc: str) -> SSHRule:
-        r = _fields(value, loc, ("action", "src", "dst", "users", "checkperiod", "acceptenv"))
+        r = obj_fields(value, loc, ("action", "src", "dst", "users", "checkperiod", "acceptenv"))
         action = r.get("action")
         if action is None or (isinstance(action, str) and action.strip() == ""):
             raise PolicyError(f"{loc}.action", "action must be specified")
         if not isinstance(action, str) or action.strip() not in ("accept", "check"):
             raise PolicyError(f"{loc}.action", f"{action!r} is not a valid action")
         action = action.strip()
-        users = [u.strip() for u in _strings(r.get("users"), f"{loc}.users")]
+        users = [u.strip() for u in str_list(r.get("users"), f"{loc}.users")]
         if not users:
             raise PolicyError(f"{loc}.users", "users must be specified")
         for i, user in enumerate(users):
@@ -466,7 +367,7 @@ class _Parser:
             if user.startswith("localpart:*@") and user != "localpart:*@":
                 self.check_domain(user[len("localpart:*@") :], f"{loc}.users[{i}]",
                                   "user:*@<domain>")
-        env = _strings(r.get("acceptenv"), f"{loc}.acceptEnv")
+        env = str_list(r.get("acceptenv"), f"{loc}.acceptEnv")
         for i, e in enumerate(env):
             if e == "":
                 raise PolicyError(f"{loc}.acceptEnv[{i}]", "acceptEnv values cannot be empty")
@@ -528,14 +429,14 @@ class _Parser:
                 raise PolicyError(f"{loc}.dst", "tags in SSH source cannot access autogroup:member")
 
     def parse_node_attr(self, value: Any, loc: str) -> NodeAttr:
-        na = _fields(value, loc, ("target", "attr", "ippool"))
+        na = obj_fields(value, loc, ("target", "attr", "ippool"))
 
         def check(a: Alias, aloc: str) -> None:
             if a.kind == "autogroup" and a.name[len("autogroup:") :] not in NODEATTR_AUTOGROUPS:
                 raise PolicyError(aloc, f"{a.name} is not supported as a nodeAttrs target")
 
         targets = []
-        for i, text in enumerate(_strings(na.get("target"), f"{loc}.target")):
+        for i, text in enumerate(str_list(na.get("target"), f"{loc}.target")):
             tloc = f"{loc}.target[{i}]"
             stripped = text.strip()
             # A bare word must be a host name; anything else is neither alias nor address.
@@ -548,8 +449,8 @@ class _Parser:
             a = self.alias(text, tloc)
             check(a, tloc)
             targets.append(a)
-        attrs = tuple(a.strip() for a in _strings(na.get("attr"), f"{loc}.attr"))
-        for i, text in enumerate(_strings(na.get("ippool"), f"{loc}.ipPool")):
+        attrs = tuple(a.strip() for a in str_list(na.get("attr"), f"{loc}.attr"))
+        for i, text in enumerate(str_list(na.get("ippool"), f"{loc}.ipPool")):
             ploc = f"{loc}.ipPool[{i}]"
             try:
                 pool = AddrSet.parse(text)
@@ -566,7 +467,7 @@ class _Parser:
     ) -> tuple[tuple[tuple[AddrSet, tuple[Alias, ...]], ...], tuple[Alias, ...]]:
         if value is None:
             return (), ()
-        aa = _fields(value, "autoApprovers", ("routes", "exitnode"))
+        aa = obj_fields(value, "autoApprovers", ("routes", "exitnode"))
         routes = []
         raw_routes = aa.get("routes") or {}
         if not isinstance(raw_routes, dict):
@@ -574,7 +475,7 @@ class _Parser:
         for prefix, approvers in raw_routes.items():
             loc = f'autoApprovers.routes["{prefix}"]'
             try:
-                net = _prefix(prefix)
+                net = parse_prefix(prefix)
             except ValueError as exc:
                 raise PolicyError(loc, f"invalid prefix: {exc}") from None
             routes.append((net, self.approvers(approvers, loc)))
@@ -583,7 +484,7 @@ class _Parser:
 
     def approvers(self, value: Any, loc: str) -> tuple[Alias, ...]:
         out = []
-        for i, text in enumerate(_strings(value, loc)):
+        for i, text in enumerate(str_list(value, loc)):
             a = self.alias(text, f"{loc}[{i}]")
             if a.kind not in ("user", "group", "tag") and a.name != "autogroup:member":
                 raise PolicyError(f"{loc}[{i}]", f"invalid auto approver {text!r}")
@@ -591,18 +492,18 @@ class _Parser:
         return tuple(out)
 
     def parse_test(self, value: Any, loc: str) -> PolicyTest:
-        t = _fields(value, loc, ("src", "proto", "accept", "deny"))
+        t = obj_fields(value, loc, ("src", "proto", "accept", "deny"))
         return PolicyTest(
             loc,
-            _str(t.get("src", ""), f"{loc}.src"),
-            _str(t.get("proto", ""), f"{loc}.proto"),
-            tuple(_strings(t.get("accept"), f"{loc}.accept")),
-            tuple(_strings(t.get("deny"), f"{loc}.deny")),
+            as_str(t.get("src", ""), f"{loc}.src"),
+            as_str(t.get("proto", ""), f"{loc}.proto"),
+            tuple(str_list(t.get("accept"), f"{loc}.accept")),
+            tuple(str_list(t.get("deny"), f"{loc}.deny")),
         )
 
     def parse_ssh_test(self, value: Any, loc: str) -> SSHTest:
-        t = _fields(value, loc, ("src", "dst", "accept", "deny", "check"))
-        dsts = tuple(d.strip() for d in _strings(t.get("dst"), f"{loc}.dst"))
+        t = obj_fields(value, loc, ("src", "dst", "accept", "deny", "check"))
+        dsts = tuple(d.strip() for d in str_list(t.get("dst"), f"{loc}.dst"))
         for i, d in enumerate(dsts):
             dloc = f"{loc}.dst[{i}]"
             if d == "autogroup:internet":
@@ -617,61 +518,12 @@ class _Parser:
                 raise PolicyError(dloc, f'SSH tests dst contains disallowed element "{d}"')
         return SSHTest(
             loc,
-            _str(t.get("src", ""), f"{loc}.src").strip(),
+            as_str(t.get("src", ""), f"{loc}.src").strip(),
             dsts,
-            tuple(u.strip() for u in _strings(t.get("accept"), f"{loc}.accept")),
-            tuple(u.strip() for u in _strings(t.get("deny"), f"{loc}.deny")),
-            tuple(u.strip() for u in _strings(t.get("check"), f"{loc}.check")),
+            tuple(u.strip() for u in str_list(t.get("accept"), f"{loc}.accept")),
+            tuple(u.strip() for u in str_list(t.get("deny"), f"{loc}.deny")),
+            tuple(u.strip() for u in str_list(t.get("check"), f"{loc}.check")),
         )
-
-
-def _list(value: Any, loc: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise PolicyError(loc, "must be a list")
-    return value
-
-
-def _str(value: Any, loc: str) -> str:
-    if not isinstance(value, str):
-        raise PolicyError(loc, "must be a string")
-    return value
-
-
-def _prefix(text: str) -> AddrSet:
-    text = text.strip()
-    if "/" in text:
-        ipaddress.ip_network(text, strict=False)
-    else:
-        ipaddress.ip_address(text)
-    return AddrSet.parse(text)
-
-
-def _check_tag_name(tag: str, loc: str) -> None:
-    if not tag.startswith("tag:"):
-        raise PolicyError(loc, "tag names must start with 'tag:'")
-    rest = tag[len("tag:") :]
-    if not rest or not ("a" <= rest[0] <= "z" or "A" <= rest[0] <= "Z"):
-        raise PolicyError(loc, "tag names must start with a letter, after 'tag:'")
-
-
-def _ip_spec(text: str, loc: str) -> IPSpec:
-    if text == "*":
-        return IPSpec((), ((0, 65535),))
-    proto = ""
-    ports_text = text
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 2:
-            raise PolicyError(loc, "expected only one colon in Internet protocol and port type")
-        proto, ports_text = parts
-    protos = parse_proto(proto, loc)
-    try:
-        ports = parse_ports(ports_text)
-    except ValueError as exc:
-        raise PolicyError(loc, f'port range "{ports_text}": {exc}') from None
-    return IPSpec(protos, ports)
 
 
 def parse_policy(text: str, domains: frozenset[str] | None = None) -> Policy:

@@ -13,9 +13,10 @@ from meshscale.errors import PolicyError
 from meshscale.plugins.policy.addrset import ALL, INTERNET, TAILNET, AddrSet
 from meshscale.plugins.policy.compile import CompiledGrant
 from meshscale.plugins.policy.model import Alias, Policy, PolicyTest, SSHTest
-from meshscale.plugins.policy.parse import _Parser, parse_ports, parse_proto, split_host_port
+from meshscale.plugins.policy.parse import _Parser
 from meshscale.plugins.policy.resolve import Resolver
 from meshscale.plugins.policy.tailnet import NodeInfo
+from meshscale.plugins.policy.values import parse_ports, parse_proto, split_host_port
 
 DEFAULT_PROTOS = frozenset({1, 6, 17, 58})
 

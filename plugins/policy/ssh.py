@@ -13,9 +13,9 @@ from typing import Any
 
 from meshscale.plugins.policy.addrset import AddrSet
 from meshscale.plugins.policy.model import SSHRule
-from meshscale.plugins.policy.parse import parse_duration
 from meshscale.plugins.policy.resolve import Resolver
 from meshscale.plugins.policy.tailnet import NodeInfo
+from meshscale.plugins.policy.values import parse_duration
 
 ACCEPT_ACTION: dict[str, Any] = {
     "accept": True,
