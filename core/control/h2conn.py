@@ -5,7 +5,9 @@ Each request runs in its own task; responses honour HTTP/2 flow control, so a sl
 only its own streams. What a client can hold is bounded (``limits`` in the config): streams,
 frame size, unfinished body bytes per stream and per connection (through the flow-control window
 we grant), resets per time window, and deadlines for the HTTP/2 preface, each request body, and
-a session with no open request.
+a session with no open request. This module is the reading side and the connection's lifetime
+(input, limits, deadlines, close); writing responses (flow control, sealing, the direct writer)
+is the base class in ``h2send.py``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import threading
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import h2.config
 import h2.connection
@@ -28,30 +26,17 @@ import h2.settings
 
 from meshscale.config import LimitsConfig
 from meshscale.control.framing import RAW, Framing
-from meshscale.control.h2data import LeanStream, lean_frames
 from meshscale.control.h2guard import FrameGuard, FrameSizeError, InboundBudget, WindowCounter
+from meshscale.control.h2send import H2Output, H2Stream, tune_transport
 from meshscale.control.h2slim import slim_settings
 from meshscale.control.request import ControlRequest, Handler, ResponseWriter, serve
 from meshscale.errors import ProtocolError
-from meshscale.noise.records import MAX_PLAINTEXT, RecordDecoder, RecordEncoder
+from meshscale.noise.records import RecordDecoder, RecordEncoder
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 65536
 WRITE_BUFFER_HIGH = 1 << 20  # stop reading while this much output waits for a slow reader
-# What a connection's transport keeps of our output while the kernel's socket buffer is full
-# (asyncio's default is 64 KiB). Past it, a map stream's deltas wait in its queue as shared
-# messages (a pointer each; a resync after MAX_BACKLOG) instead of as bytes per connection:
-# 64 KiB each allowed 640 MB at 10,000 lagging streams, and fragmented the heap (issue 19).
-TRANSPORT_HIGH = 16 << 10
-# The kernel's send buffer of a control connection. Left to autotuning, loopback and LAN
-# sockets grow to megabytes: a full map the kernel takes whole lets the full-map gate's drain
-# return at once, so in a storm every stream's map was handed over while the clients had read
-# little (issue 19: 10,000 at once held GBs). Fixed, the rest of a map waits in the transport,
-# the drain waits for the client, and FULL_MAPS_AT_ONCE bounds what is in flight. 256 KiB
-# still fills a 20 Mbit/s link at 100 ms round trip.
-SEND_BUFFER = 256 << 10
-SEND_CHUNK = 1 << 20  # at most this much of a response is framed and sealed per write
 # Closing a socket whose receive buffer holds unread bytes makes the kernel send RST, and a RST
 # makes the client's kernel discard what the client had not read yet: our GOAWAY (a client
 # flooding resets has its next frames in flight when we close). So close lingers: our side is
@@ -60,32 +45,8 @@ SEND_CHUNK = 1 << 20  # at most this much of a response is framed and sealed per
 LINGER = 2.0
 LINGER_BYTES = 1 << 20
 
-_local = threading.local()
 
-
-def _scratch() -> bytearray:
-    """This thread's buffer for the frames of one write: filled, sealed and done with before
-    anything else runs, so every connection of the thread's event loop can share it, and a
-    full map's frames cost no fresh allocation (issue 19)."""
-    buf: bytearray | None = getattr(_local, "scratch", None)
-    if buf is None:
-        # SEND_CHUNK of data in frames of at least 16 KiB, and what h2 had queued.
-        buf = _local.scratch = bytearray(SEND_CHUNK + (64 << 10))
-    return buf
-
-
-@dataclass(slots=True)
-class _Stream:
-    opened: float  # loop time: the body must be complete by opened + body_timeout
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytearray = field(default_factory=bytearray)
-    task: asyncio.Task[None] | None = None
-    window: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: bool = False  # the client sent END_STREAM (or we stopped reading the body)
-    credit: int = 0  # stream-level window to give back after this batch of frames
-
-
-class NoiseH2Connection:
+class NoiseH2Connection(H2Output):
     def __init__(
         self,
         reader: asyncio.StreamReader,
@@ -103,11 +64,7 @@ class NoiseH2Connection:
         self.reader = reader
         self.framing = framing
         self.writer = writer
-        writer.transport.set_write_buffer_limits(high=TRANSPORT_HIGH)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        tune_transport(writer)
         self.decoder = decoder
         self.encoder = encoder
         self.machine_key = machine_key
@@ -123,7 +80,7 @@ class NoiseH2Connection:
                                         validate_outbound_headers=False,
                                         normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config=cfg)
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, H2Stream] = {}
         self.conn_window = asyncio.Event()
         self.closed = False
         self.guard = FrameGuard(self.limits.max_frame_size)
@@ -138,124 +95,6 @@ class NoiseH2Connection:
         self._slim = False
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
-
-    # -- output --------------------------------------------------------------------------------
-
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data and not self.closed:
-            self.writer.write(self.framing.wrap(self.encoder.encode(data)))
-
-    def stream_open(self, stream_id: int) -> bool:
-        return not self.closed and stream_id in self.streams
-
-    def send_headers(self, stream_id: int, headers: list[tuple[str, str]], end: bool) -> None:
-        if not self.stream_open(stream_id):
-            raise ConnectionResetError("stream closed")
-        self.h2.send_headers(stream_id, headers, end_stream=end)
-        self.flush()
-
-    def end_stream(self, stream_id: int) -> None:
-        if not self.stream_open(stream_id):
-            return
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
-            self.h2.end_stream(stream_id)
-        self.flush()
-
-    def abort(self) -> None:
-        """Close the socket now and free what it had not sent; the read loop then ends."""
-        self.closed = True
-        self.writer.transport.abort()
-
-    async def send_data(self, stream_id: int, data: bytes | Sequence[bytes]) -> None:
-        """Send ``data`` (one buffer, or parts sent as their concatenation: a full map's cached
-        chunks, never joined) on the stream as flow control allows."""
-        parts = deque(memoryview(p) for p in
-                      ((data,) if isinstance(data, (bytes, bytearray, memoryview)) else data)
-                      if len(p))
-        while parts:
-            st = self.streams.get(stream_id)
-            if self.closed or st is None:
-                raise ConnectionResetError("stream closed")
-            # Every frame the windows allow now, then one seal and one write for all of them:
-            # a full map is dozens of frames, and a write per frame cost a syscall each.
-            wire = self._frames(stream_id, parts)
-            if wire:
-                if not self.closed:
-                    self.writer.write(self.framing.wrap(wire))
-                continue
-            st.window.clear()
-            self.conn_window.clear()
-            waiters = [
-                asyncio.ensure_future(st.window.wait()),
-                asyncio.ensure_future(self.conn_window.wait()),
-            ]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
-        await self.writer.drain()
-
-    def direct_writer(self, stream_id: int) -> Callable[[bytes], bool] | None:
-        """A function writing ``data`` to the open stream ``stream_id`` as one DATA frame at
-        once, without waiting, if nothing stands in the way: the stream still open, the windows
-        and the frame size take it whole, the socket not backed up. It returns False when it
-        sent nothing (the caller's task sends it instead). None: the stream is not open.
-
-        A fan-out to thousands of idle streams writes each delta from the mapper's loop this
-        way instead of waking one task per stream; the stream's h2 objects, the encoder and the
-        transport are looked up here once, not per delta (issue 19)."""
-        if self.closed or stream_id not in self.streams:
-            return None
-        try:
-            lean = LeanStream(self.h2, stream_id).data
-        except KeyError:
-            return None
-        streams = self.streams
-        transport = self.writer.transport
-        closing = transport.is_closing
-        buffered = transport.get_write_buffer_size
-        high = transport.get_write_buffer_limits()[1]
-        seal = self.encoder.seal
-        wrap = None if self.framing is RAW else self.framing.wrap
-        write = transport.write
-
-        def send(data: bytes) -> bool:
-            if self.closed or stream_id not in streams or closing() or buffered() > high:
-                return False
-            wire = lean(data)
-            if wire is None:
-                return False
-            record = seal(wire) if len(wire) <= MAX_PLAINTEXT else self.encoder.encode(wire)
-            write(record if wrap is None else wrap(record))
-            return True
-
-        return send
-
-    def _frames(self, stream_id: int, parts: deque[memoryview]) -> bytes | bytearray:
-        """Sealed records of DATA frames of the next bytes of ``parts`` (taken from it), as
-        far as flow control allows and at most SEND_CHUNK bytes; empty if none fit now.
-
-        The frames are built by lean_frames (h2's books kept, none of its per-frame objects)
-        into this thread's reused buffer, sealed from there; should it decline, h2's own
-        send_data decides, raising if the stream cannot take data."""
-        h2c = self.h2
-        buf, n = lean_frames(h2c, stream_id, parts, SEND_CHUNK, _scratch())
-        if n:
-            return self.encoder.encode(memoryview(buf)[:n])
-        room = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
-        if room <= 0:
-            return b""
-        chunk = bytearray()
-        while parts and len(chunk) < room:
-            part = parts.popleft()
-            take = min(len(part), room - len(chunk))
-            chunk += part[:take]
-            if take < len(part):
-                parts.appendleft(part[take:])
-        h2c.send_data(stream_id, bytes(chunk))
-        return self.encoder.encode(h2c.data_to_send())
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -396,7 +235,7 @@ class NoiseH2Connection:
         if room and not self.closed:
             self.h2.increment_flow_control_window(room)
 
-    def _open(self, stream_id: int, st: _Stream) -> None:
+    def _open(self, stream_id: int, st: H2Stream) -> None:
         if not self._slim:  # both sides' SETTINGS are in before a request (h2slim.py)
             slim_settings(self.h2)
             self._slim = True
@@ -405,7 +244,7 @@ class NoiseH2Connection:
         self.streams[stream_id] = st
         self._incomplete += 1
 
-    def _body_done(self, st: _Stream) -> None:
+    def _body_done(self, st: H2Stream) -> None:
         """No more body bytes will be read for this stream: it no longer counts as held."""
         if not st.ended:
             st.ended = True
@@ -413,7 +252,7 @@ class NoiseH2Connection:
             self.budget.released(len(st.body))
             st.body = bytearray()
 
-    def _drop(self, stream_id: int) -> _Stream | None:
+    def _drop(self, stream_id: int) -> H2Stream | None:
         st = self.streams.pop(stream_id, None)
         if st is not None:
             self._body_done(st)
@@ -450,9 +289,9 @@ class NoiseH2Connection:
             self._drop(stream_id)
 
     def _event(self, event: h2.events.Event) -> None:
-        st: _Stream | None
+        st: H2Stream | None
         if isinstance(event, h2.events.RequestReceived):
-            st = _Stream(opened=self._loop.time(),
+            st = H2Stream(opened=self._loop.time(),
                          headers={str(k): str(v) for k, v in event.headers or []})
             self._open(event.stream_id, st)
             if event.stream_ended:
@@ -491,14 +330,14 @@ class NoiseH2Connection:
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.closed = True
 
-    def _dispatch(self, stream_id: int, st: _Stream) -> None:
+    def _dispatch(self, stream_id: int, st: H2Stream) -> None:
         if st.task is not None:
             return
         body = bytes(st.body)
         self._body_done(st)
         st.task = asyncio.create_task(self._serve(stream_id, st, body))
 
-    async def _serve(self, stream_id: int, st: _Stream, body: bytes) -> None:
+    async def _serve(self, stream_id: int, st: H2Stream, body: bytes) -> None:
         req = ControlRequest(
             method=st.headers.get(":method", ""),
             path=st.headers.get(":path", ""),

@@ -19,7 +19,7 @@ import h2.settings
 import pytest
 
 from meshscale.api.admin import create_admin_app
-from meshscale.control.h2conn import SEND_BUFFER, TRANSPORT_HIGH
+from meshscale.control.h2send import SEND_BUFFER, TRANSPORT_HIGH
 from meshscale.control.poll import QUEUE_WRITE
 from meshscale.mapper.session import MapSession
 from meshscale.noise.handshake import public_bytes
@@ -122,7 +122,7 @@ async def _paused_client(server: Server) -> tuple[
 async def test_a_client_that_stops_reading_holds_little_of_our_output(
         meshscale_server_factory: Callable[..., Any]) -> None:
     """Deltas to a client that reads nothing wait in its stream's queue (shared messages),
-    not as bytes in its connection's transport beyond h2conn.TRANSPORT_HIGH."""
+    not as bytes in its connection's transport beyond h2send.TRANSPORT_HIGH."""
     server: Server = await meshscale_server_factory(plugins=["sqlite"])
     assert server.state is not None
     slow, ours, _, node, session = await _paused_client(server)
@@ -176,7 +176,7 @@ def _wmem_max() -> int:
 async def test_control_connections_have_a_fixed_send_buffer(
         meshscale_server_factory: Callable[..., Any]) -> None:
     """Not left to autotuning (which grows loopback and LAN buffers to megabytes, so a whole
-    full map vanished into the kernel and the full-map gate bounded nothing): h2conn.SEND_BUFFER,
+    full map vanished into the kernel and the full-map gate bounded nothing): h2send.SEND_BUFFER,
     which Linux doubles and caps at twice net.core.wmem_max."""
     server: Server = await meshscale_server_factory(plugins=["sqlite"])
     assert server.state is not None

@@ -26,8 +26,6 @@ LONG_MODULES: dict[str, str] = {
     "wording (the leaf values, ports, protocols, durations, are values.py)",
     "meshscale.plugins.derp.relay": "the sans-IO DERP relay state machine; its frame handlers "
     "share the connection tables",
-    "meshscale.control.h2conn": "the HTTP/2-over-Noise adapter: one connection's event loop "
-    "with the per-connection limits and deadlines it enforces on every h2 event",
     "meshscale.plugins.policy.engine": "the PolicyEngine protocol's one implementation: each "
     "per-node answer next to the compiled grants it reads (views.py holds the per-class "
     "bitsets and the policy diff)",
