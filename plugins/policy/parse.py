@@ -1,20 +1,22 @@
 """Policy text -> validated ``Policy``. Every refusal is a PolicyError naming where it happened.
 
 The rules follow what Tailscale's control plane accepts and refuses (the conformance corpus is
-the reference); messages reuse its wording where it has one. This module holds the sections
-(groups, hosts, tagOwners, acls, grants, ssh, nodeAttrs, autoApprovers, tests) and the aliases
-they share; the leaf values (ports, protocols, durations, prefixes) are ``values.py``.
+the reference); messages reuse its wording where it has one. This module holds the rule sections
+(acls, grants, ssh, nodeAttrs, autoApprovers, tests); the declarations they refer to (groups,
+hosts, tagOwners) and alias resolution are ``aliases.py``; the leaf values (ports, protocols,
+durations, prefixes) are ``values.py``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from meshscale.errors import PolicyError
 from meshscale.plugins.policy import hujson
 from meshscale.plugins.policy.addrset import AddrSet
+from meshscale.plugins.policy.aliases import AliasScope
 from meshscale.plugins.policy.model import (
     ALL_PORTS,
     Alias,
@@ -31,7 +33,6 @@ from meshscale.plugins.policy.values import (
     PORT_PROTOCOLS,
     as_list,
     as_str,
-    check_tag_name,
     obj_fields,
     parse_duration,
     parse_ip_spec,
@@ -42,13 +43,6 @@ from meshscale.plugins.policy.values import (
     str_list,
 )
 
-AUTOGROUPS = frozenset(
-    {"internet", "member", "nonroot", "tagged", "self", "danger-all", "admin", "owner"}
-)
-SRC_AUTOGROUPS = frozenset({"member", "tagged", "danger-all", "admin", "owner"})
-DST_AUTOGROUPS = frozenset({"internet", "member", "tagged", "self"})
-SSH_SRC_AUTOGROUPS = frozenset({"member", "tagged", "admin", "owner"})
-SSH_DST_AUTOGROUPS = frozenset({"member", "tagged", "self"})
 NODEATTR_AUTOGROUPS = frozenset({"member", "tagged", "admin", "owner"})
 # tailscale.com capabilities users may grant themselves; the rest are the control plane's own.
 TAILSCALE_CAP_ALLOWLIST = frozenset(
@@ -64,73 +58,13 @@ TOP_LEVEL = {
 }
 
 
-class _Parser:
+class _Parser(AliasScope):
+    """The rule sections (acls, grants, ssh, nodeAttrs, autoApprovers, tests), after the
+    declarations (``AliasScope``) they refer to."""
+
     def __init__(self, raw: dict[str, Any], domains: frozenset[str] | None) -> None:
         self.raw = raw
-        self.domains = domains
-        self.groups: dict[str, tuple[str, ...]] = {}
-        self.hosts: dict[str, AddrSet] = {}
-        self.host_text: dict[str, str] = {}
-        self.tags: dict[str, tuple[Alias, ...]] = {}
-
-    # -- aliases ------------------------------------------------------------------------------
-
-    def alias(self, text: str, loc: str) -> Alias:
-        """Parse and check one alias (existence of groups, tags and hosts)."""
-        text = text.strip()  # Tailscale trims surrounding whitespace before lookup
-        if text == "*":
-            return Alias("*", "*")
-        try:
-            addrs = AddrSet.parse(text) if "-" not in text else None
-        except ValueError:
-            addrs = None
-        if addrs is not None and (":" in text or text[:1].isdigit()):
-            return Alias("prefix", text, addrs)
-        if text.startswith("user:"):
-            local, at, domain = text[len("user:") :].rpartition("@")
-            if local != "*" or not at:
-                raise PolicyError(loc, f"invalid user expression {text!r}: use user:*@<domain>")
-            self.check_domain(domain, loc, "user:*@<domain>")
-            return Alias("userdomain", text)
-        if "@" in text:
-            return Alias("user", text)
-        if text.startswith("group:"):
-            if text not in self.groups:
-                raise PolicyError(loc, f"group not found: {text!r}")
-            return Alias("group", text)
-        if text.startswith("tag:"):
-            if text not in self.tags:
-                raise PolicyError(loc, f"tag not found: {text!r}")
-            return Alias("tag", text)
-        if text.startswith("autogroup:"):
-            name = text[len("autogroup:") :]
-            if name not in AUTOGROUPS:
-                raise PolicyError(loc, f"unknown autogroup {text!r}")
-            return Alias("autogroup", text)
-        if ":" in text or text == "":
-            raise PolicyError(loc, f"invalid alias {text!r}")
-        if text not in self.hosts:
-            raise PolicyError(loc, f"host not defined in policy: {text!r}")
-        return Alias("host", text, self.hosts[text])
-
-    def check_domain(self, domain: str, loc: str, form: str) -> None:
-        if self.domains is not None and domain not in self.domains:
-            raise PolicyError(
-                loc,
-                f"{domain} is not associated with this Tailnet and cannot be used in {form} "
-                "expressions",
-            )
-
-    def aliases(
-        self, value: Any, loc: str, check: Callable[[Alias, str], None] | None = None
-    ) -> tuple[Alias, ...]:
-        out = []
-        for i, text in enumerate(str_list(value, loc)):
-            a = self.alias(text, f"{loc}[{i}]")
-            if check is not None:
-                check(a, f"{loc}[{i}]")
-            out.append(a)
-        return tuple(out)
+        super().__init__(domains)
 
     # -- sections -----------------------------------------------------------------------------
 
@@ -185,70 +119,6 @@ class _Parser:
             randomize_client_port=rcp,
         )
 
-    def parse_groups(self, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, dict):
-            raise PolicyError("groups", "must be an object")
-        for name in value:
-            if not name.startswith("group:"):
-                raise PolicyError(f"groups[{name!r}]", "group names must start with 'group:'")
-        # Tailscale refuses any group inside a group (so cycles cannot happen); report the
-        # deepest parent first, as it does.
-        for name in sorted(value, reverse=True):
-            members = str_list(value[name], f'groups["{name}"]', allow_null=False)
-            for member in members:
-                if member.strip().startswith("group:"):
-                    raise PolicyError(
-                        f'groups["{name}"]', f"{member!r}: group members cannot be recursive"
-                    )
-        for name, members in value.items():
-            loc = f'groups["{name}"]'
-            out = []
-            for i, raw_member in enumerate(members):
-                member = raw_member.strip()
-                if "@" not in member:
-                    raise PolicyError(f"{loc}[{i}]", f"{member!r}: a group member is a user@")
-                out.append(member)
-            self.groups[name] = tuple(out)
-
-    def parse_hosts(self, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, dict):
-            raise PolicyError("hosts", "must be an object")
-        for name, addr in value.items():
-            loc = f'hosts["{name}"]'
-            if "@" in name or ":" in name or not name:
-                raise PolicyError(loc, f"invalid host name {name!r}")
-            if not isinstance(addr, str):
-                raise PolicyError(loc, "must be an IP address or prefix")
-            try:
-                self.hosts[name] = parse_prefix(addr)
-            except ValueError as exc:
-                raise PolicyError(loc, f"invalid address {addr!r}: {exc}") from None
-            self.host_text[name] = addr
-
-    def parse_tag_owners(self, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, dict):
-            raise PolicyError("tagOwners", "must be an object")
-        for tag in value:
-            check_tag_name(tag, f'tagOwners["{tag}"]')
-            self.tags[tag] = ()
-        for tag, owners in value.items():
-            loc = f'tagOwners["{tag}"]'
-            out = []
-            for i, owner in enumerate(str_list(owners, loc)):
-                a = self.alias(owner, f"{loc}[{i}]")
-                if a.kind not in ("user", "group", "tag") and not (
-                    a.kind == "autogroup" and a.name in ("autogroup:admin", "autogroup:owner")
-                ):
-                    raise PolicyError(f"{loc}[{i}]", f"invalid tag owner {owner!r}")
-                out.append(a)
-            self.tags[tag] = tuple(out)
-
     def parse_acl(self, value: Any, loc: str) -> list[Grant]:
         acl = obj_fields(value, loc, ("action", "src", "dst", "proto", "users", "ports"))
         if acl.get("action") != "accept":
@@ -277,22 +147,6 @@ class _Parser:
         for a, ports, dloc in dsts:
             grants.append(Grant(dloc, src, (a,), (IPSpec(protos, ports),)))
         return grants
-
-    def check_src(self, a: Alias, loc: str) -> None:
-        if a.kind == "autogroup":
-            if a.name == "autogroup:self":
-                raise PolicyError(loc, '"autogroup:self" not valid on the src side of a rule')
-            if a.name == "autogroup:internet":
-                raise PolicyError(loc, "autogroup:internet can only be used in destinations")
-            if a.name[len("autogroup:") :] not in SRC_AUTOGROUPS:
-                raise PolicyError(loc, f"{a.name} is not supported as a source")
-
-    def check_dst(self, a: Alias, loc: str) -> None:
-        if a.kind == "autogroup":
-            if a.name == "autogroup:danger-all":
-                raise PolicyError(loc, "cannot use autogroup:danger-all as a dst")
-            if a.name[len("autogroup:") :] not in DST_AUTOGROUPS:
-                raise PolicyError(loc, f"{a.name} is not supported as a destination")
 
     def check_self_sources(self, src: tuple[Alias, ...], loc: str, *, allow_wildcard: bool) -> None:
         for a in src:
@@ -392,18 +246,6 @@ class _Parser:
         dst = self.aliases(r.get("dst"), f"{loc}.dst", self.check_ssh_dst)
         self.check_ssh_combination(src, dst, loc)
         return SSHRule(loc, action, src, dst, tuple(users), tuple(env), period)
-
-    def check_ssh_src(self, a: Alias, loc: str) -> None:
-        if a.kind in ("*", "host", "prefix"):
-            raise PolicyError(loc, f"invalid src {a.name!r}")
-        if a.kind == "autogroup" and a.name[len("autogroup:") :] not in SSH_SRC_AUTOGROUPS:
-            raise PolicyError(loc, f"{a.name} is not supported as an SSH source")
-
-    def check_ssh_dst(self, a: Alias, loc: str) -> None:
-        if a.kind in ("*", "host", "prefix", "group", "userdomain"):
-            raise PolicyError(loc, f'invalid dst "{a.name}"')
-        if a.kind == "autogroup" and a.name[len("autogroup:") :] not in SSH_DST_AUTOGROUPS:
-            raise PolicyError(loc, f"{a.name} is not supported as an SSH destination")
 
     def check_ssh_combination(
         self, src: tuple[Alias, ...], dst: tuple[Alias, ...], loc: str

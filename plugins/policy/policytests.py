@@ -11,9 +11,9 @@ from typing import Any
 
 from meshscale.errors import PolicyError
 from meshscale.plugins.policy.addrset import ALL, INTERNET, TAILNET, AddrSet
+from meshscale.plugins.policy.aliases import AliasScope
 from meshscale.plugins.policy.compile import CompiledGrant
 from meshscale.plugins.policy.model import Alias, Policy, PolicyTest, SSHTest
-from meshscale.plugins.policy.parse import _Parser
 from meshscale.plugins.policy.resolve import Resolver
 from meshscale.plugins.policy.tailnet import NodeInfo
 from meshscale.plugins.policy.values import parse_ports, parse_proto, split_host_port
@@ -26,7 +26,7 @@ class _Fail(Exception):
 
 
 def _alias(policy: Policy, text: str) -> Alias:
-    parser = _Parser({}, None)
+    parser = AliasScope(None)
     parser.groups = policy.groups
     parser.hosts = policy.hosts
     parser.tags = dict(policy.tag_owners)
