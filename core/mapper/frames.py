@@ -7,6 +7,7 @@ made on first use and cached, so a fan-out to N streams compresses once.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 import threading
 from collections.abc import Callable
@@ -113,6 +114,23 @@ def compress(data: bytes) -> bytes:
     return _compressor().compress(data)
 
 
+class Shared(bytes):
+    """A compressed chunk kept by the ChunkCache, so part of many full maps: ``key`` names it
+    for good (unlike ``id()``, never reused), and a connection worker (workers/codec.py) is
+    sent its bytes once and then only its key."""
+
+    key: int
+
+
+_shared_keys = itertools.count(1)
+
+
+def shared(data: bytes) -> Shared:
+    out = Shared(data)
+    out.key = next(_shared_keys)
+    return out
+
+
 class ChunkCache:
     """Compressed runs of peer fragments, shared by every full map that contains them.
 
@@ -139,7 +157,7 @@ class ChunkCache:
         if hit is not None and hit[0] == version:
             return hit[1], hit[2]
         body = b",".join(frags())
-        packed = compress(body)
+        packed = shared(compress(body))
         self._versioned[index] = (version, body, packed)
         return body, packed
 
@@ -148,9 +166,11 @@ class ChunkCache:
         if hit is not None and hit[0] == frags:
             return hit[1], hit[2]
         body = b",".join(frags)
-        packed = compress(body)
         if cacheable:
+            packed: bytes = shared(compress(body))
             self._cache[index] = (frags, body, packed)
+        else:
+            packed = compress(body)
         return body, packed
 
 

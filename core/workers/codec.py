@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Protocol
 
 MAX_MESSAGE = 8 << 20  # any one message, type byte included
 DATA_CHUNK = 4 << 20  # a larger response body is sent as several DATA messages
@@ -34,6 +35,10 @@ _CSB = struct.Struct("<IIB")  # conn, stream, flag
 _CB = struct.Struct("<IB")  # conn, flag
 _H16 = struct.Struct("<H")
 _OPENED = struct.Struct("<II32s")  # conn, capver, machine key
+_SEG_INLINE = struct.Struct("<BI")  # 0, length; the bytes follow
+_SEG_DEFINE = struct.Struct("<BQI")  # 1, key, length; the bytes follow
+_SEG_REF = struct.Struct("<BQ")  # 2, key
+INLINE, DEFINE, REF = 0, 1, 2
 
 # owner -> worker
 HELLO = 1  # the Noise private key (32 bytes), then the limits as JSON
@@ -45,6 +50,7 @@ ABORT = 6  # conn: drop the connection now
 FANOUT = 7  # u32 frame length, frame, then keys (8 bytes each) of the streams to write it to
 STOP = 8  # close every connection and exit
 PING = 9  # u32 sequence: the heartbeat; the worker answers PONG with the same number
+DATA_CACHED = 10  # conn, stream, ack, then segments (inline, define, ref: see data_cached)
 # worker -> owner
 OPENED = 20  # conn, capver, machine key: the handshake is done
 REQUEST = 21  # conn, stream, method, path, headers, body
@@ -55,7 +61,8 @@ BUSY = 25  # conn, flag: the connection has an open request (or none)
 GONE = 26  # conn: the connection is closed
 PONG = 27  # u32 sequence: the answer to PING (its loop runs)
 
-TO_WORKER = frozenset({HELLO, HEADERS, DATA, END, DONE, ABORT, FANOUT, STOP, PING})
+TO_WORKER = frozenset({HELLO, HEADERS, DATA, END, DONE, ABORT, FANOUT, STOP, PING,
+                       DATA_CACHED})
 TO_OWNER = frozenset({OPENED, REQUEST, ACK, BACKED, CLOSED, BUSY, GONE, PONG})
 
 
@@ -74,6 +81,7 @@ class Msg:
     path: str = ""
     headers: list[tuple[str, str]] = field(default_factory=list)
     keys: bytes = b""  # FANOUT: the recipients, 8 bytes each
+    segments: list[tuple[int, int, bytes]] = field(default_factory=list)  # DATA_CACHED
 
 
 def _frame(kind: int, payload: bytes) -> bytes:
@@ -118,6 +126,39 @@ def data_parts(conn: int, stream: int, ack: int, parts: list[bytes]) -> list[byt
     if size > MAX_MESSAGE:
         raise IpcError(f"message of {size} bytes exceeds {MAX_MESSAGE}")
     return [_LEN.pack(size) + bytes((DATA,)) + _CSV.pack(conn, stream, ack), *parts]
+
+
+class Mirror(Protocol):
+    """What the worker holds of the shared chunks, as the owner knows it (chunks.ChunkMirror)."""
+
+    def fits(self, n: int) -> bool: ...
+    def use(self, key: int, n: int) -> bool: ...
+
+
+def data_cached(conn: int, stream: int, ack: int, parts: list[bytes],
+                mirror: Mirror) -> list[bytes]:
+    """DATA whose payload is the concatenation of ``parts``, a full map's, as the buffers to
+    write: each shared chunk (a part with a ``key``: mapper/frames.py Shared) the worker holds
+    already (``mirror`` says so) goes as its key alone, one it lacks as its key and bytes (the
+    worker keeps it), any other part as its bytes."""
+    size = 1 + _CSV.size + sum(len(p) + _SEG_DEFINE.size for p in parts)
+    if size > MAX_MESSAGE:  # checked first: the mirror must change only if the message goes
+        raise IpcError(f"message of {size} bytes exceeds {MAX_MESSAGE}")
+    out = [b""]
+    size = 1 + _CSV.size
+    for part in parts:
+        key: int | None = getattr(part, "key", None)
+        if key is None or not mirror.fits(len(part)):
+            out += (_SEG_INLINE.pack(INLINE, len(part)), part)
+            size += _SEG_INLINE.size + len(part)
+        elif mirror.use(key, len(part)):
+            out.append(_SEG_REF.pack(REF, key))
+            size += _SEG_REF.size
+        else:
+            out += (_SEG_DEFINE.pack(DEFINE, key, len(part)), part)
+            size += _SEG_DEFINE.size + len(part)
+    out[0] = _LEN.pack(size) + bytes((DATA_CACHED,)) + _CSV.pack(conn, stream, ack)
+    return out
 
 
 def end(conn: int, stream: int) -> bytes:
@@ -243,6 +284,25 @@ class _Reader:
             raise IpcError("message longer than its fields")
 
 
+def _segments(r: _Reader) -> list[tuple[int, int, bytes]]:
+    out = []
+    buf = r.buf
+    while r.pos < len(buf):
+        kind = buf[r.pos]
+        if kind == INLINE:
+            _, n = r.unpack(_SEG_INLINE)
+            out.append((INLINE, 0, r.take(n)))
+        elif kind == DEFINE:
+            _, key, n = r.unpack(_SEG_DEFINE)
+            out.append((DEFINE, key, r.take(n)))
+        elif kind == REF:
+            _, key = r.unpack(_SEG_REF)
+            out.append((REF, key, b""))
+        else:
+            raise IpcError(f"unknown segment type {kind}")
+    return out
+
+
 def parse(body: bytes) -> Msg:
     """One message (type byte and payload, the length prefix removed)."""
     if not body:
@@ -269,6 +329,9 @@ def parse(body: bytes) -> Msg:
         (m.conn,) = r.unpack(_U32)
     elif kind in (PING, PONG):
         (m.value,) = r.unpack(_U32)
+    elif kind == DATA_CACHED:
+        m.conn, m.stream, m.value = r.unpack(_CSV)
+        m.segments = _segments(r)
     elif kind == FANOUT:
         (n,) = r.unpack(_U32)
         m.data = r.take(n)

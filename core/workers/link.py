@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from meshscale.config import LimitsConfig
 from meshscale.control.request import Handler
 from meshscale.workers import codec
+from meshscale.workers.chunks import CACHE_BYTES, ChunkMirror
 from meshscale.workers.remote import RemoteConnection
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class WorkerLink(asyncio.Protocol):
         self.paused = False  # the transport holds over WRITE_HIGH (asyncio's flow control)
         self._loop = asyncio.get_running_loop()
         self.messages_out = 0  # for tests and the bench: how many messages were written
+        self.chunks = ChunkMirror(CACHE_BYTES)  # the shared chunks the worker holds
         self.ping_seq = 0
         self.ping_sent: float | None = None  # when the unanswered PING went out
         self.hung = False

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from meshscale.control.request import ControlRequest, Handler, ResponseWriter, serve
 from meshscale.workers import codec
+from meshscale.workers.chunks import ChunkMirror
 
 # A fan-out frame larger than this goes the send_data way (acknowledged, flow-controlled) rather
 # than into a batch: deltas are tens to hundreds of bytes, a batch is meant for them.
@@ -26,6 +27,8 @@ MAX_BATCHED_FRAME = 64 << 10
 
 class Link(Protocol):
     """What a RemoteConnection needs of its worker's link (workers/link.py WorkerLink)."""
+
+    chunks: ChunkMirror
 
     def send(self, message: bytes) -> None: ...
     def send_parts(self, parts: list[bytes]) -> None: ...
@@ -82,9 +85,11 @@ class RemoteConnection:
             if not parts:
                 return
             if sum(map(len, parts)) <= codec.DATA_CHUNK:
-                # A full map: its parts written as they are (no join, no copy per message).
+                # A full map: its parts written as they are (no join, no copy per message),
+                # each shared chunk the worker holds already as its key alone (chunks.py).
                 ack, fut = self._new_ack(st)
-                self.link.send_parts(codec.data_parts(self.id, stream_id, ack, parts))
+                self.link.send_parts(codec.data_cached(self.id, stream_id, ack, parts,
+                                                       self.link.chunks))
                 await self._acked(st, ack, fut)
                 return
             data = b"".join(parts)

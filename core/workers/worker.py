@@ -31,6 +31,7 @@ from meshscale.noise import handshake
 from meshscale.noise.records import RecordDecoder, RecordEncoder
 from meshscale.transport import RAW_SWITCHING, plain_response
 from meshscale.workers import codec
+from meshscale.workers.chunks import CACHE_BYTES, ChunkStore
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class Worker:
         self.streams: dict[bytes, _Outbound] = {}
         self.transport: asyncio.Transport | None = None
         self.decoder = codec.Decoder(codec.TO_WORKER)
+        self.chunks = ChunkStore(CACHE_BYTES)
         self.hello = asyncio.get_running_loop().create_future()
         self.stopped = asyncio.get_running_loop().create_future()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -170,6 +172,14 @@ class Worker:
                 st = streams.get(keys[i:i + 8])
                 if st is not None:
                     st.fan(frame)
+            return
+        if kind == codec.DATA_CACHED:
+            # Resolved whether or not the stream is still here: the store must make the same
+            # moves as the owner's mirror (chunks.py).
+            parts = self.chunks.resolve(m.segments)
+            cst = self.streams.get(codec.KEY.pack(m.conn, m.stream))
+            if cst is not None:
+                cst.push(codec.DATA, parts, m.value)
             return
         if kind == codec.PING:
             self.send(codec.pong(m.value))  # the heartbeat: this loop runs
@@ -292,13 +302,13 @@ class _Ctrl(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            msgs = self.worker.decoder.feed(data)
+            for m in self.worker.decoder.feed(data):
+                self.worker.on_message(m)
         except codec.IpcError as exc:
             log.error("worker: bad message from the owner (%s): exiting", exc)
             self.worker.stop()
-            return
-        for m in msgs:
-            self.worker.on_message(m)
+            if self.worker.transport is not None:
+                self.worker.transport.pause_reading()  # nothing more is applied
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.stop()  # the owner is gone (or stopped us): no orphan

@@ -23,6 +23,7 @@ from meshscale.ports import free_port
 from meshscale.server import Server
 from meshscale.simclient import ControlConnection, MapStream, SimNode
 from meshscale.simhandshake import CAPVER, finish_handshake, make_initiation, upgrade_request
+from meshscale.workers import codec
 from meshscale.workers.link import WorkerLink
 from tests.plugin.simnodes import join, next_with, quiet
 from tests.tlsca import TestCA
@@ -324,6 +325,42 @@ async def test_data_past_64k_after_the_upgrade_is_refused_not_dropped(
     node, _stream, first = await join(server, _key(server), "a")
     assert first is not None and [len(link.conns) for link in server.workers.links] == [1]
     await node.conn.close()
+
+
+async def test_a_shared_chunk_crosses_to_a_worker_once(
+        meshscale_server_factory: Callable[..., Any]) -> None:
+    """A full map's shared peer chunks (mapper ChunkCache) go to the worker as bytes once; the
+    next map that holds them sends their keys only, and the client gets the same map."""
+    server = await meshscale_server_factory(plugins=["sqlite"], workers=1)
+    assert server.workers is not None
+    key = _key(server)
+    for i in range(40):  # IDs 1-40: for viewers 41 and 42, IDs 1-31 are two shared sub-chunks
+        node, _, _ = await join(server, key, f"n{i}", stream=False)
+        await node.conn.close()
+    (link,) = server.workers.links
+    maps: list[tuple[int, list[tuple[int, int, bytes]]]] = []  # (bytes written, segments)
+    orig = link.send_parts
+
+    def spy(parts: list[bytes]) -> None:
+        (m,) = codec.Decoder(codec.TO_WORKER).feed(b"".join(parts))
+        if m.kind == codec.DATA_CACHED and any(k != codec.INLINE for k, _, _ in m.segments):
+            maps.append((sum(map(len, parts)), m.segments))
+        orig(parts)
+
+    link.send_parts = spy  # type: ignore[method-assign]
+    s1, _, first1 = await join(server, key, "s1")
+    s2, _, first2 = await join(server, key, "s2")
+    assert first1 is not None and first2 is not None
+    assert (len(first1["Peers"]), len(first2["Peers"])) == (40, 41)
+    (w1, seg1), (w2, seg2) = maps  # the two full maps (deltas and keep-alives carry no chunk)
+    defined = {key: len(data) for kind, key, data in seg1 if kind == codec.DEFINE}
+    assert len(defined) == 2  # the sub-chunks of IDs 1-15 and 16-31
+    assert {key for kind, key, _ in seg2 if kind == codec.REF} == set(defined)
+    assert not any(kind == codec.DEFINE for kind, _, _ in seg2)
+    # s2's map is s1's (one peer more) without the chunks' bytes.
+    assert w2 < w1 - sum(defined.values()) + 300, (w1, w2, defined)
+    await s1.conn.close()
+    await s2.conn.close()
 
 
 async def test_a_stalled_worker_does_not_grow_the_owners_buffer(

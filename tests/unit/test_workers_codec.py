@@ -105,3 +105,53 @@ def test_data_parts_are_the_same_bytes_as_data() -> None:
     (m,) = codec.Decoder(codec.TO_WORKER).feed(b"".join(codec.data_parts(1, 3, 9, parts)))
     assert (m.kind, m.conn, m.stream, m.value, m.data) == (
         codec.DATA, 1, 3, 9, b"headchunk-onechunk-two")
+
+
+def _shared(data: bytes, key: int) -> bytes:
+    from meshscale.mapper.frames import Shared
+
+    out = Shared(data)
+    out.key = key
+    return out
+
+
+def test_data_cached_bytes_and_the_two_caches_in_step() -> None:
+    from meshscale.workers.chunks import ChunkMirror, ChunkStore
+
+    mirror, store = ChunkMirror(10), ChunkStore(10)
+    a, b = _shared(b"AAAA", 7), _shared(b"BBBBBB", 9)
+    wire = b"".join(codec.data_cached(1, 3, 5, [b"hd", a, a], mirror))
+    assert wire == (b"\x2e\x00\x00\x00" b"\x0a" b"\x01\x00\x00\x00\x03\x00\x00\x00\x05\x00\x00\x00"
+                    b"\x00\x02\x00\x00\x00hd"  # inline
+                    b"\x01\x07\x00\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00AAAA"  # define 7
+                    b"\x02\x07\x00\x00\x00\x00\x00\x00\x00")  # ref 7
+    (m,) = codec.Decoder(codec.TO_WORKER).feed(wire)
+    assert (m.kind, m.conn, m.stream, m.value) == (codec.DATA_CACHED, 1, 3, 5)
+    assert store.resolve(m.segments) == [b"hd", b"AAAA", b"AAAA"]
+    # b (6 bytes) fits beside a (4 + 6 = 10); c then evicts the least recently used first (a,
+    # then b), and a comes back beside c: on both sides alike.
+    c = _shared(b"CCCCCC", 11)
+    for parts, expect in (([b], [b"BBBBBB"]), ([c], [b"CCCCCC"]), ([a], [b"AAAA"])):
+        (m,) = codec.Decoder(codec.TO_WORKER).feed(b"".join(
+            codec.data_cached(1, 3, 0, parts, mirror)))
+        assert store.resolve(m.segments) == expect
+        assert list(mirror.sizes) == list(store.sizes) == list(store.chunks)
+    assert store.total <= 10 and list(store.sizes) == [11, 7]  # b, then a went; a came back
+    # A chunk larger than the cache travels inline, and is not kept.
+    big = _shared(b"x" * 11, 12)
+    wire = b"".join(codec.data_cached(1, 3, 0, [big], mirror))
+    assert wire[17:18] == b"\x00" and 12 not in mirror.sizes
+
+
+def test_a_chunk_the_worker_lacks_is_an_error() -> None:
+    from meshscale.workers.chunks import ChunkMirror, ChunkStore
+
+    wire = b"".join(codec.data_cached(1, 3, 0, [_shared(b"AAAA", 7)], ChunkMirror(10)))
+    (m,) = codec.Decoder(codec.TO_WORKER).feed(wire)
+    store = ChunkStore(10)
+    store.resolve(m.segments)
+    m.segments = [(codec.REF, 8, b"")]
+    with pytest.raises(codec.IpcError):
+        store.resolve(m.segments)
+    with pytest.raises(codec.IpcError):  # an unknown segment type
+        codec.Decoder(codec.TO_WORKER).feed(b"\x0e\x00\x00\x00\x0a" + b"\x00" * 12 + b"\x07")
