@@ -23,6 +23,8 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 from meshscale.ports import free_port
 from tests.interop.realclients import MeshscaleProcess, wait_for
@@ -85,7 +87,12 @@ class Pages:
         (self.folder / f"{self.shots:02d}-{name}.html").write_text(self.driver.page_source)
 
     def submit(self) -> None:
+        """Press the page's button and wait until the browser has left that page: the next
+        step's readyState check would otherwise see the old page, still "complete", and its
+        elements go stale under it (a flake on a loaded machine)."""
+        old = self.driver.find_element(By.TAG_NAME, "html")
         self.driver.find_element(By.CSS_SELECTOR, "button[type=submit], button").click()
+        WebDriverWait(self.driver, 10).until(expected_conditions.staleness_of(old))
 
 
 def log_in_at_provider(pages: Pages, server_url: str, login: str) -> None:
