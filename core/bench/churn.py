@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import resource
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from meshscale.bench.fleet import Fleet, Member, Watch, percentiles
 from meshscale.bench.harness import Bench, backlog_grew, drained, settle
 from meshscale.bench.tailnets import role, user_name
+from meshscale.looptrace import LagMonitor
 
 log = logging.getLogger("meshscale.bench.scenarios")  # its name before the split, for readers
 
@@ -71,6 +73,9 @@ class _Churn:
         self.in_flight: set[int] = set()  # members whose endpoint change is not yet seen by all
         self.rep = 0  # event counter across phases: markers and hostnames stay unique
         self.latencies: dict[str, list[float]] = {}
+        # Per reconnect and join: (latency, start, {step: seconds after start}), for the
+        # slowest ones' breakdown in the figures (where a tail's time goes).
+        self.steps: dict[str, list[tuple[float, float, dict[str, float]]]] = {}
         fleet.observers.append(self.seen)
 
     def seen(self, msg: dict[str, Any], now: float, member: Member) -> None:
@@ -104,6 +109,9 @@ class _Churn:
         m.open_stream()  # a new stream on the same connection replaces the old one
         await asyncio.wait_for(m.first_map.wait(), self.timeout)
         self.latencies["reconnect"].append(m.first_map_at - t0)
+        self.steps["reconnect"].append((m.first_map_at - t0, t0, {
+            "sent": m.stream_sent_at - t0, "first_byte": m.first_byte_at - t0}
+            | ({"head": m.head_at - t0} if m.head_at else {})))
 
     async def join_leave(self, rep: int) -> None:
         fleet = self.fleet
@@ -113,10 +121,15 @@ class _Churn:
         w = fleet.watch(f"join-{rep}", self.join_viewers)
         self.joins[m.node.node_key_text] = w
         await m.connect()
+        connected = time.perf_counter() - w.started
         await m.register(self.eph_key)
+        registered = time.perf_counter() - w.started
         m.open_stream()
         await w.wait(self.timeout, f"join of {m.node.hostname}")
         self.latencies["join"].append(max(w.arrivals))
+        self.steps["join"].append((max(w.arrivals), w.started, {
+            "connected": connected, "registered": registered,
+            "p50_viewer": sorted(w.arrivals)[len(w.arrivals) // 2]}))
         await m.first_map.wait()
         gone = fleet.watch(f"leave-{rep}", self.join_viewers)
         self.removed[m.node_id] = gone
@@ -129,6 +142,10 @@ class _Churn:
     async def phase(self, rate: float, events: int) -> dict[str, Any]:
         b, rng = self.b, self.rng
         self.latencies = {"endpoint": [], "reconnect": [], "join": [], "leave": []}
+        self.steps = {"reconnect": [], "join": []}
+        lags: list[tuple[float, float]] = []  # this process's loop: (when, how late)
+        monitor = LagMonitor(asyncio.get_running_loop(), lags)
+        monitor.start()
         pending: set[asyncio.Task[None]] = set()
         cpu0, gen0, bytes0 = b.mark()
         interval = 1.0 / rate
@@ -163,6 +180,7 @@ class _Churn:
         issued = time.perf_counter() - start
         results = await asyncio.gather(*pending, return_exceptions=True)
         elapsed = time.perf_counter() - start
+        monitor.stop()
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures[:5]:
             log.warning("churn event failed: %r", failure)
@@ -182,4 +200,15 @@ class _Churn:
         out.update(b.figures(cpu0, gen0, bytes0, events))
         out["server_cpu_share_of_2_cores"] = round(out["server_cpu_s"] / elapsed / 2, 3)
         out["backlog_grew"] = backlog_grew(self.latencies["endpoint"]) or bool(failures)
+        out["generator_peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        out["generator_loop_lag"] = {
+            "max_ms": round(max((lag for _, lag in lags), default=0.0) * 1000, 1),
+            "over_100ms": sum(1 for _, lag in lags if lag > 0.1),
+            "late_s": round(sum(lag for _, lag in lags), 2)}
+        for kind, steps in self.steps.items():
+            out[f"{kind}_slowest"] = [
+                {"ms": round(lat * 1000, 1), "at": round(at, 3)}
+                | {k: round(v * 1000, 1) for k, v in parts.items()}
+                for lat, at, parts in sorted(steps, key=lambda x: x[0])[-3:]]
         return out

@@ -71,6 +71,11 @@ class Member:
         self.messages = 0
         self.first_map = asyncio.Event()
         self.first_map_at = 0.0
+        # The newest stream's steps (perf_counter, the clock the server's MESHSCALE_LOOPTRACE
+        # uses too): request sent, first body byte, full map's head frame decoded.
+        self.stream_sent_at = 0.0
+        self.first_byte_at = 0.0
+        self.head_at = 0.0
 
     async def connect(self) -> None:
         await self.node.conn.connect(self.fleet.host, self.fleet.port, self.fleet.server_pub)
@@ -86,8 +91,11 @@ class Member:
         if old is not None:
             old.on_data = _discard  # the replaced stream's last bytes must not mix in
             self.conn.release(self.stream_id)
+        self.first_byte_at = self.head_at = 0.0
+        self.conn.bulk = True  # until its full map is in
         sid = self.conn.start_request(
             "/machine/map", json.dumps(self.node.map_body(True)).encode())
+        self.stream_sent_at = time.perf_counter()
         reader = MapReader(self)
         # The stream's last DATA frame comes through h2 (which closes the stream): the same
         # reader takes it.
@@ -119,6 +127,7 @@ class Member:
 
     def _full_map(self, now: float, msg: dict[str, Any] | None) -> None:
         self.full_maps += 1
+        self.conn.bulk = False
         if msg is not None and not self.node_id:
             self.node_id = int(msg["Node"]["ID"])
         self.first_map_at = now
@@ -144,6 +153,8 @@ class MapReader:
         if chunk is None:
             return
         self.fleet.bytes_received += len(chunk)
+        if not self.member.first_byte_at:
+            self.member.first_byte_at = time.perf_counter()
         if self.skip:
             take = min(self.skip, len(chunk))
             self._big(chunk[:take] if take < len(chunk) else chunk)
@@ -183,6 +194,7 @@ class MapReader:
             self.head_parts.append(self.head.decompress(part))
             if self.head.eof:
                 self.head = None
+                self.member.head_at = time.perf_counter()
         if not self.skip:
             if self.head is not None:
                 raise ValueError("a full map ended inside its head frame")

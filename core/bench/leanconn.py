@@ -38,26 +38,34 @@ HANDSHAKE_RESPONSE = 51
 # with mmap and page faults. Reads are 64 KiB, as the StreamReader client's were (the
 # generator's 11 to 12 GB at 10,000 nodes came with 256 KiB reads, but also with asyncio's own
 # Protocol path; not yet explained, see docs/performance.md).
+# A connection waiting for a full map (``bulk``) reads up to 1 MiB at once instead: asyncio
+# reads once per ready socket per loop turn, so a 1.4 MB map in 64 KiB reads took 22 turns of a
+# loop that also decodes 10,000 deltas per flush, and the generator, not the server, made a
+# reconnect's tail (issue 19, docs/performance.md). A real client reads its socket as fast as
+# the kernel fills it.
 _RECEIVE_SIZE = 64 * 1024
-_shared: memoryview | None = None
+BULK_RECEIVE_SIZE = 1 << 20
+_shared: dict[int, memoryview] = {}
 
 
-def _receive_buffer() -> memoryview:
-    global _shared  # noqa: PLW0603 - created on first use, never at import
-    if _shared is None:
-        _shared = memoryview(bytearray(_RECEIVE_SIZE))
-    return _shared
+def _receive_buffer(size: int = _RECEIVE_SIZE) -> memoryview:
+    buf = _shared.get(size)
+    if buf is None:  # created on first use, never at import
+        buf = _shared[size] = memoryview(bytearray(size))
+    return buf
 
 
 class _Protocol(asyncio.BufferedProtocol):
     def __init__(self, conn: LeanConnection) -> None:
         self.conn = conn
+        self.size = _RECEIVE_SIZE  # of the buffer the last get_buffer gave
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _receive_buffer()
+        self.size = BULK_RECEIVE_SIZE if self.conn.bulk else _RECEIVE_SIZE
+        return _receive_buffer(self.size)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.conn.received(_receive_buffer()[:nbytes].tobytes())
+        self.conn.received(_receive_buffer(self.size)[:nbytes].tobytes())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn.lost()
@@ -72,6 +80,7 @@ class LeanConnection(ControlConnection):
         self._answer: asyncio.Future[None] | None = None
         self._up = False
         self._h2_fed = False  # h2 was given frames: it may have something to send
+        self.bulk = False  # a full map is on its way: read in large pieces (see _RECEIVE_SIZE)
 
     async def connect(self, host: str, port: int, server_pub: bytes | None = None) -> None:
         server_pub = server_pub or await fetch_server_key(host, port)

@@ -18,7 +18,7 @@ import random
 import time
 from typing import Any
 
-from meshscale import tailcfg
+from meshscale import looptrace, tailcfg
 from meshscale.clientinput import Limits, MapRequest, parse_map
 from meshscale.config import Config
 from meshscale.control.body import typed_body
@@ -189,15 +189,21 @@ class MapPoll:
                     # Full maps are the big messages (MBs at thousands of nodes): a storm of
                     # new streams builds and sends only a few at a time, so memory stays
                     # bounded however many clients arrive at once.
+                    asked = time.monotonic()
                     async with self._full_map_gate:
+                        entered = time.monotonic()
                         session.needs_full = False
                         session.queue.clear()
                         parts = self._full_parts(session)
                         size = sum(map(len, parts))
+                        built = time.monotonic()
                         async with asyncio.timeout(
                                 self.full_map_deadline + size / self.full_map_min_rate):
                             await resp.write(parts)
                         del parts  # do not hold megabytes while the stream idles
+                    if looptrace.on():
+                        looptrace.record("full", node.id, asked, entered, built,
+                                         time.monotonic(), size)
                     session.sent["full"] += 1
                     continue
                 if session.queue:
