@@ -111,7 +111,15 @@ class MapBuilder:
         self.slots: bitset.Slots = getattr(engine, "node_slots", None) or bitset.Slots()
         self._engine_filter = getattr(engine, "packet_filter_json", None)
         self._uniform = UniformPeers(self._chunks, self._chunk_versions, self._sub_versions)
+        # Numbers the messages handed to deliver(): a full map covers every one handed over
+        # before it was built (MapSession.synced), whenever it is pushed.
+        self.delivery_seq = 0
         state.subscribe(self._membership)
+
+    def deliver(self, sessions: Iterable[MapSession], msg: Message) -> None:
+        """Hand ``msg`` to each stream (the mapper pushes in slices: mapper.py)."""
+        for s in sessions:
+            s.push(msg)
 
     def _membership(self, change: ch.Change) -> None:
         if not isinstance(change, ch.NodePatched):
@@ -293,6 +301,7 @@ class MapBuilder:
         if node is None:
             raise LookupError(f"node {s.node_id} is gone")
         visible = self.visible_bits(node.id)
+        s.synced = self.delivery_seq
         s.cut_off = cut_off(node)
         s.slots = self.slots
         pending = self.state.pending  # nodes awaiting approval are nobody's peers

@@ -9,39 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 import time
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from typing import Any
 
-from meshscale import bitset
+from meshscale import looptrace
 from meshscale.config import Config
 from meshscale.dns.model import DnsConfig
 from meshscale.events import MapKind, MapSent
 from meshscale.mapper import wire
-from meshscale.mapper.builder import MapBuilder, config_caps, cut_off
-from meshscale.mapper.frames import Message, dumps
+from meshscale.mapper.builder import config_caps, cut_off
+from meshscale.mapper.delivery import Delivery
+from meshscale.mapper.frames import Message
 from meshscale.mapper.invalidation import Output, stale
 from meshscale.mapper.pacing import FlushPacer
+from meshscale.mapper.parts import FlushParts, Parts
 from meshscale.mapper.policydelta import PolicyDelta
 from meshscale.mapper.session import MapSession
 from meshscale.policy import Affected, PolicyEngine
 from meshscale.state import changes as ch
-from meshscale.state.models import Node
 from meshscale.state.store import State
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Mapper", "config_caps"]  # config_caps: where tests have long imported it from
 
+
 Notify = Callable[[MapSent], None]
-# One kind of news in a flush's message, as '"Field":value' bytes: the part every stream gets
-# (or None) and, per stream ID, the part that stream gets instead (None: nothing).
-Parts = tuple[bytes | None, dict[int, bytes | None]]
 
 
-class Mapper(MapBuilder):
+class Mapper(FlushParts):
     """The event-loop side: open streams, changes batched per turn, deltas fanned out."""
 
     def __init__(
@@ -65,6 +62,12 @@ class Mapper(MapBuilder):
         self._flush_handle: asyncio.Handle | None = None
         self._pacer = FlushPacer()  # when the next flush runs (pacing.py)
         self._flush_waits = False  # the scheduled flush runs after a window
+        self._delivery = Delivery(self._delivered_all)  # messages to streams (deliver)
+        # The flush whose messages are being delivered, for the pacer: (start, changes,
+        # waited, seconds it took apart from pushing). Its cost is that plus the pushing
+        # (the delivery's busy time), not the turns of other work between the slices.
+        self._delivering: tuple[float, int, bool, float] | None = None
+        self._flush_deferred = False  # changes came during a delivery: flush after it
         state.subscribe(self.on_change)
 
     # -- sessions --------------------------------------------------------------------------------
@@ -88,30 +91,25 @@ class Mapper(MapBuilder):
     def stream_count(self) -> int:
         return len(self.sessions)
 
+    def delivering(self) -> bool:
+        """Messages are still being handed to streams (deliver)."""
+        return bool(self._delivery)
+
     def idle(self) -> bool:
         """No change waits for delivery: nothing pending, every stream's queue written out."""
-        return (self._flush_handle is None and not self._pending_patch
+        return (self._flush_handle is None and not self._delivery
+                and not self._flush_deferred and not self._pending_patch
                 and not self._pending_upsert and not self._pending_own
                 and not self._pending_remove
                 and all(not s.queue and not s.needs_full for s in self.sessions.values()))
 
     # -- fan-out -----------------------------------------------------------------------------------
 
-    def _viewers(self, node_id: int) -> list[MapSession]:
-        if node_id in self.state.pending:
-            return []  # awaiting approval: nobody sees it
-        visible = self.visible_ids(node_id)
-        if visible is None:
-            return [s for i, s in self.sessions.items() if i != node_id]
-        sessions = self.sessions
-        return [sessions[i] for i in visible if i != node_id and i in sessions]
-
     def _send(self, sessions: Iterable[MapSession], msg: Message) -> None:
-        count = 0
-        for s in sessions:
-            s.push(msg)
-            count += 1
+        sessions = list(sessions)
+        count = len(sessions)
         if count:
+            self.deliver(sessions, msg)
             seconds = time.monotonic() - self._change_started if self._change_started else 0.0
             self.notify(MapSent(MapKind.DELTA, count, len(msg.frame(True)), seconds))
 
@@ -182,33 +180,6 @@ class Mapper(MapBuilder):
         if own is not None:
             own.close()
 
-    def _remove_parts(self, gone: list[int]) -> Parts:
-        """PeersRemoved: the batch's deleted nodes each stream holds."""
-        mask = self.slots.of(gone)
-        edit = bitset.SharedEdit(lambda known: known & ~mask)
-        held_part: dict[int, bytes] = {}  # held bits -> part
-        per: dict[int, bytes | None] = {}
-        for s in self.sessions.values():
-            view = self._view(s)
-            for i in gone:
-                view.peers.pop(i, None)
-            if s.known is None:  # holds every live node: the default part
-                continue
-            held = s.known & mask
-            if held:
-                s.known = edit(s.known)
-                part = held_part.get(held)
-                if part is None:
-                    part = held_part[held] = b'"PeersRemoved":' + dumps(self.slots.ids(held))
-                per[s.node_id] = part
-            else:
-                per[s.node_id] = None
-        # No stream's int has their bits now (the engine's classes were dropped when it heard
-        # of the removals): their slots may go to the next nodes.
-        for i in gone:
-            self.slots.release(i)
-        return b'"PeersRemoved":' + dumps(gone), per
-
     def _send_parts(self, batch: list[Parts]) -> None:
         """One message per stream of the parts it gets; streams with the same parts share it."""
         common = [default for default, _ in batch if default is not None]
@@ -234,8 +205,38 @@ class Mapper(MapBuilder):
         for parts, sessions in groups.values():
             self._send(sessions, Message(b"{" + b",".join(parts) + b"}"))
 
+    def deliver(self, sessions: Iterable[MapSession], msg: Message) -> None:
+        """Hand ``msg`` to each stream, after everything handed over before, a slice at a
+        time (delivery.py)."""
+        self.delivery_seq += 1
+        self._delivery.add(self.delivery_seq,
+                           sessions if isinstance(sessions, list) else list(sessions), msg)
+
+    def _delivered_all(self) -> None:
+        """The last stream has its message: the flush's cost is known; a flush that waited
+        for the delivery may be scheduled."""
+        if self._delivering is not None:
+            start, changes, waited, work = self._delivering
+            self._delivering = None
+            end = time.monotonic()
+            cost = min(work + self._delivery.busy, end - start)
+            # As if it had run in one go, ending now: the window (pacing.py) counts from now
+            # and lasts ratio times what the flush cost.
+            self._pacer.flushed(end - cost, end, changes, waited)
+            if looptrace.on():
+                looptrace.record("flush", start, end, changes, len(self.sessions),
+                                 self._delivery.busy, self._delivery.slices)
+        if self._flush_deferred:
+            self._flush_deferred = False
+            self._schedule_flush()
+
     def _schedule_flush(self) -> None:
-        if self._flush_handle is not None:
+        if self._flush_handle is not None or self._flush_deferred:
+            return
+        if self._delivery:
+            # The last flush's messages are still going out: this one gathers until then
+            # (and its window, below, counts from then).
+            self._flush_deferred = True
             return
         try:
             loop = asyncio.get_running_loop()
@@ -255,7 +256,9 @@ class Mapper(MapBuilder):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        self._flush_deferred = False
         start = time.monotonic()
+        busy = self._delivery.busy
         waited, self._flush_waits = self._flush_waits, False
         patches, self._pending_patch = self._pending_patch, {}
         upserts, self._pending_upsert = self._pending_upsert, {}
@@ -276,77 +279,17 @@ class Mapper(MapBuilder):
             log.exception("mapper flush failed; resyncing all streams")
             for s in self.sessions.values():
                 s.resync()
-        self._pacer.flushed(start, time.monotonic(), len(patches) + len(upserts) + len(removes),
-                            waited)
-
-    def _patch_parts(self, patches: dict[int, ch.Patch]) -> Parts:
-        """PeersChangedPatch: one shared part for nodes every stream sees, plus per stream
-        the patches of nodes policy restricts."""
-        broadcast: list[bytes] = []
-        specific: dict[int, list[bytes]] = {}
-        own: dict[int, bytes] = {}
-        for node_id in sorted(patches):
-            node = self.state.nodes.get(node_id)
-            if node is None or node_id in self.state.pending:
-                continue
-            f = patches[node_id]
-            body = dumps(self._patch_of(node, f))
-            visible = self.visible_ids(node_id)
-            if visible is None:
-                # The node itself gets it too: a client ignores patches for IDs it does not
-                # hold as peers (after a netmap rebuild: docs/performance.md), and skipping
-                # it would cost a message of its own.
-                broadcast.append(body)
-            else:
-                # Here too (when the class int holds the node): a class's streams then share
-                # one list, one message; without it each of a restrictive storm's 10,000
-                # streams had a message of its own, ~100 KB each (issue 19).
-                own[node_id] = body
-                for i in visible:
-                    if i in self.sessions:
-                        specific.setdefault(i, []).append(body)
-        head = b'"PeersChangedPatch":['
-        default = head + b",".join(broadcast) + b"]" if broadcast else None
-        # Streams seeing the same changed nodes (a team's servers) share one part, so one
-        # message: compressed once, queued once however many lag (restrictive storms).
-        shared: dict[tuple[int, ...], bytes] = {}
-        per: dict[int, bytes | None] = {}
-        for i, items in specific.items():
-            if len(items) == 1 and items[0] is own.get(i):
-                continue  # only its own patch: no message for it
-            part = shared.get(key := tuple(map(id, items)))
-            per[i] = part or shared.setdefault(key, head + b",".join([*broadcast, *items]) + b"]")
-        return default, per
-
-    def _upsert_parts(self, upserts: dict[int, bool]) -> Parts:
-        """PeersChanged (whole nodes) and their UserProfiles; shared by streams with the same
-        view."""
-        per_stream: dict[int, list[bytes]] = {}
-        profiles_for: dict[int, list[Node]] = {}
-        for node_id in sorted(upserts):
-            node = self.state.nodes.get(node_id)
-            if node is None:
-                continue
-            self._caps[node.id] = self._caps_json(node.id)
-            edit = bitset.SharedEdit(partial(operator.or_, self.slots.bit(node.id)))
-            for s in self._viewers(node.id):
-                if s.known is not None:
-                    s.known = edit(s.known)
-                sig = self.peer_sig(node, s.node_id)
-                self._record(s, node.id, sig)
-                per_stream.setdefault(s.node_id, []).append(self._fragment(node, sig))
-                profiles_for.setdefault(s.node_id, []).append(node)
-        shared: dict[tuple[int, ...], bytes] = {}
-        per: dict[int, bytes | None] = {}
-        for stream_id, frags in per_stream.items():
-            key = tuple(id(f) for f in frags)
-            part = shared.get(key)
-            if part is None:
-                profiles = dumps(self._profiles(profiles_for[stream_id]))
-                part = shared[key] = (b'"PeersChanged":[' + b",".join(frags)
-                                      + b'],"UserProfiles":' + profiles)
-            per[stream_id] = part
-        return None, per
+        changes = len(patches) + len(upserts) + len(removes)
+        work = time.monotonic() - start - (self._delivery.busy - busy)
+        if not self._delivery:  # all pushed in this turn (and the busy time counted anew)
+            work = time.monotonic() - start
+        if self._delivering is not None:  # flushed again (synchronously) while delivering
+            first, before, waited_before, work_before = self._delivering
+            start, changes, waited = first, changes + before, waited or waited_before
+            work += work_before
+        self._delivering = (start, changes, waited, work)
+        if not self._delivery:
+            self._delivered_all()
 
     def _flush_own(self, owns: dict[int, Output]) -> None:
         """What changed nodes' own streams lack: their policy outputs, self Node, profile."""

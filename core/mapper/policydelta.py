@@ -153,10 +153,10 @@ class PolicyDelta:
         if not out:
             return
         if not shared:
-            s.push(Message(_body(out)))
+            b.deliver((s,), Message(_body(out)))
             return
         key = tuple((k, id(v)) for k, v in out.items())
         msg = self._messages.get(key)
         if msg is None:
             msg = self._messages[key] = Message(_body(out))
-        s.push(msg)
+        b.deliver((s,), msg)

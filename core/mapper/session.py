@@ -29,6 +29,9 @@ class MapSession:
         self.filter_digest = b""  # of the PacketFilter and SSHPolicy the client holds
         self.ssh_digest = b""
         self.overflows = 0
+        # The mapper's delivery_seq when its last full map was built: messages handed over
+        # up to then are in that map, and not pushed after it (mapper.py, _deliver).
+        self.synced = 0
         self.sent = {"full": 0, "delta": 0, "keepalive": 0}
         self.keepalive_due = False
         self.ticker: asyncio.TimerHandle | None = None
