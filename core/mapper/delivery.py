@@ -17,12 +17,15 @@ than its full map reaches it after it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from meshscale.mapper.frames import Message
 from meshscale.mapper.session import MapSession
+
+log = logging.getLogger(__name__)
 
 SLICE = 0.02  # seconds of pushing to streams before the loop gets a turn
 STEP = 128  # streams pushed between looks at the clock
@@ -65,7 +68,12 @@ class Delivery:
                 end = min(n, pos + STEP)
                 for s in sessions[pos:end]:
                     if s.synced < seq:
-                        s.push(msg)
+                        try:
+                            s.push(msg)
+                        except Exception:  # a bug must not stall every later message
+                            log.exception("push to the stream of node %d failed; resyncing "
+                                          "it", s.node_id)
+                            s.resync()
                 pos = end
                 if pos < n and time.monotonic() >= deadline:
                     self.busy += time.monotonic() - started

@@ -101,3 +101,22 @@ def test_without_a_loop_everything_is_delivered_at_once(tmp_path: Path,
     sessions = streaming(m, range(1, 31))
     m.deliver(sessions, Message(b'{"n":1}'))
     assert not m.delivering() and all(bodies(s) == [b'{"n":1}'] for s in sessions)
+
+
+async def test_a_push_that_fails_resyncs_that_stream_and_the_rest_still_get_it(
+        tmp_path: Path, sliced: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    st = tailnet(tmp_path, 30)
+    m = Mapper(st.config, st, AllowAllEngine(), dict)
+    sessions = streaming(m, range(1, 31))
+    broken = sessions[15]
+
+    def fail(_msg: Message) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(broken, "push", fail)
+    m.deliver(sessions, Message(b'{"n":1}'))
+    await until_idle(m)
+    m.deliver(sessions, Message(b'{"n":2}'))
+    await until_idle(m)
+    assert broken.needs_full
+    assert all(bodies(s) == [b'{"n":1}', b'{"n":2}'] for s in sessions if s is not broken)
