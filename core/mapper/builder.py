@@ -10,7 +10,7 @@ chunks of peers (architecture.md §3).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -116,7 +116,7 @@ class MapBuilder:
         self.delivery_seq = 0
         state.subscribe(self._membership)
 
-    def deliver(self, sessions: Iterable[MapSession], msg: Message) -> None:
+    def deliver(self, sessions: Sequence[MapSession], msg: Message) -> None:
         """Hand ``msg`` to each stream (the mapper pushes in slices: mapper.py)."""
         for s in sessions:
             s.push(msg)

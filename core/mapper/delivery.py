@@ -76,18 +76,20 @@ class Delivery:
                             s.resync()
                 pos = end
                 if pos < n and time.monotonic() >= deadline:
-                    self.busy += time.monotonic() - started
                     self._pos = pos
-                    assert loop is not None
-                    self._handle = loop.call_soon(self.run)
+                    self._pause(loop, started)
                     return
             queue.popleft()
             self._pos = 0
             if queue and time.monotonic() >= deadline:
-                self.busy += time.monotonic() - started
-                assert loop is not None
-                self._handle = loop.call_soon(self.run)
+                self._pause(loop, started)
                 return
         self.busy += time.monotonic() - started
         self.on_done()
         self.busy, self.slices = 0.0, 0
+
+    def _pause(self, loop: asyncio.AbstractEventLoop | None, started: float) -> None:
+        """End this slice: count its time, and go on in the loop's next turn."""
+        self.busy += time.monotonic() - started
+        assert loop is not None  # without a loop the deadline is infinite
+        self._handle = loop.call_soon(self.run)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from meshscale import looptrace
@@ -205,12 +205,11 @@ class Mapper(FlushParts):
         for parts, sessions in groups.values():
             self._send(sessions, Message(b"{" + b",".join(parts) + b"}"))
 
-    def deliver(self, sessions: Iterable[MapSession], msg: Message) -> None:
+    def deliver(self, sessions: Sequence[MapSession], msg: Message) -> None:
         """Hand ``msg`` to each stream, after everything handed over before, a slice at a
         time (delivery.py)."""
         self.delivery_seq += 1
-        self._delivery.add(self.delivery_seq,
-                           sessions if isinstance(sessions, list) else list(sessions), msg)
+        self._delivery.add(self.delivery_seq, sessions, msg)
 
     def _delivered_all(self) -> None:
         """The last stream has its message: the flush's cost is known; a flush that waited
