@@ -89,6 +89,13 @@ LACKING: tuple[Lacking, ...] = (
 )
 
 
+# headscale switches meshscale accepts (they are off here whatever the file says): a notice only
+# when the file turns one on, since headscale's example config carries them, off.
+OFF_HERE: dict[str, str] = {
+    "database.debug": "headscale's SQL query log; meshscale logs no SQL statements",
+}
+
+
 def _get(raw: dict[str, Any], dotted: str) -> tuple[bool, Any]:
     node: Any = raw
     for part in dotted.split("."):
@@ -165,6 +172,9 @@ def translate(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[Conf
         elif _set(raw, new, value):
             notices.append(f"{old}: headscale's old name for {new}; read as {new}")
     _ip_prefixes(raw, notices, errors)
+    for key, what in OFF_HERE.items():
+        if _get(raw, key)[1] is True:
+            notices.append(f"{key}: ignored ({what})")
     for feature in LACKING:
         present = [(k, v) for k in feature.keys for found, v in [_get(raw, k)] if found]
         if not present:

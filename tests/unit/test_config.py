@@ -56,6 +56,17 @@ def test_headscale_keys_we_do_not_use_are_accepted_with_a_notice(
     assert caplog.text == ""  # shown by serve and configtest only, not on every load
 
 
+def test_headscale_switches_that_are_off_here_warn_only_when_on() -> None:
+    # headscale's example config carries database.debug: false; only true gets a notice.
+    assert build_config({"database": {"debug": False}}).notices == ()
+    assert build_config({"database": {"debug": True}}).notices == (
+        "database.debug: ignored (headscale's SQL query log; meshscale logs no SQL "
+        "statements)",)
+    with pytest.raises(ConfigError) as err:
+        build_config({"database": {"debug": "yes"}})
+    assert err.value.path == "database.debug"
+
+
 def test_durations() -> None:
     assert parse_duration("90s", "x") == 90
     assert parse_duration("1h30m", "x") == 5400
