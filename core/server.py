@@ -115,7 +115,7 @@ class Server(ServerParts):
         self.derp = self._make_derp_manager()
         self.mapper = Mapper(
             cfg, state, self.engine, self.derp_map,
-            notify=self.host.hooks.map_sent, dns=self.dns.in_force,
+            notify=self.host.hooks.map_sent, dns=self.dns.in_force, trace=self.trace,
         )
         self.lifecycle = lifecycle = NodeLifecycle(cfg, state, self.host.hooks)
         self.plane = ControlPlane(cfg, state, self.mapper, self.engine, self.host, lifecycle,

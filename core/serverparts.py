@@ -23,6 +23,7 @@ from meshscale.derpmap import DerpMapManager
 from meshscale.dns.settings import DnsSettings
 from meshscale.errors import MeshscaleError, PluginError
 from meshscale.listener import Listener
+from meshscale.looptrace import LoopTrace
 from meshscale.mapper.mapper import Mapper
 from meshscale.pluginhost import PluginHost
 from meshscale.policy import AllowAllEngine, PolicyEngine
@@ -62,6 +63,7 @@ class ServerParts:
         self.tasks: set[asyncio.Task[None]] = set()
         self.main_port = 0
         self.policy_text: str | None = None
+        self.trace = LoopTrace()  # off unless opened (MESHSCALE_LOOPTRACE, cli/serve.py)
 
     # -- ServerContext ---------------------------------------------------------------------------
 

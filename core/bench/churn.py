@@ -144,7 +144,8 @@ class _Churn:
         self.latencies = {"endpoint": [], "reconnect": [], "join": [], "leave": []}
         self.steps = {"reconnect": [], "join": []}
         lags: list[tuple[float, float]] = []  # this process's loop: (when, how late)
-        monitor = LagMonitor(asyncio.get_running_loop(), lags)
+        monitor = LagMonitor(asyncio.get_running_loop(),
+                             lambda when, lag: lags.append((when, lag)))
         monitor.start()
         pending: set[asyncio.Task[None]] = set()
         cpu0, gen0, bytes0 = b.mark()

@@ -46,12 +46,11 @@ def serve(config: Config, host: PluginHost, config_arg: str | None) -> int:
     check_plugin_extras(config, host)  # the server checks the rest itself, in order
 
     async def main() -> None:
-        from meshscale import looptrace  # noqa: PLC0415
         from meshscale.memdebug import install_from_env  # noqa: PLC0415
 
         server = Server(config, host)
         memdebug = install_from_env()  # off unless MESHSCALE_MEMDEBUG is set
-        trace = looptrace.install_from_env()  # off unless MESHSCALE_LOOPTRACE is set
+        server.trace.open_from_env()  # off unless MESHSCALE_LOOPTRACE is set
         try:
             await server.start()
             server.install_signal_handlers()
@@ -63,7 +62,7 @@ def serve(config: Config, host: PluginHost, config_arg: str | None) -> int:
             if memdebug is not None:
                 memdebug.stop()
             await server.stop()
-            looptrace.stop(trace)
+            server.trace.close()
 
     asyncio.run(main())
     return 0

@@ -18,7 +18,7 @@ import random
 import time
 from typing import Any
 
-from meshscale import looptrace, tailcfg
+from meshscale import tailcfg
 from meshscale.clientinput import Limits, MapRequest, parse_map
 from meshscale.config import Config
 from meshscale.control.body import typed_body
@@ -201,9 +201,9 @@ class MapPoll:
                                 self.full_map_deadline + size / self.full_map_min_rate):
                             await resp.write(parts)
                         del parts  # do not hold megabytes while the stream idles
-                    if looptrace.on():
-                        looptrace.record("full", node.id, asked, entered, built,
-                                         time.monotonic(), size)
+                    if self.mapper.trace.on:
+                        self.mapper.trace.record("full", node.id, asked, entered, built,
+                                                 time.monotonic(), size)
                     session.sent["full"] += 1
                     continue
                 if session.queue:

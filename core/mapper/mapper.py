@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from meshscale import looptrace
 from meshscale.config import Config
 from meshscale.dns.model import DnsConfig
 from meshscale.events import MapKind, MapSent
+from meshscale.looptrace import LoopTrace
 from meshscale.mapper import wire
 from meshscale.mapper.builder import config_caps, cut_off
 from meshscale.mapper.delivery import Delivery
@@ -49,9 +49,12 @@ class Mapper(FlushParts):
         derp_map: Callable[[], Mapping[str, Any]],
         notify: Notify | None = None,
         dns: Callable[[], DnsConfig] | None = None,
+        trace: LoopTrace | None = None,
     ) -> None:
         super().__init__(config, state, engine, derp_map, dns)
         self.notify = notify or (lambda _e: None)
+        # The server's trace (looptrace.py), also read by its map poll; off by default.
+        self.trace = trace if trace is not None else LoopTrace()
         self.sessions: dict[int, MapSession] = {}
         self._change_started = 0.0  # when the change being fanned out reached us (MapSent)
         # Changes of this event-loop turn, delivered together by flush().
@@ -222,9 +225,9 @@ class Mapper(FlushParts):
             # As if it had run in one go, ending now: the window (pacing.py) counts from now
             # and lasts ratio times what the flush cost.
             self._pacer.flushed(end - cost, end, changes, waited)
-            if looptrace.on():
-                looptrace.record("flush", start, end, changes, len(self.sessions),
-                                 self._delivery.busy, self._delivery.slices)
+            if self.trace.on:
+                self.trace.record("flush", start, end, changes, len(self.sessions),
+                                  self._delivery.busy, self._delivery.slices)
         if self._flush_deferred:
             self._flush_deferred = False
             self._schedule_flush()
