@@ -51,6 +51,10 @@ def transports() -> dict[str, int]:
 
     count = waiting = allocated = sessions = queued = needs_full = 0
     for obj in gc.get_objects():
+        # What waits is public (get_write_buffer_size); what the buffer allocates is not: a
+        # socket transport's bytearray keeps its capacity after a burst, which is what this
+        # report looks for, so the private ``_buffer`` is read, and only where it exists (the
+        # socket transports, also those under a TLS transport).
         if isinstance(obj, asyncio.Transport) and hasattr(obj, "_buffer"):
             count += 1
             waiting += obj.get_write_buffer_size()

@@ -39,7 +39,7 @@ from meshscale.errors import ProtocolError
 from meshscale.limits import ConnectionTable, Refusal, Slot, SummaryLog
 from meshscale.noise import handshake
 from meshscale.noise.records import RecordDecoder, RecordEncoder
-from meshscale.workers.handover import EARLY_DATA, early_data, hand_over
+from meshscale.workers.handover import EARLY_DATA, CountingReader, early_data, hand_over
 from meshscale.workers.link import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class FrontDoor:
     async def _accepted(self, conn: socket.socket, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         try:
-            reader = asyncio.StreamReader(limit=2**20)
+            reader = CountingReader(limit=2**20)  # early_data reads its count
             protocol = asyncio.StreamReaderProtocol(reader)
             timeout = self.limits.header_timeout
             try:
@@ -314,16 +314,18 @@ class FrontDoor:
                 init, switching, framing = ws.init, ws.response, ws.framing
             else:
                 init, switching = _raw_upgrade(head, upgrade)
-                if self.workers is not None and early_data(reader):
-                    writer.write(plain_response(400, "Bad Request", EARLY_DATA))
-                    await linger(reader, writer)  # so that the client reads it (no RST)
-                    return
-                if self.workers is not None and await hand_over(
-                        self.workers, init, head.rest, writer,
-                        None if slot is None else (
-                            lambda busy: self.table.set_busy(slot, busy)),
-                        None if slot is None else (lambda: self.table.set_proven(slot))):
-                    return
+                # Only connections it accepted itself go to a worker: their reader counts.
+                if self.workers is not None and isinstance(reader, CountingReader):
+                    if early_data(reader, len(head.raw)):
+                        writer.write(plain_response(400, "Bad Request", EARLY_DATA))
+                        await linger(reader, writer)  # so that the client reads it (no RST)
+                        return
+                    if await hand_over(
+                            self.workers, init, head.rest, writer,
+                            None if slot is None else (
+                                lambda busy: self.table.set_busy(slot, busy)),
+                            None if slot is None else (lambda: self.table.set_proven(slot))):
+                        return
             hs = handshake.respond(self.noise_key, init)
         except websocket.UpgradeRefused as exc:
             writer.write(plain_response(exc.status, _REASONS.get(exc.status, ""), exc.text))

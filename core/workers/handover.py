@@ -14,13 +14,27 @@ EARLY_DATA = ("data sent after the /ts2021 upgrade request, before the server's 
               "response; a Tailscale client sends nothing until it has the response")
 
 
-def early_data(reader: asyncio.StreamReader) -> bool:
-    """True if ``reader`` holds bytes beyond what read_head returned (``head.rest``): they would
-    not reach a worker (only ``rest`` and the kernel's bytes do), so the caller refuses the
-    connection rather than hand it over short of them. asyncio has no public way to see what a
-    StreamReader holds; nothing awaits between this check and hand_over's pause_reading, so
+class CountingReader(asyncio.StreamReader):
+    """The front door's reader: counts the bytes its transport fed it, so ``early_data`` can
+    tell whether more arrived than the head's reads took. asyncio has no public way to see what
+    a StreamReader holds; counting in ``feed_data`` (what its protocol calls with each chunk)
+    needs none. One addition per chunk received."""
+
+    received = 0
+
+    # typeshed types ``data`` as bytearray.extend's argument; asyncio's protocols feed bytes.
+    def feed_data(self, data: bytes) -> None:  # type: ignore[override]
+        self.received += len(data)
+        super().feed_data(data)
+
+
+def early_data(reader: CountingReader, consumed: int) -> bool:
+    """True if ``reader`` holds bytes beyond the ``consumed`` that read_head read (its
+    ``head.raw``, of which ``head.rest`` is past the head): they would not reach a worker (only
+    ``rest`` and the kernel's bytes do), so the caller refuses the connection rather than hand it
+    over short of them. Nothing awaits between this check and hand_over's pause_reading, so
     nothing more arrives in between."""
-    return len(reader._buffer) > 0  # type: ignore[attr-defined]
+    return reader.received > consumed
 
 
 async def hand_over(pool: WorkerPool, init: bytes, rest: bytes, writer: asyncio.StreamWriter,
