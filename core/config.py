@@ -22,6 +22,13 @@ from meshscale.configvalues import (
     Url,
     letsencrypt_listen_addr,
 )
+
+# Plugins written before the value parsers moved to configvalues.py imported them from here:
+# still importable, the same functions (docs/plugins.md §3 names configvalues as their home).
+# The ``as`` spelling is what marks a re-export for type checkers (mypy --strict).
+from meshscale.configvalues import parse_duration as parse_duration  # noqa: PLC0414
+from meshscale.configvalues import parse_host_port as parse_host_port  # noqa: PLC0414
+from meshscale.configvalues import split_host_port as split_host_port  # noqa: PLC0414
 from meshscale.dns.model import DnsConfig
 
 # -- the schema ------------------------------------------------------------------------------

@@ -125,6 +125,24 @@ def test_every_hook_is_in_the_plugin_guide_with_its_arguments() -> None:
         assert [a.strip() for a in args.split(",") if a.strip()] == params, name
 
 
+def test_the_config_value_helpers_the_guide_names_have_one_home() -> None:
+    """The guide's helpers import from ``meshscale.configvalues``, and still from
+    ``meshscale.config`` (where plugins written before the split found them) as the same
+    functions, not copies."""
+    import meshscale.config
+    import meshscale.configvalues
+
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    named = set(re.findall(r"`(parse_\w+|split_\w+)\(", doc))
+    assert named == {"parse_duration", "parse_host_port", "split_host_port"}
+    assert "`meshscale.configvalues`" in doc
+    for name in named:
+        helper = getattr(meshscale.configvalues, name)
+        assert helper.__module__ == "meshscale.configvalues"
+        assert getattr(meshscale.config, name) is helper
+    assert meshscale.config.parse_duration("5m", "x.timeout") == 300.0
+
+
 def builtin_plugin_modules() -> list[str]:
     names = []
     for p in sorted((ROOT / "plugins").iterdir()):
