@@ -33,7 +33,8 @@ from meshscale import websocket
 from meshscale.config import LimitsConfig
 from meshscale.contributions import UpgradeRequest, UpgradeRoute
 from meshscale.control.framing import RAW, Framing
-from meshscale.control.h2conn import NoiseH2Connection, linger
+from meshscale.control.h2conn import NoiseH2Connection
+from meshscale.control.linger import linger
 from meshscale.control.request import Handler
 from meshscale.errors import ProtocolError
 from meshscale.limits import ConnectionTable, Refusal, Slot, SummaryLog

@@ -29,6 +29,7 @@ from meshscale.control.framing import RAW, Framing
 from meshscale.control.h2guard import FrameGuard, FrameSizeError, InboundBudget, WindowCounter
 from meshscale.control.h2send import H2Output, H2Stream, tune_transport
 from meshscale.control.h2slim import slim_settings
+from meshscale.control.linger import linger
 from meshscale.control.request import ControlRequest, Handler, ResponseWriter, serve
 from meshscale.errors import ProtocolError
 from meshscale.noise.records import RecordDecoder, RecordEncoder
@@ -37,13 +38,6 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 65536
 WRITE_BUFFER_HIGH = 1 << 20  # stop reading while this much output waits for a slow reader
-# Closing a socket whose receive buffer holds unread bytes makes the kernel send RST, and a RST
-# makes the client's kernel discard what the client had not read yet: our GOAWAY (a client
-# flooding resets has its next frames in flight when we close). So close lingers: our side is
-# shut down for writing (FIN after the GOAWAY) and input is read and discarded until the client
-# closes too, LINGER seconds pass, or LINGER_BYTES were discarded; then the socket closes.
-LINGER = 2.0
-LINGER_BYTES = 1 << 20
 
 
 class NoiseH2Connection(H2Output):
@@ -369,30 +363,13 @@ class NoiseH2Connection(H2Output):
                 last = self.framing.goodbye()
                 if last and not self.writer.transport.is_closing():
                     self.writer.write(last)
-                await linger(self.reader, self.writer)
+                await linger(self.reader, self.writer)  # our GOAWAY must reach the client
         finally:
             with contextlib.suppress(Exception):
                 self.writer.close()
                 # A client that reads nothing would keep the socket (and our unsent bytes)
                 # forever.
                 self._loop.call_later(5.0, self.writer.transport.abort)
-
-
-
-async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """FIN after what we wrote, then discard input (bounded) so that closing sends no RST that
-    would destroy our last bytes in the client's buffer before it read them (see LINGER)."""
-    if writer.transport.is_closing() or not writer.can_write_eof():
-        return
-    writer.write_eof()
-    discarded = 0
-    with contextlib.suppress(TimeoutError, ConnectionError):
-        async with asyncio.timeout(LINGER):
-            while discarded < LINGER_BYTES:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    return
-                discarded += len(data)
 
 
 def _size(n: int) -> str:

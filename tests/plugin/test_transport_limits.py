@@ -314,7 +314,7 @@ async def test_item12_rapid_reset_gets_goaway(server_with: Callable[..., Any]) -
     await asyncio.wait_for(conn.closed.wait(), 5)  # the limit holds (else this times out)
     # The client reads the GOAWAY, through a worker too: there the close used to find the
     # attacker's next frames unread, and the kernel's RST discarded the GOAWAY in the client's
-    # buffer before it was read (h2conn LINGER).
+    # buffer before it was read (control/linger.py).
     ev = conn.goaway()
     assert ev is not None and ev.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
     await conn.close()
