@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from meshscale.transport import read_head
+from meshscale.httphead import read_head
 
 log = logging.getLogger(__name__)
 

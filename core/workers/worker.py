@@ -27,9 +27,10 @@ from meshscale.configvalues import Prefix
 from meshscale.control.h2conn import NoiseH2Connection
 from meshscale.control.request import ControlRequest, ResponseWriter
 from meshscale.errors import ProtocolError
+from meshscale.httphead import plain_response
 from meshscale.noise import handshake
 from meshscale.noise.records import RecordDecoder, RecordEncoder
-from meshscale.transport import RAW_SWITCHING, plain_response
+from meshscale.transport import RAW_SWITCHING
 from meshscale.workers import codec
 from meshscale.workers.chunks import CACHE_BYTES, ChunkStore
 

@@ -3,7 +3,7 @@ past what read_head read would be lost on the way, and are seen from the reader'
 
 from __future__ import annotations
 
-from meshscale.transport import read_head
+from meshscale.httphead import read_head
 from meshscale.workers.handover import CountingReader, early_data
 
 HEAD = b"POST /ts2021 HTTP/1.1\r\nHost: a\r\nUpgrade: tailscale-control-protocol\r\n\r\n"

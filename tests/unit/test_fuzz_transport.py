@@ -25,12 +25,13 @@ from nacl.public import PrivateKey
 
 from meshscale.control.h2guard import PREFACE, FrameGuard, FrameSizeError
 from meshscale.errors import ProtocolError
+from meshscale.httphead import read_head
 from meshscale.noise import handshake
 from meshscale.noise.records import MAX_PLAINTEXT, RecordDecoder, RecordEncoder
 from meshscale.plugins.derp import frames
 from meshscale.plugins.derp import handshake as derp_handshake
 from meshscale.plugins.stun import codec
-from meshscale.transport import FrontDoor, read_head
+from meshscale.transport import FrontDoor
 from tests.noiseclient import Initiator
 
 KEY = bytes(range(32))
