@@ -2,10 +2,10 @@
 
 ``ServerParts`` is the holder of storage, state, policy engine, mapper, control plane, DERP map,
 DNS settings, listeners and background tasks, with the ServerContext (``context.py``) and
-AdminServer (``api/admin.py``) views over them: stats, node and map-session views, the DERP map,
-``spawn``. ``Server`` (``server.py``) is the one subclass: it builds these parts in start-up
-order, installs policies and reloads while running, and stops them; the reading side is here so
-that the lifecycle reads top to bottom on its own.
+AdminServer (``api/admin.py``) views over them: stats, node (``api/adminviews.py``) and
+map-session views, the DERP map, ``spawn``. ``Server`` (``server.py``) is the one subclass: it
+builds these parts in start-up order, installs policies and reloads while running, and stops
+them; the reading side is here so that the lifecycle reads top to bottom on its own.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from meshscale.api.adminviews import node_view
 from meshscale.auth import Logins
 from meshscale.config import Config
 from meshscale.control.plane import ControlPlane
@@ -125,8 +126,6 @@ class ServerParts:
         return out
 
     def nodes(self) -> Sequence[Mapping[str, Any]]:
-        from meshscale.api.admin import node_view  # noqa: PLC0415 - keeps quart views lazy
-
         state = self.state
         if state is None:
             return []

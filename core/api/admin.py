@@ -2,7 +2,7 @@
 
 The CLI never touches the database; everything goes through the running server, so in-memory
 state, storage and connected clients stay in step. Output shapes follow headscale's CLI JSON with
-camelCase keys.
+camelCase keys (``adminviews.py``).
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from quart import Quart, Response, request
 
-from meshscale import auth, tailcfg
+from meshscale import tailcfg
+from meshscale.api.adminviews import key_view, node_view, user_view
 from meshscale.api.apikeys import add_routes as add_apikey_routes
 from meshscale.api.dnsapi import add_routes as add_dns_routes
 from meshscale.api.restviews import json_bool
 from meshscale.errors import MeshscaleError, NotFoundError, StorageError
 from meshscale.policy import check_admin_tags
-from meshscale.state.models import Node, PreAuthKey, User
+from meshscale.state.models import Node, User
 
 if TYPE_CHECKING:
     from meshscale.config import Config
@@ -61,59 +62,6 @@ class AdminServer(Protocol):
     def stats(self) -> Mapping[str, float]: ...
     @property
     def dns(self) -> DnsSettings | None: ...
-
-
-def _time(t: Any) -> str | None:
-    return tailcfg.gotime(t) if t is not None else None
-
-
-def user_view(u: User) -> dict[str, Any]:
-    return {
-        "id": u.id,
-        "name": u.name,
-        "displayName": u.display_name,
-        "email": u.email,
-        "profilePicUrl": u.picture,
-        "groups": list(u.groups),
-        "provider": u.provider,
-        "createdAt": _time(u.created_at),
-    }
-
-
-def key_view(k: PreAuthKey, user: User | None) -> dict[str, Any]:
-    return {
-        "id": k.id,
-        "key": auth.masked_key(k.key_form, k.prefix),  # the secret is shown once, at creation
-        "user": user_view(user) if user else None,
-        "reusable": k.reusable, "ephemeral": k.ephemeral, "used": k.used,
-        "expiration": _time(k.expiration), "createdAt": _time(k.created_at),
-        "aclTags": list(k.tags),
-        "preauthorized": k.preauthorized,  # its nodes skip device approval
-    }
-
-
-def node_view(n: Node, user: User | None) -> dict[str, Any]:
-    return {
-        "id": n.id,
-        "machineKey": tailcfg.mkey(n.machine_key),
-        "nodeKey": tailcfg.nodekey(n.node_key),
-        "discoKey": tailcfg.discokey(n.disco_key),
-        "ipAddresses": list(n.addresses),
-        "name": n.hostname,
-        "givenName": n.given_name,
-        "user": user_view(user) if user else None,
-        "online": n.online,
-        "lastSeen": _time(n.last_seen),
-        "expiry": _time(n.expiry),
-        "expired": n.expired(),
-        "createdAt": _time(n.created_at),
-        "registerMethod": n.register_method,
-        "ephemeral": n.ephemeral,
-        "tags": list(n.tags),
-        "approvedRoutes": list(n.approved_routes),
-        "availableRoutes": list(n.routable_ips),
-        "approved": n.approved,  # False: waits for `nodes approve` (node.approval: manual)
-    }
 
 
 def _json(data: Any, status: int = 200) -> Response:
