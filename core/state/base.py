@@ -2,11 +2,11 @@
 
 State is split by concept into a chain of classes, each in its own module: this base; the policy
 bridge (state/policyview.py: the nodes as policy sees them, auto-approvals, the route table);
-users and pre-auth keys (state/accounts.py); nodes, their registration and updates
-(state/store.py, whose ``State`` is the whole). Every mutation first computes the new records,
-writes them to storage in one transaction and only then changes memory, so a failed write changes
-nothing. There is no ``await`` inside a mutation: on one event loop that makes check-and-consume
-of a single-use key atomic.
+users and pre-auth keys (state/accounts.py); the admin's changes to nodes (state/nodeadmin.py);
+nodes, their registration and updates (state/store.py, whose ``State`` is the whole). Every
+mutation first computes the new records, writes them to storage in one transaction and only then
+changes memory, so a failed write changes nothing. There is no ``await`` inside a mutation: on
+one event loop that makes check-and-consume of a single-use key atomic.
 """
 
 from __future__ import annotations
@@ -101,6 +101,12 @@ class StateBase:
         self.pending.discard(n.id)
         self.v4.release(n.ipv4)
         self.v6.release(n.ipv6)
+
+    def _replace(self, old: Node, new: Node) -> None:
+        """A node's new record in place of its old one (online is memory's, not stored)."""
+        new.online = old.online
+        self._unindex(old)
+        self._index(new)
 
     @staticmethod
     def serving(n: Node) -> bool:
