@@ -20,6 +20,7 @@ def user_view(u: User) -> dict[str, Any]:
         "name": u.name,
         "displayName": u.display_name,
         "email": u.email,
+        "providerId": u.provider_id,
         "profilePicUrl": u.picture,
         "groups": list(u.groups),
         "provider": u.provider,

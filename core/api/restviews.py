@@ -23,7 +23,7 @@ def user(u: User | None) -> dict[str, Any] | None:
         return None
     return {"id": str(u.id), "name": u.name, "createdAt": ts(u.created_at),
             "displayName": u.display_name, "email": u.email, "providerId": u.provider_id,
-            "provider": u.provider, "profilePicUrl": ""}
+            "provider": u.provider, "profilePicUrl": u.picture}
 
 
 # headscale's ListNodes (hscontrol/grpcv1.go nodesToProto) shows a tagged node as owned by the

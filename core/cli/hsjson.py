@@ -7,7 +7,7 @@ numbers, times are ``{"seconds": N, "nanos": N}`` and ``register_method`` is the
 Its YAML (yaml.v3 on the same structs) names fields by the lower-cased Go name (``ipaddresses``).
 headscale leaves out empty fields; meshscale prints every field (``online: false`` rather than
 nothing), which a reader of headscale's output also accepts, plus a few of its own (nodes'
-``expired``, ``ephemeral`` and ``approved``, keys' ``preauthorized``).
+``expired``, ``ephemeral`` and ``approved``, keys' ``preauthorized``, users' ``groups``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def user(u: dict[str, Any] | None) -> dict[str, Any] | None:
         "provider_id": u.get("providerId", ""),
         "provider": u.get("provider", ""),
         "profile_pic_url": u.get("profilePicUrl", ""),
+        "groups": list(u.get("groups", [])),  # meshscale's: the login provider's groups claim
     }
 
 
