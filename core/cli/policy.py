@@ -18,6 +18,9 @@ def run(args: argparse.Namespace) -> Out:
         return Out(_policy_compile(args))
     if args.action == "check" and getattr(args, "offline", False):
         return Out(_policy_check_offline(args))
+    if args.action == "get" and getattr(args, "offline", False):
+        text = _policy_get_offline(args)
+        return Out(text if args.output in ("table", "") else {"policy": text})
     if getattr(args, "offline", False):  # set --offline writes this machine's database
         return Out(_policy_set_offline(args, local_client(args, "policy set --offline"),
                                        Path(args.file).read_text(encoding="utf-8")))
@@ -46,6 +49,22 @@ def _engine(args: argparse.Namespace) -> Any:
 def _policy_check_offline(args: argparse.Namespace) -> str:
     _engine(args).check(Path(args.file).read_text(encoding="utf-8"), [], [])
     return "policy is valid"
+
+
+def _policy_get_offline(args: argparse.Namespace) -> str:
+    """The policy stored in the database, read without a server and without opening the
+    storage (nothing is created or migrated): what to fix when ``serve`` refuses it."""
+    config, host = load(args)
+    if config.policy.mode != "database":
+        where = f" ({config.resolve(config.policy.path)})" if config.policy.path else ""
+        raise MeshscaleError(f"policy.mode is 'file': the policy is policy.path{where}, "
+                             "not stored in the database")
+    backend = pick(host.hooks.storage_backends(), config.database.type, "database.type",
+                   "storage backend")
+    text = backend.stored_policy(config) if backend.stored_policy is not None else None
+    if text is None:
+        raise MeshscaleError("no policy is stored in the database (or it cannot be read)")
+    return text
 
 
 def _policy_set_offline(args: argparse.Namespace, c: AdminClient, text: str) -> str:
@@ -91,7 +110,11 @@ def _policy_compile(args: argparse.Namespace) -> Any:
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     pol = add(sub, "policy", "get, set, check or compile the policy", common)
     ps = pol.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add(ps, "get", "print the policy in force", common, aliases=["show", "view", "fetch"])
+    x = add(ps, "get", "print the policy in force", common, aliases=["show", "view", "fetch"])
+    # headscale's name for --offline is --bypass-grpc-and-access-database-directly.
+    offline = ("--offline", "--bypass-grpc-and-access-database-directly")
+    x.add_argument(*offline, dest="offline", action="store_true",
+                   help="print the policy stored in the database without a running server")
     helps = {"set": "replace the policy (policy.mode database)",
              "check": "check a policy file against the running server's users and nodes",
              "compile": "print what a policy gives each node of a topology file"}
@@ -102,10 +125,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
             x.add_argument("--topology", required=True,
                            help="a JSON file of users and nodes to compile against")
         if name == "check":
-            x.add_argument("--offline", action="store_true",
+            x.add_argument(*offline, dest="offline", action="store_true",
                            help="check without a running server (no topology)")
         if name == "set":
-            x.add_argument("--offline", action="store_true",
+            x.add_argument(*offline, dest="offline", action="store_true",
                            help="write the stored policy directly (server must be stopped)")
     pol.set_defaults(fn=run, aliases={"show": "get", "view": "get", "fetch": "get",
                                       "put": "set", "update": "set"})

@@ -436,11 +436,19 @@ async def test_recovery_from_an_invalid_stored_policy(
         await refused.start()
     await refused.stop()
 
+    # What is stored can be read without a server (headscale's flag name works too)...
+    capsys.readouterr()
+    assert main(["-c", str(cfg_file), "policy", "get", "--offline"]) == 0
+    assert capsys.readouterr().out.strip() == bad.read_text()
     # The way out: policy set --offline. A bad file is refused with its location...
     assert main(["-c", str(cfg_file), "policy", "set", "--offline", "--file", str(bad)]) == 1
     assert "acls[0].src[0]" in capsys.readouterr().err
     # ...a good one is stored, and the server starts with it.
-    assert main(["-c", str(cfg_file), "policy", "set", "--offline", "--file", str(good)]) == 0
+    assert main(["-c", str(cfg_file), "policy", "set",
+                 "--bypass-grpc-and-access-database-directly", "--file", str(good)]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(cfg_file), "-o", "json", "policy", "get", "--offline"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"policy": ALICE_ONLY}
     running = server()
     await running.start()
     try:
@@ -451,6 +459,17 @@ async def test_recovery_from_an_invalid_stored_policy(
         assert code == 1 and "server is running" in capsys.readouterr().err
     finally:
         await running.stop()
+
+
+def test_policy_get_offline_in_file_mode_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(f"data_dir: {tmp_path / 'data'}\npolicy:\n  path: acl.hujson\n")
+    assert main(["-c", str(cfg_file), "policy", "get", "--offline"]) == 1
+    err = capsys.readouterr().err
+    assert "policy.mode is 'file'" in err and str(tmp_path / "data" / "acl.hujson") in err
+    assert not (tmp_path / "data").exists()  # nothing was created
 
 
 async def test_approve_routes_through_the_admin_api_and_cli_parser(dbserver: Server) -> None:
