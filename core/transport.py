@@ -50,34 +50,30 @@ TS2021_PATH = websocket.TS2021_PATH
 TS2021_UPGRADE = websocket.SUBPROTOCOL  # the same token names the plain upgrade
 
 
-class _Relay:
-    """A StreamReader that starts with bytes already read, then continues from the socket."""
+def _relay_reader(first: bytes, source: asyncio.StreamReader,
+                 pumps: set[asyncio.Task[None]]) -> asyncio.StreamReader:
+    """A StreamReader that starts with bytes already read, then continues from ``source``,
+    through a task kept in ``pumps`` (its front door's: asyncio holds tasks only weakly)."""
+    out = asyncio.StreamReader(limit=2**20)
+    if first:
+        out.feed_data(first)
 
-    @staticmethod
-    def reader(first: bytes, source: asyncio.StreamReader) -> asyncio.StreamReader:
-        out = asyncio.StreamReader(limit=2**20)
-        if first:
-            out.feed_data(first)
+    async def pump() -> None:
+        try:
+            while True:
+                data = await source.read(65536)
+                if not data:
+                    break
+                out.feed_data(data)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            out.feed_eof()
 
-        async def pump() -> None:
-            try:
-                while True:
-                    data = await source.read(65536)
-                    if not data:
-                        break
-                    out.feed_data(data)
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                out.feed_eof()
-
-        task = asyncio.get_running_loop().create_task(pump())
-        _PUMPS.add(task)
-        task.add_done_callback(_PUMPS.discard)
-        return out
-
-
-_PUMPS: set[asyncio.Task[None]] = set()
+    task = asyncio.get_running_loop().create_task(pump())
+    pumps.add(task)
+    task.add_done_callback(pumps.discard)
+    return out
 
 
 class FrontDoor:
@@ -109,6 +105,7 @@ class FrontDoor:
         self.hconfig.read_timeout = int(max(1, self.limits.body_timeout))
         self.worker = WorkerContext(None)
         self.connections: set[asyncio.Task[None]] = set()
+        self.pumps: set[asyncio.Task[None]] = set()  # _relay_reader's, while their source reads
         self.table = ConnectionTable(max_connections or self.limits.max_connections,
                                      self.limits.max_connections_per_ip,
                                      uncapped=self.limits.uncapped_sources)
@@ -220,12 +217,13 @@ class FrontDoor:
                         # deadline): never closed to make room.
                         self.table.set_busy(slot, True)
                     peer = writer.get_extra_info("peername") or ("", 0)
+                    rest = _relay_reader(head.rest, reader, self.pumps) if head.rest else reader
                     await route.handler(
                         UpgradeRequest(
                             method=head.method,
                             target=head.target,
                             headers=head.headers,
-                            reader=_Relay.reader(head.rest, reader) if head.rest else reader,
+                            reader=rest,
                             writer=writer,
                             peer=(str(peer[0]), int(peer[1])),
                         )
@@ -238,7 +236,7 @@ class FrontDoor:
             self.hconfig,
             self.worker,
             {},
-            _Relay.reader(head.raw, reader),
+            _relay_reader(head.raw, reader, self.pumps),
             writer,
         )
         await server.run()
