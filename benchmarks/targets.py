@@ -20,6 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,36 @@ def _run(args: list[str], time_limit: float) -> dict[str, Any]:
     return out
 
 
+def machine_notes(out: dict[str, Any]) -> list[str]:
+    """What in a run's own counters says the machine, not the code, set its time.
+
+    The 5,000-node storm once took 22.6 s instead of 9: the load generator's CPU went into the
+    kernel, faulting in new pages that the VM had handed back to its hypervisor (each 4 to 10
+    times the cost of a page reused in the guest; docs/performance.md). A run's JSON carries the
+    generator's system time and page faults and the kernel's TCP counters; these notes point
+    at them instead of leaving a slow figure unexplained.
+    """
+    notes = []
+    sys_s, faults = out.get("generator_sys_s"), out.get("generator_minflt")
+    cpu = out.get("generator_cpu_s") or 0.0
+    if sys_s is not None and faults and sys_s > max(1.5, 0.3 * cpu):
+        notes.append(f"the generator spent {sys_s:g} s of its {cpu:g} s CPU in the kernel "
+                     f"({faults} page faults, {sys_s / faults * 1e6:.1f} us each; a reused page "
+                     "costs about 1.5 us here): new memory was slow on this machine")
+    tcp = out.get("tcpext") or {}
+    if tcp.get("TCPMemoryPressures") or tcp.get("TCPRcvQDrop") or tcp.get("PruneCalled"):
+        notes.append("TCP memory pressure during the run (TcpExt "
+                     + ", ".join(f"{k} {tcp[k]}" for k in ("TCPMemoryPressures", "PruneCalled",
+                                                           "TCPRcvQDrop") if tcp.get(k))
+                     + ")")
+    return notes
+
+
+def leftovers() -> list[str]:
+    """Earlier runs' server data folders still in the temporary directory (a killed run)."""
+    return sorted(str(p) for p in Path(tempfile.gettempdir()).glob("meshscale-bench-*"))
+
+
 def _row(check: Check, out: dict[str, Any]) -> str:
     if "error" in out:
         return f"| {check.label} | {out['error']} | | not measured |"
@@ -151,17 +182,29 @@ def main() -> int:
                              "are for the full N)")
     args = parser.parse_args()
     rows = ["| figure | measured | target | |", "|---|---:|---:|---|"]
+    notes_all: list[str] = []
     for run in RUNS:
         if args.only and run.name not in args.only:
             continue
         bench_args = _scaled(run.args, args.divide_nodes)
         print(f"running {run.name}: meshscale bench {' '.join(bench_args)}", file=sys.stderr)
+        if left := leftovers():
+            print(f"  note: {len(left)} earlier run(s) left data in {left[0]}...; a run still "
+                  "going would share the machine", file=sys.stderr)
         out = _run(bench_args, args.time_limit)
+        if notes := machine_notes(out):
+            out["machine_notes"] = notes
+            for note in notes:
+                print(f"  note: {note}", file=sys.stderr)
         with args.out.open("a") as f:
             f.write(json.dumps({"run": run.name, "args": bench_args} | out) + "\n")
         print(f"  {run.name}: {json.dumps(out)[:400]}", file=sys.stderr)
         rows.extend(_row(check, out) for check in run.checks)
+        notes_all.extend(f"{run.name}: {note}" for note in out.get("machine_notes", ()))
     print("\n".join(rows))
+    if notes_all:
+        print("\nMachine notes (figures above may be the machine's, not the code's):")
+        print("\n".join(f"- {note}" for note in notes_all))
     return 0
 
 

@@ -15,6 +15,7 @@ import json
 import time
 from typing import Any
 
+from meshscale.bench import kernel, leanconn
 from meshscale.bench.fleet import Fleet
 from meshscale.bench.pgserver import PgServer
 from meshscale.bench.profile import Sampler
@@ -65,6 +66,10 @@ class Bench:
         self.size = 0  # members populate() registered
         self.first_start_s = 0.0
         self.sampler = Sampler(profile) if profile else None
+        self._kernel0: dict[str, Any] = {}
+        self._server0 = (0.0, 0.0, 0)
+        self._reads0 = 0
+        self._tcpwatch: kernel.TcpMemWatch | None = None
 
     @property
     def server(self) -> ServerProcess:
@@ -147,6 +152,11 @@ class Bench:
         if self.sampler is not None:
             self.sampler.start(self.server.pid)
         self._workers0 = self.server.worker_cpu()
+        self._kernel0 = kernel.snapshot()
+        self._tcpwatch = kernel.TcpMemWatch()
+        self._tcpwatch.start()
+        self._reads0 = leanconn.reads[0]
+        self._server0 = self.server.cpu_split()
         return self.server.cpu(), own_cpu(), self.fleet.bytes_received
 
     def figures(self, cpu0: float, gen0: float, bytes0: int, events: int) -> dict[str, Any]:
@@ -167,7 +177,16 @@ class Bench:
                 "all_processes_cpu_s": round(cpu + sum(each), 3),
                 "all_processes_cpu_s_per_event": round((cpu + sum(each)) / max(events, 1), 4),
             }
-        return sampled | {
+        user, sys_, minflt = self.server.cpu_split()
+        machine = kernel.delta(self._kernel0) if self._kernel0 else {}
+        if self._tcpwatch is not None:
+            machine |= self._tcpwatch.stop()
+            self._tcpwatch = None
+        return sampled | machine | {
+            "server_user_s": round(user - self._server0[0], 3),
+            "server_sys_s": round(sys_ - self._server0[1], 3),
+            "server_minflt": minflt - self._server0[2],
+            "generator_reads": leanconn.reads[0] - self._reads0,
             "server_cpu_s": round(cpu, 3),
             "server_cpu_s_per_event": round(cpu / max(events, 1), 4),
             "generator_cpu_s": round(own_cpu() - gen0, 3),

@@ -27,6 +27,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def cpu_split(pid: int) -> tuple[float, float, int]:
+    """User CPU, system CPU (seconds) and minor page faults of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK, int(fields[7])
+
+
 def rss_bytes(pid: int) -> int:
     fields = Path(f"/proc/{pid}/statm").read_text().split()
     return int(fields[1]) * _PAGE
@@ -91,6 +97,9 @@ class ServerProcess:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def cpu_split(self) -> tuple[float, float, int]:
+        return cpu_split(self.pid)
 
     def worker_cpu(self) -> dict[int, float]:
         """CPU seconds of each connection worker (config ``workers``), by pid."""
