@@ -27,6 +27,8 @@ from meshscale.simclient import SimNode, decompress_all
 
 PARSE_LIMIT = 64 * 1024  # messages above this are counted, not parsed
 HEAD_ONLY = 64 * 1024  # compressed messages above this: only the first frame is decoded
+HEAD_STREAM_MAX = 64 * 1024  # ... if it is a head (a frame this big or less); else all of it
+FRAME_HEADER_MAX = 18  # bytes of a zstd frame header at most (ZSTD_FRAMEHEADERSIZE_MAX)
 _SELF_ID = re.compile(rb'"Node":\{"ID":(\d+)')
 
 
@@ -135,19 +137,43 @@ class Member:
         self.fleet.full_map_seen(self, now)
 
 
+class Decompressors:
+    """zstd contexts shared by a fleet's readers (one process, one thread).
+
+    A streaming context keeps buffers sized by its frame's window; one per member, kept while
+    the member lived, was most of the 5,000-node storm's generator memory (docs/performance.md).
+    Only the heads being read at the same moment need a context of their own: they are lent
+    from a pool and given back when their head frame ends. A whole frame (a delta) is decoded
+    in one call, which keeps no state between calls: one context serves every member.
+    """
+
+    def __init__(self) -> None:
+        self.whole = zstandard.ZstdDecompressor()
+        self._free: list[zstandard.ZstdDecompressor] = []
+
+    def lend(self) -> zstandard.ZstdDecompressor:
+        return self._free.pop() if self._free else zstandard.ZstdDecompressor()
+
+    def give_back(self, dctx: zstandard.ZstdDecompressor) -> None:
+        self._free.append(dctx)
+
+
 class MapReader:
-    """One stream's messages (u32 LE length + zstd) from its DATA payloads, with its own buffer
-    and decompressor. A message above HEAD_ONLY (a big full map) is not buffered: its head
-    frame is decompressed as its bytes arrive, the rest is counted until the message ends."""
+    """One stream's messages (u32 LE length + zstd) from its DATA payloads, with its own
+    buffer. A message above HEAD_ONLY (a big full map) is not buffered: its head frame is
+    decompressed as its bytes arrive (a context lent by the fleet's Decompressors), the rest is
+    counted until the message ends."""
 
     def __init__(self, member: Member) -> None:
         self.member = member
         self.fleet = member.fleet
         self.buf = bytearray()
-        self.dctx = zstandard.ZstdDecompressor()
+        self.zstd = member.fleet.zstd
         self.skip = 0  # bytes of the current big message still to come
         self.head: Any = None  # its head's decompressor until the head frame ended
+        self.head_ctx: zstandard.ZstdDecompressor | None = None  # lent while head is set
         self.head_parts: list[bytes] = []
+        self.whole_parts: list[bytes] | None = None  # a big message kept whole (not a map)
 
     def feed(self, chunk: bytes | None) -> None:
         if chunk is None:
@@ -172,28 +198,50 @@ class MapReader:
         while size - pos >= 4:
             (n,) = struct.unpack_from("<I", data, pos)
             if n > HEAD_ONLY:
-                # A big full map: its first zstd frame is the head (self node, DERP map,
-                # filter); the peer chunks after it are counted in bytes, not decoded.
+                if size - pos - 4 < FRAME_HEADER_MAX:
+                    break  # its first frame's header is not all here yet
                 self.skip = n
-                self.head = self.dctx.decompressobj()
-                self.head_parts = []
+                if _head_sized(data[pos + 4:pos + 4 + FRAME_HEADER_MAX]):
+                    # A big full map: its first zstd frame is the head (self node, DERP map,
+                    # filter); the peer chunks after it are counted in bytes, not decoded.
+                    if self.head_ctx is None:
+                        self.head_ctx = self.zstd.lend()
+                    self.head = self.head_ctx.decompressobj()
+                    self.head_parts = []
+                else:
+                    # One big frame: a storm's batched patches of thousands of nodes coming
+                    # online (626 KB at 5,000 nodes, to thousands of streams at once). Kept
+                    # whole and decoded in one call, as a small message (and as a client does):
+                    # decoding it as it arrives took a context with a window as large as the
+                    # message for every stream receiving one (docs/performance.md).
+                    self.whole_parts = []
                 take = min(n, size - pos - 4)
                 self._big(data[pos + 4:pos + 4 + take])
                 pos += 4 + take
                 continue
             if size - pos - 4 < n:
                 break
-            self.member._message(_decompress(self.dctx, data[pos + 4:pos + 4 + n]))
+            self.member._message(_decompress(self.zstd.whole, data[pos + 4:pos + 4 + n]))
             pos += 4 + n
         if pos < size:
             self.buf += data[pos:] if pos else data
 
     def _big(self, part: bytes) -> None:
         self.skip -= len(part)
+        if self.whole_parts is not None:
+            self.whole_parts.append(part)
+            if not self.skip:
+                body = b"".join(self.whole_parts)
+                self.whole_parts = None
+                self.member._message(_decompress(self.zstd.whole, body))
+            return
         if self.head is not None:
             self.head_parts.append(self.head.decompress(part))
             if self.head.eof:
                 self.head = None
+                if self.head_ctx is not None:
+                    self.zstd.give_back(self.head_ctx)
+                    self.head_ctx = None
                 self.member.head_at = time.perf_counter()
         if not self.skip:
             if self.head is not None:
@@ -208,6 +256,7 @@ class Fleet:
         self.port = port
         self.server_pub: bytes | None = None
         self.members: list[Member] = []
+        self.zstd = Decompressors()
         self.watches: dict[str, Watch] = {}
         self.bytes_received = 0
         self.full_map_hook: Callable[[Member, float], None] | None = None
@@ -274,6 +323,16 @@ class Fleet:
                 w.hit(now, member.index)
         if self.full_map_hook is not None:
             self.full_map_hook(member, now)
+
+
+def _head_sized(header: bytes) -> bool:
+    """Whether a big message's first frame is small enough to be a full map's head (decoded as
+    it arrives); a frame of unknown or large content is a message of its own."""
+    try:
+        size = zstandard.get_frame_parameters(header).content_size
+    except zstandard.ZstdError:
+        return False
+    return size <= HEAD_STREAM_MAX  # unknown is ZSTD_CONTENTSIZE_UNKNOWN (2**64 - 1)
 
 
 def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes) -> bytes:
