@@ -119,7 +119,7 @@ class TcpMemWatch:
             rss[int(t)] = max(rss.get(int(t), 0), r)
         page = os.sysconf("SC_PAGE_SIZE")
         secs = sorted(cpu)
-        prev = [self._cpu0] + [cpu[k] for k in secs[:-1]]
+        prev = [self._cpu0] + [cpu[k] for k in secs[:-1]] if secs else []
         return {"tcp_mem_peak_mb": peak * page >> 20,
                 "tcp_mem_limits_mb": [v * page >> 20 for v in limits],
                 "tcp_mem_over_pressure_s": round(over, 2),
