@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -137,6 +138,12 @@ class ChunkCache:
     A chunk is the peers whose IDs fall in one range of CHUNK ids. Its key is the tuple of its
     fragments (the cached bytes objects, so equality is an identity check when nothing changed):
     any change to a peer's JSON makes a new fragment, a new key, and one recompression.
+
+    Under a restrictive policy one range holds different subsets for different viewers (a
+    team's servers, a user's own devices), so the cache keeps every subset it was asked for up
+    to BUDGET bytes in all, the least recently used dropped first: with one per range, viewers
+    of different classes took turns replacing it and nearly every restrictive full map
+    recompressed its chunks (docs/performance.md, "The restrictive storm").
     """
 
     # 64 IDs: a changed peer costs recompressing 64 fragments (0.04 ms) on the next full map,
@@ -144,9 +151,15 @@ class ChunkCache:
     # was most of the compression. The price: about 3 % more bytes than 256-ID chunks (each
     # frame compresses alone), measured on peers with random keys.
     CHUNK = 64
+    # Bytes (joined and compressed) of the subsets kept. Once nothing changes, a tailnet needs
+    # about one subset per range and class that sees part of it (a few MB at 10,000 nodes); in
+    # a storm, peers coming online make new subsets all the time and the stale ones age out.
+    BUDGET = 64 << 20
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[tuple[bytes, ...], bytes, bytes]] = {}
+        self._cache: OrderedDict[tuple[int, tuple[bytes, ...]], tuple[bytes, bytes]] = (
+            OrderedDict())
+        self._bytes = 0
         self._versioned: dict[int, tuple[int, bytes, bytes]] = {}
 
     def get_versioned(self, index: int, version: int,
@@ -162,15 +175,20 @@ class ChunkCache:
         return body, packed
 
     def get(self, index: int, frags: tuple[bytes, ...], cacheable: bool) -> tuple[bytes, bytes]:
-        hit = self._cache.get(index)
-        if hit is not None and hit[0] == frags:
-            return hit[1], hit[2]
+        key = (index, frags)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
         body = b",".join(frags)
-        if cacheable:
-            packed: bytes = shared(compress(body))
-            self._cache[index] = (frags, body, packed)
-        else:
-            packed = compress(body)
+        if not cacheable:
+            return body, compress(body)
+        packed: bytes = shared(compress(body))
+        self._cache[key] = (body, packed)
+        self._bytes += len(body) + len(packed)
+        while self._bytes > self.BUDGET and len(self._cache) > 1:
+            _, (old_body, old_packed) = self._cache.popitem(last=False)
+            self._bytes -= len(old_body) + len(old_packed)
         return body, packed
 
 
