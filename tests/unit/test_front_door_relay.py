@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshscale.transport import FrontDoor
+from tests.frontdoor_stubs import no_control, not_found_app
 from tests.waiting import wait_until
-
-
-async def _not_found_app(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 404, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def _no_control(req: Any, resp: Any) -> None:
-    await resp.send(404, b"", "text/plain")
 
 
 async def test_a_relayed_connections_pump_is_its_front_doors_and_ends_with_it() -> None:
     key = X25519PrivateKey.generate()
-    front, other = (FrontDoor(key, _no_control, _not_found_app) for _ in range(2))
+    front, other = (FrontDoor(key, no_control, not_found_app) for _ in range(2))
     a, b = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=a)
     c_reader, c_writer = await asyncio.open_connection(sock=b)

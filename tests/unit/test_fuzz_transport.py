@@ -32,6 +32,7 @@ from meshscale.plugins.derp import frames
 from meshscale.plugins.derp import handshake as derp_handshake
 from meshscale.plugins.stun import codec
 from meshscale.transport import FrontDoor
+from tests.frontdoor_stubs import no_control, not_found_app
 from tests.noiseclient import Initiator
 
 KEY = bytes(range(32))
@@ -109,22 +110,11 @@ def test_request_head_any_bytes(data: bytes) -> None:
     assert head is None or head.raw.startswith(data[: len(head.raw)])
 
 
-async def _not_found_app(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 404, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def _no_control(req: Any, resp: Any) -> None:
-    await resp.send(404, b"", "text/plain")
-
-
 def _front_door_answer(request: bytes) -> bytes:
     """``request`` through the real front door over a socket pair; what the client reads."""
 
     async def run() -> bytes:
-        front = FrontDoor(SERVER, _no_control, _not_found_app)
+        front = FrontDoor(SERVER, no_control, not_found_app)
         a, b = socket.socketpair()
         reader, writer = await asyncio.open_connection(sock=a)
         c_reader, c_writer = await asyncio.open_connection(sock=b)
