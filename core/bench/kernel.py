@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from meshscale.alloc import mallinfo
+from meshscale.bench.serverproc import rss_bytes
 
 # Counters of /proc/vmstat worth a look when a run is slower than its siblings.
 VMSTAT = ("pgfault", "pgmajfault", "pgalloc_normal", "pgfree", "compact_stall",
@@ -133,8 +134,7 @@ class TcpMemWatch:
 
 def _rss_mb() -> int:
     with contextlib.suppress(OSError, IndexError, ValueError):
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") >> 20
+        return rss_bytes(os.getpid()) >> 20
     return 0
 
 

@@ -23,8 +23,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    user, system, _ = cpu_split(pid)
+    return user + system
 
 
 def cpu_split(pid: int) -> tuple[float, float, int]:

@@ -383,7 +383,7 @@ class MapBuilder:
                 parts.append(COMMA)
             # The chunk holding the viewer itself lacks it: compress it, but do not cache it.
             own = index == node.id // step
-            parts.append(self._chunks.get(index, tuple(frags[start:end]), not own))
+            parts.append(self._chunks.get(tuple(frags[start:end]), not own))
             start = end
         parts.append(CLOSING)
         return FramedMessage(parts)

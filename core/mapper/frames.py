@@ -157,8 +157,7 @@ class ChunkCache:
     BUDGET = 64 << 20
 
     def __init__(self) -> None:
-        self._cache: OrderedDict[tuple[int, tuple[bytes, ...]], tuple[bytes, bytes]] = (
-            OrderedDict())
+        self._cache: OrderedDict[tuple[bytes, ...], tuple[bytes, bytes]] = OrderedDict()
         self._bytes = 0
         self._versioned: dict[int, tuple[int, bytes, bytes]] = {}
 
@@ -174,17 +173,17 @@ class ChunkCache:
         self._versioned[index] = (version, body, packed)
         return body, packed
 
-    def get(self, index: int, frags: tuple[bytes, ...], cacheable: bool) -> tuple[bytes, bytes]:
-        key = (index, frags)
-        hit = self._cache.get(key)
+    def get(self, frags: tuple[bytes, ...], cacheable: bool) -> tuple[bytes, bytes]:
+        # The fragments name their range (each holds its peer's ID): they alone are the key.
+        hit = self._cache.get(frags)
         if hit is not None:
-            self._cache.move_to_end(key)
+            self._cache.move_to_end(frags)
             return hit
         body = b",".join(frags)
         if not cacheable:
             return body, compress(body)
         packed: bytes = shared(compress(body))
-        self._cache[key] = (body, packed)
+        self._cache[frags] = (body, packed)
         self._bytes += len(body) + len(packed)
         while self._bytes > self.BUDGET and len(self._cache) > 1:
             _, (old_body, old_packed) = self._cache.popitem(last=False)

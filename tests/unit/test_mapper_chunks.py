@@ -114,18 +114,18 @@ def test_a_range_keeps_each_viewers_subset_within_the_budget() -> None:
 
     cache = ChunkCache()
     team, user = (b'{"ID":1}', b'{"ID":2}'), (b'{"ID":2}', b'{"ID":3}')
-    first, second = cache.get(0, team, True)[1], cache.get(0, user, True)[1]
-    assert cache.get(0, team, True)[1] is first and cache.get(0, user, True)[1] is second
+    first, second = cache.get(team, True)[1], cache.get(user, True)[1]
+    assert cache.get(team, True)[1] is first and cache.get(user, True)[1] is second
     assert zstandard.ZstdDecompressor().decompress(first) == b'{"ID":1},{"ID":2}'
     # A viewer's own range is compressed for it alone, never kept.
     own = (b'{"ID":9}',)
-    assert cache.get(0, own, False)[1] is not cache.get(0, own, False)[1]
+    assert cache.get(own, False)[1] is not cache.get(own, False)[1]
     # Room for exactly two subsets: the least recently used one (team, as user was used last)
     # goes when a third comes; user stays.
     third = (b'{"ID":70}', b'{"ID":71}')
-    body, packed = ChunkCache().get(1, third, True)
+    body, packed = ChunkCache().get(third, True)
     cache.BUDGET = len(b'{"ID":2},{"ID":3}') + len(second) + len(body) + len(packed)
-    cache.get(1, third, True)
-    assert cache.get(0, user, True)[1] is second
-    again = cache.get(0, team, True)[1]
+    cache.get(third, True)
+    assert cache.get(user, True)[1] is second
+    again = cache.get(team, True)[1]
     assert again is not first and again == first
